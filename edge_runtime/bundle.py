@@ -1,0 +1,182 @@
+"""The bundle: what a station loads. A folder with ``manifest.json``, the backbone as ONNX and
+the head as arrays. Loading checks the schema and the sha256 of every file, and refuses
+anything else with an error that says what is wrong. Nothing in a bundle is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .fusion import FusionSpec
+from .head import HeadError, LogisticHead
+from .preprocess import InputSpec
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle that must not be loaded; the message names the file and the fault."""
+
+
+@dataclass(frozen=True)
+class DecisionPolicy:
+    """Which exit each class goes to, and when an item goes to the safe exit instead."""
+
+    exits: dict[str, int]
+    safe_exit: int
+    min_confidence: float = 0.5
+
+    def to_dict(self) -> dict:
+        return {"exits": dict(self.exits), "safe_exit": self.safe_exit, "min_confidence": self.min_confidence}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DecisionPolicy:
+        return cls(
+            exits={str(k): int(v) for k, v in data["exits"].items()},
+            safe_exit=int(data["safe_exit"]),
+            min_confidence=float(data["min_confidence"]),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    input: InputSpec
+    embedding_dim: int
+    labels: tuple[str, ...]
+    decision: DecisionPolicy
+    fusion: FusionSpec
+    backbone: str = "backbone.onnx"
+    head: str = "head.npz"
+    metrics: dict = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "created": self.created,
+            "input": self.input.to_dict(),
+            "embedding_dim": self.embedding_dim,
+            "labels": list(self.labels),
+            "decision": self.decision.to_dict(),
+            "fusion": self.fusion.to_dict(),
+            "backbone": self.backbone,
+            "head": self.head,
+            "metrics": self.metrics,
+            "files": dict(self.files),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Manifest:
+        expected = set(cls("", InputSpec(), 1, (), DecisionPolicy({}, 0), FusionSpec()).to_dict())
+        if not isinstance(data, dict):
+            raise BundleError("manifest is not a JSON object")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise BundleError(
+                f"manifest schema_version is {data.get('schema_version')!r}; this runtime reads {SCHEMA_VERSION}"
+            )
+        if unknown := set(data) - expected:
+            raise BundleError(f"manifest has unknown fields {sorted(unknown)}")
+        if missing := expected - set(data):
+            raise BundleError(f"manifest lacks fields {sorted(missing)}")
+        try:
+            manifest = cls(
+                name=str(data["name"]),
+                created=str(data["created"]),
+                input=InputSpec.from_dict(data["input"]),
+                embedding_dim=int(data["embedding_dim"]),
+                labels=tuple(str(x) for x in data["labels"]),
+                decision=DecisionPolicy.from_dict(data["decision"]),
+                fusion=FusionSpec.from_dict(data["fusion"]),
+                backbone=str(data["backbone"]),
+                head=str(data["head"]),
+                metrics=dict(data["metrics"]),
+                files={str(k): str(v) for k, v in data["files"].items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"manifest field is malformed: {exc!r}") from exc
+        if set(manifest.labels) - set(manifest.decision.exits):
+            raise BundleError(f"labels without an exit: {sorted(set(manifest.labels) - set(manifest.decision.exits))}")
+        for name in (manifest.backbone, manifest.head):
+            if name not in manifest.files:
+                raise BundleError(f"manifest does not list a hash for {name}")
+        return manifest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_json(manifest: Manifest) -> str:
+    def finite(value: object) -> object:  # JSON has no NaN: write null instead
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(manifest.to_dict()), indent=2, sort_keys=False) + "\n"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk: its manifest and the paths of its files."""
+
+    root: Path
+    manifest: Manifest
+
+    @property
+    def backbone_path(self) -> Path:
+        return self.root / self.manifest.backbone
+
+    def load_head(self) -> LogisticHead:
+        try:
+            head = LogisticHead.load(self.root / self.manifest.head)
+        except HeadError as exc:
+            raise BundleError(str(exc)) from exc
+        expected = self.manifest.fusion.feature_count(self.manifest.embedding_dim)
+        if head.n_features != expected or head.labels != self.manifest.labels:
+            raise BundleError(
+                f"head does not match the manifest: {head.n_features} features for {head.labels}, "
+                f"expected {expected} for {self.manifest.labels}"
+            )
+        return head
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and verify a bundle folder; raises :class:`BundleError` on any fault."""
+    root = Path(path)
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"{root}: no such bundle folder")
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise BundleError(f"{manifest_path}: missing") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: unreadable ({exc})") from exc
+    manifest = Manifest.from_dict(data)
+    for name, expected in manifest.files.items():
+        file = root / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"manifest names a file outside the bundle: {name}")
+        if not file.is_file():
+            raise BundleError(f"{file}: listed in the manifest but missing")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise BundleError(f"{file}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}…")
+    return Bundle(root=root, manifest=manifest)

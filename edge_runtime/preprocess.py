@@ -1,0 +1,78 @@
+"""The one preprocessing path, shared by training, evaluation, export calibration and the edge.
+
+A view becomes a ``C×S×S`` float32 array: RGB and NIR frames resized to the bundle's input size
+(OpenCV area interpolation), stacked as channels in the order the spec names, scaled to 0..1
+and normalised by the spec's mean and std. Training reaches the same arrays through
+:func:`to_unit_chw` (before augmentation) and :func:`normalize`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+from sortline.hardware.camera import FrameError, ViewFrame
+
+CHANNEL_NAMES = ("r", "g", "b", "nir")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How the backbone wants its input. Stored in every bundle's manifest."""
+
+    size: int = 64
+    channels: tuple[str, ...] = CHANNEL_NAMES
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.25, 0.25, 0.25, 0.25)
+    views: int = 4
+
+    def __post_init__(self) -> None:
+        unknown = set(self.channels) - set(CHANNEL_NAMES)
+        if unknown:
+            raise ValueError(f"unknown input channels {sorted(unknown)}; known: {CHANNEL_NAMES}")
+        if not len(self.channels) == len(self.mean) == len(self.std):
+            raise ValueError("channels, mean and std must have the same length")
+        if self.size < 8 or self.views < 1 or min(self.std) <= 0:
+            raise ValueError(f"bad input spec: {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InputSpec:
+        return cls(
+            size=int(data["size"]),
+            channels=tuple(data["channels"]),
+            mean=tuple(float(m) for m in data["mean"]),
+            std=tuple(float(s) for s in data["std"]),
+            views=int(data["views"]),
+        )
+
+
+def to_unit_chw(view: ViewFrame, spec: InputSpec) -> np.ndarray:
+    """One view as ``C×S×S`` float32 in 0..1, channels in the spec's order."""
+    size = (spec.size, spec.size)
+    interp = cv2.INTER_AREA if view.rgb.shape[0] >= spec.size else cv2.INTER_LINEAR
+    planes = {}
+    if {"r", "g", "b"} & set(spec.channels):
+        rgb = cv2.resize(view.rgb, size, interpolation=interp)
+        planes.update(r=rgb[..., 0], g=rgb[..., 1], b=rgb[..., 2])
+    if "nir" in spec.channels:
+        planes["nir"] = cv2.resize(view.nir, size, interpolation=interp)
+    return np.stack([planes[c] for c in spec.channels]).astype(np.float32) * (1.0 / 255.0)
+
+
+def normalize(unit_chw: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Mean/std normalisation over the channel axis (-3), for one view or a batch."""
+    mean = np.asarray(spec.mean, np.float32)[:, None, None]
+    std = np.asarray(spec.std, np.float32)[:, None, None]
+    return (unit_chw - mean) / std
+
+
+def preprocess_views(views: Sequence[ViewFrame], spec: InputSpec) -> np.ndarray:
+    """An item's views as the backbone's ``N×C×S×S`` input batch."""
+    if not views:
+        raise FrameError("no views to preprocess")
+    return normalize(np.stack([to_unit_chw(v, spec) for v in views]), spec)

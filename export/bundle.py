@@ -1,0 +1,47 @@
+"""Writing bundles. A bundle appears whole or not at all: it is assembled in a temporary folder
+beside the destination, verified by the same loader the station uses, then renamed."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from sortline.edge_runtime.bundle import MANIFEST, Bundle, Manifest, load_bundle, manifest_json, sha256_file
+from sortline.edge_runtime.head import LogisticHead
+
+
+def write_bundle(out: Path, manifest: Manifest, backbone: Path, head: LogisticHead,
+                 extra_files: Mapping[str, Path] | None = None) -> Bundle:
+    """Write ``out`` (replacing an older bundle there) and return it, loaded and verified."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copyfile(backbone, staging / manifest.backbone)
+        head.save(staging / manifest.head)
+        for name, path in (extra_files or {}).items():
+            shutil.copyfile(path, staging / name)
+        names = [manifest.backbone, manifest.head, *(extra_files or {})]
+        final = dataclasses.replace(
+            manifest,
+            files={name: sha256_file(staging / name) for name in names},
+            created=manifest.created or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        (staging / MANIFEST).write_text(manifest_json(final), encoding="utf-8")
+        load_bundle(staging)  # refuse to publish what a station would refuse to load
+        if out.exists():
+            retired = out.with_name(f".{out.name}.old")
+            shutil.rmtree(retired, ignore_errors=True)
+            out.rename(retired)
+            staging.rename(out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load_bundle(out)

@@ -1,0 +1,73 @@
+"""Backbone → ONNX with a dynamic batch, checked by onnx.checker and against PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from sortline.edge_runtime.embedder import EMBEDDING_OUTPUT
+from sortline.edge_runtime.preprocess import InputSpec
+
+log = logging.getLogger(__name__)
+INPUT_NAME = "image"
+OPSET = 18
+
+
+class ParityError(RuntimeError):
+    """The exported model does not compute what the PyTorch model computes."""
+
+
+@dataclass(frozen=True)
+class Parity:
+    min_cosine: float
+    mean_cosine: float
+    max_abs_diff: float
+
+    def to_dict(self) -> dict:
+        return {"min_cosine": self.min_cosine, "mean_cosine": self.mean_cosine, "max_abs_diff": self.max_abs_diff}
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return (a * b).sum(axis=1)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+    cos = cosine_rows(reference, candidate)
+    return Parity(float(cos.min()), float(cos.mean()), float(np.abs(reference - candidate).max()))
+
+
+def export_backbone(model: torch.nn.Module, spec: InputSpec, path: Path) -> Path:
+    """Write ``model`` (``N×C×S×S`` → ``N×D``) as a single-file ONNX model at ``path``."""
+    model = model.eval().to("cpu", memory_format=torch.contiguous_format)
+    example = torch.zeros(2, len(spec.channels), spec.size, spec.size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # The exporter narrates every pass on stdout; keep the user's terminal for our own output.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[EMBEDDING_OUTPUT],
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            external_data=False,
+            dynamo=True,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def torch_embeddings(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model.eval()(torch.from_numpy(np.ascontiguousarray(batch, np.float32))).numpy()

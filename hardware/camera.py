@@ -1,0 +1,47 @@
+"""What a camera rig hands the runtime for one item, and the interface of anything that can."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class FrameError(RuntimeError):
+    """A frame could not be captured or decoded (lost, late, corrupt)."""
+
+
+@dataclass(frozen=True)
+class ViewFrame:
+    """One view of an item: an RGB image (H×W×3 uint8) and the NIR image (H×W uint8)."""
+
+    rgb: np.ndarray
+    nir: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.rgb.dtype != np.uint8 or self.rgb.ndim != 3 or self.rgb.shape[2] != 3:
+            raise FrameError(f"RGB frame must be H×W×3 uint8, got {self.rgb.shape} {self.rgb.dtype}")
+        if self.nir.dtype != np.uint8 or self.nir.shape != self.rgb.shape[:2]:
+            raise FrameError(f"NIR frame must be H×W uint8 like the RGB one, got {self.nir.shape}")
+
+
+@dataclass(frozen=True)
+class ItemCapture:
+    """All views of one item. A view that could not be captured is ``None``."""
+
+    item_id: int
+    views: tuple[ViewFrame | None, ...]
+    errors: tuple[str, ...] = field(default=())
+
+    @property
+    def present(self) -> list[ViewFrame]:
+        return [v for v in self.views if v is not None]
+
+
+class FrameSource(Protocol):
+    """A multi-view rig: capture every view of the item the controller just announced."""
+
+    view_count: int
+
+    def capture(self, item_id: int) -> ItemCapture: ...

@@ -1,0 +1,265 @@
+"""The station's serial wire format: one ASCII frame per message.
+
+Every device on the line (the line controller, the tap-pressure sensor) speaks the same
+framing, so one parser and one encoder serve them all::
+
+    $<version>,<seq>,<TYPE>,<field>,<field>...*<CRC>\\n
+
+- ``version`` is the protocol version (``1``); a frame of another version is counted and dropped.
+- ``seq`` is the sender's frame counter, 0..65535, wrapping; gaps are counted per stream.
+- ``CRC`` is CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) over the bytes between ``$`` and
+  ``*``, as four upper-case hex digits.
+
+Examples (the exact bytes the simulators and tests produce)::
+
+    $1,7,ITEM,42,0,1500,250*<crc>     item 42 arrives on lane 0 at t=1500 ms, gate in 250 ms
+    $1,8,TAP,42,0,5,8.412,0.551,9.73,1512*<crc>
+    $1,3,GATE,42,1*<crc>              send item 42 to exit 1
+
+ASCII lines keep the traffic readable in a terminal and let the parser resynchronise on the
+next ``$`` after any garbage. The parser never raises on input: every rejected byte or frame
+is counted in :class:`ParserStats`.
+"""
+
+from __future__ import annotations
+
+import binascii
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 256
+_START = ord("$")
+_END = ord("\n")
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE (the check value of ``b"123456789"`` is 0x29B1)."""
+    return binascii.crc_hqx(data, 0xFFFF)
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemArrival:
+    """Controller → station: an item entered the station; its gate is ``deadline_ms`` away."""
+
+    TYPE: ClassVar[str] = "ITEM"
+    item_id: int
+    lane: int
+    t_ms: int
+    deadline_ms: int
+
+
+@dataclass(frozen=True)
+class GateCommand:
+    """Station → controller: send ``item_id`` to ``exit``."""
+
+    TYPE: ClassVar[str] = "GATE"
+    item_id: int
+    exit: int
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Controller → station: the gate command for ``item_id`` was accepted."""
+
+    TYPE: ClassVar[str] = "ACK"
+    item_id: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    TYPE: ClassVar[str] = "HB"
+    t_ms: int
+
+
+@dataclass(frozen=True)
+class ErrorReport:
+    TYPE: ClassVar[str] = "ERR"
+    code: int
+    text: str
+
+
+@dataclass(frozen=True)
+class TapReading:
+    """Tap sensor → station: tap ``index`` of ``count`` on one item."""
+
+    TYPE: ClassVar[str] = "TAP"
+    item_id: int
+    index: int
+    count: int
+    peak_n: float  # peak force, newtons
+    rebound: float  # rebound ratio, 0..1
+    decay_ms: float  # time for the force to fall to 1/e of the peak
+    t_ms: int
+
+
+Message = ItemArrival | GateCommand | Ack | Heartbeat | ErrorReport | TapReading
+MESSAGE_TYPES: dict[str, type] = {
+    cls.TYPE: cls for cls in (ItemArrival, GateCommand, Ack, Heartbeat, ErrorReport, TapReading)
+}
+_FORBIDDEN_IN_TEXT = str.maketrans({c: " " for c in "$*,\r\n"})
+
+
+def _format_field(value: object) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"cannot send a non-finite number: {value}")
+        return f"{value:.4g}"
+    if isinstance(value, str):
+        return value.translate(_FORBIDDEN_IN_TEXT)
+    return str(int(value))
+
+
+def _parse_field(text: str, kind: type) -> object:
+    if kind is int:
+        return int(text)
+    if kind is float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError("non-finite number")
+        return value
+    return text
+
+
+_FIELD_KINDS: dict[str, list[tuple[str, type]]] = {
+    name: [(f.name, {"int": int, "float": float, "str": str}[f.type]) for f in dataclasses.fields(cls)]
+    for name, cls in MESSAGE_TYPES.items()
+}
+
+
+# --- encoder --------------------------------------------------------------------------------
+
+
+class Encoder:
+    """Turns messages into frames with the sender's own sequence counter."""
+
+    def __init__(self) -> None:
+        self._seq = 0
+
+    def encode(self, message: Message) -> bytes:
+        fields = [_format_field(getattr(message, name)) for name, _ in _FIELD_KINDS[message.TYPE]]
+        body = ",".join([str(PROTOCOL_VERSION), str(self._seq), message.TYPE, *fields]).encode("ascii")
+        self._seq = (self._seq + 1) & 0xFFFF
+        frame = b"$" + body + b"*%04X\n" % crc16(body)
+        if len(frame) > MAX_FRAME_BYTES:
+            raise ValueError(f"{message.TYPE} frame is {len(frame)} bytes, over {MAX_FRAME_BYTES}")
+        return frame
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ParserStats:
+    """What the parser saw. Every byte that did not become a message is counted somewhere."""
+
+    frames: int = 0
+    garbage_bytes: int = 0  # bytes outside any frame
+    oversize: int = 0  # a frame with no end within MAX_FRAME_BYTES
+    bad_crc: int = 0
+    malformed: int = 0  # CRC right but the fields do not parse
+    unknown_type: int = 0
+    bad_version: int = 0
+    seq_gaps: int = 0  # frames missing between two received ones
+
+    @property
+    def errors(self) -> int:
+        return self.oversize + self.bad_crc + self.malformed + self.unknown_type + self.bad_version
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+class Parser:
+    """Incremental frame parser: feed it any bytes, get the messages they complete.
+
+    It keeps at most one partial frame (``MAX_FRAME_BYTES``) between calls and resynchronises
+    on the next ``$`` after anything it rejects.
+    """
+
+    def __init__(self) -> None:
+        self.stats = ParserStats()
+        self._buf = bytearray()
+        self._last_seq: int | None = None
+
+    def feed(self, data: bytes) -> list[Message]:
+        self._buf += data
+        out: list[Message] = []
+        buf = self._buf
+        while buf:
+            start = buf.find(_START)
+            if start < 0:
+                self.stats.garbage_bytes += len(buf)
+                buf.clear()
+                break
+            if start:
+                self.stats.garbage_bytes += start
+                del buf[:start]
+            end = buf.find(_END)
+            # A new "$" before the end means the frame in hand was cut short: drop it.
+            restart = buf.find(_START, 1, end if end >= 0 else min(len(buf), MAX_FRAME_BYTES))
+            if restart > 0:
+                self.stats.malformed += 1
+                del buf[:restart]
+                continue
+            if end < 0:
+                if len(buf) >= MAX_FRAME_BYTES:
+                    self.stats.oversize += 1
+                    del buf[:1]
+                    continue
+                break  # wait for the rest of the frame
+            frame = bytes(buf[: end + 1])
+            del buf[: end + 1]
+            message = self._decode(frame)
+            if message is not None:
+                out.append(message)
+        return out
+
+    def _decode(self, frame: bytes) -> Message | None:
+        body, star, tail = frame[1:].rstrip(b"\r\n").rpartition(b"*")
+        if not star or len(tail) != 4:
+            self.stats.malformed += 1
+            return None
+        try:
+            if int(tail, 16) != crc16(body):
+                self.stats.bad_crc += 1
+                return None
+            parts = body.decode("ascii").split(",")
+        except (ValueError, UnicodeDecodeError):
+            self.stats.bad_crc += 1
+            return None
+        if len(parts) < 3:
+            self.stats.malformed += 1
+            return None
+        version, seq_text, type_name, *fields = parts
+        if version != str(PROTOCOL_VERSION):
+            self.stats.bad_version += 1
+            return None
+        kinds = _FIELD_KINDS.get(type_name)
+        if kinds is None:
+            self.stats.unknown_type += 1
+            return None
+        try:
+            seq = int(seq_text)
+            if not 0 <= seq <= 0xFFFF or len(fields) != len(kinds):
+                raise ValueError
+            values = {name: _parse_field(text, kind) for (name, kind), text in zip(kinds, fields)}
+        except ValueError:
+            self.stats.malformed += 1
+            return None
+        self._count_gap(seq)
+        self.stats.frames += 1
+        return MESSAGE_TYPES[type_name](**values)
+
+    def _count_gap(self, seq: int) -> None:
+        if self._last_seq is not None:
+            gap = (seq - self._last_seq - 1) & 0xFFFF
+            # A huge "gap" is a sender restart or a reordering, not 60,000 lost frames.
+            if gap < 0x8000:
+                self.stats.seq_gaps += gap
+        self._last_seq = seq

@@ -1,0 +1,1 @@
+"""Desktop training: backbones, self-supervised methods, the training loop, the demo."""

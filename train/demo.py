@@ -1,0 +1,160 @@
+"""``sortline demo``: the whole loop on a simulated avocado line.
+
+render an unlabeled pool → pretrain (SimCLR) → export ONNX (parity-checked) → int8 with
+calibration → fit the fusion head on the int8 embeddings of a small labeled set → bundle →
+run the station against the simulated line over pseudo-terminals → summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sortline.edge_runtime.bundle import DecisionPolicy, Manifest
+from sortline.edge_runtime.embedder import OnnxEmbedder
+from sortline.edge_runtime.fusion import FusionSpec
+from sortline.edge_runtime.pipeline import ItemPipeline
+from sortline.edge_runtime.preprocess import InputSpec, normalize
+from sortline.edge_runtime.report import markdown
+from sortline.edge_runtime.simulated import sort_on_simulated_line
+from sortline.export.bundle import write_bundle
+from sortline.export.onnx_export import ParityError, compare, export_backbone, torch_embeddings
+from sortline.export.quantize import quantize_int8
+from sortline.hardware.avocado import CLASSES, TAPS_PER_ITEM, VIEWS
+from sortline.hardware.line_sim import LineConfig
+
+from .augment import MultiChannelAugment
+from .backbones import build_backbone
+from .data import PairDataset
+from .fusion_head import fit_fusion_head
+from .loop import TrainConfig, train
+from .plots import confusion_png, latency_png, loss_png
+from .sim_data import sim_items, unlabeled_views
+from .simclr import SimCLR
+
+log = logging.getLogger(__name__)
+
+# Where each quality class leaves the line. Exit 0 is the safe exit (manual inspection).
+AVOCADO_EXITS = {"A": 1, "external": 2, "internal": 3, "both": 3}
+SAFE_EXIT = 0
+PARITY_MIN_COSINE = 0.999
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    items: int = 500
+    out: Path = Path("demo-out")
+    pool_fruit: int = 2000  # unlabeled fruit for pretraining (×4 views)
+    labeled_fruit: int = 600  # labeled fruit for the fusion head
+    backbone: str = "resnet10"
+    image_size: int = 64
+    epochs: float = 6.0
+    batch_size: int = 128
+    max_pretrain_s: float | None = 360.0
+    pitch_ms: float = 100.0
+    deadline_ms: int = 300
+    min_confidence: float = 0.5
+    seed: int = 0
+    progress: bool = True
+
+
+def _stage(name: str, timings: dict[str, float], start: float) -> float:
+    now = time.perf_counter()
+    timings[name] = round(now - start, 1)
+    log.info("%s done in %.1f s", name, now - start)
+    return now
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = InputSpec(size=cfg.image_size, views=VIEWS)
+    timings: dict[str, float] = {}
+    worlds = {"pool": cfg.seed * 10 + 1, "labeled": cfg.seed * 10 + 2, "line": cfg.seed * 10 + 3}
+    t = time.perf_counter()
+
+    # 1. Unlabeled pool, the edge's preprocessing applied once and kept as uint8.
+    pool = unlabeled_views(worlds["pool"], cfg.pool_fruit, spec, desc="render pool" if cfg.progress else None)
+    t = _stage("render_pool", timings, t)
+
+    # 2. Pretrain.
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg.backbone, in_channels=len(spec.channels))
+    model = SimCLR(backbone)
+    result = train(
+        model,
+        PairDataset(pool, MultiChannelAugment(spec)),
+        TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                    max_seconds=cfg.max_pretrain_s, log_path=out / "pretrain.csv"),
+        progress=cfg.progress,
+    )
+    backbone = model.backbone.cpu().to(memory_format=torch.contiguous_format).eval()
+    torch.save({"backbone": cfg.backbone, "in_channels": len(spec.channels), "input_spec": spec.to_dict(),
+                "state_dict": backbone.state_dict(), "train": result.to_dict()}, out / "backbone.ckpt")
+    if result.losses:
+        loss_png(result.losses, result.embedding_std, out / "pretrain.png", f"SimCLR {cfg.backbone}")
+    t = _stage("pretrain", timings, t)
+
+    # 3. Export, check parity with PyTorch, quantize with calibration views from the pool.
+    rng = np.random.default_rng(cfg.seed)
+    sample = normalize(pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)] / np.float32(255), spec)
+    fp32_path = export_backbone(backbone, spec, out / "backbone.fp32.onnx")
+    reference = torch_embeddings(backbone, sample[:64])
+    fp32 = OnnxEmbedder(fp32_path, spec)
+    parity = compare(reference, fp32.embed_batch(sample[:64]))
+    if parity.min_cosine < PARITY_MIN_COSINE:
+        raise ParityError(f"ONNX fp32 differs from PyTorch: min cosine {parity.min_cosine:.5f}")
+    int8_path = quantize_int8(fp32_path, out / "backbone.int8.onnx", sample)
+    int8 = OnnxEmbedder(int8_path, spec)
+    int8_vs_fp32 = compare(fp32.embed_batch(sample[:64]), int8.embed_batch(sample[:64]))
+    t = _stage("export", timings, t)
+
+    # 4. Fusion head on the int8 embeddings of the labeled set, then the bundle.
+    labeled = list(sim_items(worlds["labeled"], cfg.labeled_fruit, desc="render labeled" if cfg.progress else None))
+    head, fusion = fit_fusion_head(int8, labeled, CLASSES, FusionSpec(taps_expected=TAPS_PER_ITEM), seed=cfg.seed)
+    labeled_counts = np.bincount([item.fruit.label for item in labeled], minlength=len(CLASSES))
+    manifest = Manifest(
+        name=f"avocado-{cfg.backbone}-simclr",
+        input=spec,
+        embedding_dim=backbone.embedding_dim,
+        labels=CLASSES,
+        decision=DecisionPolicy(AVOCADO_EXITS, SAFE_EXIT, cfg.min_confidence),
+        fusion=fusion,
+        metrics={
+            "pretrain": {"method": "simclr", "pool_views": len(pool), **result.to_dict()},
+            "onnx_parity_fp32": parity.to_dict(),
+            "int8_vs_fp32": int8_vs_fp32.to_dict(),
+            "quantization": "int8 static, QDQ, U8S8, per-channel, MinMax calibration on 256 views",
+            "head_training": {CLASSES[i]: int(n) for i, n in enumerate(labeled_counts)},
+        },
+    )
+    bundle = write_bundle(out / "bundle", manifest, int8_path, head)
+    t = _stage("head_and_bundle", timings, t)
+
+    # 5. The station on the simulated line.
+    line = LineConfig(items=cfg.items, seed=worlds["line"], pitch_ms=cfg.pitch_ms, deadline_ms=cfg.deadline_ms)
+    events = out / "events.jsonl"
+    events.unlink(missing_ok=True)
+    run = sort_on_simulated_line(ItemPipeline(bundle, threads=1), line, event_log=events, progress=cfg.progress)
+    t = _stage("sort", timings, t)
+
+    summary = {
+        **run.summary,
+        "bundle": str(bundle.root),
+        "pretrain": manifest.metrics["pretrain"],
+        "onnx_parity_fp32": parity.to_dict(),
+        "int8_vs_fp32": int8_vs_fp32.to_dict(),
+        "seconds": timings,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(f"# sortline demo: simulated avocado line\n\n{markdown(summary)}")
+    confusion_png(run.summary["confusion"]["matrix"], run.summary["confusion"]["labels"], out / "confusion.png",
+                  f"{run.summary['items']} fruit, accuracy {run.summary['accuracy']}, MCC {run.summary['mcc']}")
+    latency_png(run.stats.latencies_ms, cfg.deadline_ms, out / "latency.png")
+    return summary
