@@ -32,7 +32,7 @@ def write_bundle(out: Path, manifest: Manifest, backbone: Path, head: LogisticHe
             created=manifest.created or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         (staging / MANIFEST).write_text(manifest_json(final), encoding="utf-8")
-        load_bundle(staging)  # refuse to publish what a station would refuse to load
+        load_bundle(staging).load_head()  # refuse to publish what a station would refuse to load
         if out.exists():
             retired = out.with_name(f".{out.name}.old")
             shutil.rmtree(retired, ignore_errors=True)

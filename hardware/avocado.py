@@ -69,8 +69,13 @@ def _random_direction(rng: np.random.Generator, max_lat: float) -> tuple[float, 
 def make_fruit(item_id: int, seed: int, label: int | None = None) -> FruitSpec:
     """The fruit for ``item_id`` in the world ``seed`` (deterministic); ``label`` forces a class."""
     rng = np.random.default_rng([seed, item_id])
-    if label is None:
-        label = int(rng.choice(len(CLASSES), p=CLASS_PRIORS))
+    drawn_label = int(rng.choice(len(CLASSES), p=CLASS_PRIORS))
+    label = drawn_label if label is None else label
+    # Everything but the defects is drawn first, so forcing a label changes only the defects.
+    ripeness = float(rng.uniform(0, 1))
+    firmness_noise = rng.normal(0, 0.04)
+    look = rng.uniform(size=9)
+    texture_seed = int(rng.integers(2**31))
     external = label in (1, 3)
     internal = label in (2, 3)
     scabs = tuple(
@@ -78,22 +83,21 @@ def make_fruit(item_id: int, seed: int, label: int | None = None) -> FruitSpec:
         for _ in range(rng.integers(1, 3) if external else 0)
     )
     bruises = tuple(Spot(_random_direction(rng, 0.6), rng.uniform(0.5, 0.8)) for _ in range(1 if internal else 0))
-    ripeness = float(rng.uniform(0, 1))
-    firmness = 1.0 - 0.55 * ripeness - (0.2 if internal else 0.0) + rng.normal(0, 0.04)
+    firmness = 1.0 - 0.55 * ripeness - (0.2 if internal else 0.0) + firmness_noise
     return FruitSpec(
         item_id=item_id,
         label=label,
         ripeness=ripeness,
         scabs=scabs,
         bruises=bruises,
-        spin=float(rng.uniform(0, 2 * math.pi)),
-        half_width=float(rng.uniform(23, 28)),
-        half_height=float(rng.uniform(29, 34)),
-        offset=(float(rng.normal(0, 2.5)), float(rng.normal(0, 2.5))),
-        gain=float(rng.uniform(0.8, 1.2)),
-        tint=tuple(float(t) for t in rng.normal(1.0, 0.05, 3)),
-        nir_gain=float(rng.uniform(0.85, 1.15)),
-        texture_seed=int(rng.integers(2**31)),
+        spin=float(2 * math.pi * look[0]),
+        half_width=float(23 + 5 * look[1]),
+        half_height=float(29 + 5 * look[2]),
+        offset=(float(5 * (look[3] - 0.5)), float(5 * (look[4] - 0.5))),
+        gain=float(0.8 + 0.4 * look[5]),
+        tint=(float(0.93 + 0.14 * look[6]), 1.0, float(0.93 + 0.14 * look[7])),
+        nir_gain=float(0.85 + 0.3 * look[8]),
+        texture_seed=texture_seed,
         firmness=float(max(firmness, 0.1)),
     )
 

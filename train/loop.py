@@ -136,6 +136,7 @@ def train(model: nn.Module, dataset: Dataset, config: TrainConfig, progress: boo
                 if writer:
                     writer.writerow([result.steps, f"{result.losses[-1]:.5f}", f"{scheduler.get_last_lr()[0]:.6g}",
                                      f"{result.embedding_std[-1]:.5f}", f"{result.images_per_s:.1f}"])
+                    log_file.flush()  # someone may be watching the log of a long run
                 if result.steps >= total_steps:
                     break
                 if config.max_seconds is not None and result.seconds > config.max_seconds:

@@ -1,0 +1,37 @@
+# Fresh machine: `make demo` sets up .venv and runs the demo; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EDGE_VENV := .venv-edge
+
+.PHONY: setup demo test edge-check lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,dev]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sortline demo $(ARGS)
+
+test: $(STAMP) edge-check
+	$(BIN)/pytest -q
+
+# A plain `pip install .` (no extras) must give a working edge runtime without torch.
+edge-check:
+	rm -rf $(EDGE_VENV)
+	$(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/pip install --quiet -c constraints.txt .
+	cd /tmp && $(CURDIR)/$(EDGE_VENV)/bin/python -c "import importlib.util as u, sortline.edge_runtime.station, \
+		sortline.edge_runtime.simulated, sortline.hardware.line_sim; assert u.find_spec('torch') is None; \
+		print('edge install OK: no torch, runtime imports')"
+	$(EDGE_VENV)/bin/sortline --help > /dev/null
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) $(EDGE_VENV) build *.egg-info demo-out

@@ -1,0 +1,106 @@
+"""Bundles load only when whole and untampered; writing one is all-or-nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sortline.edge_runtime.bundle import MANIFEST, BundleError, load_bundle
+from sortline.edge_runtime.cli import main
+from sortline.export.bundle import write_bundle
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_bundle.root, tmp_path / "b"))
+
+
+def _edit_manifest(root: Path, edit) -> None:
+    data = json.loads((root / MANIFEST).read_text())
+    edit(data)
+    (root / MANIFEST).write_text(json.dumps(data))
+
+
+def test_written_bundle_verifies_and_lists_every_file(tiny_bundle):
+    bundle = load_bundle(tiny_bundle.root)
+    assert set(bundle.manifest.files) == {"backbone.onnx", "head.npz"}
+    assert bundle.load_head().labels == bundle.manifest.labels
+
+
+def test_tampered_backbone_is_refused(bundle_copy):
+    model = bundle_copy / "backbone.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(bundle_copy)
+
+
+def test_truncated_head_is_refused(bundle_copy):
+    head = bundle_copy / "head.npz"
+    head.write_bytes(head.read_bytes()[:100])
+    with pytest.raises(BundleError, match="head.npz"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(schema_version=2), "schema_version"),
+        (lambda d: d.update(surprise=1), "unknown fields"),
+        (lambda d: d.pop("labels"), "lacks fields"),
+        (lambda d: d["files"].update({"../escape.onnx": "0" * 64}), "outside the bundle"),
+        (lambda d: d["files"].pop("head.npz"), "hash for head.npz"),
+        (lambda d: d["decision"]["exits"].pop("both"), "without an exit"),
+        (lambda d: d["input"].update(size="big"), "malformed"),
+    ],
+)
+def test_bad_manifests_are_refused_with_a_reason(bundle_copy, edit, message):
+    _edit_manifest(bundle_copy, edit)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_copy)
+
+
+def test_missing_pieces_are_named(bundle_copy, tmp_path):
+    (bundle_copy / "backbone.onnx").unlink()
+    with pytest.raises(BundleError, match="backbone.onnx.*missing"):
+        load_bundle(bundle_copy)
+    with pytest.raises(BundleError, match="no such bundle"):
+        load_bundle(tmp_path / "nowhere")
+    (bundle_copy / MANIFEST).write_text("{not json")
+    with pytest.raises(BundleError, match="unreadable"):
+        load_bundle(bundle_copy)
+
+
+def test_failed_write_leaves_nothing_behind(tiny_bundle, tmp_path):
+    bundle = load_bundle(tiny_bundle.root)
+    wrong = dataclasses.replace(bundle.manifest, embedding_dim=999, files={})  # head no longer fits
+    out = tmp_path / "out"
+    with pytest.raises(BundleError, match="head does not match"):
+        write_bundle(out, wrong, bundle.backbone_path, bundle.load_head())
+    assert list(tmp_path.iterdir()) == []  # neither the bundle nor its staging folder
+
+
+def test_rewrite_replaces_an_older_bundle_atomically(tiny_bundle, tmp_path):
+    bundle = load_bundle(tiny_bundle.root)
+    out = tmp_path / "out"
+    write_bundle(out, dataclasses.replace(bundle.manifest, files={}, name="v1"), bundle.backbone_path,
+                 bundle.load_head())
+    write_bundle(out, dataclasses.replace(bundle.manifest, files={}, name="v2"), bundle.backbone_path,
+                 bundle.load_head())
+    assert load_bundle(out).manifest.name == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_cli_verify_reports_ok_and_errors(tiny_bundle, bundle_copy, capsys):
+    assert main(["bundle", "verify", str(tiny_bundle.root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ok"] is True
+    (bundle_copy / "head.npz").write_bytes(b"x")
+    assert main(["bundle", "verify", str(bundle_copy), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert "sha256" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["ok"] is False

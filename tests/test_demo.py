@@ -1,0 +1,32 @@
+"""The whole loop, end to end, on a tiny budget: the same code path as `sortline demo`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sortline.edge_runtime.bundle import load_bundle
+from sortline.edge_runtime.cli import main
+
+FIELDS = ("items", "gate_commands", "lost", "duplicates", "accuracy", "mcc", "latency_ms_p50",
+          "latency_ms_p99", "deadline_misses", "items_per_s", "faults")
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_prints_json_summary_last(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--items", "40", "--pool-fruit", "64", "--labeled-fruit", "160", "--epochs", "1",
+                 "--out", str(out), "--quiet", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert all(field in summary for field in FIELDS)
+    assert (summary["items"], summary["gate_commands"], summary["lost"], summary["duplicates"]) == (40, 40, 0, 0)
+    assert summary["onnx_parity_fp32"]["min_cosine"] >= 0.999
+    assert 0.0 <= summary["accuracy"] <= 1.0
+    manifest = load_bundle(out / "bundle").manifest
+    assert manifest.metrics["int8_vs_fp32"]["mean_cosine"] > 0.95
+    for name in ("summary.json", "summary.md", "events.jsonl", "confusion.png", "latency.png", "pretrain.png",
+                 "pretrain.csv", "backbone.ckpt"):
+        assert (out / name).stat().st_size > 0, name
+    assert len((out / "events.jsonl").read_text().splitlines()) == 40

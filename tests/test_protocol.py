@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sortline.hardware.protocol import (
+    MAX_FRAME_BYTES,
+    Ack,
+    Encoder,
+    ErrorReport,
+    GateCommand,
+    Heartbeat,
+    ItemArrival,
+    Parser,
+    TapReading,
+    crc16,
+)
+
+MESSAGES = [
+    ItemArrival(item_id=42, lane=1, t_ms=1500, deadline_ms=250),
+    GateCommand(item_id=42, exit=3),
+    Ack(item_id=42),
+    Heartbeat(t_ms=99),
+    ErrorReport(code=7, text="gate 2 jammed"),
+    TapReading(item_id=42, index=0, count=5, peak_n=8.5, rebound=0.5, decay_ms=9.75, t_ms=1512),
+]
+
+
+def test_crc_is_ccitt_false():
+    assert crc16(b"123456789") == 0x29B1
+
+
+def test_every_message_round_trips():
+    frames = b"".join(Encoder().encode(m) for m in MESSAGES)
+    parser = Parser()
+    assert parser.feed(frames) == MESSAGES
+    assert parser.stats.frames == len(MESSAGES)
+    assert parser.stats.errors == 0 and parser.stats.garbage_bytes == 0
+
+
+def test_documented_frame_layout():
+    frame = Encoder().encode(GateCommand(item_id=42, exit=1))
+    body = b"1,0,GATE,42,1"
+    assert frame == b"$" + body + b"*%04X\n" % crc16(body)
+
+
+def test_text_fields_cannot_break_framing():
+    frame = Encoder().encode(ErrorReport(code=1, text="a,b*c$d\ne"))
+    (message,) = Parser().feed(frame)
+    assert message == ErrorReport(code=1, text="a b c d e")
+
+
+def test_resynchronises_after_garbage_and_truncation():
+    enc = Encoder()
+    good1, cut, good2 = (enc.encode(m) for m in MESSAGES[:3])
+    stream = b"\x00\xffnoise" + good1 + cut[: len(cut) // 2] + good2 + b"tail"
+    parser = Parser()
+    assert parser.feed(stream) == [MESSAGES[0], MESSAGES[2]]
+    assert parser.stats.malformed == 1  # the truncated frame
+    assert parser.stats.garbage_bytes == len(b"\x00\xffnoise") + len(b"tail")
+    assert parser.stats.seq_gaps == 1  # the truncated frame's sequence number is missing
+
+
+def test_corrupted_byte_is_caught_by_crc():
+    frame = bytearray(Encoder().encode(MESSAGES[0]))
+    frame[10] ^= 0x01
+    parser = Parser()
+    assert parser.feed(bytes(frame)) == []
+    assert parser.stats.bad_crc == 1
+
+
+def test_wrong_version_and_unknown_type_are_counted():
+    def framed(body: bytes) -> bytes:
+        return b"$" + body + b"*%04X\n" % crc16(body)
+
+    parser = Parser()
+    assert parser.feed(framed(b"2,0,GATE,1,1") + framed(b"1,1,WHAT,1") + framed(b"1,2,GATE,x,1")) == []
+    assert (parser.stats.bad_version, parser.stats.unknown_type, parser.stats.malformed) == (1, 1, 1)
+
+
+def test_oversize_frame_is_dropped_without_unbounded_buffering():
+    parser = Parser()
+    parser.feed(b"$" + b"1" * (MAX_FRAME_BYTES * 4))
+    assert parser.stats.oversize >= 1
+    assert parser.feed(Encoder().encode(MESSAGES[1])) == [MESSAGES[1]]
+
+
+def test_bytes_split_anywhere_parse_the_same():
+    stream = b"".join(Encoder().encode(m) for m in MESSAGES)
+    rng = random.Random(0)
+    for _ in range(50):
+        parser, out, i = Parser(), [], 0
+        while i < len(stream):
+            step = rng.randint(1, 20)
+            out += parser.feed(stream[i : i + step])
+            i += step
+        assert out == MESSAGES
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_random_bytes_never_raise(data):
+    parser = Parser()
+    parser.feed(data)
+    parser.feed(data[::-1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(MESSAGES), st.binary(max_size=40).filter(lambda b: b"$" not in b)),
+                max_size=12))
+def test_frames_survive_interleaved_garbage(pairs):
+    """Garbage between frames never costs a frame (garbage with no '$' cannot open a fake one)."""
+    enc = Encoder()
+    stream = b"".join(garbage + enc.encode(m) for m, garbage in pairs)
+    assert Parser().feed(stream) == [m for m, _ in pairs]
+
+
+@pytest.mark.parametrize("position", [0.1, 0.5, 0.9])
+def test_mutated_frame_never_yields_a_wrong_message(position):
+    enc = Encoder()
+    frame = bytearray(enc.encode(MESSAGES[5]))
+    rng = random.Random(position)
+    wrong = 0
+    for _ in range(500):
+        mutated = bytearray(frame)
+        i = int(position * (len(frame) - 2))
+        mutated[i] = rng.randrange(256)
+        got = Parser().feed(bytes(mutated))
+        wrong += any(m != MESSAGES[5] for m in got)
+    assert wrong == 0

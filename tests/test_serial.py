@@ -1,0 +1,67 @@
+"""The serial link over real pseudo-terminals and pyserial URL handlers."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+from sortline.hardware.protocol import Ack, GateCommand, ItemArrival
+from sortline.hardware.pty import PtyDevice
+from sortline.hardware.serial_link import SerialLink
+
+
+def _drain(link: SerialLink, n: int, timeout_s: float = 3.0) -> list:
+    out, deadline = [], time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        try:
+            out.append(link.inbox.get(timeout=0.05).message)
+        except queue.Empty:
+            pass
+    return out
+
+
+def test_messages_cross_a_real_pty_both_ways():
+    with PtyDevice() as device, SerialLink(device.port, "controller") as link:
+        arrivals = [ItemArrival(item_id=i, lane=0, t_ms=i, deadline_ms=300) for i in range(20)]
+        for a in arrivals:
+            device.send(a)
+        assert _drain(link, 20) == arrivals
+        assert link.send(GateCommand(item_id=3, exit=2))
+        got, deadline = [], time.monotonic() + 3
+        while not got and time.monotonic() < deadline:
+            got = device.receive(0.1)
+        assert got == [GateCommand(item_id=3, exit=2)]
+
+
+def test_garbage_on_the_wire_is_counted_and_skipped():
+    with PtyDevice() as device, SerialLink(device.port, "taps") as link:
+        device.write(b"\x00\x13garbage$1,5,ACK,1*0000\n")  # noise, then a frame with a bad CRC
+        device.send(Ack(item_id=7))
+        assert _drain(link, 1) == [Ack(item_id=7)]
+        assert link.stats.garbage_bytes == 9
+        assert link.stats.bad_crc == 1
+
+
+def test_same_driver_runs_on_pyserial_loop_url():
+    with SerialLink("loop://", "loop") as link:
+        link.send(GateCommand(item_id=1, exit=1))
+        assert _drain(link, 1) == [GateCommand(item_id=1, exit=1)]
+
+
+def test_full_inbox_drops_oldest_and_counts():
+    inbox: queue.Queue = queue.Queue(maxsize=5)
+    with PtyDevice() as device, SerialLink(device.port, "c", inbox=inbox) as link:
+        for i in range(12):
+            device.send(Ack(item_id=i))
+        deadline = time.monotonic() + 3
+        while link.stats.frames < 12 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert link.dropped == 7
+        assert [inbox.get_nowait().message.item_id for _ in range(5)] == [7, 8, 9, 10, 11]
+
+
+def test_write_to_a_closed_port_reports_false():
+    link = SerialLink("loop://", "x").open()
+    link.close()
+    assert link.send(Ack(item_id=1)) is False
+    assert link.write_errors == 1

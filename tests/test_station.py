@@ -1,0 +1,102 @@
+"""The station runtime against simulated devices on real pseudo-terminals."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+
+import pytest
+
+from sortline.edge_runtime.pipeline import CONFIDENT, LATE, NO_VIEWS, UNSURE, ItemPipeline
+from sortline.edge_runtime.simulated import sort_on_simulated_line
+from sortline.edge_runtime.station import Station, StationConfig
+from sortline.hardware.avocado import make_fruit, render_views, tap_series
+from sortline.hardware.camera import FrameError, ItemCapture
+from sortline.hardware.line_sim import LineConfig
+from sortline.hardware.protocol import GateCommand, ItemArrival
+from sortline.hardware.pty import PtyDevice
+from sortline.hardware.serial_link import SerialLink
+
+
+def test_every_item_gets_exactly_one_gate_command(tiny_bundle, tmp_path):
+    log = tmp_path / "events.jsonl"
+    run = sort_on_simulated_line(ItemPipeline(tiny_bundle, threads=1), LineConfig(items=40, pitch_ms=40, seed=5),
+                                 event_log=log, progress=False)
+    s = run.summary
+    assert (s["items"], s["gate_commands"], s["lost"], s["duplicates"]) == (40, 40, 0, 0)
+    assert s["deadline_misses"] == 0
+    assert sum(s["class_counts"].values()) == 40
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(e["item_id"] for e in events) == list(range(1, 41))
+    assert all(e["reason"] in (CONFIDENT, UNSURE) and e["taps"] == 5 and e["views"] == 4 for e in events)
+    # The exit the controller received is the one the station logged.
+    assert {e["item_id"]: e["exit"] for e in events} == run.tally.exits
+
+
+class _FlakyRig:
+    """Renders simulated fruit, but item 2's capture fails outright."""
+
+    view_count = 4
+
+    def capture(self, item_id: int) -> ItemCapture:
+        if item_id == 2:
+            raise FrameError("camera 3 timed out")
+        return ItemCapture(item_id, tuple(render_views(make_fruit(item_id, seed=1))))
+
+
+@pytest.fixture
+def harness(tiny_bundle, tmp_path):
+    controller, sensor = PtyDevice(), PtyDevice()
+    inbox: queue.Queue = queue.Queue()
+    links = [SerialLink(controller.port, "controller", inbox=inbox).open(),
+             SerialLink(sensor.port, "taps", inbox=inbox).open()]
+    station = Station(ItemPipeline(tiny_bundle, threads=1), _FlakyRig(), *links,
+                      StationConfig(tap_wait_ms=80), event_log=tmp_path / "events.jsonl")
+    stop = threading.Event()
+    worker = threading.Thread(target=station.run, args=(stop,), daemon=True)
+    worker.start()
+    yield station, controller, sensor
+    stop.set()
+    worker.join(5)
+    for link in links:
+        link.close()
+    controller.close()
+    sensor.close()
+
+
+def _gates(controller: PtyDevice, n: int, timeout_s: float = 5.0) -> list[GateCommand]:
+    got, deadline = [], time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline:
+        got += [m for m in controller.receive(0.05) if isinstance(m, GateCommand)]
+    return got
+
+
+def test_bad_items_go_to_the_safe_exit_and_the_line_goes_on(harness):
+    station, controller, sensor = harness
+    for tap in tap_series(make_fruit(1, seed=1)):  # taps may arrive before the announcement
+        sensor.send(tap)
+    for item_id in (1, 2, 3):
+        controller.send(ItemArrival(item_id=item_id, lane=0, t_ms=0, deadline_ms=400))
+    controller.send(ItemArrival(item_id=1, lane=0, t_ms=0, deadline_ms=400))  # repeated announcement
+    sensor.write(b"$1,9,TAP,3,0,5,garbage*0000\n")  # a garbled reading
+    gates = _gates(controller, 3)
+    time.sleep(0.3)  # anything extra would arrive now
+    gates += [m for m in controller.receive(0.05) if isinstance(m, GateCommand)]
+    assert sorted(g.item_id for g in gates) == [1, 2, 3]
+    by_item = {d.item_id: d for d in station.decisions}
+    assert by_item[2].reason == NO_VIEWS and by_item[2].exit == 0
+    assert by_item[1].reason in (CONFIDENT, UNSURE)
+    assert station.stats.repeated_announcements == 1
+    assert station.stats.capture_errors == 1
+    assert station.tap_sensor.stats.bad_crc == 1
+
+
+def test_an_item_announced_too_late_goes_to_the_safe_exit(harness):
+    station, controller, _ = harness
+    controller.send(ItemArrival(item_id=9, lane=0, t_ms=0, deadline_ms=0))  # its gate is already here
+    (gate,) = _gates(controller, 1)
+    assert gate.exit == 0
+    assert station.decisions[-1].reason == LATE
+    assert station.stats.deadline_misses == 1

@@ -1,0 +1,101 @@
+"""Backbones, augmentation, the NT-Xent loss and the training loop."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sortline.edge_runtime.preprocess import InputSpec
+from sortline.train.augment import MultiChannelAugment
+from sortline.train.backbones import build_backbone
+from sortline.train.data import PairDataset
+from sortline.train.losses import NTXentLoss
+from sortline.train.loop import TrainConfig, embedding_std, train
+from sortline.train.simclr import SimCLR
+
+
+def ntxent_reference(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:
+    """Eq. 1 of the SimCLR paper, written out term by term."""
+    z = [F.normalize(v, dim=0) for v in torch.cat([z1, z2])]
+    n = len(z1)
+    total = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        num = math.exp(float(z[i] @ z[j]) / t)
+        den = sum(math.exp(float(z[i] @ z[k]) / t) for k in range(2 * n) if k != i)
+        total += -math.log(num / den)
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_ntxent_matches_the_paper(n):
+    torch.manual_seed(n)
+    z1, z2 = torch.randn(n, 5), torch.randn(n, 5)
+    assert float(NTXentLoss(0.5)(z1, z2)) == pytest.approx(ntxent_reference(z1, z2, 0.5), rel=1e-5)
+
+
+def test_ntxent_edge_cases():
+    loss = NTXentLoss(0.1)
+    z = torch.randn(1, 8)
+    assert float(loss(z, z)) == pytest.approx(0.0, abs=1e-6)  # one pair: nothing else to confuse
+    same = torch.ones(4, 8)
+    assert float(loss(same, same)) == pytest.approx(math.log(7), rel=1e-5)  # collapsed: chance
+    with pytest.raises(ValueError):
+        NTXentLoss(0.0)
+
+
+def test_backbone_embeds_any_channel_count_and_extends_rgb_weights(tmp_path):
+    for c in (1, 3, 4):
+        model = build_backbone("resnet10", in_channels=c).eval()
+        assert model(torch.zeros(2, c, 32, 32)).shape == (2, model.embedding_dim)
+    rgb = build_backbone("resnet10", in_channels=3)
+    torch.save(rgb.net.state_dict(), tmp_path / "rgb.pt")
+    rgbn = build_backbone("resnet10", in_channels=4, weights=tmp_path / "rgb.pt")
+    stem = rgbn.net.conv1.weight
+    assert torch.equal(stem[:, :3], rgb.net.conv1.weight)
+    assert torch.allclose(stem[:, 3], rgb.net.conv1.weight.mean(1))
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("vgg", 4)
+
+
+def test_augmentation_moves_channels_together_and_spares_nir_from_colour():
+    spec = InputSpec(size=32)
+    x = torch.rand(4, 40, 40)
+    x[3] = x[0]  # NIR identical to red
+    geometric_only = MultiChannelAugment(spec, strength=0.0)
+    for _ in range(5):
+        y = geometric_only(x.clone()) * 0.25 + 0.5  # undo normalisation
+        assert y.shape == (4, 32, 32)
+        assert torch.allclose(y[3], y[0], atol=1e-5)
+    coloured = MultiChannelAugment(spec, strength=1.0)
+    x = torch.rand(4, 32, 32)
+    x[3] = 0.5
+    outs = torch.stack([coloured(x.clone()) for _ in range(20)])
+    assert outs[:, :3].std() > 0  # colour changes
+    # NIR is only touched by geometry, blur and its own brightness/contrast: stays uniform.
+    per_image_nir_std = outs[:, 3].flatten(1).std(dim=1)
+    assert float(per_image_nir_std.max()) < 1e-4
+
+
+def test_simclr_lowers_its_loss_on_a_small_set():
+    rng = np.random.default_rng(0)
+    # Eight distinct blobs: easy to tell apart, hard to tell apart under augmentation by chance.
+    base = rng.integers(0, 255, (8, 4, 8, 8), dtype=np.uint8)
+    images = np.repeat(np.repeat(base, 4, axis=2), 4, axis=3)
+    images = np.concatenate([images] * 8)
+    spec = InputSpec(size=32)
+    model = SimCLR(build_backbone("resnet10", 4), hidden_dim=64, proj_dim=32)
+    result = train(model, PairDataset(images, MultiChannelAugment(spec, strength=0.3)),
+                   TrainConfig(epochs=15, batch_size=32, lr=3e-3, warmup_steps=2, amp="off"), progress=False)
+    first, last = np.mean(result.losses[:3]), np.mean(result.losses[-3:])
+    assert last < 0.8 * first, (first, last)
+    assert len(result.embedding_std) == result.steps and result.embedding_std[-1] > 0.01
+
+
+def test_embedding_std_detects_collapse():
+    assert embedding_std(torch.ones(16, 32)) == pytest.approx(0.0, abs=1e-6)
+    assert embedding_std(torch.randn(256, 32)) == pytest.approx(1 / math.sqrt(32), rel=0.15)
