@@ -17,7 +17,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sortline demo $(ARGS)
 
-test: $(STAMP) edge-check
+test: $(STAMP) edge-check lint
 	$(BIN)/pytest -q
 
 # A plain `pip install .` (no extras) must give a working edge runtime without torch.

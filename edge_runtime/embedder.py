@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from sortline.hardware.camera import ViewFrame
 
 from .preprocess import InputSpec, preprocess_views

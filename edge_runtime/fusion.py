@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from sortline.hardware.protocol import TapReading
 
 VIEW_POOLS = ("mean", "max")

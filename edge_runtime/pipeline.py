@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from sortline.hardware.camera import ItemCapture
 from sortline.hardware.protocol import TapReading
 

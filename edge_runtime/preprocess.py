@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+
 from sortline.hardware.camera import FrameError, ViewFrame
 
 CHANNEL_NAMES = ("r", "g", "b", "nir")

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, matthews_corrcoef
+
 from sortline.hardware.line_sim import LineTally
 
 from .bundle import DecisionPolicy
@@ -37,6 +38,7 @@ def summarize(
     right_exit = sum(1 for d, t in zip(judged, y_true) if d.exit == policy.exits[labels[t]])
     safe = sum(1 for d in judged if d.exit == policy.safe_exit)
     latencies = np.asarray(stats.latencies_ms) if stats.latencies_ms else np.zeros(1)
+    compute = np.asarray(stats.compute_ms) if stats.compute_ms else np.zeros(1)
     return {
         "items": tally.items,
         "gate_commands": tally.gate_commands,
@@ -46,6 +48,8 @@ def summarize(
         "mcc": round(float(matthews_corrcoef(y_true, y_pred)), 4) if judged else None,
         "latency_ms_p50": round(float(np.percentile(latencies, 50)), 2),
         "latency_ms_p99": round(float(np.percentile(latencies, 99)), 2),
+        "compute_ms_p50": round(float(np.percentile(compute, 50)), 2),
+        "compute_ms_p99": round(float(np.percentile(compute, 99)), 2),
         "deadline_misses": stats.deadline_misses + tally.late,
         "items_per_s": round(tally.items / wall_s, 2) if wall_s > 0 else None,
         "faults": dict(faults or {}),
@@ -59,7 +63,7 @@ def summarize(
 def markdown(summary: Mapping) -> str:
     """The summary as a Markdown report: headline figures, then the confusion matrix."""
     keys = ["items", "gate_commands", "lost", "duplicates", "accuracy", "mcc",
-            "latency_ms_p50", "latency_ms_p99", "deadline_misses", "items_per_s"]
+            "latency_ms_p50", "latency_ms_p99", "compute_ms_p50", "compute_ms_p99", "deadline_misses", "items_per_s"]
     lines = ["| metric | value |", "|---|---|", *(f"| {k} | {summary[k]} |" for k in keys)]
     routing = summary["routing"]
     lines += ["", f"Routing: {routing['right_exit']} to the right exit, {routing['safe_exit']} to the safe exit, "

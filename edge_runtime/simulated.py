@@ -8,9 +8,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from sortline.hardware.line_sim import LineConfig, LineTally, SimulatedAvocadoLine
 from sortline.hardware.serial_link import Received, SerialLink
-from tqdm import tqdm
 
 from .pipeline import Decision, ItemPipeline
 from .report import summarize

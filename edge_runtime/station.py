@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from sortline.hardware.camera import FrameError, FrameSource
 from sortline.hardware.protocol import Ack, GateCommand, ItemArrival, TapReading
 from sortline.hardware.serial_link import Received, SerialLink
@@ -44,6 +45,7 @@ class _Pending:
     deadline_at: float
     ready_at: float
     embeddings: np.ndarray | None = None
+    compute_s: float = 0.0  # time this station spent on the item (capture, embedding, decision)
     capture_errors: tuple[str, ...] = ()
     taps: dict[int, TapReading] = field(default_factory=dict)
 
@@ -54,7 +56,8 @@ class StationStats:
     gate_commands: int = 0
     acks: int = 0
     reasons: Counter = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # announcement → gate command
+    compute_ms: list[float] = field(default_factory=list)  # of which spent computing, not waiting
     deadline_misses: int = 0
     repeated_announcements: int = 0
     orphan_taps_expired: int = 0
@@ -173,12 +176,14 @@ class Station:
         self._pending[arrival.item_id] = pending
         self.stats.items += 1
         # Views are captured at the trigger, then embedded while the taps come in.
+        started = self._clock()
         try:
             capture = self.rig.capture(arrival.item_id)
             pending.capture_errors = capture.errors
             pending.embeddings = self.pipeline.embed(capture)
         except (FrameError, ValueError, OSError) as exc:
             pending.capture_errors = (*pending.capture_errors, str(exc))
+        pending.compute_s += self._clock() - started
         if pending.capture_errors:
             self.stats.capture_errors += 1
         for _, tap in self._orphans.pop(arrival.item_id, []):
@@ -204,6 +209,7 @@ class Station:
 
     def _finish(self, item_id: int) -> None:
         pending = self._pending.pop(item_id)
+        started = self._clock()
         try:
             decision = self.pipeline.decide(item_id, pending.embeddings, list(pending.taps.values()))
         except Exception:  # one bad item must not stop the line
@@ -215,10 +221,13 @@ class Station:
             decision = dataclasses.replace(decision, exit=self.pipeline.policy.safe_exit, reason=LATE)
             self.stats.deadline_misses += 1
         sent = self.controller.send(GateCommand(item_id=item_id, exit=decision.exit))
-        latency_ms = (self._clock() - pending.received_at) * 1000
+        done = self._clock()
+        latency_ms = (done - pending.received_at) * 1000
+        compute_ms = (pending.compute_s + done - started) * 1000
         self.stats.gate_commands += int(sent)
         self.stats.reasons[decision.reason] += 1
         self.stats.latencies_ms.append(latency_ms)
+        self.stats.compute_ms.append(compute_ms)
         self.decisions.append(decision)
         self._decided[item_id] = None
         if len(self._decided) > self.config.remember_items:
@@ -228,6 +237,7 @@ class Station:
                 **decision.to_dict(),
                 "lane": pending.arrival.lane,
                 "latency_ms": round(latency_ms, 3),
+                "compute_ms": round(compute_ms, 3),
                 "taps": len(pending.taps),
                 "views": 0 if pending.embeddings is None else int(pending.embeddings.shape[0]),
                 "capture_errors": list(pending.capture_errors),

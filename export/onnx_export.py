@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+
 from sortline.edge_runtime.embedder import EMBEDDING_OUTPUT
 from sortline.edge_runtime.preprocess import InputSpec
 

@@ -10,7 +10,9 @@ from sortline.hardware.avocado import CLASS_PRIORS, CLASSES, make_fruit, render_
 
 
 def _diff_per_view(a, b, channel):
-    return [float(np.abs(getattr(x, channel).astype(int) - getattr(y, channel).astype(int)).max()) for x, y in zip(a, b)]
+    """Largest pixel difference between two renderings, per view."""
+    return [float(np.abs(getattr(x, channel).astype(int) - getattr(y, channel).astype(int)).max())
+            for x, y in zip(a, b)]
 
 
 def test_class_frequencies_follow_the_priors():

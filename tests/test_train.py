@@ -13,8 +13,8 @@ from sortline.edge_runtime.preprocess import InputSpec
 from sortline.train.augment import MultiChannelAugment
 from sortline.train.backbones import build_backbone
 from sortline.train.data import PairDataset
-from sortline.train.losses import NTXentLoss
 from sortline.train.loop import TrainConfig, embedding_std, train
+from sortline.train.losses import NTXentLoss
 from sortline.train.simclr import SimCLR
 
 

@@ -10,9 +10,10 @@ it would have to relearn it from a handful of labels.
 from __future__ import annotations
 
 import torch
-from sortline.edge_runtime.preprocess import InputSpec
 from torch import nn
 from torchvision.transforms import v2
+
+from sortline.edge_runtime.preprocess import InputSpec
 
 
 class MultiChannelAugment(nn.Module):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
+
 from sortline.edge_runtime.preprocess import InputSpec, to_unit_chw
 from sortline.hardware.camera import ViewFrame
-from torch.utils.data import Dataset
 
 from .augment import MultiChannelAugment
 

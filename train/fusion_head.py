@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from sortline.edge_runtime.embedder import OnnxEmbedder
 from sortline.edge_runtime.fusion import FusionSpec, fuse, pressure_features
 from sortline.edge_runtime.head import LogisticHead

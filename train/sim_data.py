@@ -6,11 +6,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
+
 from sortline.edge_runtime.preprocess import InputSpec
 from sortline.hardware.avocado import FruitSpec, make_fruit, render_views, tap_series
 from sortline.hardware.camera import ViewFrame
 from sortline.hardware.protocol import TapReading
-from tqdm import tqdm
 
 from .data import views_to_uint8
 
