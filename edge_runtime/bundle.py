@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import SortlineError
 from .fusion import FusionSpec
 from .head import HeadError, LogisticHead
 from .preprocess import InputSpec
@@ -19,7 +20,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class BundleError(ValueError):
+class BundleError(SortlineError, ValueError):
     """A bundle that must not be loaded; the message names the file and the fault."""
 
 
@@ -52,7 +53,7 @@ class Manifest:
     decision: DecisionPolicy
     fusion: FusionSpec
     backbone: str = "backbone.onnx"
-    head: str = "head.npz"
+    head: str | None = "head.npz"  # None: embeddings only, until items are enrolled
     metrics: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
     created: str = ""
@@ -97,7 +98,7 @@ class Manifest:
                 decision=DecisionPolicy.from_dict(data["decision"]),
                 fusion=FusionSpec.from_dict(data["fusion"]),
                 backbone=str(data["backbone"]),
-                head=str(data["head"]),
+                head=None if data["head"] is None else str(data["head"]),
                 metrics=dict(data["metrics"]),
                 files={str(k): str(v) for k, v in data["files"].items()},
             )
@@ -106,7 +107,7 @@ class Manifest:
         if set(manifest.labels) - set(manifest.decision.exits):
             raise BundleError(f"labels without an exit: {sorted(set(manifest.labels) - set(manifest.decision.exits))}")
         for name in (manifest.backbone, manifest.head):
-            if name not in manifest.files:
+            if name is not None and name not in manifest.files:
                 raise BundleError(f"manifest does not list a hash for {name}")
         return manifest
 
@@ -144,6 +145,8 @@ class Bundle:
         return self.root / self.manifest.backbone
 
     def load_head(self) -> LogisticHead:
+        if self.manifest.head is None:
+            raise BundleError(f"{self.root}: this bundle has no head yet (embeddings only); enroll items first")
         try:
             head = LogisticHead.load(self.root / self.manifest.head)
         except HeadError as exc:

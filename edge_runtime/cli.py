@@ -15,21 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def _demo(args: argparse.Namespace) -> dict:
-    demo = importlib.import_module("sortline.train.demo")  # desktop side: needs torch
-    config = demo.DemoConfig(
-        items=args.items,
-        out=args.out,
-        pool_fruit=args.pool_fruit,
-        labeled_fruit=args.labeled_fruit,
-        epochs=args.epochs,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    summary = demo.run_demo(config)
-    print((Path(args.out) / "summary.md").read_text())
-    print(f"bundle, event log, plots and summary.json are in {args.out}/")
-    return summary
+def _desktop(name: str):
+    """A handler in sortline.train.commands, imported only when its command runs (needs torch)."""
+
+    def run(args: argparse.Namespace) -> dict:
+        return getattr(importlib.import_module("sortline.train.commands"), name)(args)
+
+    return run
 
 
 def _bundle_verify(args: argparse.Namespace) -> dict:
@@ -57,7 +49,41 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_desktop("demo"))
+
+    pretrain = commands.add_parser("pretrain", help="self-supervised pretraining on unlabeled images")
+    pretrain.add_argument("--method", default="simclr", help="simclr (the others arrive with the training suite)")
+    pretrain.add_argument("--data", type=Path, required=True, help="a folder of images or a split file")
+    pretrain.add_argument("--backbone", default="resnet10", help="resnet10, resnet18 or resnet50")
+    pretrain.add_argument("--weights", type=Path, help="start from a local weights file (never downloaded)")
+    pretrain.add_argument("--epochs", type=float, default=10.0)
+    pretrain.add_argument("--batch-size", type=int, default=128)
+    pretrain.add_argument("--image-size", type=int, default=64)
+    pretrain.add_argument("--max-seconds", type=float, help="stop at a step boundary past this time budget")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out, not stop")
+    pretrain.add_argument("--out", type=Path, default=Path("backbone.ckpt"))
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
+    pretrain.add_argument("--json", action="store_true")
+    pretrain.set_defaults(handler=_desktop("pretrain"))
+
+    export = commands.add_parser("export", help="a trained backbone → ONNX (int8/fp16) → verified bundle")
+    export.add_argument("--checkpoint", type=Path, required=True, help="a sortline backbone checkpoint")
+    export.add_argument("--calibration", type=Path, required=True,
+                        help="images for parity and int8 ranges: a folder or a split file")
+    precision = export.add_mutually_exclusive_group()
+    precision.add_argument("--int8", dest="precision", action="store_const", const="int8", help="static int8")
+    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="float16")
+    export.set_defaults(precision="fp32")
+    export.add_argument("--labeled", type=Path, help="labeled images for the accuracy check and the head "
+                        "(default: the calibration set, when it is labeled)")
+    export.add_argument("--max-drop", type=float, default=0.5, help="accuracy points the probe may lose (0.5)")
+    export.add_argument("--force", action="store_true", help="export even when the accuracy drop is over the limit")
+    export.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out, not stop")
+    export.add_argument("--name", help="bundle name for the manifest (default: the checkpoint's file name)")
+    export.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(handler=_desktop("export"))
 
     bundle = commands.add_parser("bundle", help="bundle tools")
     bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
@@ -72,11 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .bundle import BundleError
+    from .errors import SortlineError
 
     try:
         result = args.handler(args)
-    except (BundleError, FileNotFoundError) as exc:
+    except (SortlineError, FileNotFoundError) as exc:
         print(f"sortline: error: {exc}", file=sys.stderr)
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(exc)}))

@@ -13,6 +13,7 @@ from sortline.hardware.camera import ViewFrame
 from .preprocess import InputSpec, preprocess_views
 
 EMBEDDING_OUTPUT = "embedding"
+FEATURE_MAP_OUTPUT = "feature_map"
 
 
 class OnnxEmbedder:

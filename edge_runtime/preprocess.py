@@ -61,6 +61,8 @@ def to_unit_chw(view: ViewFrame, spec: InputSpec) -> np.ndarray:
         rgb = cv2.resize(view.rgb, size, interpolation=interp)
         planes.update(r=rgb[..., 0], g=rgb[..., 1], b=rgb[..., 2])
     if "nir" in spec.channels:
+        if view.nir is None:
+            raise FrameError("the model needs a NIR channel and this frame has none")
         planes["nir"] = cv2.resize(view.nir, size, interpolation=interp)
     return np.stack([planes[c] for c in spec.channels]).astype(np.float32) * (1.0 / 255.0)
 

@@ -14,25 +14,33 @@ from sortline.edge_runtime.bundle import MANIFEST, Bundle, Manifest, load_bundle
 from sortline.edge_runtime.head import LogisticHead
 
 
-def write_bundle(out: Path, manifest: Manifest, backbone: Path, head: LogisticHead,
+def write_bundle(out: Path, manifest: Manifest, backbone: Path, head: LogisticHead | None,
                  extra_files: Mapping[str, Path] | None = None) -> Bundle:
-    """Write ``out`` (replacing an older bundle there) and return it, loaded and verified."""
+    """Write ``out`` (replacing an older bundle there) and return it, loaded and verified.
+
+    Without a head the bundle only embeds; ``manifest.head`` is then set to None."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        if head is None:
+            manifest = dataclasses.replace(manifest, head=None)
+        else:
+            head.save(staging / manifest.head)
         shutil.copyfile(backbone, staging / manifest.backbone)
-        head.save(staging / manifest.head)
         for name, path in (extra_files or {}).items():
             shutil.copyfile(path, staging / name)
-        names = [manifest.backbone, manifest.head, *(extra_files or {})]
+        names = [n for n in (manifest.backbone, manifest.head) if n is not None] + list(extra_files or {})
         final = dataclasses.replace(
             manifest,
             files={name: sha256_file(staging / name) for name in names},
             created=manifest.created or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         (staging / MANIFEST).write_text(manifest_json(final), encoding="utf-8")
-        load_bundle(staging).load_head()  # refuse to publish what a station would refuse to load
+        # Refuse to publish what a station would refuse to load.
+        written = load_bundle(staging)
+        if final.head is not None:
+            written.load_head()
         if out.exists():
             retired = out.with_name(f".{out.name}.old")
             shutil.rmtree(retired, ignore_errors=True)

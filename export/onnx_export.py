@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 import torch
 
-from sortline.edge_runtime.embedder import EMBEDDING_OUTPUT
+from sortline.edge_runtime.embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT
+from sortline.edge_runtime.errors import SortlineError
 from sortline.edge_runtime.preprocess import InputSpec
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ INPUT_NAME = "image"
 OPSET = 18
 
 
-class ParityError(RuntimeError):
+class ParityError(SortlineError, RuntimeError):
     """The exported model does not compute what the PyTorch model computes."""
 
 
@@ -46,9 +47,27 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     return Parity(float(cos.min()), float(cos.mean()), float(np.abs(reference - candidate).max()))
 
 
+class _WithFeatureMap(torch.nn.Module):
+    """Both outputs of a backbone: the pooled embedding and the map it pools."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.backbone.feature_map(x)
+        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(fmap, 1), 1), fmap
+
+
 def export_backbone(model: torch.nn.Module, spec: InputSpec, path: Path) -> Path:
-    """Write ``model`` (``N×C×S×S`` → ``N×D``) as a single-file ONNX model at ``path``."""
+    """Write ``model`` as a single-file ONNX model at ``path``: input ``image`` (``N×C×S×S``),
+    outputs ``embedding`` (``N×D``) and, where the model has ``feature_map``, ``feature_map``
+    (``N×D×h×w``). The batch dimension is dynamic."""
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
+    outputs = [EMBEDDING_OUTPUT]
+    if hasattr(model, "feature_map"):
+        model = _WithFeatureMap(model)
+        outputs.append(FEATURE_MAP_OUTPUT)
     example = torch.zeros(2, len(spec.channels), spec.size, spec.size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter narrates every pass on stdout; keep the user's terminal for our own output.
@@ -59,7 +78,7 @@ def export_backbone(model: torch.nn.Module, spec: InputSpec, path: Path) -> Path
             (example,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=[EMBEDDING_OUTPUT],
+            output_names=outputs,
             dynamic_shapes=({0: batch},),
             opset_version=OPSET,
             external_data=False,
@@ -70,5 +89,6 @@ def export_backbone(model: torch.nn.Module, spec: InputSpec, path: Path) -> Path
 
 
 def torch_embeddings(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+    """The PyTorch model's embeddings, the reference for parity checks."""
     with torch.inference_mode():
         return model.eval()(torch.from_numpy(np.ascontiguousarray(batch, np.float32))).numpy()

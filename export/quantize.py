@@ -54,3 +54,17 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, batc
             per_channel=True,
         )
     return out_path
+
+
+def convert_fp16(fp32_path: Path, out_path: Path) -> Path:
+    """Weights and arithmetic in float16, input and outputs kept float32.
+
+    Half the size. On x86 CPUs without native fp16 arithmetic ONNX Runtime runs it slower than
+    fp32 (see benchmarks/export_speed.py); it is meant for GPUs and ARM devices.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    onnx.save(model, str(out_path))
+    return out_path

@@ -14,15 +14,16 @@ class FrameError(RuntimeError):
 
 @dataclass(frozen=True)
 class ViewFrame:
-    """One view of an item: an RGB image (H×W×3 uint8) and the NIR image (H×W uint8)."""
+    """One view of an item: an RGB image (H×W×3 uint8) and, on rigs that have one, the
+    near-infrared image (H×W uint8, registered to the RGB one)."""
 
     rgb: np.ndarray
-    nir: np.ndarray
+    nir: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.rgb.dtype != np.uint8 or self.rgb.ndim != 3 or self.rgb.shape[2] != 3:
             raise FrameError(f"RGB frame must be H×W×3 uint8, got {self.rgb.shape} {self.rgb.dtype}")
-        if self.nir.dtype != np.uint8 or self.nir.shape != self.rgb.shape[:2]:
+        if self.nir is not None and (self.nir.dtype != np.uint8 or self.nir.shape != self.rgb.shape[:2]):
             raise FrameError(f"NIR frame must be H×W uint8 like the RGB one, got {self.nir.shape}")
 
 

@@ -22,11 +22,11 @@ def test_demo_end_to_end_prints_json_summary_last(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert all(field in summary for field in FIELDS)
     assert (summary["items"], summary["gate_commands"], summary["lost"], summary["duplicates"]) == (40, 40, 0, 0)
-    assert summary["onnx_parity_fp32"]["min_cosine"] >= 0.999
+    assert summary["export"]["onnx_parity_fp32"]["min_cosine"] >= 0.999
     assert 0.0 <= summary["accuracy"] <= 1.0
     manifest = load_bundle(out / "bundle").manifest
-    assert manifest.metrics["int8_vs_fp32"]["mean_cosine"] > 0.95
+    assert manifest.metrics["export"]["vs_fp32"]["mean_cosine"] > 0.95
     for name in ("summary.json", "summary.md", "events.jsonl", "confusion.png", "latency.png", "pretrain.png",
-                 "pretrain.csv", "backbone.ckpt"):
+                 "pretrain.csv", "backbone.ckpt", "backbone.fp32.onnx", "backbone.int8.onnx"):
         assert (out / name).stat().st_size > 0, name
     assert len((out / "events.jsonl").read_text().splitlines()) == 40

@@ -45,8 +45,14 @@ class Backbone(nn.Module):
         self.name = name
         self.in_channels = in_channels
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map (``N×D×h×w``), for sliding-window detection and Grad-CAM."""
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return torch.flatten(self.net.avgpool(self.feature_map(x)), 1)
 
 
 def build_backbone(name: str, in_channels: int = 4, weights: Path | None = None) -> Backbone:

@@ -17,20 +17,19 @@ import numpy as np
 import torch
 
 from sortline.edge_runtime.bundle import DecisionPolicy, Manifest
-from sortline.edge_runtime.embedder import OnnxEmbedder
 from sortline.edge_runtime.fusion import FusionSpec
 from sortline.edge_runtime.pipeline import ItemPipeline
 from sortline.edge_runtime.preprocess import InputSpec, normalize
 from sortline.edge_runtime.report import markdown
 from sortline.edge_runtime.simulated import sort_on_simulated_line
+from sortline.export.build import ExportConfig, export_model
 from sortline.export.bundle import write_bundle
-from sortline.export.onnx_export import ParityError, compare, export_backbone, torch_embeddings
-from sortline.export.quantize import quantize_int8
 from sortline.hardware.avocado import CLASSES, TAPS_PER_ITEM, VIEWS
 from sortline.hardware.line_sim import LineConfig
 
 from .augment import MultiChannelAugment
 from .backbones import build_backbone
+from .checkpoint import save_checkpoint
 from .data import PairDataset
 from .fusion_head import fit_fusion_head
 from .loop import TrainConfig, train
@@ -43,7 +42,6 @@ log = logging.getLogger(__name__)
 # Where each quality class leaves the line. Exit 0 is the safe exit (manual inspection).
 AVOCADO_EXITS = {"A": 1, "external": 2, "internal": 3, "both": 3}
 SAFE_EXIT = 0
-PARITY_MIN_COSINE = 0.999
 
 
 @dataclass(frozen=True)
@@ -95,29 +93,21 @@ def run_demo(cfg: DemoConfig) -> dict:
         progress=cfg.progress,
     )
     backbone = model.backbone.cpu().to(memory_format=torch.contiguous_format).eval()
-    torch.save({"backbone": cfg.backbone, "in_channels": len(spec.channels), "input_spec": spec.to_dict(),
-                "state_dict": backbone.state_dict(), "train": result.to_dict()}, out / "backbone.ckpt")
+    save_checkpoint(out / "backbone.ckpt", backbone, spec, method="simclr", train=result.to_dict())
     if result.losses:
         loss_png(result.losses, result.embedding_std, out / "pretrain.png", f"SimCLR {cfg.backbone}")
     t = _stage("pretrain", timings, t)
 
-    # 3. Export, check parity with PyTorch, quantize with calibration views from the pool.
+    # 3. Export (parity-checked against PyTorch), int8 with calibration views from the pool.
     rng = np.random.default_rng(cfg.seed)
     sample = normalize(pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)] / np.float32(255), spec)
-    fp32_path = export_backbone(backbone, spec, out / "backbone.fp32.onnx")
-    reference = torch_embeddings(backbone, sample[:64])
-    fp32 = OnnxEmbedder(fp32_path, spec)
-    parity = compare(reference, fp32.embed_batch(sample[:64]))
-    if parity.min_cosine < PARITY_MIN_COSINE:
-        raise ParityError(f"ONNX fp32 differs from PyTorch: min cosine {parity.min_cosine:.5f}")
-    int8_path = quantize_int8(fp32_path, out / "backbone.int8.onnx", sample)
-    int8 = OnnxEmbedder(int8_path, spec)
-    int8_vs_fp32 = compare(fp32.embed_batch(sample[:64]), int8.embed_batch(sample[:64]))
+    exported = export_model(backbone, spec, sample, out, ExportConfig(precision="int8", seed=cfg.seed))
     t = _stage("export", timings, t)
 
     # 4. Fusion head on the int8 embeddings of the labeled set, then the bundle.
     labeled = list(sim_items(worlds["labeled"], cfg.labeled_fruit, desc="render labeled" if cfg.progress else None))
-    head, fusion = fit_fusion_head(int8, labeled, CLASSES, FusionSpec(taps_expected=TAPS_PER_ITEM), seed=cfg.seed)
+    fusion = FusionSpec(taps_expected=TAPS_PER_ITEM)
+    head, fusion = fit_fusion_head(exported.embedder, labeled, CLASSES, fusion, seed=cfg.seed)
     labeled_counts = np.bincount([item.fruit.label for item in labeled], minlength=len(CLASSES))
     manifest = Manifest(
         name=f"avocado-{cfg.backbone}-simclr",
@@ -129,13 +119,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         metrics={
             "pretrain": {"method": "simclr" if result.steps else "none (random initialisation)",
                          "pool_views": len(pool), **result.to_dict()},
-            "onnx_parity_fp32": parity.to_dict(),
-            "int8_vs_fp32": int8_vs_fp32.to_dict(),
-            "quantization": "int8 static, QDQ, U8S8, per-channel, MinMax calibration on 256 views",
+            "export": exported.report,
             "head_training": {CLASSES[i]: int(n) for i, n in enumerate(labeled_counts)},
         },
     )
-    bundle = write_bundle(out / "bundle", manifest, int8_path, head)
+    bundle = write_bundle(out / "bundle", manifest, exported.path, head)
     t = _stage("head_and_bundle", timings, t)
 
     # 5. The station on the simulated line.
@@ -149,8 +137,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         **run.summary,
         "bundle": str(bundle.root),
         "pretrain": manifest.metrics["pretrain"],
-        "onnx_parity_fp32": parity.to_dict(),
-        "int8_vs_fp32": int8_vs_fp32.to_dict(),
+        "export": exported.report,
         "seconds": timings,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
     }

@@ -1,0 +1,124 @@
+"""Image data sets in the two forms DESIGN.md allows.
+
+- a folder: one subfolder per class (labeled), or image files directly in it (unlabeled);
+- a split file: lines ``path, label[, coarse_label]`` with paths relative to the file's folder
+  (the grocery-store format). Class names come from a ``classes.csv`` beside the file when it
+  has ``Class Name`` and ``Class ID`` columns, else the label text is the name.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sortline.hardware.camera import FrameError, ViewFrame
+from sortline.hardware.images import read_image
+
+from .errors import SortlineError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class DatasetError(SortlineError, ValueError):
+    """A data set that cannot be read as given; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    paths: tuple[Path, ...]
+    labels: np.ndarray | None  # class index per image, or None for an unlabeled set
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def labeled(self) -> bool:
+        return self.labels is not None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> ImageSet:
+        idx = np.asarray(indices, dtype=int)
+        return ImageSet(
+            tuple(self.paths[i] for i in idx),
+            None if self.labels is None else self.labels[idx],
+            self.class_names,
+        )
+
+    def read(self, skip_unreadable: bool = False) -> Iterator[tuple[int, ViewFrame]]:
+        """``(index, frame)`` per image. An unreadable image raises :class:`DatasetError`
+        naming it, unless ``skip_unreadable``, when it is left out."""
+        for i, path in enumerate(self.paths):
+            try:
+                yield i, read_image(path)
+            except FrameError as exc:
+                if not skip_unreadable:
+                    raise DatasetError(f"{exc} (pass skip_unreadable to leave such images out)") from exc
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _class_names_beside(split_file: Path) -> dict[str, str]:
+    table = split_file.parent / "classes.csv"
+    if not table.is_file():
+        return {}
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return {}
+    header = [h.strip().lower() for h in rows[0]]
+    name_col = next((i for i, h in enumerate(header) if h.startswith("class name")), None)
+    id_col = next((i for i, h in enumerate(header) if h.startswith("class id")), None)
+    if name_col is None or id_col is None:
+        return {}
+    return {row[id_col].strip(): row[name_col].strip() for row in rows[1:] if len(row) > max(name_col, id_col)}
+
+
+def _load_split_file(path: Path) -> ImageSet:
+    paths, label_texts = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) < 2 or not fields[0] or not fields[1]:
+            raise DatasetError(f"{path}:{n}: expected 'path, label[, coarse_label]', got {line!r}")
+        paths.append(path.parent / fields[0])
+        label_texts.append(fields[1])
+    if not paths:
+        raise DatasetError(f"{path}: no images listed")
+    names_by_id = _class_names_beside(path)
+    keys = sorted(set(label_texts), key=lambda t: (not t.isdigit(), int(t) if t.isdigit() else 0, t))
+    index = {k: i for i, k in enumerate(keys)}
+    return ImageSet(
+        tuple(paths),
+        np.array([index[t] for t in label_texts]),
+        tuple(names_by_id.get(k, k) for k in keys),
+    )
+
+
+def load_image_set(source: str | Path) -> ImageSet:
+    """Read a data set description (not the images): a folder or a split file."""
+    source = Path(source)
+    if source.is_file():
+        return _load_split_file(source)
+    if not source.is_dir():
+        raise DatasetError(f"{source}: no such folder or split file")
+    classes = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes:
+        paths, labels = [], []
+        for i, folder in enumerate(classes):
+            images = _images_in(folder)
+            paths += images
+            labels += [i] * len(images)
+        if not paths:
+            raise DatasetError(f"{source}: class folders hold no images ({', '.join(IMAGE_SUFFIXES)})")
+        return ImageSet(tuple(paths), np.array(labels), tuple(d.name for d in classes))
+    images = _images_in(source)
+    if not images:
+        raise DatasetError(f"{source}: no images in this folder")
+    return ImageSet(tuple(images), None)

@@ -1,0 +1,48 @@
+"""Backbone checkpoints: the weights plus what is needed to rebuild and feed the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sortline.edge_runtime.errors import SortlineError
+from sortline.edge_runtime.preprocess import InputSpec
+
+from .backbones import Backbone, build_backbone
+
+FORMAT = "sortline-backbone/1"
+
+
+class CheckpointError(SortlineError, ValueError):
+    """A checkpoint that is missing, unreadable or not a sortline backbone."""
+
+
+def save_checkpoint(path: Path, backbone: Backbone, spec: InputSpec, **meta: object) -> Path:
+    """Write atomically (temporary file, then rename): a crash never leaves half a checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(
+        {"format": FORMAT, "backbone": backbone.name, "in_channels": backbone.in_channels,
+         "input_spec": spec.to_dict(), "state_dict": backbone.state_dict(), "meta": meta},
+        tmp,
+    )
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[Backbone, InputSpec, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+    except Exception as exc:  # torch raises many types for a bad file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
+    spec = InputSpec.from_dict(data["input_spec"])
+    backbone = build_backbone(data["backbone"], in_channels=int(data["in_channels"]))
+    state = {k.removeprefix("net."): v for k, v in data["state_dict"].items()}
+    backbone.net.load_state_dict(state)
+    return backbone.eval(), spec, dict(data.get("meta", {}))
