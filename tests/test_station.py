@@ -66,6 +66,14 @@ def harness(tiny_bundle, tmp_path):
     sensor.close()
 
 
+def _eventually(condition, timeout_s: float = 5.0) -> bool:
+    """The station sends a gate command before it books the decision: wait for the books."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
 def _gates(controller: PtyDevice, n: int, timeout_s: float = 5.0) -> list[GateCommand]:
     got, deadline = [], time.monotonic() + timeout_s
     while len(got) < n and time.monotonic() < deadline:
@@ -85,6 +93,7 @@ def test_bad_items_go_to_the_safe_exit_and_the_line_goes_on(harness):
     time.sleep(0.3)  # anything extra would arrive now
     gates += [m for m in controller.receive(0.05) if isinstance(m, GateCommand)]
     assert sorted(g.item_id for g in gates) == [1, 2, 3]
+    assert _eventually(lambda: len(station.decisions) == 3)
     by_item = {d.item_id: d for d in station.decisions}
     assert by_item[2].reason == NO_VIEWS and by_item[2].exit == 0
     assert by_item[1].reason in (CONFIDENT, UNSURE)
@@ -98,5 +107,6 @@ def test_an_item_announced_too_late_goes_to_the_safe_exit(harness):
     controller.send(ItemArrival(item_id=9, lane=0, t_ms=0, deadline_ms=0))  # its gate is already here
     (gate,) = _gates(controller, 1)
     assert gate.exit == 0
+    assert _eventually(lambda: len(station.decisions) == 1)
     assert station.decisions[-1].reason == LATE
     assert station.stats.deadline_misses == 1
