@@ -28,10 +28,11 @@ def _bundle_verify(args: argparse.Namespace) -> dict:
     from .bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
-    head = bundle.load_head()
     m = bundle.manifest
-    print(f"{bundle.root}: OK — {m.name}, {len(m.files)} files verified, labels {list(m.labels)}, "
-          f"input {m.input.size}px × {len(m.input.channels)} channels, head {head.n_features} features")
+    head = f"head {bundle.load_head().n_features} features" if m.head else "no head (embeddings only)"
+    labels = ", ".join(m.labels[:5]) + (f", … ({len(m.labels)} in all)" if len(m.labels) > 5 else "")
+    print(f"{bundle.root}: OK — {m.name}, {len(m.files)} files verified, input {m.input.size} px × "
+          f"{len(m.input.channels)} channels, {head}; labels: {labels or 'none'}")
     return {"ok": True, "bundle": str(bundle.root), "name": m.name, "files": sorted(m.files)}
 
 

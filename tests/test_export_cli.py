@@ -94,3 +94,16 @@ def test_broken_checkpoint_and_data_are_clear_errors(tmp_path, image_folder, cap
     assert "not a readable checkpoint" in capsys.readouterr().err
     assert main(["pretrain", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.ckpt")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_unreadable_calibration_image_is_named_or_skipped(checkpoint, image_folder, tmp_path, capsys):
+    broken = tmp_path / "cal"
+    broken.mkdir()
+    for path in sorted(image_folder.glob("red-disc/*.png"))[:4]:
+        (broken / path.name).write_bytes(path.read_bytes())
+    (broken / "zz-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    args = ["export", "--checkpoint", str(checkpoint), "--calibration", str(broken), "--out", str(tmp_path / "b")]
+    assert main(args) == 2
+    assert "zz-corrupt.png" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    assert main([*args, "--skip-unreadable"]) == 0

@@ -32,13 +32,13 @@ def export(args: argparse.Namespace) -> dict:
     config = ExportConfig(precision=args.precision, max_drop_points=args.max_drop, force=args.force)
     calibration_set = load_image_set(args.calibration)
     calibration, calibration_set = preprocess_set(calibration_set, spec, skip_unreadable=args.skip_unreadable)
-    labeled = None
-    labeled_source = args.labeled or (args.calibration if calibration_set.labeled else None)
-    if labeled_source is not None:
-        images = load_image_set(labeled_source)
+    if args.labeled is not None:
+        images = load_image_set(args.labeled)
         if not images.labeled:
-            raise DatasetError(f"{labeled_source}: has no labels; the accuracy check and the head need them")
+            raise DatasetError(f"{args.labeled}: has no labels; the accuracy check and the head need them")
         labeled = preprocess_set(images, spec, skip_unreadable=args.skip_unreadable)
+    else:  # the calibration images, when they carry labels
+        labeled = (calibration, calibration_set) if calibration_set.labeled else None
     bundle, report = build_bundle(backbone, spec, calibration, args.out, config, labeled=labeled,
                                   name=args.name or Path(args.checkpoint).stem, metrics={"checkpoint": meta})
     probe = report.get("probe")
