@@ -1,13 +1,18 @@
 """The bundle: what a station loads. A folder with ``manifest.json``, the backbone as ONNX and
-the head as arrays. Loading checks the schema and the sha256 of every file, and refuses
-anything else with an error that says what is wrong. Nothing in a bundle is unpickled.
+the head as arrays, or that folder as one tar archive (``.tar``, ``.tar.gz``, ``.tgz``).
+Loading checks the schema and the sha256 of every file, and refuses anything else with an
+error that says what is wrong. Nothing in a bundle is unpickled.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
+import shutil
+import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +23,7 @@ from .preprocess import InputSpec
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 class BundleError(SortlineError, ValueError):
@@ -160,12 +166,36 @@ class Bundle:
         return head
 
 
+def is_archive(path: str | Path) -> bool:
+    return str(path).endswith(ARCHIVE_SUFFIXES)
+
+
+def _extract(archive: Path) -> Path:
+    """Unpack a bundle archive into a private temporary folder (removed at exit)."""
+    target = Path(tempfile.mkdtemp(prefix="sortline-bundle-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as tar:
+            # The "data" filter refuses absolute paths, "..", links out of the folder and devices.
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(f"{archive}: not a readable bundle archive ({exc})") from exc
+    for root in [target, *sorted(d for d in target.iterdir() if d.is_dir())]:
+        if (root / MANIFEST).is_file():
+            return root
+    raise BundleError(f"{archive}: the archive holds no {MANIFEST}")
+
+
 def load_bundle(path: str | Path) -> Bundle:
-    """Read and verify a bundle folder; raises :class:`BundleError` on any fault."""
-    root = Path(path)
+    """Read and verify a bundle folder or archive; raises :class:`BundleError` on any fault."""
+    path = Path(path)
+    if path.is_file() and is_archive(path):
+        root = _extract(path)
+    elif path.is_dir():
+        root = path
+    else:
+        raise BundleError(f"{path}: no such bundle folder or archive")
     manifest_path = root / MANIFEST
-    if not root.is_dir():
-        raise BundleError(f"{root}: no such bundle folder")
     try:
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -174,9 +204,9 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{manifest_path}: unreadable ({exc})") from exc
     manifest = Manifest.from_dict(data)
     for name, expected in manifest.files.items():
-        file = root / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise BundleError(f"manifest names a file outside the bundle: {name}")
+        file = root / name
         if not file.is_file():
             raise BundleError(f"{file}: listed in the manifest but missing")
         actual = sha256_file(file)

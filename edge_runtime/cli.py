@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="export even when the accuracy drop is over the limit")
     export.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out, not stop")
     export.add_argument("--name", help="bundle name for the manifest (default: the checkpoint's file name)")
-    export.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    export.add_argument("--out", type=Path, required=True,
+                        help="bundle to write: a folder, or an archive when it ends in .tar, .tar.gz or .tgz")
     export.add_argument("--json", action="store_true")
     export.set_defaults(handler=_desktop("export"))
 

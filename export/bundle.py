@@ -1,16 +1,26 @@
 """Writing bundles. A bundle appears whole or not at all: it is assembled in a temporary folder
-beside the destination, verified by the same loader the station uses, then renamed."""
+beside the destination, verified by the same loader the station uses, then renamed (or packed
+into a temporary archive that is renamed, when ``out`` ends in .tar, .tar.gz or .tgz)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from sortline.edge_runtime.bundle import MANIFEST, Bundle, Manifest, load_bundle, manifest_json, sha256_file
+from sortline.edge_runtime.bundle import (
+    MANIFEST,
+    Bundle,
+    Manifest,
+    is_archive,
+    load_bundle,
+    manifest_json,
+    sha256_file,
+)
 from sortline.edge_runtime.head import LogisticHead
 
 
@@ -41,15 +51,33 @@ def write_bundle(out: Path, manifest: Manifest, backbone: Path, head: LogisticHe
         written = load_bundle(staging)
         if final.head is not None:
             written.load_head()
-        if out.exists():
-            retired = out.with_name(f".{out.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            out.rename(retired)
-            staging.rename(out)
-            shutil.rmtree(retired, ignore_errors=True)
+        if is_archive(out):
+            _publish_archive(staging, out)
         else:
-            staging.rename(out)
+            _publish_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return load_bundle(out)
+
+
+def _publish_folder(staging: Path, out: Path) -> None:
+    if out.exists():
+        retired = out.with_name(f".{out.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        out.rename(retired)
+        staging.rename(out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def _publish_archive(staging: Path, out: Path) -> None:
+    packed = out.with_name(f".{out.name}.tmp")
+    try:
+        with tarfile.open(packed, "w:gz" if out.name.endswith(("gz", "tgz")) else "w") as tar:
+            tar.add(staging, arcname="bundle")
+        packed.replace(out)
+    finally:
+        packed.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def test_missing_pieces_are_named(bundle_copy, tmp_path):
     (bundle_copy / "backbone.onnx").unlink()
     with pytest.raises(BundleError, match="backbone.onnx.*missing"):
         load_bundle(bundle_copy)
-    with pytest.raises(BundleError, match="no such bundle"):
+    with pytest.raises(BundleError, match="no such bundle folder"):
         load_bundle(tmp_path / "nowhere")
     (bundle_copy / MANIFEST).write_text("{not json")
     with pytest.raises(BundleError, match="unreadable"):
@@ -104,3 +105,36 @@ def test_cli_verify_reports_ok_and_errors(tiny_bundle, bundle_copy, capsys):
     captured = capsys.readouterr()
     assert "sha256" in captured.err
     assert json.loads(captured.out.strip().splitlines()[-1])["ok"] is False
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_archive_round_trip(tiny_bundle, tmp_path, suffix):
+    bundle = load_bundle(tiny_bundle.root)
+    out = tmp_path / f"b{suffix}"
+    written = write_bundle(out, dataclasses.replace(bundle.manifest, files={}), bundle.backbone_path,
+                           bundle.load_head())
+    assert out.is_file() and written.manifest.files == bundle.manifest.files
+    assert load_bundle(out).load_head().labels == bundle.manifest.labels
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_tampered_or_hostile_archives_are_refused(tiny_bundle, tmp_path):
+    tampered = tmp_path / "t.tar"
+    with tarfile.open(tampered, "w") as tar:
+        for f in tiny_bundle.root.iterdir():
+            if f.name == "head.npz":
+                evil = tmp_path / "head.npz"
+                evil.write_bytes(f.read_bytes()[:-1] + b"x")
+                tar.add(evil, arcname=f"bundle/{f.name}")
+            else:
+                tar.add(f, arcname=f"bundle/{f.name}")
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(tampered)
+    escaping = tmp_path / "e.tar"
+    with tarfile.open(escaping, "w") as tar:
+        tar.add(tiny_bundle.root / MANIFEST, arcname="../../manifest.json")
+    with pytest.raises(BundleError, match="not a readable bundle archive"):
+        load_bundle(escaping)
+    (tmp_path / "junk.tar.gz").write_bytes(b"not gzip")
+    with pytest.raises(BundleError, match="not a readable bundle archive"):
+        load_bundle(tmp_path / "junk.tar.gz")
