@@ -16,6 +16,8 @@ Examples (the exact bytes the simulators and tests produce)::
     $1,8,TAP,42,0,5,8.412,0.551,9.73,1512*<crc>
     $1,3,GATE,42,1*<crc>              send item 42 to exit 1
 
+``docs/protocol.md`` has every message's layout, with exact example frames.
+
 ASCII lines keep the traffic readable in a terminal and let the parser resynchronise on the
 next ``$`` after any garbage. The parser never raises on input: every rejected byte or frame
 is counted in :class:`ParserStats`.
@@ -98,9 +100,19 @@ class TapReading:
     t_ms: int
 
 
-Message = ItemArrival | GateCommand | Ack | Heartbeat | ErrorReport | TapReading
+@dataclass(frozen=True)
+class ScaleReading:
+    """Checkout scale → station: the weight on the plate, and whether it has settled."""
+
+    TYPE: ClassVar[str] = "WT"
+    t_ms: int
+    grams: float
+    stable: int  # 1 once the reading has settled, 0 while it moves
+
+
+Message = ItemArrival | GateCommand | Ack | Heartbeat | ErrorReport | TapReading | ScaleReading
 MESSAGE_TYPES: dict[str, type] = {
-    cls.TYPE: cls for cls in (ItemArrival, GateCommand, Ack, Heartbeat, ErrorReport, TapReading)
+    cls.TYPE: cls for cls in (ItemArrival, GateCommand, Ack, Heartbeat, ErrorReport, TapReading, ScaleReading)
 }
 _FORBIDDEN_IN_TEXT = str.maketrans({c: " " for c in "$*,\r\n"})
 
@@ -165,7 +177,15 @@ class ParserStats:
     malformed: int = 0  # CRC right but the fields do not parse
     unknown_type: int = 0
     bad_version: int = 0
-    seq_gaps: int = 0  # frames missing between two received ones
+    seq_missing: int = 0  # sequence numbers skipped and not (yet) received: frames lost on the way
+    seq_duplicates: int = 0  # a sequence number received again
+    seq_reordered: int = 0  # a frame that arrived after a later one (and filled its gap)
+    seq_restarts: int = 0  # the sender's counter jumped back: it restarted
+
+    @property
+    def rejected(self) -> int:
+        """Frames that arrived but were rejected. Each also left its sequence number missing."""
+        return self.bad_crc + self.malformed + self.unknown_type + self.bad_version
 
     @property
     def errors(self) -> int:
@@ -185,7 +205,7 @@ class Parser:
     def __init__(self) -> None:
         self.stats = ParserStats()
         self._buf = bytearray()
-        self._last_seq: int | None = None
+        self._sequence = _SequenceTracker(self.stats)
 
     def feed(self, data: bytes) -> list[Message]:
         self._buf += data
@@ -252,14 +272,53 @@ class Parser:
         except ValueError:
             self.stats.malformed += 1
             return None
-        self._count_gap(seq)
+        self._sequence.observe(seq)
         self.stats.frames += 1
         return MESSAGE_TYPES[type_name](**values)
 
-    def _count_gap(self, seq: int) -> None:
-        if self._last_seq is not None:
-            gap = (seq - self._last_seq - 1) & 0xFFFF
-            # A huge "gap" is a sender restart or a reordering, not 60,000 lost frames.
-            if gap < 0x8000:
-                self.stats.seq_gaps += gap
-        self._last_seq = seq
+
+
+class _SequenceTracker:
+    """Classifies each received sequence number against the sender's 16-bit counter.
+
+    A jump ahead marks the skipped numbers missing; a number that later fills one was
+    reordered, not lost; a number already seen is a duplicate; a jump of more than
+    ``WINDOW`` either way is a sender restart (or a reset counter), not thousands of lost
+    frames. Only the last ``WINDOW`` missing numbers are remembered, so memory stays bounded.
+    """
+
+    WINDOW = 512
+
+    def __init__(self, stats: ParserStats) -> None:
+        self.stats = stats
+        self.highest: int | None = None  # unwrapped
+        self.missing: set[int] = set()
+
+    def observe(self, seq: int) -> None:
+        if self.highest is None:
+            self._restart(seq)
+            return
+        delta = (seq - self.highest) & 0xFFFF
+        if 0 < delta <= self.WINDOW:  # ahead
+            new = self.highest + delta
+            self.stats.seq_missing += delta - 1
+            self.missing.update(range(self.highest + 1, new))
+            self.highest = new
+            if len(self.missing) > self.WINDOW:  # forget the oldest gaps; they stay counted
+                self.missing = {n for n in self.missing if n > new - self.WINDOW}
+            return
+        back = (0x10000 - delta) & 0xFFFF
+        number = self.highest - back
+        if delta and (delta < 0x8000 or back > self.WINDOW):  # a jump too far either way
+            self.stats.seq_restarts += 1
+            self._restart(seq)
+        elif number in self.missing:
+            self.missing.discard(number)
+            self.stats.seq_missing -= 1
+            self.stats.seq_reordered += 1
+        else:
+            self.stats.seq_duplicates += 1
+
+    def _restart(self, seq: int) -> None:
+        self.highest = seq
+        self.missing.clear()

@@ -15,6 +15,7 @@ from sortline.hardware.protocol import (
     Heartbeat,
     ItemArrival,
     Parser,
+    ScaleReading,
     TapReading,
     crc16,
 )
@@ -26,6 +27,7 @@ MESSAGES = [
     Heartbeat(t_ms=99),
     ErrorReport(code=7, text="gate 2 jammed"),
     TapReading(item_id=42, index=0, count=5, peak_n=8.5, rebound=0.5, decay_ms=9.75, t_ms=1512),
+    ScaleReading(t_ms=2000, grams=412.5, stable=1),
 ]
 
 
@@ -61,7 +63,7 @@ def test_resynchronises_after_garbage_and_truncation():
     assert parser.feed(stream) == [MESSAGES[0], MESSAGES[2]]
     assert parser.stats.malformed == 1  # the truncated frame
     assert parser.stats.garbage_bytes == len(b"\x00\xffnoise") + len(b"tail")
-    assert parser.stats.seq_gaps == 1  # the truncated frame's sequence number is missing
+    assert parser.stats.seq_missing == 1  # the truncated frame's sequence number
 
 
 def test_corrupted_byte_is_caught_by_crc():
@@ -131,3 +133,60 @@ def test_mutated_frame_never_yields_a_wrong_message(position):
         got = Parser().feed(bytes(mutated))
         wrong += any(m != MESSAGES[5] for m in got)
     assert wrong == 0
+
+
+def _frames(n: int) -> list[bytes]:
+    enc = Encoder()
+    return [enc.encode(Ack(item_id=i)) for i in range(n)]
+
+
+def test_sequence_numbers_tell_lost_from_duplicated_from_reordered():
+    f = _frames(10)
+    parser = Parser()
+    # 3 lost; 5 sent twice; 7 and 8 swapped.
+    stream = f[0] + f[1] + f[2] + f[4] + f[5] + f[5] + f[6] + f[8] + f[7] + f[9]
+    assert [m.item_id for m in parser.feed(stream)] == [0, 1, 2, 4, 5, 5, 6, 8, 7, 9]
+    s = parser.stats
+    assert (s.seq_missing, s.seq_duplicates, s.seq_reordered, s.seq_restarts) == (1, 1, 1, 0)
+
+
+def test_sequence_wraps_and_sender_restarts():
+    parser = Parser()
+    enc = Encoder()
+    enc._seq = 0xFFFE
+    parser.feed(b"".join(enc.encode(Ack(item_id=i)) for i in range(4)))  # 65534, 65535, 0, 1
+    assert parser.stats.seq_missing == 0
+    parser.feed(b"".join(f for f in _frames(2)))  # a new sender starting again at 0, 1
+    assert parser.stats.seq_restarts == 0 and parser.stats.seq_duplicates == 2  # 0, 1 were just seen
+    far = Encoder()
+    far._seq = 30000
+    parser.feed(far.encode(Ack(item_id=1)))  # a jump of 30000: a reset counter, not 29999 losses
+    parser.feed(_frames(1)[0])  # and back to 0: restarted again
+    assert parser.stats.seq_restarts == 2 and parser.stats.seq_missing == 0
+
+
+def test_parser_survives_100k_random_and_mutated_inputs():
+    """Random bytes, and valid frames with bytes flipped, cut, inserted or doubled."""
+    rng = random.Random(2026)
+    valid = [Encoder().encode(m) for m in MESSAGES]
+    parser = Parser()
+    delivered = 0
+    for n in range(100_000):
+        kind = n % 4
+        if kind == 0:
+            data = rng.randbytes(rng.randrange(0, 48))
+        else:
+            frame = bytearray(rng.choice(valid))
+            i = rng.randrange(len(frame))
+            if kind == 1:
+                frame[i] = rng.randrange(256)
+            elif kind == 2:
+                del frame[i:]
+            else:
+                frame[i:i] = rng.randbytes(rng.randrange(1, 4))
+            data = bytes(frame)
+        for message in parser.feed(data):
+            assert message in MESSAGES  # whatever got through is a message someone sent
+            delivered += 1
+    s = parser.stats
+    assert delivered > 1000 and s.bad_crc > 1000 and s.garbage_bytes > 0
