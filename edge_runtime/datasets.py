@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from sortline.hardware.camera import FrameError, ViewFrame
-from sortline.hardware.images import read_image
+from sortline.hardware.images import IMAGE_SUFFIXES, read_image
 
 from .errors import SortlineError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 class DatasetError(SortlineError, ValueError):
@@ -116,7 +114,7 @@ def load_image_set(source: str | Path) -> ImageSet:
             paths += images
             labels += [i] * len(images)
         if not paths:
-            raise DatasetError(f"{source}: class folders hold no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise DatasetError(f"{source}: class folders hold no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return ImageSet(tuple(paths), np.array(labels), tuple(d.name for d in classes))
     images = _images_in(source)
     if not images:

@@ -9,6 +9,8 @@ import numpy as np
 
 from .camera import FrameError, ViewFrame
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
 
 def read_image(path: str | Path) -> ViewFrame:
     """An image file as an RGB :class:`ViewFrame` (no NIR); :class:`FrameError` if unreadable."""

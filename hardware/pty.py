@@ -1,7 +1,9 @@
 """The device end of a pseudo-terminal, for simulators.
 
-A simulator holds the master side; the runtime opens :attr:`PtyDevice.port` (``/dev/pts/N``)
-with pyserial exactly as it opens a USB serial adapter.
+A simulator holds the master side; the runtime opens :attr:`PtyDevice.port` with pyserial
+exactly as it opens a USB serial adapter. With ``link``, the port is a stable symlink to the
+current ``/dev/pts/N`` (as udev's ``/dev/serial/by-id/...`` names are), so a device can
+disconnect and come back as a new pseudo-terminal under the same name.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import select
 import threading
 import tty
+from pathlib import Path
 
 from .protocol import Encoder, Message, Parser
 
@@ -17,15 +20,45 @@ from .protocol import Encoder, Message, Parser
 class PtyDevice:
     """A simulated serial device: frames out through the master fd, parsed frames in."""
 
-    def __init__(self) -> None:
-        self._master, self._slave = os.openpty()
-        # Raw mode before anyone opens the port: no echo, no CR/LF translation, no signals.
-        tty.setraw(self._slave)
-        self.port = os.ttyname(self._slave)
+    def __init__(self, link: Path | None = None) -> None:
+        self.link = Path(link) if link else None
         self.parser = Parser()
         self._encoder = Encoder()
         self._lock = threading.Lock()
+        self._closed = True
+        self._open()
+
+    def _open(self) -> None:
+        self._master, self._slave = os.openpty()
+        # Raw mode before anyone opens the port: no echo, no CR/LF translation, no signals.
+        tty.setraw(self._slave)
         self._closed = False
+        if self.link is not None:
+            tmp = self.link.with_name(f".{self.link.name}.new")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(os.ttyname(self._slave))
+            tmp.replace(self.link)  # atomic: the name always points somewhere or nowhere new
+
+    @property
+    def port(self) -> str:
+        return str(self.link) if self.link is not None else os.ttyname(self._slave)
+
+    @property
+    def connected(self) -> bool:
+        return not self._closed
+
+    def disconnect(self) -> None:
+        """Unplug: the runtime's reads fail until :meth:`reconnect`."""
+        self.close()
+        if self.link is not None:
+            self.link.unlink(missing_ok=True)
+
+    def reconnect(self) -> None:
+        """Plug back in, as a new pseudo-terminal under the same link."""
+        with self._lock:
+            if not self._closed:
+                return
+            self._open()
 
     def send(self, message: Message) -> None:
         self.write(self._encoder.encode(message))

@@ -65,3 +65,24 @@ def test_write_to_a_closed_port_reports_false():
     link.close()
     assert link.send(Ack(item_id=1)) is False
     assert link.write_errors == 1
+
+
+def test_link_reconnects_when_the_device_comes_back(tmp_path):
+    device = PtyDevice(link=tmp_path / "tap-sensor")
+    link = SerialLink(device.port, "taps", reconnect_s=0.05).open()
+    try:
+        device.send(Ack(item_id=1))
+        assert _drain(link, 1) == [Ack(item_id=1)]
+        device.disconnect()
+        time.sleep(0.3)  # the reader notices and keeps trying the same name
+        device.reconnect()
+        deadline = time.monotonic() + 5
+        while link.reconnects < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert link.reconnects == 1
+        device.send(Ack(item_id=2))
+        assert _drain(link, 1) == [Ack(item_id=2)]
+        assert link.send(GateCommand(item_id=2, exit=1))  # writing works again too
+    finally:
+        link.close()
+        device.close()
