@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pool-fruit", type=int, default=2000, help="unlabeled fruit for pretraining")
     demo.add_argument("--labeled-fruit", type=int, default=600, help="labeled fruit for the fusion head")
     demo.add_argument("--epochs", type=float, default=6.0, help="pretraining epochs over the pool (0: random init)")
+    demo.add_argument("--faults", type=float, default=0.0,
+                      help="inject every fault kind on the simulated line at this rate (e.g. 0.01)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")

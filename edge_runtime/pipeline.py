@@ -21,6 +21,7 @@ UNSURE = "unsure"
 NO_VIEWS = "no-views"
 LATE = "late"
 ERROR = "error"
+UNANNOUNCED = "unannounced"
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,9 @@ def sort_on_simulated_line(
     """Sort ``line_config.items`` fruit and return what the controller and the station saw."""
     line = SimulatedAvocadoLine(line_config)
     inbox: queue.Queue[Received] = queue.Queue(maxsize=4096)
-    controller = SerialLink(line.controller_port, "controller", inbox=inbox)
-    taps = SerialLink(line.tap_port, "taps", inbox=inbox)
+    # A simulated sensor waits 0.3 s after coming back before it talks: reopen well within it.
+    controller = SerialLink(line.controller_port, "controller", inbox=inbox, reconnect_s=0.05)
+    taps = SerialLink(line.tap_port, "taps", inbox=inbox, reconnect_s=0.05)
     stop = threading.Event()
     try:
         controller.open()
@@ -65,13 +66,7 @@ def sort_on_simulated_line(
         line.stop()
     truth = {item_id: line.truth(item_id) for item_id in line.item_ids}
     manifest = pipeline.manifest
-    summary = summarize(
-        station.decisions, truth, manifest.labels, manifest.decision, tally, station.stats, wall_s,
-        faults={
-            "serial_errors": controller.stats.errors + taps.stats.errors,
-            "serial_garbage_bytes": controller.stats.garbage_bytes + taps.stats.garbage_bytes,
-            "capture_errors": station.stats.capture_errors,
-            "event_log_errors": station.stats.log_errors,
-        },
-    )
+    summary = summarize(station.decisions, truth, manifest.labels, manifest.decision, tally, station.stats,
+                        wall_s, faults=station.observed_faults())
+    summary["faults_injected"] = {kind: tally.injected.get(kind, 0) for kind in summary["faults"]}
     return LineRun(tally, station.stats, station.decisions, truth, wall_s, summary)

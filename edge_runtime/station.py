@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sortline.hardware.camera import FrameError, FrameSource
-from sortline.hardware.protocol import Ack, GateCommand, ItemArrival, TapReading
+from sortline.hardware.camera import CORRUPT, LOST, FrameError, FrameSource
+from sortline.hardware.protocol import Ack, GateCommand, Heartbeat, ItemArrival, TapReading
 from sortline.hardware.serial_link import Received, SerialLink
 
-from .pipeline import ERROR, LATE, Decision, ItemPipeline
+from .pipeline import ERROR, LATE, UNANNOUNCED, Decision, ItemPipeline
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ class StationConfig:
     decision_margin_ms: float = 40.0  # decide at the latest this long before the gate
     orphan_tap_ttl_ms: float = 2000.0  # taps for an item not (yet) announced are kept this long
     remember_items: int = 10000  # decided item ids kept to refuse a repeated announcement
+    ack_timeout_ms: float = 50.0  # resend a gate command not acknowledged within this
+    unannounced_wait_ms: float = 60.0  # how long a skipped item id may still be announced (reordering)
+    unannounced_deadline_ms: float = 200.0  # how long a command for an unannounced item is retried
 
 
 @dataclass
@@ -51,6 +54,16 @@ class _Pending:
 
 
 @dataclass
+class _Unacked:
+    """A gate command sent and not yet acknowledged."""
+
+    command: GateCommand
+    sent_at: float
+    deadline_at: float
+    counted: bool = False
+
+
+@dataclass
 class StationStats:
     items: int = 0
     gate_commands: int = 0
@@ -60,8 +73,14 @@ class StationStats:
     compute_ms: list[float] = field(default_factory=list)  # of which spent computing, not waiting
     deadline_misses: int = 0
     repeated_announcements: int = 0
+    unannounced: int = 0  # items whose announcement never arrived (seen by their ids)
     orphan_taps_expired: int = 0
-    capture_errors: int = 0
+    capture_errors: int = 0  # items with at least one view missing
+    views_lost: int = 0
+    views_late: int = 0
+    views_corrupt: int = 0
+    retransmissions: int = 0
+    unacked: int = 0  # commands not acknowledged within ack_timeout_ms of their first sending
     log_errors: int = 0
 
 
@@ -115,6 +134,26 @@ class Station:
         self._pending: dict[int, _Pending] = {}
         self._orphans: dict[int, list[tuple[float, TapReading]]] = {}
         self._decided: OrderedDict[int, None] = OrderedDict()
+        self._unacked: dict[int, _Unacked] = {}
+        self._skipped: dict[int, float] = {}  # item ids not announced (yet) -> when noticed
+        self._highest_item: int | None = None
+        self._clock_offset: float | None = None  # station clock - controller clock, seconds
+
+    def observed_faults(self) -> dict[str, int]:
+        """What this station saw go wrong, by kind (the names of hardware/faults.py)."""
+        links = (self.controller.stats, self.tap_sensor.stats)
+        return {
+            "garbled": sum(s.bad_crc for s in links),
+            "truncated": sum(s.malformed for s in links),
+            "dropped": sum(s.seq_missing - s.rejected for s in links),
+            "duplicated": sum(s.seq_duplicates for s in links),
+            "reordered": sum(s.seq_reordered for s in links),
+            "views_lost": self.stats.views_lost,
+            "views_late": self.stats.views_late,
+            "views_corrupt": self.stats.views_corrupt,
+            "sensor_disconnects": self.controller.reconnects + self.tap_sensor.reconnects,
+            "unacked": self.stats.unacked,
+        }
 
     def run(self, stop: threading.Event) -> StationStats:
         """Serve until ``stop`` is set; then decide whatever is still pending and return."""
@@ -123,6 +162,8 @@ class Station:
                 self._step(timeout=self._next_wake())
             for item_id in list(self._pending):
                 self._finish(item_id)
+            for item_id in list(self._skipped):
+                self._finish_unannounced(item_id)
         finally:
             self.stats.log_errors = self._log.errors
             self._log.close()
@@ -131,10 +172,11 @@ class Station:
     # --- the loop ---------------------------------------------------------------------------
 
     def _next_wake(self) -> float:
-        if not self._pending:
-            return 0.05
-        soonest = min(p.ready_at for p in self._pending.values())
-        return min(0.05, max(0.0, soonest - self._clock()))
+        c = self.config
+        timers = [p.ready_at for p in self._pending.values()]
+        timers += [t + c.unannounced_wait_ms / 1000 for t in self._skipped.values()]
+        timers += [u.sent_at + c.ack_timeout_ms / 1000 for u in self._unacked.values()]
+        return min(0.05, max(0.0, min(timers, default=1.0) - self._clock()))
 
     def _step(self, timeout: float) -> None:
         try:
@@ -150,6 +192,10 @@ class Station:
         now = self._clock()
         for item_id in [i for i, p in self._pending.items() if p.ready_at <= now]:
             self._finish(item_id)
+        wait = self.config.unannounced_wait_ms / 1000
+        for item_id in [i for i, t in self._skipped.items() if now - t >= wait]:
+            self._finish_unannounced(item_id)
+        self._resend_unacked(now)
         self._expire_orphans(now)
 
     def _handle(self, received: Received) -> None:
@@ -159,14 +205,38 @@ class Station:
         elif isinstance(message, TapReading):
             self._tap(message, received.at)
         elif isinstance(message, Ack):
-            self.stats.acks += 1
+            self.stats.acks += int(self._unacked.pop(message.item_id, None) is not None)
+        elif isinstance(message, Heartbeat) and received.source == self.controller.name:
+            self._sync_clock(message.t_ms, received.at)
+            if message.last_item_id >= 0:
+                self._note_item_id(message.last_item_id, received.at, announced=False)
+
+    def _sync_clock(self, t_ms: int, at: float) -> None:
+        """Track the controller's clock: the smallest (arrival - sent) seen is the offset plus
+        the least transfer time, so a frame that arrives late is known to be late."""
+        offset = at - t_ms / 1000
+        if self._clock_offset is None or offset < self._clock_offset:
+            self._clock_offset = offset
+
+    def _note_item_id(self, item_id: int, at: float, announced: bool) -> None:
+        """Controller item ids are consecutive: ids skipped over were announced and lost."""
+        if self._highest_item is not None:
+            for skipped in range(self._highest_item + 1, item_id if announced else item_id + 1):
+                if skipped not in self._pending and skipped not in self._decided:
+                    self._skipped.setdefault(skipped, at)
+        if self._highest_item is None or item_id > self._highest_item:
+            self._highest_item = item_id
 
     def _arrive(self, arrival: ItemArrival, at: float) -> None:
+        self._sync_clock(arrival.t_ms, at)
+        self._note_item_id(arrival.item_id, at, announced=True)
         if arrival.item_id in self._pending or arrival.item_id in self._decided:
             self.stats.repeated_announcements += 1
             return
+        self._skipped.pop(arrival.item_id, None)  # it was late, not lost
         c = self.config
-        deadline_at = at + arrival.deadline_ms / 1000
+        # The gate time on the controller's clock, so a late frame cannot stretch it.
+        deadline_at = self._clock_offset + (arrival.t_ms + arrival.deadline_ms) / 1000
         pending = _Pending(
             arrival=arrival,
             received_at=at,
@@ -179,7 +249,10 @@ class Station:
         started = self._clock()
         try:
             capture = self.rig.capture(arrival.item_id)
-            pending.capture_errors = capture.errors
+            pending.capture_errors = tuple(str(e) for e in capture.errors)
+            self.stats.views_lost += sum(e.kind == LOST for e in capture.errors)
+            self.stats.views_corrupt += sum(e.kind == CORRUPT for e in capture.errors)
+            self.stats.views_late += len(capture.late)
             pending.embeddings = self.pipeline.embed(capture)
         except (FrameError, ValueError, OSError) as exc:
             pending.capture_errors = (*pending.capture_errors, str(exc))
@@ -220,18 +293,12 @@ class Station:
             # Too late to steer this item: the controller should still hear one command for it.
             decision = dataclasses.replace(decision, exit=self.pipeline.policy.safe_exit, reason=LATE)
             self.stats.deadline_misses += 1
-        sent = self.controller.send(GateCommand(item_id=item_id, exit=decision.exit))
+        sent = self._send(decision, pending.deadline_at)
         done = self._clock()
         latency_ms = (done - pending.received_at) * 1000
         compute_ms = (pending.compute_s + done - started) * 1000
-        self.stats.gate_commands += int(sent)
-        self.stats.reasons[decision.reason] += 1
         self.stats.latencies_ms.append(latency_ms)
         self.stats.compute_ms.append(compute_ms)
-        self.decisions.append(decision)
-        self._decided[item_id] = None
-        if len(self._decided) > self.config.remember_items:
-            self._decided.popitem(last=False)
         self._log.write(
             {
                 **decision.to_dict(),
@@ -244,3 +311,42 @@ class Station:
                 "sent": sent,
             }
         )
+
+    def _finish_unannounced(self, item_id: int) -> None:
+        """An item whose announcement never came: its views were never triggered, so it can
+        only go to the safe exit, but it must still get its one command."""
+        noticed_at = self._skipped.pop(item_id)
+        if item_id in self._pending or item_id in self._decided:
+            return
+        self.stats.unannounced += 1
+        decision = self.pipeline.safe(item_id, UNANNOUNCED)
+        sent = self._send(decision, noticed_at + self.config.unannounced_deadline_ms / 1000)
+        self._log.write({**decision.to_dict(), "sent": sent})
+
+    def _send(self, decision: Decision, deadline_at: float) -> bool:
+        """Send the item's one decision, and keep it until acknowledged (or its gate passes)."""
+        command = GateCommand(item_id=decision.item_id, exit=decision.exit)
+        sent = self.controller.send(command)
+        self._unacked[decision.item_id] = _Unacked(command, self._clock(), deadline_at)
+        self.stats.gate_commands += int(sent)
+        self.stats.reasons[decision.reason] += 1
+        self.decisions.append(decision)
+        self._decided[decision.item_id] = None
+        if len(self._decided) > self.config.remember_items:
+            self._decided.popitem(last=False)
+        return sent
+
+    def _resend_unacked(self, now: float) -> None:
+        timeout = self.config.ack_timeout_ms / 1000
+        for item_id, waiting in list(self._unacked.items()):
+            if now - waiting.sent_at < timeout:
+                continue
+            if not waiting.counted:
+                waiting.counted = True
+                self.stats.unacked += 1
+            if now >= waiting.deadline_at:  # the item has passed the gate: nothing left to steer
+                del self._unacked[item_id]
+                continue
+            self.controller.send(waiting.command)
+            waiting.sent_at = now
+            self.stats.retransmissions += 1

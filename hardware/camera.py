@@ -27,13 +27,29 @@ class ViewFrame:
             raise FrameError(f"NIR frame must be H×W uint8 like the RGB one, got {self.nir.shape}")
 
 
+LOST = "lost"  # no frame from that camera in time
+CORRUPT = "corrupt"  # a frame came but could not be decoded
+
+
+@dataclass(frozen=True)
+class ViewError:
+    view: int
+    kind: str  # LOST or CORRUPT
+    detail: str
+
+    def __str__(self) -> str:
+        return f"view {self.view} {self.kind}: {self.detail}"
+
+
 @dataclass(frozen=True)
 class ItemCapture:
-    """All views of one item. A view that could not be captured is ``None``."""
+    """All views of one item. A view that could not be captured is ``None`` and has an error;
+    ``late`` lists views whose frame came after the trigger tolerance but within the wait."""
 
     item_id: int
     views: tuple[ViewFrame | None, ...]
-    errors: tuple[str, ...] = field(default=())
+    errors: tuple[ViewError, ...] = field(default=())
+    late: tuple[int, ...] = field(default=())
 
     @property
     def present(self) -> list[ViewFrame]:

@@ -1,27 +1,43 @@
 """A simulated avocado line: controller, tap sensor and camera rig, on real pseudo-terminals.
 
-The controller announces items at a fixed pitch, the tap sensor reports each item's taps a
-few milliseconds later, and the rig renders the views when the runtime captures. The
-controller side is also the referee: it records every gate command it receives, so ``lost``,
-``duplicates`` and late commands are measured where they happen, not reported by the runtime
-about itself.
+The controller announces items at a fixed pitch and sends heartbeats, the tap sensor reports
+each item's taps a few milliseconds later, and the rig renders the views when the runtime
+captures. Faults (``hardware/faults.py``) are injected with their own rates and counted.
+
+The controller side is also the referee: it records every gate command it receives, so
+``lost``, ``duplicates`` and late commands are measured where they happen, not reported by the
+runtime about itself. A repeated command with the same exit is a retransmission; a command
+with a *different* exit for an item that already has one is a duplicate decision.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import random
+import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
 
 from .avocado import FRAME_PX, VIEWS, FruitSpec, make_fruit, render_views, tap_series
-from .camera import ItemCapture
-from .protocol import Ack, GateCommand, ItemArrival
+from .camera import CORRUPT, LOST, FrameError, ItemCapture, ViewError, ViewFrame
+from .faults import FaultRates, FaultyWire
+from .images import decode_image
+from .protocol import Ack, GateCommand, Heartbeat, ItemArrival
 from .pty import PtyDevice
 
 log = logging.getLogger(__name__)
+HEARTBEAT_S = 0.25
+LATE_VIEW_S = 0.02  # how late a late frame is (inside the rig's wait)
+DISCONNECT_S = 0.25  # how long an unplugged sensor stays away
+REOPEN_S = 0.3  # a reconnected sensor waits this long for the station to reopen the port
+SILENCE_S = 0.2  # how long a silent controller withholds acknowledgements
 
 
 @dataclass(frozen=True)
@@ -30,9 +46,10 @@ class LineConfig:
     seed: int = 1000
     first_item_id: int = 1
     pitch_ms: float = 100.0  # time between two items
-    deadline_ms: int = 300  # from announcement to the gate
+    deadline_ms: int = 300  # from the announcement to the gate
     tap_delay_ms: float = 10.0  # first tap after the announcement
     lanes: int = 1
+    faults: FaultRates = field(default_factory=FaultRates)
 
 
 @dataclass
@@ -44,29 +61,63 @@ class GateRecord:
 
 @dataclass(frozen=True)
 class LineTally:
-    """What the controller saw, item by item."""
+    """What the controller saw, item by item, and what the simulator injected."""
 
     items: int
-    gate_commands: int
+    gate_commands: int  # distinct decisions received (retransmissions not counted)
     lost: int  # announced items that never got a command
-    duplicates: int  # commands beyond the first for an item
+    duplicates: int  # commands with a different exit for an item that already had one
+    retransmissions: int  # repeated identical commands
     late: int  # first command arrived after the item passed the gate
     unknown_item: int  # commands for items never announced
     exits: dict[int, int]  # item id -> exit of the first command
+    injected: dict[str, int]
 
 
 class SimulatedRig:
-    """The camera rig: renders the announced fruit's views on capture."""
+    """The camera rig: renders the announced fruit's views on capture, with view faults."""
 
     view_count = VIEWS
 
-    def __init__(self, fruit: Callable[[int], FruitSpec], frame_px: int = FRAME_PX) -> None:
+    def __init__(self, fruit: Callable[[int], FruitSpec], rates: FaultRates = FaultRates(), seed: int = 0,
+                 counts: Counter | None = None, frame_px: int = FRAME_PX) -> None:
         self._fruit = fruit
+        self._rates = rates
+        self._seed = seed
         self._frame_px = frame_px
+        self.counts = counts if counts is not None else Counter()
 
     def capture(self, item_id: int) -> ItemCapture:
-        views = render_views(self._fruit(item_id), size=self._frame_px, views=self.view_count)
-        return ItemCapture(item_id=item_id, views=tuple(views))
+        rendered = render_views(self._fruit(item_id), size=self._frame_px, views=self.view_count)
+        if not self._rates.any:
+            return ItemCapture(item_id=item_id, views=tuple(rendered))
+        rng = random.Random(hash((self._seed, item_id, "rig")))
+        views: list[ViewFrame | None] = []
+        errors: list[ViewError] = []
+        late: list[int] = []
+        for i, view in enumerate(rendered):
+            roll = rng.random()
+            r = self._rates
+            if roll < r.views_lost:
+                self.counts["views_lost"] += 1
+                errors.append(ViewError(i, LOST, "camera sent no frame"))
+                views.append(None)
+            elif roll < r.views_lost + r.views_corrupt:
+                self.counts["views_corrupt"] += 1
+                _, png = cv2.imencode(".png", view.rgb)
+                try:  # a transfer cut short, decoded as the runtime would decode a camera's bytes
+                    decode_image(png.tobytes()[: len(png) // 3], what=f"view {i}")
+                except FrameError as exc:
+                    errors.append(ViewError(i, CORRUPT, str(exc)))
+                views.append(None)
+            elif roll < r.views_lost + r.views_corrupt + r.views_late:
+                self.counts["views_late"] += 1
+                time.sleep(LATE_VIEW_S)  # the frame arrives late, but inside the rig's wait
+                late.append(i)
+                views.append(view)
+            else:
+                views.append(view)
+        return ItemCapture(item_id=item_id, views=tuple(views), errors=tuple(errors), late=tuple(late))
 
 
 class SimulatedAvocadoLine:
@@ -75,11 +126,24 @@ class SimulatedAvocadoLine:
 
     def __init__(self, config: LineConfig) -> None:
         self.config = config
-        self.controller = PtyDevice()
-        self.tap_sensor = PtyDevice()
-        self.rig = SimulatedRig(self.fruit)
+        self.injected: Counter = Counter()
+        self._links_dir = tempfile.TemporaryDirectory(prefix="sortline-line-")
+        self.controller = PtyDevice(Path(self._links_dir.name) / "controller")
+        self.tap_sensor = PtyDevice(Path(self._links_dir.name) / "tap-sensor")
+        rng = random.Random(config.seed)
+        self._controller_wire = FaultyWire(self.controller, config.faults, random.Random(rng.random()), self.injected)
+        self._tap_wire = FaultyWire(self.tap_sensor, config.faults, random.Random(rng.random()), self.injected)
+        self._item_rng = random.Random(rng.random())
+        self.rig = SimulatedRig(self.fruit, config.faults, config.seed, self.injected)
         self._records: dict[int, GateRecord] = {}
         self._unknown = 0
+        self._retransmissions = 0
+        self._duplicates = 0
+        self._silent_until = 0.0
+        self._tap_down = False  # unplugged, or back but waiting for the station to reopen
+        self._tap_backlog: list = []
+        self._end = 0.0  # heartbeats stop once every item has passed its gate
+        self._last_announced = config.first_item_id - 1
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._announced_all = threading.Event()
@@ -116,13 +180,15 @@ class SimulatedAvocadoLine:
         return self._announced_all.wait(timeout_s)
 
     def wait(self, grace_s: float = 0.5, timeout_s: float | None = None) -> LineTally:
-        """Wait until every item has passed its gate (plus ``grace_s``), then tally."""
+        """Wait until every item has passed its gate and the devices have said their last
+        (plus ``grace_s`` for the station's last commands), then tally."""
         c = self.config
         if timeout_s is None:
             timeout_s = c.items * c.pitch_ms / 1000 + 60
         if not self._announced_all.wait(timeout_s):
             raise TimeoutError("the simulator did not announce every item in time")
-        time.sleep(c.deadline_ms / 1000 + grace_s)
+        self._threads[0].join(timeout=c.deadline_ms / 1000 + 5)  # the schedule: heartbeats, outages
+        time.sleep(grace_s)
         return self.tally()
 
     @property
@@ -136,6 +202,7 @@ class SimulatedAvocadoLine:
             thread.join(timeout=2)
         self.controller.close()
         self.tap_sensor.close()
+        self._links_dir.cleanup()
 
     def __enter__(self) -> SimulatedAvocadoLine:
         return self.start()
@@ -146,62 +213,122 @@ class SimulatedAvocadoLine:
     def tally(self) -> LineTally:
         with self._lock:
             records = dict(self._records)
-            unknown = self._unknown
-        commands = sum(len(r.commands) for r in records.values())
+            unknown, retransmissions, duplicates = self._unknown, self._retransmissions, self._duplicates
+            injected = dict(self.injected)
         return LineTally(
             items=len(records),
-            gate_commands=commands,
+            gate_commands=sum(len(r.commands) for r in records.values()),
             lost=sum(1 for r in records.values() if not r.commands),
-            duplicates=sum(max(0, len(r.commands) - 1) for r in records.values()),
+            duplicates=duplicates,
+            retransmissions=retransmissions,
             late=sum(1 for r in records.values() if r.commands and r.commands[0][0] > r.deadline_at),
             unknown_item=unknown,
             exits={item: r.commands[0][1] for item, r in records.items() if r.commands},
+            injected=injected,
         )
 
     # --- threads ----------------------------------------------------------------------------
 
     def _run_schedule(self) -> None:
-        """Announce items at the line pitch; each announcement schedules that item's taps."""
+        """One clock for everything the devices send: announcements, taps, heartbeats, outages."""
         c = self.config
         start = time.monotonic() + 0.2
-        events: list[tuple[float, int, Callable[[], None]]] = []
+        self._end = start + c.items * c.pitch_ms / 1000 + c.deadline_ms / 1000
+        events: list[tuple[float, int, Callable[[], list | None]]] = []
         order = 0
-        for n, item_id in enumerate(self.item_ids):
-            at = start + n * c.pitch_ms / 1000
-            events.append((at, order, lambda item_id=item_id: self._announce(item_id)))
+
+        def push(at: float, action: Callable[[], list | None]) -> None:
+            nonlocal order
+            heapq.heappush(events, (at, order, action))
             order += 1
-        heapq.heapify(events)
+
+        push(start - 0.1, self._heartbeat)
+        for n, item_id in enumerate(self.item_ids):
+            push(start + n * c.pitch_ms / 1000, lambda item_id=item_id: self._announce(item_id))
         while events and not self._stop.is_set():
             at, _, action = heapq.heappop(events)
             delay = at - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 return
-            for follow_up in action() or ():
-                heapq.heappush(events, (follow_up[0], order, follow_up[1]))
-                order += 1
+            for follow_at, follow in action() or ():
+                push(follow_at, follow)
+        # Real devices keep talking; a last clean heartbeat reveals a loss at the very end.
+        for wire in (self._controller_wire, self._tap_wire):
+            wire.flush()
+            wire.send(Heartbeat(t_ms=int(time.monotonic() * 1000), last_item_id=self._last_announced
+                                if wire is self._controller_wire else -1), faults=False)
         self._announced_all.set()
 
-    def _announce(self, item_id: int) -> list[tuple[float, Callable[[], None]]]:
+    def _heartbeat(self) -> list:
+        self._controller_wire.send(Heartbeat(t_ms=int(time.monotonic() * 1000), last_item_id=self._last_announced))
+        next_at = time.monotonic() + HEARTBEAT_S
+        return [(next_at, self._heartbeat)] if next_at <= self._end else []
+
+    def _announce(self, item_id: int) -> list:
         c = self.config
         now = time.monotonic()
         with self._lock:
             self._records[item_id] = GateRecord(announced_at=now, deadline_at=now + c.deadline_ms / 1000)
+            self._last_announced = item_id
+            if self._item_rng.random() < c.faults.controller_silences:
+                self._silent_until = now + SILENCE_S
         t_ms = int(now * 1000)
-        lane = item_id % c.lanes
-        self.controller.send(ItemArrival(item_id=item_id, lane=lane, t_ms=t_ms, deadline_ms=c.deadline_ms))
-        taps = tap_series(self.fruit(item_id), t0_ms=t_ms + int(c.tap_delay_ms))
-        return [(now + (tap.t_ms - t_ms) / 1000, lambda tap=tap: self.tap_sensor.send(tap)) for tap in taps]
+        self._controller_wire.send(ItemArrival(item_id=item_id, lane=item_id % c.lanes, t_ms=t_ms,
+                                               deadline_ms=c.deadline_ms))
+        follow: list = [(now + (tap.t_ms - t_ms) / 1000, lambda tap=tap: self._send_tap(tap))
+                        for tap in tap_series(self.fruit(item_id), t0_ms=t_ms + int(c.tap_delay_ms))]
+        if not self._tap_down and self._item_rng.random() < c.faults.sensor_disconnects:
+            self._tap_down = True  # from now on the sensor keeps its readings to itself
+            follow.append((now + 0.05, self._unplug_tap_sensor))
+        if item_id == self.item_ids[-1]:
+            self._announced_all.set()
+        return follow
+
+    def _send_tap(self, tap) -> None:
+        if self._tap_down:
+            self._tap_backlog.append(tap)  # a sensor that is down keeps its readings
+        else:
+            self._tap_wire.send(tap)
+
+    def _unplug_tap_sensor(self) -> list:
+        self.injected["sensor_disconnects"] += 1
+        self._tap_wire.flush()
+        self.tap_sensor.disconnect()
+        return [(time.monotonic() + DISCONNECT_S, self._replug_tap_sensor)]
+
+    def _replug_tap_sensor(self) -> list:
+        self.tap_sensor.reconnect()
+        # pyserial flushes its input on open: hold the backlog until the station has reopened.
+        return [(time.monotonic() + REOPEN_S, self._drain_tap_backlog)]
+
+    def _drain_tap_backlog(self) -> None:
+        self._tap_down = False
+        backlog, self._tap_backlog = self._tap_backlog, []
+        for tap in backlog:
+            self._tap_wire.send(tap)
 
     def _run_gate_listener(self) -> None:
         while not self._stop.is_set():
             for message in self.controller.receive(timeout_s=0.05):
-                if not isinstance(message, GateCommand):
-                    continue
-                now = time.monotonic()
-                with self._lock:
-                    record = self._records.get(message.item_id)
-                    if record is None:
-                        self._unknown += 1
-                        continue
-                    record.commands.append((now, message.exit))
-                self.controller.send(Ack(item_id=message.item_id))
+                if isinstance(message, GateCommand):
+                    self._gate(message)
+
+    def _gate(self, command: GateCommand) -> None:
+        now = time.monotonic()
+        with self._lock:
+            record = self._records.get(command.item_id)
+            if record is None:
+                self._unknown += 1
+                return
+            if record.commands:
+                if command.exit == record.commands[0][1]:
+                    self._retransmissions += 1
+                else:
+                    self._duplicates += 1
+            else:
+                record.commands.append((now, command.exit))
+                if now < self._silent_until:
+                    self.injected["unacked"] += 1
+            silent = now < self._silent_until
+        if not silent:
+            self._controller_wire.send(Ack(item_id=command.item_id), faults=False)

@@ -75,8 +75,13 @@ class Ack:
 
 @dataclass(frozen=True)
 class Heartbeat:
+    """Any device → station, periodically. A controller puts the id of the last item it
+    announced in ``last_item_id`` (other devices send -1), so a lost announcement of the
+    latest item is noticed even when no later item follows."""
+
     TYPE: ClassVar[str] = "HB"
     t_ms: int
+    last_item_id: int = -1
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ class PtyDevice:
     def __init__(self, link: Path | None = None) -> None:
         self.link = Path(link) if link else None
         self.parser = Parser()
-        self._encoder = Encoder()
+        self.encoder = Encoder()  # the device's own frame counter
         self._lock = threading.Lock()
         self._closed = True
         self._open()
@@ -61,7 +61,7 @@ class PtyDevice:
             self._open()
 
     def send(self, message: Message) -> None:
-        self.write(self._encoder.encode(message))
+        self.write(self.encoder.encode(message))
 
     def write(self, data: bytes) -> None:
         """Raw bytes onto the wire (fault injection writes garbage through here)."""

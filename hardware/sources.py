@@ -21,7 +21,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from .camera import FrameError, ItemCapture, ViewFrame
+from .camera import CORRUPT, LOST, FrameError, ItemCapture, ViewError, ViewFrame
 from .images import IMAGE_SUFFIXES, read_image
 
 log = logging.getLogger(__name__)
@@ -183,15 +183,18 @@ class MultiViewRig:
                 break
             time.sleep(0.002)
         views: list[ViewFrame | None] = []
-        errors: list[str] = []
+        errors: list[ViewError] = []
         for i, (rgb, nir) in enumerate(found):
             missing = self._missing((rgb, nir), i)
+            if missing:
+                tolerance = f"{self.tolerance_s * 1000:.0f} ms"
+                errors.append(ViewError(i, LOST, f"no {missing} frame within {tolerance} of the trigger"))
+                views.append(None)
+                continue
             try:
-                if missing:
-                    raise FrameError(f"{missing}: no frame within {self.tolerance_s * 1000:.0f} ms of the trigger")
                 views.append(ViewFrame(rgb=rgb, nir=None if nir is None else _registered(nir, rgb)))
             except FrameError as exc:
-                errors.append(f"view {i} {exc}")
+                errors.append(ViewError(i, CORRUPT, str(exc)))
                 views.append(None)
         return ItemCapture(item_id=item_id, views=tuple(views), errors=tuple(errors))
 

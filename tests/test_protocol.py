@@ -24,7 +24,7 @@ MESSAGES = [
     ItemArrival(item_id=42, lane=1, t_ms=1500, deadline_ms=250),
     GateCommand(item_id=42, exit=3),
     Ack(item_id=42),
-    Heartbeat(t_ms=99),
+    Heartbeat(t_ms=99, last_item_id=41),
     ErrorReport(code=7, text="gate 2 jammed"),
     TapReading(item_id=42, index=0, count=5, peak_n=8.5, rebound=0.5, decay_ms=9.75, t_ms=1512),
     ScaleReading(t_ms=2000, grams=412.5, stable=1),

@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from sortline.edge_runtime.pipeline import CONFIDENT, LATE, NO_VIEWS, UNSURE, ItemPipeline
+from sortline.edge_runtime.pipeline import CONFIDENT, LATE, NO_VIEWS, UNANNOUNCED, UNSURE, ItemPipeline
 from sortline.edge_runtime.simulated import sort_on_simulated_line
 from sortline.edge_runtime.station import Station, StationConfig
 from sortline.hardware.avocado import make_fruit, render_views, tap_series
 from sortline.hardware.camera import FrameError, ItemCapture
 from sortline.hardware.line_sim import LineConfig
-from sortline.hardware.protocol import GateCommand, ItemArrival
+from sortline.hardware.protocol import Ack, GateCommand, Heartbeat, ItemArrival
 from sortline.hardware.pty import PtyDevice
 from sortline.hardware.serial_link import SerialLink
 
@@ -74,10 +74,15 @@ def _eventually(condition, timeout_s: float = 5.0) -> bool:
     return condition()
 
 
-def _gates(controller: PtyDevice, n: int, timeout_s: float = 5.0) -> list[GateCommand]:
+def _gates(controller: PtyDevice, n: int, timeout_s: float = 5.0, ack: bool = True) -> list[GateCommand]:
+    """Gate commands as a controller receives them, acknowledging each (unless ``ack`` is off)."""
     got, deadline = [], time.monotonic() + timeout_s
     while len(got) < n and time.monotonic() < deadline:
-        got += [m for m in controller.receive(0.05) if isinstance(m, GateCommand)]
+        for message in controller.receive(0.05):
+            if isinstance(message, GateCommand):
+                got.append(message)
+                if ack:
+                    controller.send(Ack(item_id=message.item_id))
     return got
 
 
@@ -90,8 +95,7 @@ def test_bad_items_go_to_the_safe_exit_and_the_line_goes_on(harness):
     controller.send(ItemArrival(item_id=1, lane=0, t_ms=0, deadline_ms=400))  # repeated announcement
     sensor.write(b"$1,9,TAP,3,0,5,garbage*0000\n")  # a garbled reading
     gates = _gates(controller, 3)
-    time.sleep(0.3)  # anything extra would arrive now
-    gates += [m for m in controller.receive(0.05) if isinstance(m, GateCommand)]
+    gates += _gates(controller, 99, timeout_s=0.3)  # anything extra would arrive now
     assert sorted(g.item_id for g in gates) == [1, 2, 3]
     assert _eventually(lambda: len(station.decisions) == 3)
     by_item = {d.item_id: d for d in station.decisions}
@@ -110,3 +114,28 @@ def test_an_item_announced_too_late_goes_to_the_safe_exit(harness):
     assert _eventually(lambda: len(station.decisions) == 1)
     assert station.decisions[-1].reason == LATE
     assert station.stats.deadline_misses == 1
+
+
+def test_unacknowledged_command_is_resent_until_the_gate(harness):
+    station, controller, _ = harness
+    controller.send(ItemArrival(item_id=5, lane=0, t_ms=0, deadline_ms=300))
+    copies = _gates(controller, 99, timeout_s=0.6, ack=False)  # a controller that has gone quiet
+    assert len(copies) >= 3 and {g.item_id for g in copies} == {5} and len({g.exit for g in copies}) == 1
+    assert _eventually(lambda: station.stats.unacked == 1)
+    assert station.stats.retransmissions == len(copies) - 1
+    assert len(station.decisions) == 1  # one decision, sent several times
+
+
+def test_items_whose_announcement_was_lost_still_get_one_command(harness):
+    station, controller, _ = harness
+    controller.send(Heartbeat(t_ms=0, last_item_id=10))
+    controller.send(ItemArrival(item_id=11, lane=0, t_ms=0, deadline_ms=400))
+    controller.send(ItemArrival(item_id=14, lane=0, t_ms=0, deadline_ms=400))  # 12 and 13 never came
+    controller.send(ItemArrival(item_id=12, lane=0, t_ms=0, deadline_ms=400))  # 12 was only late
+    controller.send(Heartbeat(t_ms=0, last_item_id=15))  # and 15's announcement is lost too
+    gates = _gates(controller, 5) + _gates(controller, 99, timeout_s=0.3)
+    assert sorted(g.item_id for g in gates) == [11, 12, 13, 14, 15]
+    assert _eventually(lambda: len(station.decisions) == 5)
+    by_item = {d.item_id: d for d in station.decisions}
+    assert by_item[13].reason == UNANNOUNCED and by_item[15].reason == UNANNOUNCED
+    assert by_item[12].reason != UNANNOUNCED and station.stats.unannounced == 2

@@ -18,7 +18,7 @@ def demo(args: argparse.Namespace) -> dict:
 
     summary = run_demo(DemoConfig(items=args.items, out=args.out, pool_fruit=args.pool_fruit,
                                   labeled_fruit=args.labeled_fruit, epochs=args.epochs, seed=args.seed,
-                                  progress=not args.quiet))
+                                  faults=args.faults, progress=not args.quiet))
     print((Path(args.out) / "summary.md").read_text())
     print(f"bundle, event log, plots and summary.json are in {args.out}/")
     return summary

@@ -25,6 +25,7 @@ from sortline.edge_runtime.simulated import sort_on_simulated_line
 from sortline.export.build import ExportConfig, export_model
 from sortline.export.bundle import write_bundle
 from sortline.hardware.avocado import CLASSES, TAPS_PER_ITEM, VIEWS
+from sortline.hardware.faults import FaultRates
 from sortline.hardware.line_sim import LineConfig
 
 from .augment import MultiChannelAugment
@@ -58,6 +59,7 @@ class DemoConfig:
     pitch_ms: float = 100.0
     deadline_ms: int = 300
     min_confidence: float = 0.5
+    faults: float = 0.0  # rate of every fault kind on the simulated line
     seed: int = 0
     progress: bool = True
 
@@ -127,7 +129,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     t = _stage("head_and_bundle", timings, t)
 
     # 5. The station on the simulated line.
-    line = LineConfig(items=cfg.items, seed=worlds["line"], pitch_ms=cfg.pitch_ms, deadline_ms=cfg.deadline_ms)
+    line = LineConfig(items=cfg.items, seed=worlds["line"], pitch_ms=cfg.pitch_ms, deadline_ms=cfg.deadline_ms,
+                      faults=FaultRates.uniform(cfg.faults))
     events = out / "events.jsonl"
     events.unlink(missing_ok=True)
     run = sort_on_simulated_line(ItemPipeline(bundle, threads=1), line, event_log=events, progress=cfg.progress)
