@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, matthews_corrcoef
 
-from sortline.hardware.line_sim import LineTally
+from sortline.hardware.referee import LineTally
 
 from .bundle import DecisionPolicy
 from .pipeline import Decision

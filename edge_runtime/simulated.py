@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sortline.hardware.line_sim import LineConfig, LineTally, SimulatedAvocadoLine
+from sortline.hardware.line_sim import LineConfig, SimulatedAvocadoLine
+from sortline.hardware.referee import LineTally
 from sortline.hardware.serial_link import Received, SerialLink
 
 from .pipeline import Decision, ItemPipeline

@@ -36,6 +36,7 @@ class ViewError:
     view: int
     kind: str  # LOST or CORRUPT
     detail: str
+    data: bytes = b""  # for CORRUPT: the bytes that did not decode (kept for recordings)
 
     def __str__(self) -> str:
         return f"view {self.view} {self.kind}: {self.detail}"

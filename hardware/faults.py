@@ -22,7 +22,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, fields
 
-from .protocol import Message
+from .protocol import UNSEQUENCED, Message
 from .pty import PtyDevice
 
 SERIAL_KINDS = ("garbled", "truncated", "dropped", "duplicated", "reordered")
@@ -73,7 +73,7 @@ class FaultyWire:
         with self._lock:
             frame = self.device.encoder.encode(message)
             if not faults or not self.rates.any:
-                self._write_intact(frame)
+                self._write_intact(frame, sequenced=message.TYPE not in UNSEQUENCED)
                 return
             kind = self._pick()
             if kind == "dropped":
@@ -99,9 +99,10 @@ class FaultyWire:
                 self.device.write(self._held)
                 self._held = None
 
-    def _write_intact(self, data: bytes) -> None:
+    def _write_intact(self, data: bytes, sequenced: bool = True) -> None:
         self.device.write(data)
-        if self._held is not None:  # an intact later frame overtook the held one
+        # Only a later *numbered* frame makes the held one arrive out of order.
+        if self._held is not None and sequenced:
             self.device.write(self._held)
             self._held = None
             self._counts["reordered"] += 1

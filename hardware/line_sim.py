@@ -31,6 +31,7 @@ from .faults import FaultRates, FaultyWire
 from .images import decode_image
 from .protocol import Ack, GateCommand, Heartbeat, ItemArrival
 from .pty import PtyDevice
+from .referee import GateReferee, LineTally
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 0.25
@@ -50,28 +51,6 @@ class LineConfig:
     tap_delay_ms: float = 10.0  # first tap after the announcement
     lanes: int = 1
     faults: FaultRates = field(default_factory=FaultRates)
-
-
-@dataclass
-class GateRecord:
-    announced_at: float
-    deadline_at: float
-    commands: list[tuple[float, int]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class LineTally:
-    """What the controller saw, item by item, and what the simulator injected."""
-
-    items: int
-    gate_commands: int  # distinct decisions received (retransmissions not counted)
-    lost: int  # announced items that never got a command
-    duplicates: int  # commands with a different exit for an item that already had one
-    retransmissions: int  # repeated identical commands
-    late: int  # first command arrived after the item passed the gate
-    unknown_item: int  # commands for items never announced
-    exits: dict[int, int]  # item id -> exit of the first command
-    injected: dict[str, int]
 
 
 class SimulatedRig:
@@ -105,10 +84,11 @@ class SimulatedRig:
             elif roll < r.views_lost + r.views_corrupt:
                 self.counts["views_corrupt"] += 1
                 _, png = cv2.imencode(".png", view.rgb)
-                try:  # a transfer cut short, decoded as the runtime would decode a camera's bytes
-                    decode_image(png.tobytes()[: len(png) // 3], what=f"view {i}")
+                cut = png.tobytes()[: len(png) // 3]  # a transfer cut short
+                try:  # decoded as the runtime would decode a camera's bytes
+                    decode_image(cut, what=f"view {i}")
                 except FrameError as exc:
-                    errors.append(ViewError(i, CORRUPT, str(exc)))
+                    errors.append(ViewError(i, CORRUPT, str(exc), data=cut))
                 views.append(None)
             elif roll < r.views_lost + r.views_corrupt + r.views_late:
                 self.counts["views_late"] += 1
@@ -135,11 +115,8 @@ class SimulatedAvocadoLine:
         self._tap_wire = FaultyWire(self.tap_sensor, config.faults, random.Random(rng.random()), self.injected)
         self._item_rng = random.Random(rng.random())
         self.rig = SimulatedRig(self.fruit, config.faults, config.seed, self.injected)
-        self._records: dict[int, GateRecord] = {}
-        self._unknown = 0
-        self._retransmissions = 0
-        self._duplicates = 0
-        self._silent_until = 0.0
+        self.referee = GateReferee()
+        self.silences: list[float] = []  # when the controller went silent (monotonic seconds)
         self._tap_down = False  # unplugged, or back but waiting for the station to reopen
         self._tap_backlog: list = []
         self._end = 0.0  # heartbeats stop once every item has passed its gate
@@ -193,8 +170,7 @@ class SimulatedAvocadoLine:
 
     @property
     def announced(self) -> int:
-        with self._lock:
-            return len(self._records)
+        return self.referee.announced
 
     def stop(self) -> None:
         self._stop.set()
@@ -212,20 +188,8 @@ class SimulatedAvocadoLine:
 
     def tally(self) -> LineTally:
         with self._lock:
-            records = dict(self._records)
-            unknown, retransmissions, duplicates = self._unknown, self._retransmissions, self._duplicates
             injected = dict(self.injected)
-        return LineTally(
-            items=len(records),
-            gate_commands=sum(len(r.commands) for r in records.values()),
-            lost=sum(1 for r in records.values() if not r.commands),
-            duplicates=duplicates,
-            retransmissions=retransmissions,
-            late=sum(1 for r in records.values() if r.commands and r.commands[0][0] > r.deadline_at),
-            unknown_item=unknown,
-            exits={item: r.commands[0][1] for item, r in records.items() if r.commands},
-            injected=injected,
-        )
+        return self.referee.tally(injected)
 
     # --- threads ----------------------------------------------------------------------------
 
@@ -267,11 +231,11 @@ class SimulatedAvocadoLine:
     def _announce(self, item_id: int) -> list:
         c = self.config
         now = time.monotonic()
-        with self._lock:
-            self._records[item_id] = GateRecord(announced_at=now, deadline_at=now + c.deadline_ms / 1000)
-            self._last_announced = item_id
-            if self._item_rng.random() < c.faults.controller_silences:
-                self._silent_until = now + SILENCE_S
+        self.referee.announce(item_id, now, c.deadline_ms / 1000)
+        self._last_announced = item_id
+        if self._item_rng.random() < c.faults.controller_silences:
+            self.referee.silence(now, SILENCE_S)
+            self.silences.append(now)
         t_ms = int(now * 1000)
         self._controller_wire.send(ItemArrival(item_id=item_id, lane=item_id % c.lanes, t_ms=t_ms,
                                                deadline_ms=c.deadline_ms))
@@ -314,21 +278,5 @@ class SimulatedAvocadoLine:
                     self._gate(message)
 
     def _gate(self, command: GateCommand) -> None:
-        now = time.monotonic()
-        with self._lock:
-            record = self._records.get(command.item_id)
-            if record is None:
-                self._unknown += 1
-                return
-            if record.commands:
-                if command.exit == record.commands[0][1]:
-                    self._retransmissions += 1
-                else:
-                    self._duplicates += 1
-            else:
-                record.commands.append((now, command.exit))
-                if now < self._silent_until:
-                    self.injected["unacked"] += 1
-            silent = now < self._silent_until
-        if not silent:
+        if self.referee.receive(command, time.monotonic()):
             self._controller_wire.send(Ack(item_id=command.item_id), faults=False)

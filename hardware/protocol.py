@@ -119,6 +119,10 @@ Message = ItemArrival | GateCommand | Ack | Heartbeat | ErrorReport | TapReading
 MESSAGE_TYPES: dict[str, type] = {
     cls.TYPE: cls for cls in (ItemArrival, GateCommand, Ack, Heartbeat, ErrorReport, TapReading, ScaleReading)
 }
+# Responses carry the sender's next sequence number without consuming it, and receivers leave
+# them out of sequence accounting: a lost acknowledgement is caught by the command's
+# retransmission, and a stream recorded without a peer can be replayed to one.
+UNSEQUENCED = frozenset({Ack.TYPE})
 _FORBIDDEN_IN_TEXT = str.maketrans({c: " " for c in "$*,\r\n"})
 
 
@@ -161,7 +165,8 @@ class Encoder:
     def encode(self, message: Message) -> bytes:
         fields = [_format_field(getattr(message, name)) for name, _ in _FIELD_KINDS[message.TYPE]]
         body = ",".join([str(PROTOCOL_VERSION), str(self._seq), message.TYPE, *fields]).encode("ascii")
-        self._seq = (self._seq + 1) & 0xFFFF
+        if message.TYPE not in UNSEQUENCED:
+            self._seq = (self._seq + 1) & 0xFFFF
         frame = b"$" + body + b"*%04X\n" % crc16(body)
         if len(frame) > MAX_FRAME_BYTES:
             raise ValueError(f"{message.TYPE} frame is {len(frame)} bytes, over {MAX_FRAME_BYTES}")
@@ -277,7 +282,8 @@ class Parser:
         except ValueError:
             self.stats.malformed += 1
             return None
-        self._sequence.observe(seq)
+        if type_name not in UNSEQUENCED:
+            self._sequence.observe(seq)
         self.stats.frames += 1
         return MESSAGE_TYPES[type_name](**values)
 

@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import serial
@@ -46,7 +47,11 @@ class SerialLink:
         inbox: queue.Queue[Received] | None = None,
         read_timeout_s: float = 0.02,
         reconnect_s: float = 0.5,
+        on_bytes: Callable[[bytes, float], None] | None = None,
+        on_event: Callable[[str, float], None] | None = None,
     ) -> None:
+        """``on_bytes(data, t)`` sees every chunk read, before parsing, and ``on_event(kind, t)``
+        sees "disconnect" and "reconnect" (``t`` is ``time.monotonic()``): a recorder's hooks."""
         self.url = url
         self.name = name
         self.baudrate = baudrate
@@ -58,6 +63,8 @@ class SerialLink:
         self._read_timeout_s = read_timeout_s
         self._reconnect_s = reconnect_s
         self._encoder = Encoder()
+        self._on_bytes = on_bytes
+        self._on_event = on_event
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._port: serial.SerialBase | None = None
@@ -117,11 +124,15 @@ class SerialLink:
                 if self._stop.is_set():
                     return
                 log.warning("%s: read failed (%s); reconnecting", self.name, exc)
+                if self._on_event:
+                    self._on_event("disconnect", time.monotonic())
                 self._reconnect()
                 continue
             if not data:
                 continue
             now = time.monotonic()
+            if self._on_bytes:
+                self._on_bytes(data, now)
             for message in self.parser.feed(data):
                 self._put(Received(self.name, message, now))
 
@@ -142,6 +153,8 @@ class SerialLink:
                 self._port = port
             self.reconnects += 1
             log.info("%s: reconnected to %s", self.name, self.url)
+            if self._on_event:
+                self._on_event("reconnect", time.monotonic())
             return
 
     def _put(self, item: Received) -> None:

@@ -57,10 +57,10 @@ def test_text_fields_cannot_break_framing():
 
 def test_resynchronises_after_garbage_and_truncation():
     enc = Encoder()
-    good1, cut, good2 = (enc.encode(m) for m in MESSAGES[:3])
+    good1, cut, good2 = (enc.encode(m) for m in (MESSAGES[0], MESSAGES[1], MESSAGES[3]))
     stream = b"\x00\xffnoise" + good1 + cut[: len(cut) // 2] + good2 + b"tail"
     parser = Parser()
-    assert parser.feed(stream) == [MESSAGES[0], MESSAGES[2]]
+    assert parser.feed(stream) == [MESSAGES[0], MESSAGES[3]]
     assert parser.stats.malformed == 1  # the truncated frame
     assert parser.stats.garbage_bytes == len(b"\x00\xffnoise") + len(b"tail")
     assert parser.stats.seq_missing == 1  # the truncated frame's sequence number
@@ -137,7 +137,7 @@ def test_mutated_frame_never_yields_a_wrong_message(position):
 
 def _frames(n: int) -> list[bytes]:
     enc = Encoder()
-    return [enc.encode(Ack(item_id=i)) for i in range(n)]
+    return [enc.encode(GateCommand(item_id=i, exit=1)) for i in range(n)]
 
 
 def test_sequence_numbers_tell_lost_from_duplicated_from_reordered():
@@ -154,13 +154,13 @@ def test_sequence_wraps_and_sender_restarts():
     parser = Parser()
     enc = Encoder()
     enc._seq = 0xFFFE
-    parser.feed(b"".join(enc.encode(Ack(item_id=i)) for i in range(4)))  # 65534, 65535, 0, 1
+    parser.feed(b"".join(enc.encode(Heartbeat(t_ms=i)) for i in range(4)))  # 65534, 65535, 0, 1
     assert parser.stats.seq_missing == 0
     parser.feed(b"".join(f for f in _frames(2)))  # a new sender starting again at 0, 1
     assert parser.stats.seq_restarts == 0 and parser.stats.seq_duplicates == 2  # 0, 1 were just seen
     far = Encoder()
     far._seq = 30000
-    parser.feed(far.encode(Ack(item_id=1)))  # a jump of 30000: a reset counter, not 29999 losses
+    parser.feed(far.encode(Heartbeat(t_ms=1)))  # a jump of 30000: a reset counter, not 29999 losses
     parser.feed(_frames(1)[0])  # and back to 0: restarted again
     assert parser.stats.seq_restarts == 2 and parser.stats.seq_missing == 0
 
@@ -190,3 +190,12 @@ def test_parser_survives_100k_random_and_mutated_inputs():
             delivered += 1
     s = parser.stats
     assert delivered > 1000 and s.bad_crc > 1000 and s.garbage_bytes > 0
+
+
+def test_acknowledgements_do_not_use_up_sequence_numbers():
+    enc = Encoder()
+    frames = [enc.encode(m) for m in (Heartbeat(t_ms=1), Ack(item_id=1), Heartbeat(t_ms=2))]
+    assert [f.split(b",")[1] for f in frames] == [b"0", b"1", b"1"]
+    parser = Parser()
+    parser.feed(frames[0] + frames[2] + frames[1])  # an ACK late or early is no sequence event
+    assert (parser.stats.seq_missing, parser.stats.seq_duplicates, parser.stats.seq_reordered) == (0, 0, 0)
