@@ -24,6 +24,35 @@ def _desktop(name: str):
     return run
 
 
+def _simulate(args: argparse.Namespace) -> dict:
+    from sortline.hardware.faults import FaultRates
+    from sortline.hardware.line_sim import LineConfig
+
+    from .hil import record_simulation
+
+    config = LineConfig(items=args.items, seed=args.seed, pitch_ms=args.pitch_ms,
+                        faults=FaultRates.uniform(args.faults))
+    result = record_simulation(config, args.record, progress=not args.quiet)
+    injected = ", ".join(f"{k} {v}" for k, v in sorted(result["injected"].items())) or "none"
+    print(f"{args.record}: {result['items']} items, {result['captures']} captures, {result['serial_bytes']} serial "
+          f"bytes in {result['seconds']} s; faults injected: {injected}; controller silences: {result['silences']}")
+    return result
+
+
+def _replay(args: argparse.Namespace) -> dict:
+    from .hil import replay_recording
+    from .pipeline import ItemPipeline
+    from .report import markdown
+
+    run = replay_recording(ItemPipeline.from_path(args.bundle), args.recording, speed=args.speed,
+                           event_log=args.events, progress=not args.quiet)
+    print(markdown(run.summary))
+    faults = run.summary["faults"]
+    injected = run.summary["faults_injected"]
+    print("Faults (observed / injected): " + ", ".join(f"{k} {faults[k]}/{injected[k]}" for k in faults))
+    return run.summary
+
+
 def _bundle_verify(args: argparse.Namespace) -> dict:
     from .bundle import load_bundle
 
@@ -69,6 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
     pretrain.add_argument("--json", action="store_true")
     pretrain.set_defaults(handler=_desktop("pretrain"))
+
+    simulate = commands.add_parser("simulate", help="run a simulated line and record what a station would see")
+    simulate.add_argument("--scenario", choices=["avocado"], default="avocado")
+    simulate.add_argument("--items", type=int, default=500)
+    simulate.add_argument("--faults", type=float, default=0.0, help="rate of every fault kind (e.g. 0.01)")
+    simulate.add_argument("--seed", type=int, default=1000)
+    simulate.add_argument("--pitch-ms", type=float, default=100.0, help="time between two items")
+    simulate.add_argument("--record", type=Path, required=True, help="a new folder for the recording")
+    simulate.add_argument("--quiet", action="store_true")
+    simulate.add_argument("--json", action="store_true")
+    simulate.set_defaults(handler=_simulate)
+
+    replay = commands.add_parser("replay", help="play a recording to the station runtime and judge it")
+    replay.add_argument("recording", type=Path)
+    replay.add_argument("--bundle", type=Path, required=True)
+    replay.add_argument("--speed", choices=["realtime", "max"], default="realtime",
+                        help="recorded timing, or each item as soon as the station is free")
+    replay.add_argument("--events", type=Path, help="write the station's event log (JSON lines) here")
+    replay.add_argument("--quiet", action="store_true")
+    replay.add_argument("--json", action="store_true")
+    replay.set_defaults(handler=_replay)
 
     export = commands.add_parser("export", help="a trained backbone → ONNX (int8/fp16) → verified bundle")
     export.add_argument("--checkpoint", type=Path, required=True, help="a sortline backbone checkpoint")

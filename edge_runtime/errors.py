@@ -1,6 +1,6 @@
-"""The base of every error a user can cause and fix (bad input, a refused export), so the
-command line reports them as one clear line and exit code 2 instead of a traceback."""
+"""Re-exported from ``sortline.hardware.errors``, the layer below: one base class for every
+user-facing error, whichever layer raises it."""
 
+from sortline.hardware.errors import SortlineError
 
-class SortlineError(Exception):
-    """An error whose message says what is wrong and, where it can, what to do."""
+__all__ = ["SortlineError"]

@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from sortline.hardware.serial_link import Received, SerialLink
 from .pipeline import ERROR, LATE, UNANNOUNCED, Decision, ItemPipeline
 
 log = logging.getLogger(__name__)
+CLOCK_WINDOW_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,12 @@ class Station:
         self._skipped: dict[int, float] = {}  # item ids not announced (yet) -> when noticed
         self._highest_item: int | None = None
         self._clock_offset: float | None = None  # station clock - controller clock, seconds
+        self._offsets: deque[tuple[float, float]] = deque()  # (arrival, arrival - sent), last 2 s
+
+    @property
+    def idle(self) -> bool:
+        """Nothing announced is waiting for a decision (a replay at full speed waits for this)."""
+        return not self._pending and not self._skipped
 
     def observed_faults(self) -> dict[str, int]:
         """What this station saw go wrong, by kind (the names of hardware/faults.py)."""
@@ -212,11 +219,13 @@ class Station:
                 self._note_item_id(message.last_item_id, received.at, announced=False)
 
     def _sync_clock(self, t_ms: int, at: float) -> None:
-        """Track the controller's clock: the smallest (arrival - sent) seen is the offset plus
-        the least transfer time, so a frame that arrives late is known to be late."""
-        offset = at - t_ms / 1000
-        if self._clock_offset is None or offset < self._clock_offset:
-            self._clock_offset = offset
+        """Track the controller's clock: the smallest (arrival - sent) of the last two seconds
+        is the offset plus the least transfer time, so a frame that arrives late is known to be
+        late, while drift (or a replay running behind its recording) is followed."""
+        self._offsets.append((at, at - t_ms / 1000))
+        while at - self._offsets[0][0] > CLOCK_WINDOW_S:
+            self._offsets.popleft()
+        self._clock_offset = min(offset for _, offset in self._offsets)
 
     def _note_item_id(self, item_id: int, at: float, announced: bool) -> None:
         """Controller item ids are consecutive: ids skipped over were announced and lost."""

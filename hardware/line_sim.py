@@ -102,7 +102,7 @@ class SimulatedRig:
 
 class SimulatedAvocadoLine:
     """Run with ``with SimulatedAvocadoLine(cfg) as line:``; point the runtime at
-    ``line.controller_port``, ``line.tap_port`` and ``line.rig``; then ``line.wait()``."""
+    ``line.port("controller")``, ``line.port("taps")`` and ``line.rig``; then ``line.wait()``."""
 
     def __init__(self, config: LineConfig) -> None:
         self.config = config
@@ -116,6 +116,7 @@ class SimulatedAvocadoLine:
         self._item_rng = random.Random(rng.random())
         self.rig = SimulatedRig(self.fruit, config.faults, config.seed, self.injected)
         self.referee = GateReferee()
+        self.is_idle = lambda: True  # a live line keeps its own pace
         self.silences: list[float] = []  # when the controller went silent (monotonic seconds)
         self._tap_down = False  # unplugged, or back but waiting for the station to reopen
         self._tap_backlog: list = []
@@ -126,13 +127,12 @@ class SimulatedAvocadoLine:
         self._announced_all = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    @property
-    def controller_port(self) -> str:
-        return self.controller.port
+    def port(self, device: str) -> str:
+        """The pyserial URL of a device: "controller" or "taps"."""
+        return {"controller": self.controller.port, "taps": self.tap_sensor.port}[device]
 
-    @property
-    def tap_port(self) -> str:
-        return self.tap_sensor.port
+    def announced_at(self, item_id: int) -> float:
+        return self.referee.announced_time(item_id)
 
     @property
     def item_ids(self) -> range:

@@ -52,6 +52,10 @@ class GateReferee:
         with self._lock:
             self._silences.append((start, start + duration_s))
 
+    def announced_time(self, item_id: int) -> float:
+        with self._lock:
+            return self._records[item_id].announced_at
+
     @property
     def announced(self) -> int:
         with self._lock:

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from sortline.edge_runtime.hil import sort_on_simulated_line
 from sortline.edge_runtime.pipeline import CONFIDENT, LATE, NO_VIEWS, UNANNOUNCED, UNSURE, ItemPipeline
-from sortline.edge_runtime.simulated import sort_on_simulated_line
 from sortline.edge_runtime.station import Station, StationConfig
 from sortline.hardware.avocado import make_fruit, render_views, tap_series
 from sortline.hardware.camera import FrameError, ItemCapture

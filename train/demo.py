@@ -18,10 +18,10 @@ import torch
 
 from sortline.edge_runtime.bundle import DecisionPolicy, Manifest
 from sortline.edge_runtime.fusion import FusionSpec
+from sortline.edge_runtime.hil import sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
 from sortline.edge_runtime.preprocess import InputSpec, normalize
 from sortline.edge_runtime.report import markdown
-from sortline.edge_runtime.simulated import sort_on_simulated_line
 from sortline.export.build import ExportConfig, export_model
 from sortline.export.bundle import write_bundle
 from sortline.hardware.avocado import CLASSES, TAPS_PER_ITEM, VIEWS

@@ -1,0 +1,364 @@
+"""Recordings: what a station's devices said and showed, on disk, and played back to a station.
+
+A recording is the unit of hardware-in-the-loop tests. It is made by listening to the devices
+exactly as a station would (the same pyserial links, the same rig), keeping every byte with its
+time, and is replayed through pseudo-terminals to an unchanged station. ``docs/recording.md``
+documents the layout:
+
+    DIR/recording.json          format, scenario, devices, labels, timing, injected faults
+    DIR/serial/<device>.jsonl   {"t": s, "data": base64} per chunk read; {"t": s, "event": ...}
+    DIR/frames/<item>/capture.json and v<k>.rgb.png, v<k>.nir.png per announced item
+    DIR/truth.jsonl             per item that passed: item_id, announced_t, label (when known)
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import heapq
+import json
+import logging
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .camera import CORRUPT, LOST, FrameError, FrameSource, ItemCapture, ViewError, ViewFrame
+from .errors import SortlineError
+from .images import decode_image
+from .protocol import Ack, GateCommand, ItemArrival
+from .pty import PtyDevice
+from .referee import GateReferee, LineTally
+from .serial_link import Received, SerialLink
+
+log = logging.getLogger(__name__)
+FORMAT = "sortline-recording/1"
+REOPEN_S = 0.3  # after a device comes back, give the station this long to reopen it
+QUIET_S = 0.05  # a device goes quiet this long before it is unplugged (its last bytes are read)
+
+
+class RecordingError(SortlineError, ValueError):
+    """A recording folder that is missing, incomplete or of another format."""
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+class RecordingWriter:
+    """Writes a recording folder. Safe to call from the serial reader threads."""
+
+    def __init__(self, out: Path, devices: list[str], t0: float) -> None:
+        self.root = Path(out)
+        if self.root.exists() and any(self.root.iterdir()):
+            raise RecordingError(f"{self.root}: exists and is not empty; choose a new folder")
+        (self.root / "serial").mkdir(parents=True, exist_ok=True)
+        (self.root / "frames").mkdir(exist_ok=True)
+        self.t0 = t0
+        self._files = {d: open(self.root / "serial" / f"{d}.jsonl", "w", encoding="utf-8") for d in devices}
+        self._lock = threading.Lock()
+        self.serial_bytes = 0
+        self.captures = 0
+
+    def serial(self, device: str, data: bytes, at: float) -> None:
+        line = json.dumps({"t": round(at - self.t0, 6), "data": base64.b64encode(data).decode()})
+        with self._lock:
+            self._files[device].write(line + "\n")
+            self.serial_bytes += len(data)
+
+    def event(self, device: str, kind: str, at: float) -> None:
+        with self._lock:
+            self._files[device].write(json.dumps({"t": round(at - self.t0, 6), "event": kind}) + "\n")
+
+    def capture(self, capture: ItemCapture, at: float) -> None:
+        folder = self.root / "frames" / f"{capture.item_id:06d}"
+        folder.mkdir(exist_ok=True)
+        errors = {e.view: e for e in capture.errors}
+        views = []
+        for k, view in enumerate(capture.views):
+            if view is not None:
+                cv2.imwrite(str(folder / f"v{k}.rgb.png"), cv2.cvtColor(view.rgb, cv2.COLOR_RGB2BGR))
+                entry = {"rgb": f"v{k}.rgb.png"}
+                if view.nir is not None:
+                    cv2.imwrite(str(folder / f"v{k}.nir.png"), view.nir)
+                    entry["nir"] = f"v{k}.nir.png"
+            elif k in errors and errors[k].kind == CORRUPT:
+                (folder / f"v{k}.rgb.png").write_bytes(errors[k].data)  # the bytes that did not decode
+                entry = {"rgb": f"v{k}.rgb.png", "corrupt": errors[k].detail}
+            else:
+                entry = {"lost": errors[k].detail if k in errors else "no frame"}
+            views.append(entry)
+        record = {"item_id": capture.item_id, "t": round(at - self.t0, 6), "views": views, "late": list(capture.late)}
+        (folder / "capture.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
+        self.captures += 1
+
+    def finish(self, meta: dict, truth: list[dict]) -> None:
+        with self._lock:
+            for f in self._files.values():
+                f.close()
+        with open(self.root / "truth.jsonl", "w", encoding="utf-8") as f:
+            for row in truth:
+                f.write(json.dumps(row) + "\n")
+        meta = {"format": FORMAT, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **meta}
+        (self.root / "recording.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+class StreamRecorder:
+    """Listens to a station's devices as a station would and records all it hears and sees.
+
+    ``ports`` maps device names to pyserial URLs; the first one must be the line controller:
+    its item announcements trigger the rig, as they would trigger a station's capture.
+    """
+
+    def __init__(self, writer: RecordingWriter, ports: dict[str, str], rig: FrameSource,
+                 reconnect_s: float = 0.05) -> None:
+        self.writer = writer
+        self.rig = rig
+        self.inbox: queue.Queue[Received] = queue.Queue(maxsize=65536)
+        self.links = [
+            SerialLink(url, name, inbox=self.inbox, reconnect_s=reconnect_s,
+                       on_bytes=lambda data, at, name=name: writer.serial(name, data, at),
+                       on_event=lambda kind, at, name=name: writer.event(name, kind, at))
+            for name, url in ports.items()
+        ]
+        self.controller = next(iter(ports))
+        self._captured: set[int] = set()
+
+    def run(self, stop: threading.Event) -> None:
+        for link in self.links:
+            link.open()
+        try:
+            while not stop.is_set():
+                try:
+                    received = self.inbox.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                message = received.message
+                if (isinstance(message, ItemArrival) and received.source == self.controller
+                        and message.item_id not in self._captured):
+                    self._captured.add(message.item_id)
+                    try:
+                        self.writer.capture(self.rig.capture(message.item_id), time.monotonic())
+                    except (FrameError, OSError) as exc:
+                        log.warning("item %s: capture failed: %s", message.item_id, exc)
+        finally:
+            for link in self.links:
+                link.close()
+
+
+# --- reading and replaying ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recording:
+    root: Path
+    meta: dict
+    truth: list[dict]
+
+    @classmethod
+    def open(cls, path: str | Path) -> Recording:
+        root = Path(path)
+        try:
+            meta = json.loads((root / "recording.json").read_text(encoding="utf-8"))
+            truth = [json.loads(line) for line in (root / "truth.jsonl").read_text(encoding="utf-8").splitlines()
+                     if line.strip()]
+        except FileNotFoundError as exc:
+            raise RecordingError(f"{root}: not a recording ({exc.filename} is missing)") from exc
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RecordingError(f"{root}: unreadable recording ({exc})") from exc
+        if meta.get("format") != FORMAT:
+            raise RecordingError(f"{root}: format {meta.get('format')!r}, this reader reads {FORMAT}")
+        for device in meta.get("devices", []):
+            if not (root / "serial" / f"{device}.jsonl").is_file():
+                raise RecordingError(f"{root}: serial/{device}.jsonl is missing")
+        return cls(root, meta, truth)
+
+    def serial_entries(self, device: str) -> list[dict]:
+        entries = []
+        path = self.root / "serial" / f"{device}.jsonl"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                entry = json.loads(line)
+                if "data" in entry:
+                    entry["data"] = base64.b64decode(entry["data"], validate=True)
+                entries.append(entry)
+            except (ValueError, TypeError) as exc:  # a damaged log line is skipped, not fatal
+                log.warning("%s:%d: skipped an unreadable line (%s)", path, n, exc)
+        return entries
+
+
+class ReplayRig:
+    """The rig of a recording: each announced item's views, read and decoded from disk."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.root = recording.root / "frames"
+        self.view_count = int(recording.meta.get("views", 1))
+        self.late_s = float(recording.meta.get("late_view_ms", 0)) / 1000
+
+    def capture(self, item_id: int) -> ItemCapture:
+        folder = self.root / f"{item_id:06d}"
+        try:
+            record = json.loads((folder / "capture.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FrameError(f"item {item_id}: no recorded capture ({exc})") from exc
+        views: list[ViewFrame | None] = []
+        errors: list[ViewError] = []
+        for k, entry in enumerate(record["views"]):
+            if "rgb" not in entry:
+                errors.append(ViewError(k, LOST, entry.get("lost", "no frame")))
+                views.append(None)
+                continue
+            try:
+                rgb = decode_image(np.fromfile(folder / entry["rgb"], np.uint8), what=f"view {k} rgb")
+                nir = (decode_image(np.fromfile(folder / entry["nir"], np.uint8), what=f"view {k} nir", gray=True)
+                       if "nir" in entry else None)
+                views.append(ViewFrame(rgb=rgb, nir=nir))
+            except (FrameError, OSError) as exc:
+                errors.append(ViewError(k, CORRUPT, str(exc)))
+                views.append(None)
+        if record.get("late"):
+            time.sleep(self.late_s)  # as late as it was
+        return ItemCapture(item_id, tuple(views), tuple(errors), tuple(record.get("late", ())))
+
+
+class ReplayedLine:
+    """A recording played back to a station through pseudo-terminals, refereed by a controller
+    emulator that acknowledges gate commands (except in the recorded silences).
+
+    ``speed="realtime"`` keeps the recorded timing. ``speed="max"`` plays each announcement as
+    soon as the station is idle (``is_idle``), so a run takes as long as the station needs.
+    """
+
+    def __init__(self, recording: Recording, speed: str = "realtime") -> None:
+        if speed not in ("realtime", "max"):
+            raise ValueError("speed is realtime or max")
+        self.recording = recording
+        self.speed = speed
+        self.meta = recording.meta
+        self.is_idle: Callable[[], bool] = lambda: True
+        self._links = tempfile.mkdtemp(prefix="sortline-replay-")
+        self.devices = {d: PtyDevice(Path(self._links) / d) for d in self.meta["devices"]}
+        self.controller = self.devices[self.meta["devices"][0]]
+        self.rig = ReplayRig(recording)
+        self.referee = GateReferee()
+        self._truth = {row["item_id"]: row for row in recording.truth}
+        self._stop = threading.Event()
+        self._played = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def port(self, device: str) -> str:
+        return self.devices[device].port
+
+    @property
+    def item_ids(self) -> list[int]:
+        return sorted(self._truth)
+
+    @property
+    def announced(self) -> int:
+        return self.referee.announced
+
+    def truth(self, item_id: int) -> int | None:
+        return self._truth[item_id].get("label")
+
+    def start(self) -> ReplayedLine:
+        for target, name in ((self._play, "replay-play"), (self._referee, "replay-gates")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def wait_announced(self, timeout_s: float) -> bool:
+        return self._played.wait(timeout_s)
+
+    def wait(self, grace_s: float = 0.5) -> LineTally:
+        duration = float(self.meta.get("duration_s", 60))
+        if not self._played.wait(duration * 2 + 60):
+            raise TimeoutError("the replay did not finish in time")
+        time.sleep(float(self.meta.get("deadline_ms", 300)) / 1000 + grace_s)
+        return self.referee.tally(dict(self.meta.get("injected", {})))
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        for device in self.devices.values():
+            device.close()
+        shutil.rmtree(self._links, ignore_errors=True)
+
+    def _timeline(self) -> list[tuple[float, int, str, object]]:
+        """Everything to do, in recorded time: bytes, plug events, items passing, silences."""
+        entries: list[tuple[float, int, str, object]] = []
+        for device in self.meta["devices"]:
+            for e in self.recording.serial_entries(device):
+                kind = "bytes" if "data" in e else e["event"]
+                entries.append((e["t"], len(entries), kind, (device, e.get("data"))))
+        for row in self.recording.truth:
+            if row.get("announced_t") is not None:
+                entries.append((row["announced_t"], len(entries), "item", row["item_id"]))
+        for t in self.meta.get("silences", []):
+            entries.append((t, len(entries), "silence", None))
+        heapq.heapify(entries)
+        return [heapq.heappop(entries) for _ in range(len(entries))]
+
+    def _play(self) -> None:
+        # Chunks were logged as read, so one may end inside a frame. Writing only up to the
+        # last frame end (holding the tail for the next chunk) keeps the byte sequence exact and
+        # leaves no gap in which the emulator's ACK could land inside another frame.
+        partial = {device: bytearray() for device in self.devices}
+        start = time.monotonic() + 0.2
+        shift = 0.0  # seconds the replay runs ahead of the recording (speed=max)
+        deadline_s = float(self.meta.get("deadline_ms", 300)) / 1000
+        for t, _, kind, payload in self._timeline():
+            if self._stop.is_set():
+                return
+            if self.speed == "realtime":
+                delay = start + t - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return
+            else:
+                due = start + t - shift
+                if kind == "item":  # the next item waits for the station, not for the clock
+                    waited = time.monotonic()
+                    while not self.is_idle() and time.monotonic() - waited < 2.0:
+                        time.sleep(0.001)
+                    shift = max(0.0, start + t - time.monotonic())
+                elif kind == "reconnect":
+                    time.sleep(max(0.0, due - time.monotonic()))  # outages keep their length
+                elif kind == "disconnect":
+                    time.sleep(QUIET_S)
+            now = time.monotonic()
+            if kind == "bytes":
+                device, data = payload
+                buffer = partial[device]
+                buffer += data
+                end = buffer.rfind(b"\n")
+                if end >= 0:
+                    self.devices[device].write(bytes(buffer[: end + 1]))
+                    del buffer[: end + 1]
+            elif kind == "disconnect":
+                partial[payload[0]].clear()  # what was in flight when the cable went is gone
+                self.devices[payload[0]].disconnect()
+            elif kind == "reconnect":
+                self.devices[payload[0]].reconnect()
+                if self.speed == "max":
+                    time.sleep(REOPEN_S)  # the recorded device waited for the reopen too
+            elif kind == "item":
+                self.referee.announce(payload, now, deadline_s)
+            elif kind == "silence":
+                self.referee.silence(now, float(self.meta.get("silence_ms", 0)) / 1000)
+        for device, rest in partial.items():  # a stream may end inside a frame
+            if rest:
+                self.devices[device].write(bytes(rest))
+        self._played.set()
+
+    def _referee(self) -> None:
+        while not self._stop.is_set():
+            for message in self.controller.receive(timeout_s=0.05):
+                if isinstance(message, GateCommand) and self.referee.receive(message, time.monotonic()):
+                    self.controller.send(Ack(item_id=message.item_id))

@@ -1,0 +1,59 @@
+"""Record a faulty simulated line, replay it to the station from the command line, and judge it:
+every item exactly one gate command, and every injected fault observed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sortline.edge_runtime.cli import main
+from sortline.hardware.recording import Recording, RecordingError
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rec") / "line"
+    assert main(["simulate", "--scenario", "avocado", "--items", "120", "--faults", "0.03", "--seed", "21",
+                 "--pitch-ms", "30", "--record", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_recording_layout(recording):
+    rec = Recording.open(recording)
+    assert rec.meta["format"] == "sortline-recording/1" and rec.meta["devices"] == ["controller", "taps"]
+    assert len(rec.truth) == 120 and all("label" in row and "announced_t" in row for row in rec.truth)
+    assert sum(rec.meta["injected"].values()) > 0
+    captures = sorted((recording / "frames").iterdir())
+    assert 0 < len(captures) <= 120  # an item whose announcement was lost was never triggered
+    first = json.loads((captures[0] / "capture.json").read_text())
+    assert len(first["views"]) == 4
+    entries = rec.serial_entries("controller")
+    assert entries and all("t" in e for e in entries)
+
+
+@pytest.mark.parametrize("speed", ["realtime", "max"])
+def test_replay_gives_every_item_one_command_and_counts_every_fault(recording, tiny_bundle, tmp_path, capsys, speed):
+    events = tmp_path / "events.jsonl"
+    assert main(["replay", str(recording), "--bundle", str(tiny_bundle.root), "--speed", speed,
+                 "--events", str(events), "--quiet", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (s["items"], s["gate_commands"], s["lost"], s["duplicates"]) == (120, 120, 0, 0)
+    assert s["faults"] == s["faults_injected"]
+    assert len(events.read_text().splitlines()) == 120
+
+
+def test_broken_recordings_are_clear_errors(tmp_path, tiny_bundle, capsys):
+    with pytest.raises(RecordingError, match="not a recording"):
+        Recording.open(tmp_path)
+    (tmp_path / "recording.json").write_text('{"format": "other/9"}')
+    (tmp_path / "truth.jsonl").write_text("")
+    with pytest.raises(RecordingError, match="format"):
+        Recording.open(tmp_path)
+    assert main(["replay", str(tmp_path), "--bundle", str(tiny_bundle.root)]) == 2
+    assert "format" in capsys.readouterr().err
+    out = tmp_path / "used"
+    out.mkdir()
+    (out / "x").write_text("x")
+    assert main(["simulate", "--items", "2", "--record", str(out), "--quiet"]) == 2
+    assert "not empty" in capsys.readouterr().err
