@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -31,7 +31,6 @@ class Line(Protocol):
     """A line a station can sort: simulated live, or replayed from a recording."""
 
     rig: FrameSource
-    is_idle: Callable[[], bool]
 
     @property
     def item_ids(self) -> Sequence[int]: ...
@@ -79,7 +78,6 @@ def sort_on_line(
         controller.open()
         taps.open()
         station = Station(pipeline, line.rig, controller, taps, station_config, event_log=event_log)
-        line.is_idle = lambda: station.idle
         worker = threading.Thread(target=station.run, args=(stop,), name="station", daemon=True)
         worker.start()
         start = time.monotonic()

@@ -141,11 +141,6 @@ class Station:
         self._clock_offset: float | None = None  # station clock - controller clock, seconds
         self._offsets: deque[tuple[float, float]] = deque()  # (arrival, arrival - sent), last 2 s
 
-    @property
-    def idle(self) -> bool:
-        """Nothing announced is waiting for a decision (a replay at full speed waits for this)."""
-        return not self._pending and not self._skipped
-
     def observed_faults(self) -> dict[str, int]:
         """What this station saw go wrong, by kind (the names of hardware/faults.py)."""
         links = (self.controller.stats, self.tap_sensor.stats)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 import threading
-from collections import Counter
 from dataclasses import dataclass, fields
 
 from .protocol import UNSEQUENCED, Message
@@ -58,10 +57,26 @@ class FaultRates:
         return any(getattr(self, f.name) > 0 for f in fields(self))
 
 
+class FaultCounter:
+    """Injections by kind, counted from several threads (the devices' clocks, the rig)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, kind: str) -> None:
+        with self._lock:
+            self._counts[kind] = self._counts.get(kind, 0) + 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class FaultyWire:
     """The sending side of a simulated device, with serial faults injected into chosen frames."""
 
-    def __init__(self, device: PtyDevice, rates: FaultRates, rng: random.Random, counts: Counter) -> None:
+    def __init__(self, device: PtyDevice, rates: FaultRates, rng: random.Random, counts: FaultCounter) -> None:
         self.device = device
         self.rates = rates
         self._rng = rng
@@ -77,15 +92,15 @@ class FaultyWire:
                 return
             kind = self._pick()
             if kind == "dropped":
-                self._counts["dropped"] += 1
+                self._counts.add("dropped")
             elif kind == "garbled":
-                self._counts["garbled"] += 1
+                self._counts.add("garbled")
                 self.device.write(self._garble(frame))
             elif kind == "truncated":
-                self._counts["truncated"] += 1
+                self._counts.add("truncated")
                 self.device.write(frame[: self._rng.randrange(1, len(frame) - 2)])
             elif kind == "duplicated":
-                self._counts["duplicated"] += 1
+                self._counts.add("duplicated")
                 self._write_intact(frame + frame)
             elif kind == "reordered" and self._held is None:
                 self._held = frame
@@ -105,7 +120,7 @@ class FaultyWire:
         if self._held is not None and sequenced:
             self.device.write(self._held)
             self._held = None
-            self._counts["reordered"] += 1
+            self._counts.add("reordered")
 
     def _pick(self) -> str | None:
         roll = self._rng.random()

@@ -18,7 +18,6 @@ import random
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import cv2
 
 from .avocado import FRAME_PX, VIEWS, FruitSpec, make_fruit, render_views, tap_series
 from .camera import CORRUPT, LOST, FrameError, ItemCapture, ViewError, ViewFrame
-from .faults import FaultRates, FaultyWire
+from .faults import FaultCounter, FaultRates, FaultyWire
 from .images import decode_image
 from .protocol import Ack, GateCommand, Heartbeat, ItemArrival
 from .pty import PtyDevice
@@ -59,18 +58,18 @@ class SimulatedRig:
     view_count = VIEWS
 
     def __init__(self, fruit: Callable[[int], FruitSpec], rates: FaultRates = FaultRates(), seed: int = 0,
-                 counts: Counter | None = None, frame_px: int = FRAME_PX) -> None:
+                 counts: FaultCounter | None = None, frame_px: int = FRAME_PX) -> None:
         self._fruit = fruit
         self._rates = rates
         self._seed = seed
         self._frame_px = frame_px
-        self.counts = counts if counts is not None else Counter()
+        self.counts = counts if counts is not None else FaultCounter()
 
     def capture(self, item_id: int) -> ItemCapture:
         rendered = render_views(self._fruit(item_id), size=self._frame_px, views=self.view_count)
         if not self._rates.any:
             return ItemCapture(item_id=item_id, views=tuple(rendered))
-        rng = random.Random(hash((self._seed, item_id, "rig")))
+        rng = random.Random(f"{self._seed}/{item_id}/rig")  # the same faults in every process
         views: list[ViewFrame | None] = []
         errors: list[ViewError] = []
         late: list[int] = []
@@ -78,11 +77,11 @@ class SimulatedRig:
             roll = rng.random()
             r = self._rates
             if roll < r.views_lost:
-                self.counts["views_lost"] += 1
+                self.counts.add("views_lost")
                 errors.append(ViewError(i, LOST, "camera sent no frame"))
                 views.append(None)
             elif roll < r.views_lost + r.views_corrupt:
-                self.counts["views_corrupt"] += 1
+                self.counts.add("views_corrupt")
                 _, png = cv2.imencode(".png", view.rgb)
                 cut = png.tobytes()[: len(png) // 3]  # a transfer cut short
                 try:  # decoded as the runtime would decode a camera's bytes
@@ -91,7 +90,7 @@ class SimulatedRig:
                     errors.append(ViewError(i, CORRUPT, str(exc), data=cut))
                 views.append(None)
             elif roll < r.views_lost + r.views_corrupt + r.views_late:
-                self.counts["views_late"] += 1
+                self.counts.add("views_late")
                 time.sleep(LATE_VIEW_S)  # the frame arrives late, but inside the rig's wait
                 late.append(i)
                 views.append(view)
@@ -106,7 +105,7 @@ class SimulatedAvocadoLine:
 
     def __init__(self, config: LineConfig) -> None:
         self.config = config
-        self.injected: Counter = Counter()
+        self.injected = FaultCounter()
         self._links_dir = tempfile.TemporaryDirectory(prefix="sortline-line-")
         self.controller = PtyDevice(Path(self._links_dir.name) / "controller")
         self.tap_sensor = PtyDevice(Path(self._links_dir.name) / "tap-sensor")
@@ -116,7 +115,6 @@ class SimulatedAvocadoLine:
         self._item_rng = random.Random(rng.random())
         self.rig = SimulatedRig(self.fruit, config.faults, config.seed, self.injected)
         self.referee = GateReferee()
-        self.is_idle = lambda: True  # a live line keeps its own pace
         self.silences: list[float] = []  # when the controller went silent (monotonic seconds)
         self._tap_down = False  # unplugged, or back but waiting for the station to reopen
         self._tap_backlog: list = []
@@ -187,9 +185,7 @@ class SimulatedAvocadoLine:
         self.stop()
 
     def tally(self) -> LineTally:
-        with self._lock:
-            injected = dict(self.injected)
-        return self.referee.tally(injected)
+        return self.referee.tally(self.injected.snapshot())
 
     # --- threads ----------------------------------------------------------------------------
 
@@ -255,7 +251,7 @@ class SimulatedAvocadoLine:
             self._tap_wire.send(tap)
 
     def _unplug_tap_sensor(self) -> list:
-        self.injected["sensor_disconnects"] += 1
+        self.injected.add("sensor_disconnects")
         self._tap_wire.flush()
         self.tap_sensor.disconnect()
         return [(time.monotonic() + DISCONNECT_S, self._replug_tap_sensor)]

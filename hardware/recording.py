@@ -23,7 +23,6 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ log = logging.getLogger(__name__)
 FORMAT = "sortline-recording/1"
 REOPEN_S = 0.3  # after a device comes back, give the station this long to reopen it
 QUIET_S = 0.05  # a device goes quiet this long before it is unplugged (its last bytes are read)
+MAX_WAIT_S = 0.25  # at speed=max, the longest wait for the previous item's gate command
 
 
 class RecordingError(SortlineError, ValueError):
@@ -232,7 +232,9 @@ class ReplayedLine:
     emulator that acknowledges gate commands (except in the recorded silences).
 
     ``speed="realtime"`` keeps the recorded timing. ``speed="max"`` plays each announcement as
-    soon as the station is idle (``is_idle``), so a run takes as long as the station needs.
+    soon as the previous item's gate command has come back (or after ``MAX_WAIT_S``, when that
+    item's announcement was lost and the station can only find it from the next one), so a run
+    takes as long as the station needs.
     """
 
     def __init__(self, recording: Recording, speed: str = "realtime") -> None:
@@ -241,7 +243,6 @@ class ReplayedLine:
         self.recording = recording
         self.speed = speed
         self.meta = recording.meta
-        self.is_idle: Callable[[], bool] = lambda: True
         self._links = tempfile.mkdtemp(prefix="sortline-replay-")
         self.devices = {d: PtyDevice(Path(self._links) / d) for d in self.meta["devices"]}
         self.controller = self.devices[self.meta["devices"][0]]
@@ -313,6 +314,7 @@ class ReplayedLine:
         partial = {device: bytearray() for device in self.devices}
         start = time.monotonic() + 0.2
         shift = 0.0  # seconds the replay runs ahead of the recording (speed=max)
+        previous: int | None = None
         deadline_s = float(self.meta.get("deadline_ms", 300)) / 1000
         for t, _, kind, payload in self._timeline():
             if self._stop.is_set():
@@ -325,9 +327,11 @@ class ReplayedLine:
                 due = start + t - shift
                 if kind == "item":  # the next item waits for the station, not for the clock
                     waited = time.monotonic()
-                    while not self.is_idle() and time.monotonic() - waited < 2.0:
-                        time.sleep(0.001)
+                    while (previous is not None and not self.referee.decided(previous)
+                           and time.monotonic() - waited < MAX_WAIT_S):
+                        time.sleep(0.0005)
                     shift = max(0.0, start + t - time.monotonic())
+                    previous = payload
                 elif kind == "reconnect":
                     time.sleep(max(0.0, due - time.monotonic()))  # outages keep their length
                 elif kind == "disconnect":

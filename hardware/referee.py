@@ -56,6 +56,11 @@ class GateReferee:
         with self._lock:
             return self._records[item_id].announced_at
 
+    def decided(self, item_id: int) -> bool:
+        with self._lock:
+            record = self._records.get(item_id)
+            return record is not None and bool(record.commands)
+
     @property
     def announced(self) -> int:
         with self._lock:
