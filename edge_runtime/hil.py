@@ -61,6 +61,14 @@ class LineRun:
     summary: dict
 
 
+def _follow(line: Line, what: str, progress: bool) -> None:
+    """A progress bar over the items announced, until the last one is."""
+    with tqdm(total=len(line.item_ids), desc=what, unit="item", disable=not progress, dynamic_ncols=True) as bar:
+        while not line.wait_announced(0.25):
+            bar.update(line.announced - bar.n)
+        bar.update(line.announced - bar.n)
+
+
 def sort_on_line(
     pipeline: ItemPipeline,
     line: Line,
@@ -82,11 +90,7 @@ def sort_on_line(
         worker.start()
         start = time.monotonic()
         line.start()
-        with tqdm(total=len(line.item_ids), desc="sorting", unit="item", disable=not progress,
-                  dynamic_ncols=True) as bar:
-            while not line.wait_announced(0.25):
-                bar.update(line.announced - bar.n)
-            bar.update(line.announced - bar.n)
+        _follow(line, "sorting", progress)
         tally = line.wait()
         wall_s = time.monotonic() - start
         stop.set()
@@ -124,11 +128,7 @@ def record_simulation(config: LineConfig, out: Path, progress: bool = True) -> d
         thread.start()
         time.sleep(0.1)  # the recorder's ports are open before the first byte
         line.start()
-        with tqdm(total=config.items, desc="recording", unit="item", disable=not progress,
-                  dynamic_ncols=True) as bar:
-            while not line.wait_announced(0.25):
-                bar.update(line.announced - bar.n)
-            bar.update(line.announced - bar.n)
+        _follow(line, "recording", progress)
         tally = line.wait()
         duration = time.monotonic() - t0
     finally:

@@ -40,6 +40,7 @@ class StationConfig:
     ack_timeout_ms: float = 50.0  # resend a gate command not acknowledged within this
     unannounced_wait_ms: float = 60.0  # how long a skipped item id may still be announced (reordering)
     unannounced_deadline_ms: float = 200.0  # how long a command for an unannounced item is retried
+    max_id_gap: int = 32  # a wider jump in item ids is a counter reset, not that many lost items
 
 
 @dataclass
@@ -225,7 +226,11 @@ class Station:
     def _note_item_id(self, item_id: int, at: float, announced: bool) -> None:
         """Controller item ids are consecutive: ids skipped over were announced and lost."""
         if self._highest_item is not None:
-            for skipped in range(self._highest_item + 1, item_id if announced else item_id + 1):
+            gap = range(self._highest_item + 1, item_id if announced else item_id + 1)
+            if len(gap) > self.config.max_id_gap:
+                log.warning("item ids jumped from %d to %d: taking it for a counter reset", self._highest_item, item_id)
+                gap = range(0)
+            for skipped in gap:
                 if skipped not in self._pending and skipped not in self._decided:
                     self._skipped.setdefault(skipped, at)
         if self._highest_item is None or item_id > self._highest_item:

@@ -139,3 +139,12 @@ def test_items_whose_announcement_was_lost_still_get_one_command(harness):
     by_item = {d.item_id: d for d in station.decisions}
     assert by_item[13].reason == UNANNOUNCED and by_item[15].reason == UNANNOUNCED
     assert by_item[12].reason != UNANNOUNCED and station.stats.unannounced == 2
+
+
+def test_a_jump_in_item_ids_is_a_counter_reset_not_lost_items(harness):
+    station, controller, _ = harness
+    controller.send(ItemArrival(item_id=1, lane=0, t_ms=0, deadline_ms=400))
+    controller.send(ItemArrival(item_id=5000, lane=0, t_ms=0, deadline_ms=400))
+    gates = _gates(controller, 2) + _gates(controller, 99, timeout_s=0.3)
+    assert sorted(g.item_id for g in gates) == [1, 5000]
+    assert station.stats.unannounced == 0
