@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ class TrainConfig:
     amp: str = "auto"  # auto | bf16 | off
     channels_last: bool = True
     max_seconds: float | None = None  # stop early, at a step boundary, past this
-    num_workers: int = 0
+    num_workers: int | None = None  # data-loading processes; None: 0 on CPU, up to 8 on a GPU
     log_path: Path | None = None
 
 
@@ -80,6 +81,14 @@ def embedding_std(embeddings: torch.Tensor) -> float:
     return float(F.normalize(embeddings.detach().float(), dim=1).std(dim=0).mean())
 
 
+def loader_workers(dev: torch.device, requested: int | None) -> int:
+    """Augmentation runs per image on the CPU. On a CPU-only machine workers would take cores
+    from training itself; a GPU starves without them (691 images/s with none on an H100)."""
+    if requested is not None:
+        return requested
+    return 0 if dev.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
 def train(model: nn.Module, dataset: Dataset, config: TrainConfig, progress: bool = True) -> TrainResult:
     """Train ``model`` whose ``forward(view1, view2)`` returns ``(loss, embeddings)``."""
     torch.manual_seed(config.seed)
@@ -88,14 +97,16 @@ def train(model: nn.Module, dataset: Dataset, config: TrainConfig, progress: boo
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=memory_format).train()
     generator = torch.Generator().manual_seed(config.seed)
+    workers = loader_workers(dev, config.num_workers)
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=len(dataset) >= config.batch_size,
-        num_workers=config.num_workers,
+        num_workers=workers,
         generator=generator,
-        persistent_workers=config.num_workers > 0,
+        persistent_workers=workers > 0,
+        pin_memory=dev.type == "cuda",
     )
     total_steps = max(1, math.ceil(config.epochs * len(loader))) if config.epochs > 0 else 0
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
