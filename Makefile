@@ -25,9 +25,11 @@ edge-check:
 	rm -rf $(EDGE_VENV)
 	$(PYTHON) -m venv $(EDGE_VENV)
 	$(EDGE_VENV)/bin/pip install --quiet -c constraints.txt .
-	cd /tmp && $(CURDIR)/$(EDGE_VENV)/bin/python -c "import importlib.util as u, sortline.edge_runtime.station, \
-		sortline.edge_runtime.simulated, sortline.hardware.line_sim; assert u.find_spec('torch') is None; \
-		print('edge install OK: no torch, runtime imports')"
+	cd /tmp && $(CURDIR)/$(EDGE_VENV)/bin/python -c "import importlib, pkgutil, importlib.util as u; \
+		import sortline.edge_runtime as e, sortline.hardware as h; \
+		mods = [importlib.import_module(p.__name__ + '.' + m.name) for p in (e, h) for m in pkgutil.iter_modules(p.__path__)]; \
+		assert u.find_spec('torch') is None; \
+		print(f'edge install OK: no torch, {len(mods)} runtime modules import')"
 	$(EDGE_VENV)/bin/sortline --help > /dev/null
 
 lint: $(STAMP)
