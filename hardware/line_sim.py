@@ -120,7 +120,6 @@ class SimulatedAvocadoLine:
         self._tap_backlog: list = []
         self._end = 0.0  # heartbeats stop once every item has passed its gate
         self._last_announced = config.first_item_id - 1
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._announced_all = threading.Event()
         self._threads: list[threading.Thread] = []
