@@ -47,6 +47,7 @@ class StationConfig:
 class _Pending:
     arrival: ItemArrival
     received_at: float
+    announced_at: float  # when the controller announced it, on this station's clock
     deadline_at: float
     ready_at: float
     embeddings: np.ndarray | None = None
@@ -71,7 +72,7 @@ class StationStats:
     gate_commands: int = 0
     acks: int = 0
     reasons: Counter = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)  # announcement → gate command
+    latencies_ms: list[float] = field(default_factory=list)  # announcement (controller's clock) → gate command
     compute_ms: list[float] = field(default_factory=list)  # of which spent computing, not waiting
     deadline_misses: int = 0
     repeated_announcements: int = 0
@@ -244,11 +245,14 @@ class Station:
             return
         self._skipped.pop(arrival.item_id, None)  # it was late, not lost
         c = self.config
-        # The gate time on the controller's clock, so a late frame cannot stretch it.
-        deadline_at = self._clock_offset + (arrival.t_ms + arrival.deadline_ms) / 1000
+        # Times on the controller's clock: a frame read late cannot stretch the item's deadline,
+        # nor shorten the latency this station reports for it.
+        announced_at = self._clock_offset + arrival.t_ms / 1000
+        deadline_at = announced_at + arrival.deadline_ms / 1000
         pending = _Pending(
             arrival=arrival,
             received_at=at,
+            announced_at=announced_at,
             deadline_at=deadline_at,
             ready_at=min(at + c.tap_wait_ms / 1000, deadline_at - c.decision_margin_ms / 1000),
         )
@@ -304,7 +308,7 @@ class Station:
             self.stats.deadline_misses += 1
         sent = self._send(decision, pending.deadline_at)
         done = self._clock()
-        latency_ms = (done - pending.received_at) * 1000
+        latency_ms = (done - pending.announced_at) * 1000
         compute_ms = (pending.compute_s + done - started) * 1000
         self.stats.latencies_ms.append(latency_ms)
         self.stats.compute_ms.append(compute_ms)
