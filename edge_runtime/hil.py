@@ -78,7 +78,7 @@ def sort_on_line(
 ) -> LineRun:
     """Run a station on ``line`` until every item has passed; return what both sides saw."""
     inbox: queue.Queue[Received] = queue.Queue(maxsize=4096)
-    # A simulated device waits 0.3 s after coming back before it talks: reopen well within it.
+    # A simulated device waits REOPEN_S (0.3 s) after coming back before it talks: reopen well within it.
     controller = SerialLink(line.port("controller"), "controller", inbox=inbox, reconnect_s=0.05)
     taps = SerialLink(line.port("taps"), "taps", inbox=inbox, reconnect_s=0.05)
     stop = threading.Event()

@@ -46,7 +46,6 @@ class StationConfig:
 @dataclass
 class _Pending:
     arrival: ItemArrival
-    received_at: float
     announced_at: float  # when the controller announced it, on this station's clock
     deadline_at: float
     ready_at: float
@@ -251,7 +250,6 @@ class Station:
         deadline_at = announced_at + arrival.deadline_ms / 1000
         pending = _Pending(
             arrival=arrival,
-            received_at=at,
             announced_at=announced_at,
             deadline_at=deadline_at,
             ready_at=min(at + c.tap_wait_ms / 1000, deadline_at - c.decision_margin_ms / 1000),

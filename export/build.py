@@ -127,16 +127,18 @@ def export_model(backbone: torch.nn.Module, spec: InputSpec, calibration: np.nda
     return ExportedModel(path, exported, fp32, report)
 
 
-def check_accuracy_drop(model: ExportedModel, x: np.ndarray, labels: np.ndarray, config: ExportConfig) -> dict:
-    """Probe accuracy with the fp32 and the exported embeddings; :class:`ExportRefused` when
-    the exported model loses more than ``config.max_drop_points`` (unless forced)."""
-    acc32 = probe_accuracy(_embed(model.fp32, x), labels, config.probe_folds, config.probe_C, config.seed)
-    accq = probe_accuracy(_embed(model.embedder, x), labels, config.probe_folds, config.probe_C, config.seed)
+def check_accuracy_drop(report: dict, fp32: np.ndarray, exported: np.ndarray, labels: np.ndarray,
+                        config: ExportConfig) -> dict:
+    """Probe accuracy on the fp32 and on the exported model's embeddings of the same images,
+    into ``report``; :class:`ExportRefused` when the exported model loses more than
+    ``config.max_drop_points`` (unless forced)."""
+    acc32 = probe_accuracy(fp32, labels, config.probe_folds, config.probe_C, config.seed)
+    accq = probe_accuracy(exported, labels, config.probe_folds, config.probe_C, config.seed)
     drop = round(100 * (acc32 - accq), 2)
     probe = {"images": len(labels), "classes": int(len(np.unique(labels))), "folds": config.probe_folds,
              "accuracy_fp32": round(acc32, 4), f"accuracy_{config.precision}": round(accq, 4),
              "drop_points": drop, "limit_points": config.max_drop_points, "forced": config.force}
-    model.report["probe"] = probe
+    report["probe"] = probe
     if drop > config.max_drop_points and not config.force:
         raise ExportRefused(
             f"{config.precision} loses {drop:.2f} accuracy points against fp32 ({acc32:.2%} → {accq:.2%}), "
@@ -167,9 +169,10 @@ def build_bundle(
             x, images = labeled
             if images.labels is None:
                 raise ValueError("the labeled set has no labels")
-            check_accuracy_drop(model, x, images.labels, config)
+            embeddings = _embed(model.embedder, x)
+            check_accuracy_drop(model.report, _embed(model.fp32, x), embeddings, images.labels, config)
             labels = images.class_names
-            head = LogisticHead.fit(_embed(model.embedder, x), images.labels, labels, C=config.probe_C)
+            head = LogisticHead.fit(embeddings, images.labels, labels, C=config.probe_C)
         pools = ("mean", "max") if spec.views > 1 else ("mean",)
         manifest = Manifest(
             name=name,

@@ -37,6 +37,7 @@ HEARTBEAT_S = 0.25
 LATE_VIEW_S = 0.02  # how late a late frame is (inside the rig's wait)
 DISCONNECT_S = 0.25  # how long an unplugged sensor stays away
 REOPEN_S = 0.3  # a reconnected sensor waits this long for the station to reopen the port
+QUIET_S = 0.05  # a sensor about to be unplugged goes quiet this long (its last bytes get read)
 SILENCE_S = 0.2  # how long a silent controller withholds acknowledgements
 
 
@@ -212,10 +213,10 @@ class SimulatedAvocadoLine:
             for follow_at, follow in action() or ():
                 push(follow_at, follow)
         # Real devices keep talking; a last clean heartbeat reveals a loss at the very end.
-        for wire in (self._controller_wire, self._tap_wire):
+        t_ms = int(time.monotonic() * 1000)
+        for wire, last_item_id in ((self._controller_wire, self._last_announced), (self._tap_wire, -1)):
             wire.flush()
-            wire.send(Heartbeat(t_ms=int(time.monotonic() * 1000), last_item_id=self._last_announced
-                                if wire is self._controller_wire else -1), faults=False)
+            wire.send(Heartbeat(t_ms=t_ms, last_item_id=last_item_id), faults=False)
         self._announced_all.set()
 
     def _heartbeat(self) -> list:
@@ -238,7 +239,7 @@ class SimulatedAvocadoLine:
                         for tap in tap_series(self.fruit(item_id), t0_ms=t_ms + int(c.tap_delay_ms))]
         if not self._tap_down and self._item_rng.random() < c.faults.sensor_disconnects:
             self._tap_down = True  # from now on the sensor keeps its readings to itself
-            follow.append((now + 0.05, self._unplug_tap_sensor))
+            follow.append((now + QUIET_S, self._unplug_tap_sensor))
         if item_id == self.item_ids[-1]:
             self._announced_all.set()
         return follow

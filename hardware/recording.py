@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import heapq
 import json
 import logging
 import queue
@@ -32,6 +31,7 @@ import numpy as np
 from .camera import CORRUPT, LOST, FrameError, FrameSource, ItemCapture, ViewError, ViewFrame
 from .errors import SortlineError
 from .images import decode_image
+from .line_sim import QUIET_S, REOPEN_S  # replay mirrors how the recorded devices behaved
 from .protocol import Ack, GateCommand, ItemArrival
 from .pty import PtyDevice
 from .referee import GateReferee, LineTally
@@ -39,8 +39,6 @@ from .serial_link import Received, SerialLink
 
 log = logging.getLogger(__name__)
 FORMAT = "sortline-recording/1"
-REOPEN_S = 0.3  # after a device comes back, give the station this long to reopen it
-QUIET_S = 0.05  # a device goes quiet this long before it is unplugged (its last bytes are read)
 MAX_WAIT_S = 0.25  # at speed=max, the longest wait for the previous item's gate command
 
 
@@ -304,8 +302,7 @@ class ReplayedLine:
                 entries.append((row["announced_t"], len(entries), "item", row["item_id"]))
         for t in self.meta.get("silences", []):
             entries.append((t, len(entries), "silence", None))
-        heapq.heapify(entries)
-        return [heapq.heappop(entries) for _ in range(len(entries))]
+        return sorted(entries)  # ties keep file order: the index is unique
 
     def _play(self) -> None:
         # Chunks were logged as read, so one may end inside a frame. Writing only up to the
@@ -324,7 +321,6 @@ class ReplayedLine:
                 if delay > 0 and self._stop.wait(delay):
                     return
             else:
-                due = start + t - shift
                 if kind == "item":  # the next item waits for the station, not for the clock
                     waited = time.monotonic()
                     while (previous is not None and not self.referee.decided(previous)
@@ -332,8 +328,8 @@ class ReplayedLine:
                         time.sleep(0.0005)
                     shift = max(0.0, start + t - time.monotonic())
                     previous = payload
-                elif kind == "reconnect":
-                    time.sleep(max(0.0, due - time.monotonic()))  # outages keep their length
+                elif kind == "reconnect":  # outages keep their length
+                    time.sleep(max(0.0, start + t - shift - time.monotonic()))
                 elif kind == "disconnect":
                     time.sleep(QUIET_S)
             now = time.monotonic()
