@@ -83,15 +83,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     demo.set_defaults(handler=_desktop("demo"))
 
-    pretrain = commands.add_parser("pretrain", help="self-supervised pretraining on unlabeled images")
-    pretrain.add_argument("--method", default="simclr", help="simclr (the others arrive with the training suite)")
-    pretrain.add_argument("--data", type=Path, required=True, help="a folder of images or a split file")
-    pretrain.add_argument("--backbone", default="resnet10", help="resnet10, resnet18 or resnet50")
+    pretrain = commands.add_parser("pretrain", help="pretrain a backbone (self-supervised, supcon or distill)")
+    pretrain.add_argument("--method", required=True,
+                          choices=["simclr", "moco", "byol", "simsiam", "barlow", "rotnet", "jigsaw", "supcon",
+                                   "distill"])
+    pretrain.add_argument("--data", type=Path, required=True,
+                          help="a folder of images, a split file, a multi-view item folder or a recording")
+    pretrain.add_argument("--backbone", default="resnet10",
+                          help="resnet10, resnet18, resnet50, mobilenet_v3_small or mobilenet_v3_large")
+    pretrain.add_argument("--pool", choices=["avg", "lca"], default="avg", help="global average or LCA pooling")
     pretrain.add_argument("--weights", type=Path, help="start from a local weights file (never downloaded)")
     pretrain.add_argument("--epochs", type=float, default=10.0)
     pretrain.add_argument("--batch-size", type=int, default=128)
     pretrain.add_argument("--image-size", type=int, default=64)
+    pretrain.add_argument("--lr", type=float, default=2e-3)
     pretrain.add_argument("--max-seconds", type=float, help="stop at a step boundary past this time budget")
+    pretrain.add_argument("--augment", choices=["colour-safe", "simclr"], default="colour-safe",
+                          help="augmentation recipe (colour-safe keeps hue and saturation; simclr is the paper's)")
+    pretrain.add_argument("--solarize", type=float, help="probability of solarizing the RGB channels")
+    pretrain.add_argument("--channel-shuffle", type=float, help="probability of CH-Rand (RGB channels permuted)")
+    pretrain.add_argument("--tile-shuffle", type=float, help="probability of shuffling 2×2 tiles")
+    pretrain.add_argument("--balanced", action="store_true", help="class-balanced sampling (needs labels)")
+    pretrain.add_argument("--pairs", type=Path, help="supcon/distill: 'image_a, image_b' lines instead of labels")
+    pretrain.add_argument("--teacher", type=Path, help="distill: the teacher's checkpoint")
+    pretrain.add_argument("--unlabeled", type=Path, help="distill: unlabeled images for the teacher's targets")
+    pretrain.add_argument("--hard-negatives", type=int, default=64,
+                          help="supcon/distill: keep this many hardest negatives per anchor (0: all)")
+    pretrain.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, up to 8 on GPU)")
+    pretrain.add_argument("--resume", type=Path, help="continue exactly from a training state (OUT.state.pt)")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out, not stop")
     pretrain.add_argument("--out", type=Path, default=Path("backbone.ckpt"))

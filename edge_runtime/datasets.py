@@ -90,7 +90,12 @@ def _load_split_file(path: Path) -> ImageSet:
     if not paths:
         raise DatasetError(f"{path}: no images listed")
     names_by_id = _class_names_beside(path)
-    keys = sorted(set(label_texts), key=lambda t: (not t.isdigit(), int(t) if t.isdigit() else 0, t))
+    keys = set(label_texts)
+    if names_by_id and keys <= set(names_by_id):
+        # Every split of a data set indexes its classes the same way: by the full class table,
+        # not by the labels this file happens to contain.
+        keys |= set(names_by_id)
+    keys = sorted(keys, key=lambda t: (not t.isdigit(), int(t) if t.isdigit() else 0, t))
     index = {k: i for i, k in enumerate(keys)}
     return ImageSet(
         tuple(paths),

@@ -46,6 +46,18 @@ def test_split_file_with_class_table(tmp_path):
     assert frame.rgb[0, 0].tolist() == [255, 0, 0] and frame.nir is None
 
 
+def test_splits_with_different_classes_share_one_index(tmp_path):
+    """A val split that lacks some classes (grocery-store's has 60 of 81) must index the ones it
+    has as train does, or every score computed across the two is garbage."""
+    _png(tmp_path / "img" / "a.png", (255, 0, 0))
+    (tmp_path / "classes.csv").write_text("Class Name (str),Class ID (int)\nApple,0\nKiwi,1\nMango,2\n")
+    (tmp_path / "train.txt").write_text("img/a.png, 0\nimg/a.png, 1\nimg/a.png, 2\n")
+    (tmp_path / "val.txt").write_text("img/a.png, 2\n")
+    train, val = load_image_set(tmp_path / "train.txt"), load_image_set(tmp_path / "val.txt")
+    assert val.class_names == train.class_names == ("Apple", "Kiwi", "Mango")
+    assert list(val.labels) == [2]
+
+
 def test_broken_sets_name_the_problem(tmp_path):
     with pytest.raises(DatasetError, match="no such folder"):
         load_image_set(tmp_path / "missing")

@@ -1,4 +1,4 @@
-"""Backbones, augmentation, the NT-Xent loss and the training loop."""
+"""Backbones, augmentation and the training loop."""
 
 from __future__ import annotations
 
@@ -7,45 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sortline.edge_runtime.preprocess import InputSpec
 from sortline.train.augment import MultiChannelAugment
 from sortline.train.backbones import build_backbone
-from sortline.train.data import PairDataset
+from sortline.train.data import ViewsDataset
 from sortline.train.loop import TrainConfig, embedding_std, train
-from sortline.train.losses import NTXentLoss
-from sortline.train.simclr import SimCLR
-
-
-def ntxent_reference(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:
-    """Eq. 1 of the SimCLR paper, written out term by term."""
-    z = [F.normalize(v, dim=0) for v in torch.cat([z1, z2])]
-    n = len(z1)
-    total = 0.0
-    for i in range(2 * n):
-        j = (i + n) % (2 * n)
-        num = math.exp(float(z[i] @ z[j]) / t)
-        den = sum(math.exp(float(z[i] @ z[k]) / t) for k in range(2 * n) if k != i)
-        total += -math.log(num / den)
-    return total / (2 * n)
-
-
-@pytest.mark.parametrize("n", [1, 2, 7])
-def test_ntxent_matches_the_paper(n):
-    torch.manual_seed(n)
-    z1, z2 = torch.randn(n, 5), torch.randn(n, 5)
-    assert float(NTXentLoss(0.5)(z1, z2)) == pytest.approx(ntxent_reference(z1, z2, 0.5), rel=1e-5)
-
-
-def test_ntxent_edge_cases():
-    loss = NTXentLoss(0.1)
-    z = torch.randn(1, 8)
-    assert float(loss(z, z)) == pytest.approx(0.0, abs=1e-6)  # one pair: nothing else to confuse
-    same = torch.ones(4, 8)
-    assert float(loss(same, same)) == pytest.approx(math.log(7), rel=1e-5)  # collapsed: chance
-    with pytest.raises(ValueError):
-        NTXentLoss(0.0)
+from sortline.train.methods import build_method
 
 
 def test_backbone_embeds_any_channel_count_and_extends_rgb_weights(tmp_path):
@@ -88,8 +56,8 @@ def test_simclr_lowers_its_loss_on_a_small_set():
     images = np.repeat(np.repeat(base, 4, axis=2), 4, axis=3)
     images = np.concatenate([images] * 8)
     spec = InputSpec(size=32)
-    model = SimCLR(build_backbone("resnet10", 4), hidden_dim=64, proj_dim=32)
-    result = train(model, PairDataset(images, MultiChannelAugment(spec, strength=0.3)),
+    model = build_method("simclr", build_backbone("resnet10", 4), hidden_dim=64, proj_dim=32)
+    result = train(model, ViewsDataset(images, MultiChannelAugment(spec, strength=0.3)),
                    TrainConfig(epochs=15, batch_size=32, lr=3e-3, warmup_steps=2, amp="off"), progress=False)
     first, last = np.mean(result.losses[:3]), np.mean(result.losses[-3:])
     assert last < 0.8 * first, (first, last)

@@ -1,16 +1,20 @@
 """Backbones from torchvision with any number of input channels, returning an embedding.
 
-Weights are an explicit, optional local file; nothing is ever downloaded.
+ResNets (10, 18, 50) and MobileNetV3 (small, large). The stem takes any channel count (RGB,
+NIR, RGB+NIR as 4); the embedding is the last feature map pooled by global average or by LCA
+pooling. Weights are an explicit, optional local file; nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import resnet
+from torchvision.models import mobilenetv3, resnet
 from torchvision.models.resnet import BasicBlock, ResNet
 
 
@@ -20,58 +24,135 @@ def _resnet10() -> ResNet:
     return ResNet(BasicBlock, [1, 1, 1, 1])
 
 
-_BUILDERS: dict[str, Callable[[], ResNet]] = {
-    "resnet10": _resnet10,
-    "resnet18": resnet.resnet18,
-    "resnet50": resnet.resnet50,
+@dataclass(frozen=True)
+class _Family:
+    build: Callable[[], nn.Module]
+    stem: str  # state-dict prefix of the first convolution
+    classifier: str  # state-dict prefix of the classifier, dropped
+
+
+_RESNET = dict(stem="conv1", classifier="fc")
+_MOBILENET = dict(stem="features.0.0", classifier="classifier")
+_FAMILIES: dict[str, _Family] = {
+    "resnet10": _Family(_resnet10, **_RESNET),
+    "resnet18": _Family(resnet.resnet18, **_RESNET),
+    "resnet50": _Family(resnet.resnet50, **_RESNET),
+    "mobilenet_v3_small": _Family(mobilenetv3.mobilenet_v3_small, **_MOBILENET),
+    "mobilenet_v3_large": _Family(mobilenetv3.mobilenet_v3_large, **_MOBILENET),
 }
-BACKBONES = tuple(_BUILDERS)
+BACKBONES = tuple(_FAMILIES)
+POOLS = ("avg", "lca")
+
+
+@lru_cache(maxsize=32)
+def lca_weights(h: int, w: int) -> torch.Tensor:
+    """The ``h×w`` weights that make LCA pooling one weighted sum over the map.
+
+    LCA pooling averages the map over every axis-aligned rectangle of more than one cell and
+    then averages those region vectors. A cell's weight is therefore the sum, over the
+    rectangles that contain it, of 1/area, divided by the number of rectangles. A 1×1 map has
+    no such rectangle and falls back to the cell itself.
+    """
+    weight = torch.zeros(h, w, dtype=torch.float64)
+    regions = 0
+    for top in range(h):
+        for bottom in range(top, h):
+            for left in range(w):
+                for right in range(left, w):
+                    area = (bottom - top + 1) * (right - left + 1)
+                    if area > 1:
+                        weight[top:bottom + 1, left:right + 1] += 1.0 / area
+                        regions += 1
+    if regions == 0:
+        return torch.ones(h, w)
+    return (weight / regions).float()
+
+
+class LCAPool(nn.Module):
+    """``N×D×h×w`` → ``N×D``: the mean of the region means over all rectangles larger than 1×1.
+
+    Large regions weigh the centre more than the border, small ones keep local detail; the
+    result sits between global average pooling and a bag of local crops at the cost of one
+    weighted sum (see :func:`lca_weights`), which exports to ONNX as a constant.
+    """
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        weights = lca_weights(fmap.shape[-2], fmap.shape[-1]).to(fmap.device, fmap.dtype)
+        return (fmap * weights).sum(dim=(-2, -1))
+
+
+class GlobalAvgPool(nn.Module):
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        return fmap.mean(dim=(-2, -1))
 
 
 class Backbone(nn.Module):
-    """A feature extractor: ``N×C×S×S`` → ``N×D`` (global-average-pooled last stage)."""
+    """A feature extractor: ``N×C×S×S`` → ``N×D`` (the last feature map, pooled)."""
 
-    def __init__(self, name: str, in_channels: int) -> None:
+    def __init__(self, name: str, in_channels: int, pool: str = "avg") -> None:
         super().__init__()
-        if name not in _BUILDERS:
+        if name not in _FAMILIES:
             raise ValueError(f"unknown backbone {name!r}; choose from {BACKBONES}")
-        net = _BUILDERS[name]()
+        if pool not in POOLS:
+            raise ValueError(f"unknown pooling {pool!r}; choose from {POOLS}")
+        family = _FAMILIES[name]
+        net = family.build()
         if in_channels != 3:
-            old = net.conv1
-            net.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
-        self.embedding_dim = net.fc.in_features
-        net.fc = nn.Identity()
+            parent, attr = _parent(net, family.stem)
+            old = getattr(parent, attr)
+            setattr(parent, attr, nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride,
+                                            old.padding, bias=False))
+        if isinstance(net, ResNet):
+            self.embedding_dim = net.fc.in_features
+            net.fc = nn.Identity()
+        else:  # MobileNetV3: the embedding is the last feature map's width, before the classifier
+            self.embedding_dim = net.classifier[0].in_features
+            net.classifier = nn.Identity()
         self.net = net
+        self.pooling = LCAPool() if pool == "lca" else GlobalAvgPool()
         self.name = name
+        self.pool = pool
         self.in_channels = in_channels
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's map (``N×D×h×w``), for sliding-window detection and Grad-CAM."""
         n = self.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        if isinstance(n, ResNet):
+            x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+            return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        return n.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.net.avgpool(self.feature_map(x)), 1)
+        return self.pooling(self.feature_map(x))
 
 
-def build_backbone(name: str, in_channels: int = 4, weights: Path | None = None) -> Backbone:
+def _parent(net: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    *path, attr = dotted.split(".")
+    for part in path:
+        net = getattr(net, part)
+    return net, attr
+
+
+def build_backbone(name: str, in_channels: int = 4, weights: Path | None = None, pool: str = "avg") -> Backbone:
     """Build ``name``; with ``weights``, load a local state dict (torchvision's or ours).
 
     A 3-channel checkpoint loaded into a 4-channel (RGB+NIR) stem keeps its RGB filters and
     starts the NIR filters at their mean, the usual way to extend a pretrained stem.
     """
-    model = Backbone(name, in_channels)
+    model = Backbone(name, in_channels, pool)
     if weights is not None:
+        family = _FAMILIES[name]
         state = torch.load(Path(weights), map_location="cpu", weights_only=True)
         state = state.get("state_dict", state)  # our checkpoints wrap it
-        state = {k.removeprefix("net."): v for k, v in state.items() if not k.startswith(("fc.", "net.fc."))}
-        stem = state.get("conv1.weight")
+        state = {k.removeprefix("net."): v for k, v in state.items()}
+        state = {k: v for k, v in state.items() if not k.startswith(f"{family.classifier}.")}
+        stem_key = f"{family.stem}.weight"
+        stem = state.get(stem_key)
         if stem is not None and stem.shape[1] != in_channels:
             if stem.shape[1] != 3 or in_channels < 3:
                 raise ValueError(f"{weights}: stem has {stem.shape[1]} channels, model wants {in_channels}")
             extra = stem.mean(dim=1, keepdim=True).expand(-1, in_channels - 3, -1, -1)
-            state["conv1.weight"] = torch.cat([stem, extra], dim=1)
+            state[stem_key] = torch.cat([stem, extra], dim=1)
         missing, unexpected = model.net.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{weights}: does not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")

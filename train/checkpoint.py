@@ -23,7 +23,7 @@ def save_checkpoint(path: Path, backbone: Backbone, spec: InputSpec, **meta: obj
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(
-        {"format": FORMAT, "backbone": backbone.name, "in_channels": backbone.in_channels,
+        {"format": FORMAT, "backbone": backbone.name, "in_channels": backbone.in_channels, "pool": backbone.pool,
          "input_spec": spec.to_dict(), "state_dict": backbone.state_dict(), "meta": meta},
         tmp,
     )
@@ -42,7 +42,7 @@ def load_checkpoint(path: Path) -> tuple[Backbone, InputSpec, dict]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
     spec = InputSpec.from_dict(data["input_spec"])
-    backbone = build_backbone(data["backbone"], in_channels=int(data["in_channels"]))
+    backbone = build_backbone(data["backbone"], in_channels=int(data["in_channels"]), pool=data.get("pool", "avg"))
     state = {k.removeprefix("net."): v for k, v in data["state_dict"].items()}
     backbone.net.load_state_dict(state)
     return backbone.eval(), spec, dict(data.get("meta", {}))

@@ -7,7 +7,6 @@ import argparse
 from pathlib import Path
 
 from sortline.edge_runtime.datasets import DatasetError, load_image_set
-from sortline.edge_runtime.preprocess import InputSpec
 from sortline.export.build import ExportConfig, build_bundle, preprocess_set
 
 from .checkpoint import load_checkpoint
@@ -50,33 +49,19 @@ def export(args: argparse.Namespace) -> dict:
 
 
 def pretrain(args: argparse.Namespace) -> dict:
-    """Self-supervised pretraining on an image data set (labels, if any, are not used)."""
-    import numpy as np
-    import torch
+    """Pretrain a backbone with any method on images, item folders or recordings."""
+    from .pretraining import PretrainConfig, run_pretrain
 
-    from .augment import MultiChannelAugment
-    from .backbones import build_backbone
-    from .checkpoint import save_checkpoint
-    from .data import PairDataset, views_to_uint8
-    from .loop import TrainConfig, train
-    from .methods import build_method
-
-    spec = InputSpec(size=args.image_size, channels=("r", "g", "b"), mean=(0.5,) * 3, std=(0.25,) * 3, views=1)
-    images = load_image_set(args.data)
-    frames = [frame for _, frame in images.read(skip_unreadable=args.skip_unreadable)]
-    pool = np.concatenate([views_to_uint8([f], spec) for f in frames])
-    torch.manual_seed(args.seed)
-    backbone = build_backbone(args.backbone, in_channels=len(spec.channels), weights=args.weights)
-    model = build_method(args.method, backbone)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = train(model, PairDataset(pool, MultiChannelAugment(spec)),
-                   TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                               max_seconds=args.max_seconds, log_path=out.with_suffix(".csv")),
-                   progress=not args.quiet)
-    save_checkpoint(out, model.backbone.cpu().eval(), spec, method=args.method, data=str(args.data),
-                    images=len(pool), train=result.to_dict())
-    print(f"{out}: {args.method} {args.backbone}, {result.steps} steps on {len(pool)} images in "
-          f"{result.seconds:.0f} s ({result.images_per_s:.0f} images/s), loss {result.to_dict()['first_loss']} → "
-          f"{result.to_dict()['final_loss']}")
-    return {"checkpoint": str(out), "method": args.method, "images": len(pool), **result.to_dict()}
+    config = PretrainConfig(
+        method=args.method, data=args.data, backbone=args.backbone, pool=args.pool, weights=args.weights,
+        epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, lr=args.lr,
+        max_seconds=args.max_seconds, seed=args.seed, augment=args.augment, solarize=args.solarize,
+        channel_shuffle=args.channel_shuffle, tile_shuffle=args.tile_shuffle, balanced=args.balanced,
+        pairs=args.pairs, teacher=args.teacher, unlabeled=args.unlabeled, hard_negatives=args.hard_negatives or None,
+        workers=args.workers, skip_unreadable=args.skip_unreadable, out=args.out, resume=args.resume,
+        progress=not args.quiet)
+    report = run_pretrain(config)
+    print(f"{report['checkpoint']}: {args.method} {args.backbone}, {report['steps']} steps on {report['images']} "
+          f"images in {report['seconds']:.0f} s ({report['images_per_s']:.0f} images/s), "
+          f"loss {report['first_loss']} → {report['final_loss']}, embedding std {report['final_embedding_std']}")
+    return report

@@ -1,15 +1,41 @@
-"""Data sets for training: views held in memory as uint8, served as augmented pairs."""
+"""Training data: images held in memory as uint8 (after the edge preprocessing), served as
+augmented views by a seeded, resumable sampler.
+
+Sources (:func:`load_training_set`):
+- an image data set as DESIGN.md defines it (a folder, or a split file), RGB;
+- a multi-view item folder: one subfolder per item with ``v<k>.rgb.<ext>`` and, for every view,
+  ``v<k>.nir.<ext>`` when the rig has NIR (the layout of a recording's ``frames/``);
+- a recording (``sortline simulate --record``, ``sortline record``): its frames, labeled by its
+  ground truth where known.
+
+Randomness is keyed by position, not by history: sample ``i`` of epoch ``e`` is augmented with a
+generator seeded from ``(seed, e, i)``, and epoch ``e``'s order comes from ``(seed, e)``. Training
+resumed at any step therefore sees exactly the batches an uninterrupted run would, with or
+without data-loading workers.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
 
+from sortline.edge_runtime.datasets import DatasetError, load_image_set
 from sortline.edge_runtime.preprocess import InputSpec, to_unit_chw
-from sortline.hardware.camera import ViewFrame
+from sortline.hardware.camera import FrameError, ViewFrame
+from sortline.hardware.images import IMAGE_SUFFIXES, decode_image, read_image
 
 from .augment import MultiChannelAugment
+
+UNLABELED = -1
 
 
 def views_to_uint8(views: list[ViewFrame], spec: InputSpec) -> np.ndarray:
@@ -20,18 +46,200 @@ def views_to_uint8(views: list[ViewFrame], spec: InputSpec) -> np.ndarray:
     return np.stack([np.rint(to_unit_chw(v, spec) * 255).astype(np.uint8) for v in views])
 
 
-class PairDataset(Dataset):
-    """Two independent augmentations of the same view, for contrastive methods."""
-
-    def __init__(self, images: np.ndarray, augment: MultiChannelAugment) -> None:
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(f"expected N×C×S×S uint8 images, got {images.shape} {images.dtype}")
-        self.images = images
-        self.augment = augment
+@dataclass(frozen=True)
+class TrainingSet:
+    images: np.ndarray  # N×C×S×S uint8, through the edge preprocessing
+    labels: np.ndarray  # N int64, UNLABELED where unknown
+    class_names: tuple[str, ...]
+    spec: InputSpec
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def labeled_count(self) -> int:
+        return int((self.labels != UNLABELED).sum())
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch) * 10_000_019 + index
+
+
+class ViewsDataset(Dataset):
+    """``views`` independent augmentations of image ``i``, and its label.
+
+    Indices are ``epoch·N + i`` (see :class:`EpochSampler`): the epoch is part of the seed.
+    """
+
+    def __init__(self, images: np.ndarray, augment: MultiChannelAugment, views: int = 2,
+                 labels: np.ndarray | None = None, seed: int = 0) -> None:
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"expected N×C×S×S uint8 images, got {images.shape} {images.dtype}")
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(labels)} labels for {len(images)} images")
+        self.images = images
+        self.labels = np.full(len(images), UNLABELED) if labels is None else np.asarray(labels, dtype=np.int64)
+        self.augment = augment
+        self.views = views
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        epoch, i = divmod(int(index), len(self.images))
+        torch.random.default_generator.manual_seed(_sample_seed(self.seed, epoch, i))  # v2 draws from it
         image = torch.from_numpy(self.images[i]).float().div_(255)
-        return self.augment(image.clone()), self.augment(image)
+        views = torch.stack([self.augment(image.clone()) for _ in range(self.views)])
+        return views, int(self.labels[i])
+
+
+class EpochSampler(Sampler[int]):
+    """Epoch-keyed order of a data set, optionally class-balanced, sharded over processes.
+
+    ``set_epoch(e, skip)`` chooses the epoch and how many of this process's samples to skip
+    (a resumed run skips the batches already trained on). With ``balanced`` each epoch draws N
+    samples with probability 1/count(label), so rare quality classes are seen as often as
+    common ones; unlabeled images count as one class.
+    """
+
+    def __init__(self, labels: np.ndarray, seed: int = 0, balanced: bool = False, rank: int = 0, world: int = 1):
+        self.n = len(labels)
+        self.seed = seed
+        self.rank, self.world = rank, world
+        self.weights = None
+        if balanced:
+            _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+            self.weights = torch.as_tensor(1.0 / counts[inverse], dtype=torch.double)
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
+        if self.weights is not None:
+            idx = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        else:
+            idx = torch.randperm(self.n, generator=g)
+        per_rank = self.n // self.world  # every process the same count, so DDP steps stay in step
+        return idx[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def __len__(self) -> int:
+        return self.n // self.world - self.skip
+
+    def __iter__(self) -> Iterator[int]:
+        base = self.epoch * self.n
+        for i in self.order(self.epoch)[self.skip:].tolist():
+            yield base + i
+
+
+# ---------------------------------------------------------------- sources
+
+
+_VIEW_FILE = re.compile(r"^v(\d+)\.(rgb|nir)$")
+
+
+def _item_views(folder: Path) -> dict[int, dict[str, Path]]:
+    views: dict[int, dict[str, Path]] = {}
+    for path in folder.iterdir():
+        if path.suffix.lower() in IMAGE_SUFFIXES and (m := _VIEW_FILE.match(path.stem)):
+            views.setdefault(int(m.group(1)), {})[m.group(2)] = path
+    return views
+
+
+def is_item_folder(path: Path) -> bool:
+    """A folder of items, each a subfolder with ``v<k>.rgb.*`` view images."""
+    return path.is_dir() and any(p.is_dir() and any(v.get("rgb") for v in _item_views(p).values())
+                                 for p in sorted(path.iterdir())[:20])
+
+
+def is_recording(path: Path) -> bool:
+    return path.is_dir() and (path / "recording.json").is_file() and (path / "frames").is_dir()
+
+
+def _load_items(folder: Path, size: int, labels: dict[str, int], class_names: tuple[str, ...],
+                skip_unreadable: bool, progress: bool) -> TrainingSet:
+    items = sorted(p for p in folder.iterdir() if p.is_dir())
+    found = [(item, _item_views(item)) for item in items]
+    found = [(item, views) for item, views in found if views]
+    if not found:
+        raise DatasetError(f"{folder}: no item subfolders with v<k>.rgb.* images")
+    nir = all("nir" in v for _, views in found for v in views.values() if "rgb" in v)
+    spec = InputSpec(size=size, views=max(len(v) for _, v in found),
+                     channels=("r", "g", "b", "nir") if nir else ("r", "g", "b"),
+                     mean=(0.5,) * (4 if nir else 3), std=(0.25,) * (4 if nir else 3))
+    arrays, label_list, skipped = [], [], 0
+    for item, views in tqdm(found, desc="read items", unit="item", disable=not progress, dynamic_ncols=True):
+        for k in sorted(views):
+            files = views[k]
+            if "rgb" not in files:
+                continue
+            try:
+                frame = ViewFrame(rgb=read_image(files["rgb"]).rgb,
+                                  nir=decode_image(np.fromfile(files["nir"], np.uint8), what=str(files["nir"]),
+                                                   gray=True) if nir else None)
+            except (FrameError, OSError) as exc:
+                if not skip_unreadable:
+                    raise DatasetError(f"{exc} (pass skip_unreadable to leave such images out)") from exc
+                skipped += 1
+                continue
+            arrays.append(views_to_uint8([frame], spec)[0])
+            label_list.append(labels.get(item.name, UNLABELED))
+    if not arrays:
+        raise DatasetError(f"{folder}: no readable views ({skipped} unreadable)")
+    return TrainingSet(np.stack(arrays), np.asarray(label_list, dtype=np.int64), class_names, spec)
+
+
+def load_training_set(path: Path, size: int = 64, skip_unreadable: bool = False,
+                      progress: bool = False) -> TrainingSet:
+    """Any of the sources above, through the edge preprocessing at ``size`` pixels."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder")
+    if is_recording(path):
+        meta = json.loads((path / "recording.json").read_text(encoding="utf-8"))
+        truth = [json.loads(line) for line in (path / "truth.jsonl").read_text(encoding="utf-8").splitlines()
+                 if line.strip()]
+        labels = {f"{row['item_id']:06d}": int(row["label"]) for row in truth if row.get("label") is not None}
+        return _load_items(path / "frames", size, labels, tuple(meta.get("labels", ())), skip_unreadable, progress)
+    if is_item_folder(path):
+        return _load_items(path, size, {}, (), skip_unreadable, progress)
+    images = load_image_set(path)
+    spec = InputSpec(size=size, channels=("r", "g", "b"), mean=(0.5,) * 3, std=(0.25,) * 3, views=1)
+    kept, arrays = [], []
+    for i, frame in tqdm(images.read(skip_unreadable=skip_unreadable), total=len(images), desc="read images",
+                         unit="image", disable=not progress, dynamic_ncols=True):
+        kept.append(i)
+        arrays.append(views_to_uint8([frame], spec)[0])
+    if not arrays:
+        raise DatasetError(f"{path}: no readable images")
+    labels = (images.labels[kept].astype(np.int64) if images.labeled
+              else np.full(len(kept), UNLABELED, dtype=np.int64))
+    return TrainingSet(np.stack(arrays), labels, images.class_names, spec)
+
+
+def read_pairs(path: Path, images: Path) -> list[tuple[int, int]]:
+    """A pairs file (``a, b`` per line: two images of one item, paths as in the data set's
+    split file) as index pairs into the data set at ``images``."""
+    image_set = load_image_set(images)
+    root = Path(images).parent if Path(images).is_file() else Path(images)
+    index = {p.resolve(): i for i, p in enumerate(image_set.paths)}
+    pairs = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 2:
+            raise DatasetError(f"{path}:{n}: expected 'image_a, image_b', got {line!r}")
+        try:
+            pairs.append(tuple(index[(root / p).resolve()] for p in parts))
+        except KeyError as exc:
+            raise DatasetError(f"{path}:{n}: {exc.args[0]} is not in {images}") from None
+    return pairs
+
+
+def batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    per_rank = n // world
+    return per_rank // batch_size if per_rank >= batch_size else math.ceil(per_rank / batch_size)

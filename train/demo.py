@@ -31,12 +31,12 @@ from sortline.hardware.line_sim import LineConfig
 from .augment import MultiChannelAugment
 from .backbones import build_backbone
 from .checkpoint import save_checkpoint
-from .data import PairDataset
+from .data import ViewsDataset
 from .fusion_head import fit_fusion_head
 from .loop import TrainConfig, train
+from .methods import build_method
 from .plots import confusion_png, latency_png, loss_png
 from .sim_data import sim_items, unlabeled_views
-from .simclr import SimCLR
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     # 2. Pretrain.
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.backbone, in_channels=len(spec.channels))
-    model = SimCLR(backbone)
+    model = build_method("simclr", backbone)
     result = train(
         model,
-        PairDataset(pool, MultiChannelAugment(spec)),
+        ViewsDataset(pool, MultiChannelAugment(spec), seed=cfg.seed),
         TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                     max_seconds=cfg.max_pretrain_s, log_path=out / "pretrain.csv"),
         progress=cfg.progress,

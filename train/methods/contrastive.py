@@ -1,0 +1,81 @@
+"""Contrastive methods: SimCLR and MoCo v2."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones import Backbone
+from ..heads import ProjectionHead
+from ..losses import NTXentLoss, QueueInfoNCELoss
+from .base import Method, StepOutput, ema_update, frozen_copy
+
+
+class SimCLR(Method):
+    """Chen et al., ICML 2020: backbone + projection head + NT-Xent over two augmented views."""
+
+    def __init__(self, backbone: Backbone, proj_dim: int = 128, hidden_dim: int = 512, temperature: float = 0.2):
+        super().__init__(backbone)
+        self.projection = ProjectionHead(backbone.embedding_dim, hidden_dim, proj_dim)
+        self.criterion = NTXentLoss(temperature)
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        h1, h2 = self.backbone(views[:, 0]), self.backbone(views[:, 1])
+        return StepOutput(self.criterion(self.projection(h1), self.projection(h2)), h1)
+
+
+class MoCo(Method):
+    """MoCo v2 (He et al., CVPR 2020; Chen et al., 2020): a query encoder trained by InfoNCE
+    against keys from a momentum encoder and a queue of past keys. The loss is symmetrised
+    (each view is the query once), as in MoCo v3 and most reimplementations, so one step sees
+    as many pairs as SimCLR's.
+
+    The queue must be much smaller than the data set: a queued key of the same image would be
+    a positive posing as a negative. On several GPUs each process keeps its own queue.
+    """
+
+    def __init__(self, backbone: Backbone, proj_dim: int = 128, hidden_dim: int = 512, temperature: float = 0.2,
+                 queue_size: int = 1024, momentum: float = 0.99):
+        super().__init__(backbone)
+        self.projection = ProjectionHead(backbone.embedding_dim, hidden_dim, proj_dim)
+        self.key_backbone = frozen_copy(backbone)
+        self.key_projection = frozen_copy(self.projection)
+        self.criterion = QueueInfoNCELoss(temperature)
+        self.base_momentum = momentum
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.key_projection(self.key_backbone(x)).float(), dim=1)
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        size = len(self.queue)
+        keys = keys[-size:]  # a batch larger than the queue keeps its newest keys
+        ptr = int(self.queue_ptr)
+        idx = (torch.arange(len(keys), device=keys.device) + ptr) % size
+        self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_ptr.fill_((ptr + len(keys)) % size)
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        x1, x2 = views[:, 0], views[:, 1]
+        h1, h2 = self.backbone(x1), self.backbone(x2)
+        q1, q2 = self.projection(h1), self.projection(h2)
+        k1, k2 = self._keys(x1), self._keys(x2)
+        queue = self.queue.clone()  # the loss's graph keeps it; the enqueue below changes the buffer
+        loss = 0.5 * (self.criterion(q1, k2, queue) + self.criterion(q2, k1, queue))
+        self._enqueue(torch.cat([k1, k2]))
+        return StepOutput(loss, h1)
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        ema_update(self.key_backbone, self.backbone, self.base_momentum)
+        ema_update(self.key_projection, self.projection, self.base_momentum)
+
+
+def cosine_momentum(base: float, progress: float) -> float:
+    """BYOL's schedule: from ``base`` up to 1 along a half cosine (Grill et al., §3.2)."""
+    return 1 - (1 - base) * (math.cos(math.pi * min(1.0, progress)) + 1) / 2

@@ -1,0 +1,88 @@
+"""Methods that use labels or image pairs: supervised-contrastive training of a teacher, and a
+student distilled from it.
+
+The recipe (after the product-recognition works this package follows): train a teacher on
+product image pairs with a supervised-contrastive loss and hard-negative mining; then train a
+student, in one multitask batch, on the same pairs (contrastive) and on unlabeled images, where
+it regresses the frozen teacher's embedding of the same augmented view (Smooth-L1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone
+from ..heads import ProjectionHead
+from ..losses import SupConLoss
+from .base import Method, StepOutput, frozen_copy
+
+
+class SupCon(Method):
+    """Khosla et al., NeurIPS 2020. Labels are class ids or, from image pairs, the connected
+    components of "same item" pairs (see :func:`sortline.train.losses.labels_from_pairs`)."""
+
+    needs_labels = True
+
+    def __init__(self, backbone: Backbone, proj_dim: int = 128, hidden_dim: int = 512, temperature: float = 0.1,
+                 hard_negatives: int | None = 64):
+        super().__init__(backbone)
+        self.projection = ProjectionHead(backbone.embedding_dim, hidden_dim, proj_dim)
+        self.criterion = SupConLoss(temperature, hard_negatives)
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        if (labels < 0).any():
+            raise ValueError("supcon needs a label (or a pair) for every image")
+        n, v = views.shape[:2]
+        h = self.backbone(views.flatten(0, 1))
+        z = self.projection(h).view(n, v, -1)
+        return StepOutput(self.criterion(z, labels), h.view(n, v, -1)[:, 0])
+
+
+class Distill(Method):
+    """A student trained on labeled pairs (supervised-contrastive) and on unlabeled images
+    (Smooth-L1 between a linear map of its embedding and the frozen teacher's embedding of the
+    same view), both in every batch. Rows with label -1 are the unlabeled ones.
+
+    The teacher's embedding is L2-normalised and scaled by √D, so each target coordinate is of
+    order one, where Smooth-L1 is neither all-quadratic nor all-linear.
+    """
+
+    needs_labels = True
+
+    def __init__(self, backbone: Backbone, teacher: Backbone, proj_dim: int = 128, hidden_dim: int = 512,
+                 temperature: float = 0.1, hard_negatives: int | None = 64, distill_weight: float = 1.0):
+        super().__init__(backbone)
+        if teacher.in_channels != backbone.in_channels:
+            raise ValueError(f"teacher takes {teacher.in_channels} channels, student {backbone.in_channels}")
+        self.teacher = frozen_copy(teacher).eval()
+        self.projection = ProjectionHead(backbone.embedding_dim, hidden_dim, proj_dim)
+        self.regressor = nn.Linear(backbone.embedding_dim, teacher.embedding_dim)
+        self.criterion = SupConLoss(temperature, hard_negatives)
+        self.distill_weight = distill_weight
+
+    def train(self, mode: bool = True) -> Distill:
+        super().train(mode)
+        self.teacher.eval()  # frozen, batch-norm statistics included
+        return self
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        n, v = views.shape[:2]
+        h = self.backbone(views.flatten(0, 1)).view(n, v, -1)
+        labeled = labels >= 0
+        loss = h.sum() * 0.0
+        if labeled.sum() > 0:
+            z = self.projection(h[labeled].flatten(0, 1)).view(int(labeled.sum()), v, -1)
+            loss = loss + self.criterion(z, labels[labeled])
+        unlabeled = ~labeled
+        if unlabeled.any():
+            first = views[unlabeled][:, 0]
+            with torch.no_grad():
+                t = self.teacher(first).float()
+            target = F.normalize(t, dim=1) * math.sqrt(t.shape[1])
+            pred = self.regressor(h[unlabeled][:, 0]).float()
+            loss = loss + self.distill_weight * F.smooth_l1_loss(pred, target)
+        return StepOutput(loss, h[:, 0])

@@ -1,0 +1,127 @@
+"""``sortline pretrain``: any method on any training source, to a backbone checkpoint.
+
+Writes ``OUT`` (the backbone, see :mod:`sortline.train.checkpoint`), ``OUT.csv`` (per-step
+loss, learning rate, embedding std, images/s), ``OUT.json`` (the run's summary) and
+``OUT.state.pt`` (the training state; ``--resume`` continues from it exactly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sortline.edge_runtime.datasets import DatasetError
+from sortline.edge_runtime.errors import SortlineError
+
+from .augment import AugmentConfig, MultiChannelAugment
+from .backbones import build_backbone
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import UNLABELED, TrainingSet, ViewsDataset, load_training_set, read_pairs
+from .loop import TrainConfig, train
+from .losses import labels_from_pairs
+from .methods import METHODS, build_method
+
+
+class PretrainError(SortlineError, ValueError):
+    """A pretraining run asked for something it cannot do (a method without what it needs)."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    method: str
+    data: Path
+    out: Path = Path("backbone.ckpt")
+    backbone: str = "resnet10"
+    pool: str = "avg"
+    weights: Path | None = None
+    epochs: float = 10.0
+    batch_size: int = 128
+    image_size: int = 64
+    lr: float = 2e-3
+    max_seconds: float | None = None
+    seed: int = 0
+    augment: str = "colour-safe"
+    solarize: float | None = None
+    channel_shuffle: float | None = None
+    tile_shuffle: float | None = None
+    balanced: bool = False
+    pairs: Path | None = None  # supcon/distill: "image_a, image_b" lines instead of labels
+    teacher: Path | None = None  # distill: the teacher's checkpoint
+    unlabeled: Path | None = None  # distill: extra images for the teacher's targets
+    hard_negatives: int | None = 64
+    workers: int | None = None
+    skip_unreadable: bool = False
+    resume: Path | None = None
+    progress: bool = True
+
+    def paths(self) -> dict[str, Path]:
+        out = Path(self.out)
+        return {"checkpoint": out, "log": out.with_suffix(".csv"), "state": out.with_name(f"{out.stem}.state.pt")}
+
+
+def _training_set(cfg: PretrainConfig) -> TrainingSet:
+    data = load_training_set(cfg.data, cfg.image_size, cfg.skip_unreadable, cfg.progress)
+    labels = data.labels
+    if cfg.pairs is not None:
+        if data.spec.views != 1:
+            raise DatasetError("--pairs names image files; use it with an image data set")
+        labels = labels_from_pairs(read_pairs(cfg.pairs, cfg.data), len(data)).numpy()
+    if cfg.method in ("supcon", "distill") and (labels == UNLABELED).all():
+        raise DatasetError(f"{cfg.method} needs labels: a labeled data set or --pairs")
+    if cfg.method == "supcon" and (labels == UNLABELED).any():
+        keep = labels != UNLABELED
+        data = TrainingSet(data.images[keep], labels[keep], data.class_names, data.spec)
+        labels = data.labels
+    if cfg.unlabeled is not None:
+        extra = load_training_set(cfg.unlabeled, cfg.image_size, cfg.skip_unreadable, cfg.progress)
+        if extra.spec.channels != data.spec.channels:
+            raise DatasetError(f"{cfg.unlabeled} has channels {extra.spec.channels}, {cfg.data} {data.spec.channels}")
+        return TrainingSet(np.concatenate([data.images, extra.images]),
+                           np.concatenate([labels, np.full(len(extra), UNLABELED)]), data.class_names, data.spec)
+    return TrainingSet(data.images, labels, data.class_names, data.spec)
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict:
+    if cfg.method not in METHODS:
+        raise PretrainError(f"unknown method {cfg.method!r}; choose from {sorted(METHODS)}")
+    if cfg.method == "distill" and cfg.teacher is None:
+        raise PretrainError("distill needs --teacher CKPT (for example a supcon checkpoint)")
+    data = _training_set(cfg)
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg.backbone, in_channels=len(data.spec.channels), weights=cfg.weights, pool=cfg.pool)
+    options: dict[str, object] = {}
+    if cfg.method in ("supcon", "distill"):
+        options["hard_negatives"] = cfg.hard_negatives
+    if cfg.method == "distill":
+        teacher, teacher_spec, _ = load_checkpoint(cfg.teacher)
+        if teacher_spec.channels != data.spec.channels:
+            raise DatasetError(f"teacher {cfg.teacher} takes {teacher_spec.channels}, "
+                               f"the data has {data.spec.channels}")
+        options["teacher"] = teacher
+    model = build_method(cfg.method, backbone, **options)
+    recipe = AugmentConfig.recipe(cfg.augment, solarize=cfg.solarize, channel_shuffle=cfg.channel_shuffle,
+                                  tile_shuffle=cfg.tile_shuffle)
+    if not model.vertical_flip:
+        recipe = replace(recipe, vertical_flip=False)
+    augment = MultiChannelAugment(data.spec, recipe)
+    labels = data.labels if (model.needs_labels or cfg.balanced) else None
+    dataset = ViewsDataset(data.images, augment, views=model.views, labels=labels, seed=cfg.seed)
+    paths = cfg.paths()
+    paths["checkpoint"].parent.mkdir(parents=True, exist_ok=True)
+    result = train(model, dataset,
+                   TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                               balanced=cfg.balanced, max_seconds=cfg.max_seconds, num_workers=cfg.workers,
+                               log_path=paths["log"], state_path=paths["state"]),
+                   progress=cfg.progress, resume=cfg.resume)
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        save_checkpoint(paths["checkpoint"], model.backbone.cpu().to(memory_format=torch.contiguous_format).eval(),
+                        data.spec, method=cfg.method, data=str(cfg.data), images=len(data),
+                        labeled=int((data.labels != UNLABELED).sum()), augment=augment.config.__dict__,
+                        train=result.to_dict())
+    return {"checkpoint": str(paths["checkpoint"]), "state": str(paths["state"]), "method": cfg.method,
+            "backbone": cfg.backbone, "pool": cfg.pool, "images": len(data), **result.to_dict()}
