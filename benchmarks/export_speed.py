@@ -27,6 +27,7 @@ from tqdm import tqdm
 from sortline.edge_runtime.preprocess import InputSpec, normalize
 from sortline.export.onnx_export import INPUT_NAME, compare, export_backbone
 from sortline.export.quantize import convert_fp16, quantize_int8
+from sortline.hardware.avocado import AvocadoScenario
 from sortline.train.backbones import build_backbone
 from sortline.train.checkpoint import load_checkpoint
 from sortline.train.sim_data import unlabeled_views
@@ -77,7 +78,7 @@ def main() -> None:
         torch.manual_seed(0)
         spec = InputSpec(size=args.image_size)
         model = build_backbone(args.backbone, in_channels=len(spec.channels)).eval()
-    views = unlabeled_views(seed=4242, count=96, spec=spec)
+    views = unlabeled_views(AvocadoScenario(4242), count=96, spec=spec)
     data = normalize(views / np.float32(255), spec)
     calibration, probe = data[:256], data[-64:]
     threads = torch.get_num_threads()

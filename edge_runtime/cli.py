@@ -7,11 +7,14 @@ path and imported only when invoked, so the edge package never imports the deskt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -28,11 +31,12 @@ def _simulate(args: argparse.Namespace) -> dict:
     from sortline.hardware.faults import FaultRates
     from sortline.hardware.line_sim import LineConfig
 
-    from .hil import record_simulation
+    from .hil import make_scenario, record_simulation
 
     config = LineConfig(items=args.items, seed=args.seed, pitch_ms=args.pitch_ms,
                         faults=FaultRates.uniform(args.faults))
-    result = record_simulation(config, args.record, progress=not args.quiet)
+    scenario = make_scenario(args.scenario, args.seed, args.products, args.product_count)
+    result = record_simulation(config, args.record, scenario, progress=not args.quiet)
     injected = ", ".join(f"{k} {v}" for k, v in sorted(result["injected"].items())) or "none"
     print(f"{args.record}: {result['items']} items, {result['captures']} captures, {result['serial_bytes']} serial "
           f"bytes in {result['seconds']} s; faults injected: {injected}; controller silences: {result['silences']}")
@@ -53,6 +57,45 @@ def _replay(args: argparse.Namespace) -> dict:
     return run.summary
 
 
+@contextlib.contextmanager
+def _until_signalled() -> Iterator[threading.Event]:
+    """An event that SIGINT (Ctrl-C) or SIGTERM (systemd stop) sets, for a clean shutdown; the
+    previous handlers come back afterwards."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _record(args: argparse.Namespace) -> dict:
+    from .config import load_station_file
+    from .daemon import record_station
+
+    if args.items is None and args.seconds is None:
+        print("recording until Ctrl-C", file=sys.stderr)
+    with _until_signalled() as stop:
+        result = record_station(load_station_file(args.config), args.out, items=args.items, seconds=args.seconds,
+                                stop=stop, progress=not args.quiet)
+    print(f"{args.out}: {result['items']} items, {result['captures']} captures, {result['serial_bytes']} serial "
+          f"bytes in {result['seconds']} s")
+    return result
+
+
+def _serve(args: argparse.Namespace) -> dict:
+    from .config import load_station_file
+    from .daemon import serve
+
+    with _until_signalled() as stop:
+        stats, faults = serve(load_station_file(args.config), stop, bundle=args.bundle)
+    summary = {"items": stats.items, "gate_commands": stats.gate_commands, "deadline_misses": stats.deadline_misses,
+               "reasons": dict(stats.reasons), "faults": faults}
+    print(f"served {stats.items} items, {stats.gate_commands} gate commands, {stats.deadline_misses} deadline misses")
+    return summary
+
+
 def _bundle_verify(args: argparse.Namespace) -> dict:
     from .bundle import load_bundle
 
@@ -71,10 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="the whole loop on a simulated avocado line")
-    demo.add_argument("--items", type=int, default=500, help="fruit to sort (default 500)")
+    demo.add_argument("--items", type=int, default=500, help="items to sort (default 500)")
+    demo.add_argument("--scenario", choices=["avocado", "checkout"], default="avocado",
+                      help="a fruit-sorting line with a tap sensor, or a checkout with a scale")
+    demo.add_argument("--products", type=Path,
+                      help="checkout: product photos, a labeled folder or split file (default: drawn products)")
+    demo.add_argument("--product-count", type=int, default=12, help="checkout: how many drawn products")
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
-    demo.add_argument("--pool-fruit", type=int, default=2000, help="unlabeled fruit for pretraining")
-    demo.add_argument("--labeled-fruit", type=int, default=600, help="labeled fruit for the fusion head")
+    demo.add_argument("--pool-fruit", "--pool-items", type=int, default=2000, help="unlabeled items for pretraining")
+    demo.add_argument("--labeled-fruit", "--labeled-items", type=int, default=600,
+                      help="labeled items for the fusion head")
     demo.add_argument("--epochs", type=float, default=6.0, help="pretraining epochs over the pool (0: random init)")
     demo.add_argument("--faults", type=float, default=0.0,
                       help="inject every fault kind on the simulated line at this rate (e.g. 0.01)")
@@ -119,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.set_defaults(handler=_desktop("pretrain"))
 
     simulate = commands.add_parser("simulate", help="run a simulated line and record what a station would see")
-    simulate.add_argument("--scenario", choices=["avocado"], default="avocado")
+    simulate.add_argument("--scenario", choices=["avocado", "checkout"], default="avocado")
+    simulate.add_argument("--products", type=Path,
+                          help="checkout: product photos, a labeled folder or split file (default: drawn products)")
+    simulate.add_argument("--product-count", type=int, default=12, help="checkout: how many drawn products")
     simulate.add_argument("--items", type=int, default=500)
     simulate.add_argument("--faults", type=float, default=0.0, help="rate of every fault kind (e.g. 0.01)")
     simulate.add_argument("--seed", type=int, default=1000)
@@ -128,6 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--quiet", action="store_true")
     simulate.add_argument("--json", action="store_true")
     simulate.set_defaults(handler=_simulate)
+
+    record = commands.add_parser("record", help="record a real station's devices and cameras to a folder")
+    record.add_argument("--config", type=Path, required=True, help="the station file (TOML)")
+    record.add_argument("--out", type=Path, required=True, help="a new folder for the recording")
+    record.add_argument("--items", type=int, help="stop after this many announced items")
+    record.add_argument("--seconds", type=float, help="stop after this long (default: at Ctrl-C)")
+    record.add_argument("--quiet", action="store_true")
+    record.add_argument("--json", action="store_true")
+    record.set_defaults(handler=_record)
+
+    serve = commands.add_parser("serve", help="run the station daemon until SIGINT/SIGTERM")
+    serve.add_argument("--config", type=Path, required=True, help="the station file (TOML)")
+    serve.add_argument("--bundle", type=Path, help="override the station file's bundle")
+    serve.add_argument("--json", action="store_true")
+    serve.set_defaults(handler=_serve)
 
     replay = commands.add_parser("replay", help="play a recording to the station runtime and judge it")
     replay.add_argument("recording", type=Path)

@@ -1,82 +1,135 @@
-"""Fusion: an item's view embeddings and tap readings become one feature vector for the head.
+"""Fusion: an item's view embeddings and its sensor readings become one feature vector.
 
-Views are pooled two ways: the mean says what the fruit is like overall, the max keeps a
-defect that only one or two views face. Pressure features summarise the tap series. A missing
-sensor reading is filled with the training mean, which standardises to zero: the head then
-decides on the views alone instead of on a made-up softness.
+Views are pooled two ways: the mean says what the item is like overall, the max keeps a defect
+that only one or two views face. The item's sensor readings are summarised by a few numbers
+that depend on the sensor: the tap-pressure series of a sorting line (softness, bruises), or
+the weight a checkout scale settles on (which tells a 330 ml can from a 500 ml one when the
+labels look alike). A missing reading is filled with the training mean, which standardises to
+zero: the head then decides on the views alone instead of on a made-up reading.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sortline.hardware.protocol import TapReading
+from sortline.hardware.protocol import ScaleReading, TapReading
 
 VIEW_POOLS = ("mean", "max")
-PRESSURE_FEATURES = ("peak_mean", "peak_std", "rebound_mean", "decay_mean", "tap_fraction")
+SENSOR_FEATURES: dict[str, tuple[str, ...]] = {
+    "taps": ("peak_mean", "peak_std", "rebound_mean", "decay_mean", "tap_fraction"),
+    "scale": ("grams", "log_grams", "settled"),
+    "none": (),
+}
+TAP_FEATURES = SENSOR_FEATURES["taps"]
+SCALE_FEATURES = SENSOR_FEATURES["scale"]
+Reading = TapReading | ScaleReading
 
 
 @dataclass(frozen=True)
 class FusionSpec:
-    """How features are built. Stored in the manifest so the device builds them identically."""
+    """How features are built. Stored in the manifest so the device builds them identically.
+
+    ``sensor`` names the station's item sensor ("taps", "scale" or "none");
+    ``readings_expected`` is how many readings make an item complete (taps in a series, or
+    settled scale readings), after which the station decides without waiting any longer.
+    """
 
     view_pools: tuple[str, ...] = VIEW_POOLS
-    pressure: tuple[str, ...] = PRESSURE_FEATURES
-    taps_expected: int = 5
-    pressure_fill: tuple[float, ...] = ()  # training means, used when a reading is missing
+    sensor: str = "taps"
+    sensor_features: tuple[str, ...] = TAP_FEATURES
+    readings_expected: int = 5
+    sensor_fill: tuple[float, ...] = ()  # training means, used when a reading is missing
 
     def __post_init__(self) -> None:
         if unknown := set(self.view_pools) - set(VIEW_POOLS):
             raise ValueError(f"unknown view pooling {sorted(unknown)}")
-        if unknown := set(self.pressure) - set(PRESSURE_FEATURES):
-            raise ValueError(f"unknown pressure features {sorted(unknown)}")
-        if self.pressure_fill and len(self.pressure_fill) != len(self.pressure):
-            raise ValueError("pressure_fill must give one value per pressure feature")
+        if self.sensor not in SENSOR_FEATURES:
+            raise ValueError(f"unknown sensor {self.sensor!r}; known: {sorted(SENSOR_FEATURES)}")
+        if unknown := set(self.sensor_features) - set(SENSOR_FEATURES[self.sensor]):
+            raise ValueError(f"unknown {self.sensor} features {sorted(unknown)}")
+        if self.sensor_fill and len(self.sensor_fill) != len(self.sensor_features):
+            raise ValueError("sensor_fill must give one value per sensor feature")
+
+    @classmethod
+    def for_sensor(cls, sensor: str, readings_expected: int, view_pools: tuple[str, ...] = VIEW_POOLS) -> FusionSpec:
+        return cls(view_pools, sensor, SENSOR_FEATURES.get(sensor, ()), readings_expected)
 
     def feature_count(self, embedding_dim: int) -> int:
-        return embedding_dim * len(self.view_pools) + len(self.pressure)
+        return embedding_dim * len(self.view_pools) + len(self.sensor_features)
 
-    def with_fill(self, pressure_rows: np.ndarray) -> FusionSpec:
-        """The same spec, filling missing readings with the column means of ``pressure_rows``."""
-        means = np.nanmean(pressure_rows, axis=0)
-        return FusionSpec(self.view_pools, self.pressure, self.taps_expected, tuple(float(m) for m in means))
+    def with_fill(self, sensor_rows: np.ndarray) -> FusionSpec:
+        """The same spec, filling missing readings with the column means of ``sensor_rows``."""
+        means = np.nanmean(sensor_rows, axis=0) if len(self.sensor_features) else np.zeros(0)
+        return FusionSpec(self.view_pools, self.sensor, self.sensor_features, self.readings_expected,
+                          tuple(float(m) for m in means))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> FusionSpec:
+        if "pressure" in data:  # manifests written before the scale joined: a tap sensor
+            data = {"view_pools": data["view_pools"], "sensor": "taps", "sensor_features": data["pressure"],
+                    "readings_expected": data["taps_expected"], "sensor_fill": data["pressure_fill"]}
         return cls(
             view_pools=tuple(data["view_pools"]),
-            pressure=tuple(data["pressure"]),
-            taps_expected=int(data["taps_expected"]),
-            pressure_fill=tuple(float(v) for v in data["pressure_fill"]),
+            sensor=str(data["sensor"]),
+            sensor_features=tuple(data["sensor_features"]),
+            readings_expected=int(data["readings_expected"]),
+            sensor_fill=tuple(float(v) for v in data["sensor_fill"]),
         )
 
 
-def pressure_features(taps: Sequence[TapReading], spec: FusionSpec) -> np.ndarray:
-    """The tap series as ``len(spec.pressure)`` numbers; NaN where no reading supports one."""
-    by_index = {t.index: t for t in taps}  # a repeated tap counts once
+def _tap_values(taps: Sequence[TapReading], expected: int) -> dict[str, float]:
+    by_index = {t.index: t for t in taps if isinstance(t, TapReading)}  # a repeated tap counts once
     readings = list(by_index.values())
     peaks = np.array([t.peak_n for t in readings], np.float64)
-    values = {
+    return {
         "peak_mean": peaks.mean() if readings else np.nan,
         "peak_std": peaks.std() if len(readings) > 1 else np.nan,
         "rebound_mean": np.mean([t.rebound for t in readings]) if readings else np.nan,
         "decay_mean": np.mean([t.decay_ms for t in readings]) if readings else np.nan,
-        "tap_fraction": len(readings) / spec.taps_expected,
+        "tap_fraction": len(readings) / max(1, expected),
     }
-    return np.array([values[name] for name in spec.pressure], np.float32)
 
 
-def fuse(embeddings: np.ndarray, taps: Sequence[TapReading], spec: FusionSpec) -> np.ndarray:
-    """One item's feature vector from its ``V×D`` view embeddings and its tap readings."""
+def _scale_values(readings: Sequence[ScaleReading]) -> dict[str, float]:
+    """The median of the settled readings; without any, the last moving one (flagged)."""
+    weights = [r for r in readings if isinstance(r, ScaleReading)]
+    settled = [r.grams for r in weights if r.stable]
+    if settled:
+        grams = float(np.median(settled))
+    elif weights:
+        grams = float(weights[-1].grams)
+    else:
+        grams = math.nan
+    return {
+        "grams": grams,
+        "log_grams": math.log1p(max(grams, 0.0)) if not math.isnan(grams) else math.nan,
+        "settled": 1.0 if settled else 0.0,
+    }
+
+
+def sensor_features(readings: Sequence[Reading], spec: FusionSpec) -> np.ndarray:
+    """The item's readings as ``len(spec.sensor_features)`` numbers; NaN where none supports one."""
+    if spec.sensor == "taps":
+        values = _tap_values(readings, spec.readings_expected)
+    elif spec.sensor == "scale":
+        values = _scale_values(readings)
+    else:
+        values = {}
+    return np.array([values[name] for name in spec.sensor_features], np.float32)
+
+
+def fuse(embeddings: np.ndarray, readings: Sequence[Reading], spec: FusionSpec) -> np.ndarray:
+    """One item's feature vector from its ``V×D`` view embeddings and its sensor readings."""
     pools = {"mean": lambda e: e.mean(axis=0), "max": lambda e: e.max(axis=0)}
     pooled = [pools[name](embeddings) for name in spec.view_pools]
-    pressure = pressure_features(taps, spec)
-    if spec.pressure_fill:
-        pressure = np.where(np.isnan(pressure), np.asarray(spec.pressure_fill, np.float32), pressure)
-    return np.concatenate([*pooled, pressure]).astype(np.float32)
+    sensor = sensor_features(readings, spec)
+    if spec.sensor_fill:
+        sensor = np.where(np.isnan(sensor), np.asarray(spec.sensor_fill, np.float32), sensor)
+    return np.concatenate([*pooled, sensor]).astype(np.float32)

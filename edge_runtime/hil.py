@@ -13,24 +13,25 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from sortline.hardware.avocado import CLASSES, VIEWS
+from sortline.hardware.avocado import AvocadoScenario
 from sortline.hardware.camera import FrameSource
-from sortline.hardware.line_sim import LATE_VIEW_S, SILENCE_S, LineConfig, SimulatedAvocadoLine
-from sortline.hardware.recording import Recording, RecordingWriter, ReplayedLine, StreamRecorder
+from sortline.hardware.checkout import Catalog, CheckoutScenario
+from sortline.hardware.line_sim import LATE_VIEW_S, SILENCE_S, LineConfig, Scenario, SimulatedLine
+from sortline.hardware.recording import Recording, RecordingError, RecordingWriter, ReplayedLine, StreamRecorder
 from sortline.hardware.referee import LineTally
 from sortline.hardware.serial_link import Received, SerialLink
 
+from .datasets import load_image_set
 from .pipeline import Decision, ItemPipeline
 from .report import summarize
 from .station import Station, StationConfig, StationStats
-
-DEVICES = ("controller", "taps")
 
 
 class Line(Protocol):
     """A line a station can sort: simulated live, or replayed from a recording."""
 
     rig: FrameSource
+    sensor: str  # the item sensor's device name ("taps", "scale")
 
     @property
     def item_ids(self) -> Sequence[int]: ...
@@ -79,13 +80,16 @@ def sort_on_line(
     """Run a station on ``line`` until every item has passed; return what both sides saw."""
     inbox: queue.Queue[Received] = queue.Queue(maxsize=4096)
     # A simulated device waits REOPEN_S (0.3 s) after coming back before it talks: reopen well within it.
+    wanted = pipeline.manifest.fusion.sensor
+    if wanted not in ("none", line.sensor):
+        raise ValueError(f"the bundle fuses a {wanted!r} sensor, the line has a {line.sensor!r} sensor")
     controller = SerialLink(line.port("controller"), "controller", inbox=inbox, reconnect_s=0.05)
-    taps = SerialLink(line.port("taps"), "taps", inbox=inbox, reconnect_s=0.05)
+    sensor = SerialLink(line.port(line.sensor), line.sensor, inbox=inbox, reconnect_s=0.05)
     stop = threading.Event()
     try:
         controller.open()
-        taps.open()
-        station = Station(pipeline, line.rig, controller, taps, station_config, event_log=event_log)
+        sensor.open()
+        station = Station(pipeline, line.rig, controller, sensor, station_config, event_log=event_log)
         worker = threading.Thread(target=station.run, args=(stop,), name="station", daemon=True)
         worker.start()
         start = time.monotonic()
@@ -98,7 +102,7 @@ def sort_on_line(
     finally:
         stop.set()
         controller.close()
-        taps.close()
+        sensor.close()
         line.stop()
     truth = {i: label for i in line.item_ids if (label := line.truth(i)) is not None}
     manifest = pipeline.manifest
@@ -108,20 +112,46 @@ def sort_on_line(
     return LineRun(tally, station.stats, station.decisions, truth, wall_s, summary)
 
 
-def sort_on_simulated_line(pipeline: ItemPipeline, line_config: LineConfig, **kwargs) -> LineRun:
-    return sort_on_line(pipeline, SimulatedAvocadoLine(line_config), **kwargs)
+def sort_on_simulated_line(pipeline: ItemPipeline, line_config: LineConfig, scenario: Scenario | None = None,
+                           **kwargs) -> LineRun:
+    return sort_on_line(pipeline, SimulatedLine(line_config, scenario), **kwargs)
 
 
 def replay_recording(pipeline: ItemPipeline, recording: str | Path, speed: str = "realtime", **kwargs) -> LineRun:
-    return sort_on_line(pipeline, ReplayedLine(Recording.open(recording), speed=speed), **kwargs)
+    opened = Recording.open(recording)
+    recorded = tuple(opened.meta.get("labels", ()))
+    if recorded and recorded != tuple(pipeline.manifest.labels):
+        raise RecordingError(f"{recording}: its items are labeled {_short(recorded)}, the bundle predicts "
+                             f"{_short(pipeline.manifest.labels)}: a bundle for this scenario is needed")
+    return sort_on_line(pipeline, ReplayedLine(opened, speed=speed), **kwargs)
 
 
-def record_simulation(config: LineConfig, out: Path, progress: bool = True) -> dict:
+def _short(labels: Sequence[str]) -> str:
+    return ", ".join(labels[:4]) + (f", … ({len(labels)})" if len(labels) > 4 else "")
+
+
+def make_scenario(name: str, seed: int, products: Path | None = None, product_count: int = 12,
+                  max_products: int | None = None) -> Scenario:
+    """A scenario by name: "avocado", or "checkout" with products from an image folder or split
+    file (one class a product), or ``product_count`` drawn ones. Products do not depend on
+    ``seed``: worlds with other seeds show the same catalog."""
+    if name == "avocado":
+        return AvocadoScenario(seed)
+    if name != "checkout":
+        raise ValueError(f"unknown scenario {name!r}: avocado or checkout")
+    if products is None:
+        return CheckoutScenario(Catalog.procedural(product_count), seed)
+    images = load_image_set(products)
+    return CheckoutScenario(Catalog.from_images(images.paths, images.labels, images.class_names, max_products), seed)
+
+
+def record_simulation(config: LineConfig, out: Path, scenario: Scenario | None = None, progress: bool = True) -> dict:
     """Run the simulated line with no station, recording what a station would hear and see."""
-    line = SimulatedAvocadoLine(config)
+    line = SimulatedLine(config, scenario)
+    devices = ["controller", line.sensor]
     t0 = time.monotonic()
-    writer = RecordingWriter(out, list(DEVICES), t0)
-    recorder = StreamRecorder(writer, {d: line.port(d) for d in DEVICES}, line.rig)
+    writer = RecordingWriter(out, devices, t0)
+    recorder = StreamRecorder(writer, {d: line.port(d) for d in devices}, line.rig)
     stop = threading.Event()
     thread = threading.Thread(target=recorder.run, args=(stop,), name="recorder", daemon=True)
     try:
@@ -135,16 +165,18 @@ def record_simulation(config: LineConfig, out: Path, progress: bool = True) -> d
         stop.set()
         thread.join(timeout=5)
         line.stop()
+    classes = line.scenario.classes
     truth = [{"item_id": i, "announced_t": round(line.announced_at(i) - t0, 6), "label": line.truth(i),
-              "class": CLASSES[line.truth(i)]} for i in line.item_ids]
+              "class": classes[line.truth(i)]} for i in line.item_ids]
     injected = {k: v for k, v in tally.injected.items() if k != "unacked"}  # acks depend on the station
     faults = asdict(config.faults)
     writer.finish(
         {
-            "scenario": "avocado",
-            "devices": list(DEVICES),
-            "views": VIEWS,
-            "labels": list(CLASSES),
+            "scenario": line.scenario.name,
+            "devices": devices,
+            "sensor": line.sensor,
+            "views": line.scenario.views,
+            "labels": list(classes),
             "items": config.items,
             "seed": config.seed,
             "pitch_ms": config.pitch_ms,

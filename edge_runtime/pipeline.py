@@ -1,4 +1,4 @@
-"""One item from capture to exit: embed its views, fuse with its taps, classify, pick the exit."""
+"""One item from capture to exit: embed its views, fuse with its sensor readings, classify, pick the exit."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from sortline.hardware.camera import ItemCapture
-from sortline.hardware.protocol import TapReading
 
 from .bundle import Bundle, load_bundle
 from .embedder import OnnxEmbedder
-from .fusion import fuse
+from .fusion import Reading, fuse
 
 # Why an item got its exit. Anything but CONFIDENT goes to the safe exit.
 CONFIDENT = "confident"
@@ -63,10 +62,10 @@ class ItemPipeline:
         views = capture.present
         return self.embedder.embed_views(views) if views else None
 
-    def decide(self, item_id: int, embeddings: np.ndarray | None, taps: Sequence[TapReading]) -> Decision:
+    def decide(self, item_id: int, embeddings: np.ndarray | None, readings: Sequence[Reading]) -> Decision:
         if embeddings is None:
             return self.safe(item_id, NO_VIEWS)
-        features = fuse(embeddings, taps, self.manifest.fusion)
+        features = fuse(embeddings, readings, self.manifest.fusion)
         probabilities = self.head.predict_proba(features)[0]
         best = int(probabilities.argmax())
         label = self.head.labels[best]
@@ -81,8 +80,8 @@ class ItemPipeline:
             probabilities=tuple(float(p) for p in probabilities),
         )
 
-    def classify(self, capture: ItemCapture, taps: Sequence[TapReading]) -> Decision:
-        return self.decide(capture.item_id, self.embed(capture), taps)
+    def classify(self, capture: ItemCapture, readings: Sequence[Reading]) -> Decision:
+        return self.decide(capture.item_id, self.embed(capture), readings)
 
     def safe(self, item_id: int, reason: str) -> Decision:
         return Decision(item_id=item_id, exit=self.policy.safe_exit, reason=reason)

@@ -1,9 +1,18 @@
-"""The station runtime: items in from the controller, taps in from the sensor, gates out.
+"""The station runtime: items in from the controller, readings in from the item sensor, gates out.
 
 One event loop owns all item state, so nothing needs a lock. Every announced item gets exactly
-one gate command: when its taps are complete, when it has waited long enough for them, or
-when its gate is near, whichever comes first. A late, failed or unsure decision sends the item
-to the safe exit; one bad item never stops the line.
+one gate command: when its sensor readings are complete, when it has waited long enough for
+them, or when its gate is near, whichever comes first. A late, failed or unsure decision sends
+the item to the safe exit; one bad item never stops the line.
+
+The sensor is the bundle's (its fusion spec names it). A tap sensor names the item in every
+reading. A checkout scale does not: a reading belongs to the item on the plate when it was
+taken, which is the last item announced before it, unless the scale reported the plate empty
+in between. Times are compared on this station's clock, converted from each device's own
+(:class:`DeviceClock`), so a serial reader that runs late cannot move a reading onto the next
+item. A reading taken after the plate emptied waits, briefly, for the announcement of the item
+it weighs; one that finds no item is counted and left out, and that item is decided on its
+views alone.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from sortline.hardware.camera import CORRUPT, LOST, FrameError, FrameSource
-from sortline.hardware.protocol import Ack, GateCommand, Heartbeat, ItemArrival, TapReading
+from sortline.hardware.protocol import Ack, GateCommand, Heartbeat, ItemArrival, ScaleReading, TapReading
 from sortline.hardware.serial_link import Received, SerialLink
 
 from .pipeline import ERROR, LATE, UNANNOUNCED, Decision, ItemPipeline
@@ -31,11 +40,34 @@ log = logging.getLogger(__name__)
 CLOCK_WINDOW_S = 2.0
 
 
+class DeviceClock:
+    """A device's clock on this station's: the smallest (arrival - sent) of the last two
+    seconds is the offset plus the least transfer time, so a frame that arrives late is known
+    to be late, while drift (or a replay running behind its recording) is followed."""
+
+    def __init__(self, window_s: float = CLOCK_WINDOW_S) -> None:
+        self.window_s = window_s
+        self.offset: float | None = None  # station clock - device clock, seconds
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def update(self, t_ms: int, at: float) -> None:
+        self._samples.append((at, at - t_ms / 1000))
+        while at - self._samples[0][0] > self.window_s:
+            self._samples.popleft()
+        self.offset = min(offset for _, offset in self._samples)
+
+    def station_time(self, t_ms: int) -> float:
+        return (self.offset or 0.0) + t_ms / 1000
+
+
 @dataclass(frozen=True)
 class StationConfig:
-    tap_wait_ms: float = 120.0  # longest wait for an item's taps after its announcement
+    sensor_wait_ms: float = 120.0  # longest wait for an item's sensor readings after its announcement
     decision_margin_ms: float = 40.0  # decide at the latest this long before the gate
-    orphan_tap_ttl_ms: float = 2000.0  # taps for an item not (yet) announced are kept this long
+    orphan_tap_ttl_ms: float = 2000.0  # readings for an item not (yet) announced are kept this long
+    empty_plate_g: float = 5.0  # a settled scale reading below this: the plate is empty
+    clock_tolerance_ms: float = 10.0  # a weight this much "before" an announcement may be its item's
+    # (two device clocks, each known to a few ms, and less while the first frames come in)
     remember_items: int = 10000  # decided item ids kept to refuse a repeated announcement
     ack_timeout_ms: float = 50.0  # resend a gate command not acknowledged within this
     unannounced_wait_ms: float = 60.0  # how long a skipped item id may still be announced (reordering)
@@ -52,7 +84,12 @@ class _Pending:
     embeddings: np.ndarray | None = None
     compute_s: float = 0.0  # time this station spent on the item (capture, embedding, decision)
     capture_errors: tuple[str, ...] = ()
-    taps: dict[int, TapReading] = field(default_factory=dict)
+    taps: dict[int, TapReading] = field(default_factory=dict)  # by tap index: a repeat counts once
+    weights: list[ScaleReading] = field(default_factory=list)
+
+    @property
+    def readings(self) -> list[TapReading | ScaleReading]:
+        return [*self.taps.values(), *self.weights]
 
 
 @dataclass
@@ -62,7 +99,19 @@ class _Unacked:
     command: GateCommand
     sent_at: float
     deadline_at: float
-    counted: bool = False
+
+
+@dataclass
+class _Exchange:
+    """One item's gate command on the wire: how often it went out and came back acknowledged.
+
+    A command is counted unacknowledged once its timeout passes; if every transmission is
+    acknowledged in the end, the acknowledgement was slow, not missing, and the count is undone.
+    """
+
+    sent: int = 1
+    acked: int = 0
+    overdue: bool = False  # counted in StationStats.unacked
 
 
 @dataclass
@@ -77,12 +126,13 @@ class StationStats:
     repeated_announcements: int = 0
     unannounced: int = 0  # items whose announcement never arrived (seen by their ids)
     orphan_taps_expired: int = 0
+    unmatched_weights: int = 0  # scale readings with no item on the plate
     capture_errors: int = 0  # items with at least one view missing
     views_lost: int = 0
     views_late: int = 0
     views_corrupt: int = 0
     retransmissions: int = 0
-    unacked: int = 0  # commands not acknowledged within ack_timeout_ms of their first sending
+    unacked: int = 0  # commands with a transmission the controller never acknowledged
     log_errors: int = 0
 
 
@@ -116,17 +166,18 @@ class Station:
         pipeline: ItemPipeline,
         rig: FrameSource,
         controller: SerialLink,
-        tap_sensor: SerialLink,
+        sensor: SerialLink | None,
         config: StationConfig = StationConfig(),
         event_log: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if controller.inbox is not tap_sensor.inbox:
-            raise ValueError("the controller and tap-sensor links must share one inbox")
+        if sensor is not None and controller.inbox is not sensor.inbox:
+            raise ValueError("the controller and sensor links must share one inbox")
         self.pipeline = pipeline
         self.rig = rig
         self.controller = controller
-        self.tap_sensor = tap_sensor
+        self.sensor = sensor
+        self._fusion = pipeline.manifest.fusion
         self.config = config
         self.stats = StationStats()
         self.decisions: list[Decision] = []
@@ -137,14 +188,18 @@ class Station:
         self._orphans: dict[int, list[tuple[float, TapReading]]] = {}
         self._decided: OrderedDict[int, None] = OrderedDict()
         self._unacked: dict[int, _Unacked] = {}
+        self._exchanges: OrderedDict[int, _Exchange] = OrderedDict()
         self._skipped: dict[int, float] = {}  # item ids not announced (yet) -> when noticed
         self._highest_item: int | None = None
-        self._clock_offset: float | None = None  # station clock - controller clock, seconds
-        self._offsets: deque[tuple[float, float]] = deque()  # (arrival, arrival - sent), last 2 s
+        self._controller_clock = DeviceClock()
+        self._sensor_clock = DeviceClock()
+        self._announcements: deque[tuple[float, int]] = deque(maxlen=256)  # (announced_at, item), in order
+        self._plate_emptied: deque[float] = deque(maxlen=256)  # when the scale reported an empty plate
+        self._orphan_weights: list[tuple[float, float, ScaleReading]] = []  # (received, taken, reading)
 
     def observed_faults(self) -> dict[str, int]:
         """What this station saw go wrong, by kind (the names of hardware/faults.py)."""
-        links = (self.controller.stats, self.tap_sensor.stats)
+        links = [link.stats for link in (self.controller, self.sensor) if link is not None]
         return {
             "garbled": sum(s.bad_crc for s in links),
             "truncated": sum(s.malformed for s in links),
@@ -154,7 +209,7 @@ class Station:
             "views_lost": self.stats.views_lost,
             "views_late": self.stats.views_late,
             "views_corrupt": self.stats.views_corrupt,
-            "sensor_disconnects": self.controller.reconnects + self.tap_sensor.reconnects,
+            "sensor_disconnects": self.controller.reconnects + (self.sensor.reconnects if self.sensor else 0),
             "unacked": self.stats.unacked,
         }
 
@@ -207,21 +262,16 @@ class Station:
             self._arrive(message, received.at)
         elif isinstance(message, TapReading):
             self._tap(message, received.at)
+        elif isinstance(message, ScaleReading):
+            self._weight(message, received.at)
         elif isinstance(message, Ack):
-            self.stats.acks += int(self._unacked.pop(message.item_id, None) is not None)
+            self._ack(message.item_id)
         elif isinstance(message, Heartbeat) and received.source == self.controller.name:
-            self._sync_clock(message.t_ms, received.at)
+            self._controller_clock.update(message.t_ms, received.at)
             if message.last_item_id >= 0:
                 self._note_item_id(message.last_item_id, received.at, announced=False)
-
-    def _sync_clock(self, t_ms: int, at: float) -> None:
-        """Track the controller's clock: the smallest (arrival - sent) of the last two seconds
-        is the offset plus the least transfer time, so a frame that arrives late is known to be
-        late, while drift (or a replay running behind its recording) is followed."""
-        self._offsets.append((at, at - t_ms / 1000))
-        while at - self._offsets[0][0] > CLOCK_WINDOW_S:
-            self._offsets.popleft()
-        self._clock_offset = min(offset for _, offset in self._offsets)
+        elif isinstance(message, Heartbeat) and self.sensor is not None and received.source == self.sensor.name:
+            self._sensor_clock.update(message.t_ms, received.at)
 
     def _note_item_id(self, item_id: int, at: float, announced: bool) -> None:
         """Controller item ids are consecutive: ids skipped over were announced and lost."""
@@ -237,7 +287,7 @@ class Station:
             self._highest_item = item_id
 
     def _arrive(self, arrival: ItemArrival, at: float) -> None:
-        self._sync_clock(arrival.t_ms, at)
+        self._controller_clock.update(arrival.t_ms, at)
         self._note_item_id(arrival.item_id, at, announced=True)
         if arrival.item_id in self._pending or arrival.item_id in self._decided:
             self.stats.repeated_announcements += 1
@@ -246,15 +296,16 @@ class Station:
         c = self.config
         # Times on the controller's clock: a frame read late cannot stretch the item's deadline,
         # nor shorten the latency this station reports for it.
-        announced_at = self._clock_offset + arrival.t_ms / 1000
+        announced_at = self._controller_clock.station_time(arrival.t_ms)
         deadline_at = announced_at + arrival.deadline_ms / 1000
         pending = _Pending(
             arrival=arrival,
             announced_at=announced_at,
             deadline_at=deadline_at,
-            ready_at=min(at + c.tap_wait_ms / 1000, deadline_at - c.decision_margin_ms / 1000),
+            ready_at=min(at + c.sensor_wait_ms / 1000, deadline_at - c.decision_margin_ms / 1000),
         )
         self._pending[arrival.item_id] = pending
+        self._announcements.append((announced_at, arrival.item_id))
         self.stats.items += 1
         # Views are captured at the trigger, then embedded while the taps come in.
         started = self._clock()
@@ -272,6 +323,10 @@ class Station:
             self.stats.capture_errors += 1
         for _, tap in self._orphans.pop(arrival.item_id, []):
             pending.taps[tap.index] = tap
+        if self._orphan_weights:  # weighed before its announcement was read
+            waiting, self._orphan_weights = self._orphan_weights, []
+            for received_at, taken_at, reading in waiting:
+                self._place_weight(reading, taken_at, received_at)
         self._maybe_ready(pending)
 
     def _tap(self, tap: TapReading, at: float) -> None:
@@ -282,12 +337,45 @@ class Station:
         elif tap.item_id not in self._decided:
             self._orphans.setdefault(tap.item_id, []).append((at, tap))
 
+    def _weight(self, reading: ScaleReading, at: float) -> None:
+        self._sensor_clock.update(reading.t_ms, at)
+        taken_at = self._sensor_clock.station_time(reading.t_ms)
+        if reading.stable and reading.grams < self.config.empty_plate_g:
+            self._plate_emptied.append(taken_at)
+            return
+        self._place_weight(reading, taken_at, at)
+
+    def _place_weight(self, reading: ScaleReading, taken_at: float, received_at: float) -> None:
+        """Give a weight to the last item announced before it was taken, unless the plate was
+        emptied in between: then its item's announcement has not been read yet, and it waits."""
+        latest = taken_at + self.config.clock_tolerance_ms / 1000
+        on_plate = next(((t, item) for t, item in reversed(self._announcements) if t <= latest), None)
+        if on_plate is None or any(on_plate[0] < e < taken_at for e in self._plate_emptied):
+            self._orphan_weights.append((received_at, taken_at, reading))
+            return
+        pending = self._pending.get(on_plate[1])
+        if pending is None:  # decided already: the reading came too late to count
+            self.stats.unmatched_weights += 1
+            return
+        pending.weights.append(reading)
+        self._maybe_ready(pending)
+
     def _maybe_ready(self, pending: _Pending) -> None:
-        if len(pending.taps) >= self.pipeline.manifest.fusion.taps_expected:
+        if self._fusion.sensor == "taps":
+            complete = len(pending.taps) >= self._fusion.readings_expected
+        elif self._fusion.sensor == "scale":
+            complete = sum(w.stable for w in pending.weights) >= self._fusion.readings_expected
+        else:
+            complete = True  # no sensor to wait for
+        if complete:
             pending.ready_at = min(pending.ready_at, self._clock())
 
     def _expire_orphans(self, now: float) -> None:
         ttl = self.config.orphan_tap_ttl_ms / 1000
+        if self._orphan_weights and now - self._orphan_weights[0][0] > ttl:
+            kept = [w for w in self._orphan_weights if now - w[0] <= ttl]
+            self.stats.unmatched_weights += len(self._orphan_weights) - len(kept)
+            self._orphan_weights = kept
         for item_id in [i for i, taps in self._orphans.items() if now - taps[0][0] > ttl]:
             self.stats.orphan_taps_expired += len(self._orphans.pop(item_id))
 
@@ -295,7 +383,7 @@ class Station:
         pending = self._pending.pop(item_id)
         started = self._clock()
         try:
-            decision = self.pipeline.decide(item_id, pending.embeddings, list(pending.taps.values()))
+            decision = self.pipeline.decide(item_id, pending.embeddings, pending.readings)
         except Exception:  # one bad item must not stop the line
             log.exception("item %s: decision failed; sending it to the safe exit", item_id)
             decision = self.pipeline.safe(item_id, ERROR)
@@ -316,7 +404,7 @@ class Station:
                 "lane": pending.arrival.lane,
                 "latency_ms": round(latency_ms, 3),
                 "compute_ms": round(compute_ms, 3),
-                "taps": len(pending.taps),
+                "readings": len(pending.taps) + len(pending.weights),
                 "views": 0 if pending.embeddings is None else int(pending.embeddings.shape[0]),
                 "capture_errors": list(pending.capture_errors),
                 "sent": sent,
@@ -339,6 +427,9 @@ class Station:
         command = GateCommand(item_id=decision.item_id, exit=decision.exit)
         sent = self.controller.send(command)
         self._unacked[decision.item_id] = _Unacked(command, self._clock(), deadline_at)
+        self._exchanges[decision.item_id] = _Exchange()
+        if len(self._exchanges) > self.config.remember_items:
+            self._exchanges.popitem(last=False)
         self.stats.gate_commands += int(sent)
         self.stats.reasons[decision.reason] += 1
         self.decisions.append(decision)
@@ -347,13 +438,24 @@ class Station:
             self._decided.popitem(last=False)
         return sent
 
+    def _ack(self, item_id: int) -> None:
+        self.stats.acks += int(self._unacked.pop(item_id, None) is not None)
+        exchange = self._exchanges.get(item_id)
+        if exchange is None:
+            return
+        exchange.acked += 1
+        if exchange.overdue and exchange.acked >= exchange.sent:
+            exchange.overdue = False  # slow, not missing: every transmission came back
+            self.stats.unacked -= 1
+
     def _resend_unacked(self, now: float) -> None:
         timeout = self.config.ack_timeout_ms / 1000
         for item_id, waiting in list(self._unacked.items()):
             if now - waiting.sent_at < timeout:
                 continue
-            if not waiting.counted:
-                waiting.counted = True
+            exchange = self._exchanges.get(item_id)
+            if exchange is not None and not exchange.overdue:
+                exchange.overdue = True
                 self.stats.unacked += 1
             if now >= waiting.deadline_at:  # the item has passed the gate: nothing left to steer
                 del self._unacked[item_id]
@@ -361,3 +463,5 @@ class Station:
             self.controller.send(waiting.command)
             waiting.sent_at = now
             self.stats.retransmissions += 1
+            if exchange is not None:
+                exchange.sent += 1

@@ -180,7 +180,7 @@ def build_bundle(
             embedding_dim=int(model.embedder.embed_batch(calibration[:1]).shape[1]),
             labels=tuple(labels),
             decision=DecisionPolicy({label: i + 1 for i, label in enumerate(labels)}, safe_exit=0),
-            fusion=FusionSpec(view_pools=pools, pressure=(), taps_expected=0),
+            fusion=FusionSpec.for_sensor("none", 0, view_pools=pools),
             metrics={**(metrics or {}), "export": model.report},
         )
         bundle = write_bundle(out, manifest, model.path, head)

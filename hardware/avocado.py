@@ -190,3 +190,29 @@ def tap_series(spec: FruitSpec, t0_ms: int = 0, count: int = TAPS_PER_ITEM) -> l
         )
         for i in range(count)
     ]
+
+
+class AvocadoScenario:
+    """Items, views and tap series of a simulated avocado line (deterministic per seed)."""
+
+    name = "avocado"
+    sensor = "taps"
+    sensor_buffers = True  # an unplugged tap sensor keeps its readings and sends them on return
+    classes = CLASSES
+    views = VIEWS
+    channels = ("r", "g", "b", "nir")
+    frame_px = FRAME_PX
+    readings_expected = TAPS_PER_ITEM
+    tap_delay_ms = 10  # first tap after the announcement
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def label(self, item_id: int) -> int:
+        return make_fruit(item_id, self.seed).label
+
+    def render(self, item_id: int, size: int = FRAME_PX, views: int = VIEWS) -> list[ViewFrame]:
+        return render_views(make_fruit(item_id, self.seed), size=size, views=views)
+
+    def readings(self, item_id: int, t0_ms: int) -> list[TapReading]:
+        return tap_series(make_fruit(item_id, self.seed), t0_ms=t0_ms + self.tap_delay_ms)

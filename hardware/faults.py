@@ -83,11 +83,15 @@ class FaultyWire:
         self._counts = counts
         self._lock = threading.Lock()  # frames leave in the order they are numbered
         self._held: bytes | None = None
+        self._first = True
 
     def send(self, message: Message, faults: bool = True) -> None:
         with self._lock:
             frame = self.device.encoder.encode(message)
-            if not faults or not self.rates.any:
+            # The first frame goes out clean: a receiver has no number before it, so nothing
+            # could ever reveal its loss, and an injected fault must be observable.
+            first, self._first = self._first, False
+            if not faults or not self.rates.any or first:
                 self._write_intact(frame, sequenced=message.TYPE not in UNSEQUENCED)
                 return
             kind = self._pick()

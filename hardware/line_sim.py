@@ -1,8 +1,10 @@
-"""A simulated avocado line: controller, tap sensor and camera rig, on real pseudo-terminals.
+"""A simulated station: line controller, item sensor and camera rig, on real pseudo-terminals.
 
-The controller announces items at a fixed pitch and sends heartbeats, the tap sensor reports
-each item's taps a few milliseconds later, and the rig renders the views when the runtime
-captures. Faults (``hardware/faults.py``) are injected with their own rates and counted.
+What passes is a :class:`Scenario`: fruit with a tap-pressure sensor (``hardware/avocado.py``)
+or products with a checkout scale (``hardware/checkout.py``). The controller announces items at
+a fixed pitch and sends heartbeats, the sensor reports on each item a few milliseconds later,
+and the rig renders the views when the runtime captures. Faults (``hardware/faults.py``) are
+injected with their own rates and counted.
 
 The controller side is also the referee: it records every gate command it receives, so
 ``lost``, ``duplicates`` and late commands are measured where they happen, not reported by the
@@ -18,17 +20,18 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 
-from .avocado import FRAME_PX, VIEWS, FruitSpec, make_fruit, render_views, tap_series
+from .avocado import AvocadoScenario
 from .camera import CORRUPT, LOST, FrameError, ItemCapture, ViewError, ViewFrame
 from .faults import FaultCounter, FaultRates, FaultyWire
 from .images import decode_image
-from .protocol import Ack, GateCommand, Heartbeat, ItemArrival
+from .protocol import Ack, GateCommand, Heartbeat, ItemArrival, Message
 from .pty import PtyDevice
 from .referee import GateReferee, LineTally
 
@@ -41,6 +44,27 @@ QUIET_S = 0.05  # a sensor about to be unplugged goes quiet this long (its last 
 SILENCE_S = 0.2  # how long a silent controller withholds acknowledgements
 
 
+class Scenario(Protocol):
+    """What passes a simulated station, and what its sensor says about each item."""
+
+    name: str
+    sensor: str  # the sensor's device name: "taps", "scale"
+    sensor_buffers: bool  # does an unplugged sensor keep its readings for when it returns?
+    classes: tuple[str, ...]
+    views: int
+    channels: tuple[str, ...]  # what each view has: ("r", "g", "b") and maybe "nir"
+    frame_px: int
+    readings_expected: int  # readings that complete an item (the fusion spec's)
+
+    def label(self, item_id: int) -> int: ...
+
+    def render(self, item_id: int, size: int, views: int) -> list[ViewFrame]: ...
+
+    def readings(self, item_id: int, t0_ms: int) -> Sequence[Message]:
+        """The sensor's messages about an item announced at ``t0_ms``, each at its ``t_ms``."""
+        ...
+
+
 @dataclass(frozen=True)
 class LineConfig:
     items: int = 500
@@ -48,26 +72,23 @@ class LineConfig:
     first_item_id: int = 1
     pitch_ms: float = 100.0  # time between two items
     deadline_ms: int = 300  # from the announcement to the gate
-    tap_delay_ms: float = 10.0  # first tap after the announcement
     lanes: int = 1
     faults: FaultRates = field(default_factory=FaultRates)
 
 
 class SimulatedRig:
-    """The camera rig: renders the announced fruit's views on capture, with view faults."""
+    """The camera rig: renders the announced item's views on capture, with view faults."""
 
-    view_count = VIEWS
-
-    def __init__(self, fruit: Callable[[int], FruitSpec], rates: FaultRates = FaultRates(), seed: int = 0,
-                 counts: FaultCounter | None = None, frame_px: int = FRAME_PX) -> None:
-        self._fruit = fruit
+    def __init__(self, scenario: Scenario, rates: FaultRates = FaultRates(), seed: int = 0,
+                 counts: FaultCounter | None = None) -> None:
+        self._scenario = scenario
+        self.view_count = scenario.views
         self._rates = rates
         self._seed = seed
-        self._frame_px = frame_px
         self.counts = counts if counts is not None else FaultCounter()
 
     def capture(self, item_id: int) -> ItemCapture:
-        rendered = render_views(self._fruit(item_id), size=self._frame_px, views=self.view_count)
+        rendered = self._scenario.render(item_id, self._scenario.frame_px, self.view_count)
         if not self._rates.any:
             return ItemCapture(item_id=item_id, views=tuple(rendered))
         rng = random.Random(f"{self._seed}/{item_id}/rig")  # the same faults in every process
@@ -100,34 +121,38 @@ class SimulatedRig:
         return ItemCapture(item_id=item_id, views=tuple(views), errors=tuple(errors), late=tuple(late))
 
 
-class SimulatedAvocadoLine:
-    """Run with ``with SimulatedAvocadoLine(cfg) as line:``; point the runtime at
-    ``line.port("controller")``, ``line.port("taps")`` and ``line.rig``; then ``line.wait()``."""
+class SimulatedLine:
+    """Run with ``with SimulatedLine(cfg, scenario) as line:``; point the runtime at
+    ``line.port("controller")``, ``line.port(line.sensor)`` and ``line.rig``; then ``line.wait()``.
+    Without a scenario, it is the avocado line of world ``cfg.seed``."""
 
-    def __init__(self, config: LineConfig) -> None:
+    def __init__(self, config: LineConfig, scenario: Scenario | None = None) -> None:
         self.config = config
+        self.scenario = scenario if scenario is not None else AvocadoScenario(config.seed)
+        self.sensor = self.scenario.sensor
         self.injected = FaultCounter()
         self._links_dir = tempfile.TemporaryDirectory(prefix="sortline-line-")
         self.controller = PtyDevice(Path(self._links_dir.name) / "controller")
-        self.tap_sensor = PtyDevice(Path(self._links_dir.name) / "tap-sensor")
+        self.sensor_device = PtyDevice(Path(self._links_dir.name) / self.sensor)
         rng = random.Random(config.seed)
         self._controller_wire = FaultyWire(self.controller, config.faults, random.Random(rng.random()), self.injected)
-        self._tap_wire = FaultyWire(self.tap_sensor, config.faults, random.Random(rng.random()), self.injected)
+        self._sensor_wire = FaultyWire(self.sensor_device, config.faults, random.Random(rng.random()), self.injected)
         self._item_rng = random.Random(rng.random())
-        self.rig = SimulatedRig(self.fruit, config.faults, config.seed, self.injected)
+        self.rig = SimulatedRig(self.scenario, config.faults, config.seed, self.injected)
         self.referee = GateReferee()
         self.silences: list[float] = []  # when the controller went silent (monotonic seconds)
-        self._tap_down = False  # unplugged, or back but waiting for the station to reopen
-        self._tap_backlog: list = []
+        self._sensor_down = False  # unplugged, or back but waiting for the station to reopen
+        self._sensor_backlog: list = []
         self._end = 0.0  # heartbeats stop once every item has passed its gate
         self._last_announced = config.first_item_id - 1
+        self._due = 0.0
         self._stop = threading.Event()
         self._announced_all = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def port(self, device: str) -> str:
-        """The pyserial URL of a device: "controller" or "taps"."""
-        return {"controller": self.controller.port, "taps": self.tap_sensor.port}[device]
+        """The pyserial URL of a device: "controller", or the sensor's name ("taps", "scale")."""
+        return {"controller": self.controller.port, self.sensor: self.sensor_device.port}[device]
 
     def announced_at(self, item_id: int) -> float:
         return self.referee.announced_time(item_id)
@@ -137,13 +162,10 @@ class SimulatedAvocadoLine:
         c = self.config
         return range(c.first_item_id, c.first_item_id + c.items)
 
-    def fruit(self, item_id: int) -> FruitSpec:
-        return make_fruit(item_id, self.config.seed)
-
     def truth(self, item_id: int) -> int:
-        return self.fruit(item_id).label
+        return self.scenario.label(item_id)
 
-    def start(self) -> SimulatedAvocadoLine:
+    def start(self) -> SimulatedLine:
         for target, name in ((self._run_schedule, "sim-schedule"), (self._run_gate_listener, "sim-gates")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -175,10 +197,10 @@ class SimulatedAvocadoLine:
         for thread in self._threads:
             thread.join(timeout=2)
         self.controller.close()
-        self.tap_sensor.close()
+        self.sensor_device.close()
         self._links_dir.cleanup()
 
-    def __enter__(self) -> SimulatedAvocadoLine:
+    def __enter__(self) -> SimulatedLine:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -190,7 +212,7 @@ class SimulatedAvocadoLine:
     # --- threads ----------------------------------------------------------------------------
 
     def _run_schedule(self) -> None:
-        """One clock for everything the devices send: announcements, taps, heartbeats, outages."""
+        """One clock for everything the devices send: announcements, readings, heartbeats, outages."""
         c = self.config
         start = time.monotonic() + 0.2
         self._end = start + c.items * c.pitch_ms / 1000 + c.deadline_ms / 1000
@@ -210,23 +232,27 @@ class SimulatedAvocadoLine:
             delay = at - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 return
+            self._due = at  # when this should happen, however late a busy machine runs it
             for follow_at, follow in action() or ():
                 push(follow_at, follow)
         # Real devices keep talking; a last clean heartbeat reveals a loss at the very end.
         t_ms = int(time.monotonic() * 1000)
-        for wire, last_item_id in ((self._controller_wire, self._last_announced), (self._tap_wire, -1)):
+        for wire, last_item_id in ((self._controller_wire, self._last_announced), (self._sensor_wire, -1)):
             wire.flush()
             wire.send(Heartbeat(t_ms=t_ms, last_item_id=last_item_id), faults=False)
         self._announced_all.set()
 
     def _heartbeat(self) -> list:
-        self._controller_wire.send(Heartbeat(t_ms=int(time.monotonic() * 1000), last_item_id=self._last_announced))
-        next_at = time.monotonic() + HEARTBEAT_S
+        self._controller_wire.send(Heartbeat(t_ms=int(self._due * 1000), last_item_id=self._last_announced))
+        next_at = self._due + HEARTBEAT_S
         return [(next_at, self._heartbeat)] if next_at <= self._end else []
 
     def _announce(self, item_id: int) -> list:
+        """The item passes at its scheduled time; that is the time its announcement and its
+        readings carry, and what the readings are scheduled from, so a late-running simulator
+        sends late frames but never reorders what happened."""
         c = self.config
-        now = time.monotonic()
+        now = self._due
         self.referee.announce(item_id, now, c.deadline_ms / 1000)
         self._last_announced = item_id
         if self._item_rng.random() < c.faults.controller_silences:
@@ -235,37 +261,38 @@ class SimulatedAvocadoLine:
         t_ms = int(now * 1000)
         self._controller_wire.send(ItemArrival(item_id=item_id, lane=item_id % c.lanes, t_ms=t_ms,
                                                deadline_ms=c.deadline_ms))
-        follow: list = [(now + (tap.t_ms - t_ms) / 1000, lambda tap=tap: self._send_tap(tap))
-                        for tap in tap_series(self.fruit(item_id), t0_ms=t_ms + int(c.tap_delay_ms))]
-        if not self._tap_down and self._item_rng.random() < c.faults.sensor_disconnects:
-            self._tap_down = True  # from now on the sensor keeps its readings to itself
-            follow.append((now + QUIET_S, self._unplug_tap_sensor))
+        follow: list = [(now + (reading.t_ms - t_ms) / 1000, lambda reading=reading: self._send_reading(reading))
+                        for reading in self.scenario.readings(item_id, t_ms)]
+        if not self._sensor_down and self._item_rng.random() < c.faults.sensor_disconnects:
+            self._sensor_down = True  # from now on the sensor's readings do not reach the station
+            self._sensor_wire.flush()  # a held frame goes now, with the quiet time to be read
+            follow.append((now + QUIET_S, self._unplug_sensor))
         if item_id == self.item_ids[-1]:
             self._announced_all.set()
         return follow
 
-    def _send_tap(self, tap) -> None:
-        if self._tap_down:
-            self._tap_backlog.append(tap)  # a sensor that is down keeps its readings
-        else:
-            self._tap_wire.send(tap)
+    def _send_reading(self, reading: Message) -> None:
+        if not self._sensor_down:
+            self._sensor_wire.send(reading)
+        elif self.scenario.sensor_buffers:
+            self._sensor_backlog.append(reading)  # a tap sensor that is down keeps its readings
 
-    def _unplug_tap_sensor(self) -> list:
+    def _unplug_sensor(self) -> list:
         self.injected.add("sensor_disconnects")
-        self._tap_wire.flush()
-        self.tap_sensor.disconnect()
-        return [(time.monotonic() + DISCONNECT_S, self._replug_tap_sensor)]
+        self._sensor_wire.flush()
+        self.sensor_device.disconnect()
+        return [(self._due + DISCONNECT_S, self._replug_sensor)]
 
-    def _replug_tap_sensor(self) -> list:
-        self.tap_sensor.reconnect()
+    def _replug_sensor(self) -> list:
+        self.sensor_device.reconnect()
         # pyserial flushes its input on open: hold the backlog until the station has reopened.
-        return [(time.monotonic() + REOPEN_S, self._drain_tap_backlog)]
+        return [(self._due + REOPEN_S, self._drain_sensor_backlog)]
 
-    def _drain_tap_backlog(self) -> None:
-        self._tap_down = False
-        backlog, self._tap_backlog = self._tap_backlog, []
-        for tap in backlog:
-            self._tap_wire.send(tap)
+    def _drain_sensor_backlog(self) -> None:
+        self._sensor_down = False
+        backlog, self._sensor_backlog = self._sensor_backlog, []
+        for reading in backlog:
+            self._sensor_wire.send(reading)
 
     def _run_gate_listener(self) -> None:
         while not self._stop.is_set():

@@ -126,7 +126,7 @@ class StreamRecorder:
             for name, url in ports.items()
         ]
         self.controller = next(iter(ports))
-        self._captured: set[int] = set()
+        self.announced: dict[int, float] = {}  # item id → when its announcement was read
 
     def run(self, stop: threading.Event) -> None:
         for link in self.links:
@@ -139,8 +139,8 @@ class StreamRecorder:
                     continue
                 message = received.message
                 if (isinstance(message, ItemArrival) and received.source == self.controller
-                        and message.item_id not in self._captured):
-                    self._captured.add(message.item_id)
+                        and message.item_id not in self.announced):
+                    self.announced[message.item_id] = received.at
                     try:
                         self.writer.capture(self.rig.capture(message.item_id), time.monotonic())
                     except (FrameError, OSError) as exc:
@@ -244,6 +244,8 @@ class ReplayedLine:
         self._links = tempfile.mkdtemp(prefix="sortline-replay-")
         self.devices = {d: PtyDevice(Path(self._links) / d) for d in self.meta["devices"]}
         self.controller = self.devices[self.meta["devices"][0]]
+        # The item sensor: named in the metadata, or the one device beside the controller.
+        self.sensor = self.meta.get("sensor") or (self.meta["devices"][1:] or ["none"])[0]
         self.rig = ReplayRig(recording)
         self.referee = GateReferee()
         self._truth = {row["item_id"]: row for row in recording.truth}

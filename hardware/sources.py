@@ -73,12 +73,15 @@ class OpenCVCamera:
 
 
 class ImageFolderSource:
-    """The images in a folder, in name order, as if a camera took them one by one."""
+    """The images in a folder, in name order, as if a camera took them one by one (at ``fps``
+    frames a second when given, else as fast as they are read)."""
 
-    def __init__(self, folder: str | Path, nir: bool = False, loop: bool = False) -> None:
+    def __init__(self, folder: str | Path, nir: bool = False, loop: bool = False, fps: float | None = None) -> None:
         self.folder = Path(folder)
         self.nir = nir
         self.loop = loop
+        self._period = 1 / fps if fps else 0.0
+        self._last = 0.0
         self._paths = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self._paths:
             raise FrameError(f"{self.folder}: no images")
@@ -91,6 +94,11 @@ class ImageFolderSource:
             self._next = 0
         path = self._paths[self._next]
         self._next += 1
+        if self._period:
+            wait = self._last + self._period - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._last = time.monotonic()
         rgb = read_image(path).rgb
         image = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if self.nir else rgb
         return TimedFrame(time.monotonic(), image)

@@ -58,8 +58,8 @@ def make_tiny_bundle(out: Path, work: Path, labeled_fruit: int = 120) -> Bundle:
     items = []
     for i in range(labeled_fruit):
         fruit = make_fruit(i, seed=77, label=i % 4 if i < 16 else None)  # every class present
-        items.append(SimItem(fruit, render_views(fruit), tap_series(fruit)))
-    head, fusion = fit_fusion_head(embedder, items, CLASSES, FusionSpec(taps_expected=TAPS_PER_ITEM))
+        items.append(SimItem(fruit.label, render_views(fruit), tap_series(fruit)))
+    head, fusion = fit_fusion_head(embedder, items, CLASSES, FusionSpec.for_sensor("taps", TAPS_PER_ITEM))
     manifest = Manifest(
         name="tiny-test",
         input=SPEC,
@@ -70,6 +70,38 @@ def make_tiny_bundle(out: Path, work: Path, labeled_fruit: int = 120) -> Bundle:
         metrics={"note": "test fixture"},
     )
     return write_bundle(out, manifest, onnx_path, head)
+
+
+def make_tiny_checkout_bundle(out: Path, work: Path, labeled_items: int = 150, products: int = 6) -> Bundle:
+    """A checkout bundle: the tiny backbone on RGB, its head fitted on drawn products and their
+    weights from the scale."""
+    from sortline.export.bundle import write_bundle
+    from sortline.hardware.checkout import Catalog, CheckoutScenario
+    from sortline.train.fusion_head import fit_fusion_head
+    from sortline.train.sim_data import sim_items
+
+    scenario = CheckoutScenario(Catalog.procedural(products), seed=78)
+    spec = InputSpec(size=32, views=scenario.views, channels=("r", "g", "b"), mean=(0.5,) * 3, std=(0.25,) * 3)
+    onnx_path = tiny_backbone_onnx(work / "tiny-rgb.onnx", channels=3)
+    items = list(sim_items(scenario, labeled_items))
+    head, fusion = fit_fusion_head(OnnxEmbedder(onnx_path, spec), items, scenario.classes,
+                                   FusionSpec.for_sensor("scale", scenario.readings_expected))
+    manifest = Manifest(
+        name="tiny-checkout-test",
+        input=spec,
+        embedding_dim=16,
+        labels=scenario.classes,
+        decision=DecisionPolicy({name: 1 for name in scenario.classes}, safe_exit=0, min_confidence=0.3),
+        fusion=fusion,
+        metrics={"note": "test fixture"},
+    )
+    return write_bundle(out, manifest, onnx_path, head)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkout_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    work = tmp_path_factory.mktemp("tiny-checkout")
+    return make_tiny_checkout_bundle(work / "bundle", work)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ def test_every_item_gets_exactly_one_gate_command(tiny_bundle, tmp_path):
     assert sum(s["class_counts"].values()) == 40
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted(e["item_id"] for e in events) == list(range(1, 41))
-    assert all(e["reason"] in (CONFIDENT, UNSURE) and e["taps"] == 5 and e["views"] == 4 for e in events)
+    assert all(e["reason"] in (CONFIDENT, UNSURE) and e["readings"] == 5 and e["views"] == 4 for e in events)
     # The exit the controller received is the one the station logged.
     assert {e["item_id"]: e["exit"] for e in events} == run.tally.exits
 
@@ -53,7 +53,7 @@ def harness(tiny_bundle, tmp_path):
     links = [SerialLink(controller.port, "controller", inbox=inbox).open(),
              SerialLink(sensor.port, "taps", inbox=inbox).open()]
     station = Station(ItemPipeline(tiny_bundle, threads=1), _FlakyRig(), *links,
-                      StationConfig(tap_wait_ms=80), event_log=tmp_path / "events.jsonl")
+                      StationConfig(sensor_wait_ms=80), event_log=tmp_path / "events.jsonl")
     stop = threading.Event()
     worker = threading.Thread(target=station.run, args=(stop,), daemon=True)
     worker.start()
@@ -103,7 +103,7 @@ def test_bad_items_go_to_the_safe_exit_and_the_line_goes_on(harness):
     assert by_item[1].reason in (CONFIDENT, UNSURE)
     assert station.stats.repeated_announcements == 1
     assert station.stats.capture_errors == 1
-    assert station.tap_sensor.stats.bad_crc == 1
+    assert station.sensor.stats.bad_crc == 1
 
 
 def test_an_item_announced_too_late_goes_to_the_safe_exit(harness):

@@ -15,7 +15,8 @@ from .checkpoint import load_checkpoint
 def demo(args: argparse.Namespace) -> dict:
     from .demo import DemoConfig, run_demo
 
-    summary = run_demo(DemoConfig(items=args.items, out=args.out, pool_fruit=args.pool_fruit,
+    summary = run_demo(DemoConfig(items=args.items, out=args.out, scenario=args.scenario, products=args.products,
+                                  product_count=args.product_count, pool_fruit=args.pool_fruit,
                                   labeled_fruit=args.labeled_fruit, epochs=args.epochs, seed=args.seed,
                                   faults=args.faults, progress=not args.quiet))
     print((Path(args.out) / "summary.md").read_text())

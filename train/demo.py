@@ -1,8 +1,11 @@
-"""``sortline demo``: the whole loop on a simulated avocado line.
+"""``sortline demo``: the whole loop on a simulated station, an avocado line or a checkout.
 
 render an unlabeled pool → pretrain (SimCLR) → export ONNX (parity-checked) → int8 with
 calibration → fit the fusion head on the int8 embeddings of a small labeled set → bundle →
 run the station against the simulated line over pseudo-terminals → summary.
+
+The checkout's bundle is the way to train a checkout bundle: the same steps on rendered
+products (drawn, or photos from an image folder) fused with the scale's weight.
 """
 
 from __future__ import annotations
@@ -18,15 +21,14 @@ import torch
 
 from sortline.edge_runtime.bundle import DecisionPolicy, Manifest
 from sortline.edge_runtime.fusion import FusionSpec
-from sortline.edge_runtime.hil import sort_on_simulated_line
+from sortline.edge_runtime.hil import make_scenario, sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
 from sortline.edge_runtime.preprocess import InputSpec, normalize
 from sortline.edge_runtime.report import markdown
 from sortline.export.build import ExportConfig, export_model
 from sortline.export.bundle import write_bundle
-from sortline.hardware.avocado import CLASSES, TAPS_PER_ITEM, VIEWS
 from sortline.hardware.faults import FaultRates
-from sortline.hardware.line_sim import LineConfig
+from sortline.hardware.line_sim import LineConfig, Scenario
 
 from .augment import MultiChannelAugment
 from .backbones import build_backbone
@@ -43,12 +45,22 @@ log = logging.getLogger(__name__)
 # Where each quality class leaves the line. Exit 0 is the safe exit (manual inspection).
 AVOCADO_EXITS = {"A": 1, "external": 2, "internal": 3, "both": 3}
 SAFE_EXIT = 0
+CHECKOUT_EXIT = 1  # a recognised product is billed; exit 0 calls the attendant
+
+
+def exits_for(scenario: Scenario) -> dict[str, int]:
+    if scenario.name == "avocado":
+        return AVOCADO_EXITS
+    return {name: CHECKOUT_EXIT for name in scenario.classes}
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     items: int = 500
     out: Path = Path("demo-out")
+    scenario: str = "avocado"  # or "checkout"
+    products: Path | None = None  # checkout: product photos (default: drawn products)
+    product_count: int = 12  # checkout: drawn products
     pool_fruit: int = 2000  # unlabeled fruit for pretraining (×4 views)
     labeled_fruit: int = 600  # labeled fruit for the fusion head
     backbone: str = "resnet10"
@@ -74,13 +86,18 @@ def _stage(name: str, timings: dict[str, float], start: float) -> float:
 def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = InputSpec(size=cfg.image_size, views=VIEWS)
     timings: dict[str, float] = {}
     worlds = {"pool": cfg.seed * 10 + 1, "labeled": cfg.seed * 10 + 2, "line": cfg.seed * 10 + 3}
+    scenarios = {k: make_scenario(cfg.scenario, seed, cfg.products, cfg.product_count) for k, seed in worlds.items()}
+    first = scenarios["pool"]
+    classes = first.classes
+    channels = first.channels
+    spec = InputSpec(size=cfg.image_size, views=first.views, channels=channels,
+                     mean=(0.5,) * len(channels), std=(0.25,) * len(channels))
     t = time.perf_counter()
 
     # 1. Unlabeled pool, the edge's preprocessing applied once and kept as uint8.
-    pool = unlabeled_views(worlds["pool"], cfg.pool_fruit, spec, desc="render pool" if cfg.progress else None)
+    pool = unlabeled_views(scenarios["pool"], cfg.pool_fruit, spec, desc="render pool" if cfg.progress else None)
     t = _stage("render_pool", timings, t)
 
     # 2. Pretrain.
@@ -107,22 +124,23 @@ def run_demo(cfg: DemoConfig) -> dict:
     t = _stage("export", timings, t)
 
     # 4. Fusion head on the int8 embeddings of the labeled set, then the bundle.
-    labeled = list(sim_items(worlds["labeled"], cfg.labeled_fruit, desc="render labeled" if cfg.progress else None))
-    fusion = FusionSpec(taps_expected=TAPS_PER_ITEM)
-    head, fusion = fit_fusion_head(exported.embedder, labeled, CLASSES, fusion, seed=cfg.seed)
-    labeled_counts = np.bincount([item.fruit.label for item in labeled], minlength=len(CLASSES))
+    labeled = list(sim_items(scenarios["labeled"], cfg.labeled_fruit,
+                             desc="render labeled" if cfg.progress else None))
+    fusion = FusionSpec.for_sensor(first.sensor, first.readings_expected)
+    head, fusion = fit_fusion_head(exported.embedder, labeled, classes, fusion, seed=cfg.seed)
+    labeled_counts = np.bincount([item.label for item in labeled], minlength=len(classes))
     manifest = Manifest(
-        name=f"avocado-{cfg.backbone}-simclr",
+        name=f"{cfg.scenario}-{cfg.backbone}-simclr",
         input=spec,
         embedding_dim=backbone.embedding_dim,
-        labels=CLASSES,
-        decision=DecisionPolicy(AVOCADO_EXITS, SAFE_EXIT, cfg.min_confidence),
+        labels=classes,
+        decision=DecisionPolicy(exits_for(first), SAFE_EXIT, cfg.min_confidence),
         fusion=fusion,
         metrics={
             "pretrain": {"method": "simclr" if result.steps else "none (random initialisation)",
                          "pool_views": len(pool), **result.to_dict()},
             "export": exported.report,
-            "head_training": {CLASSES[i]: int(n) for i, n in enumerate(labeled_counts)},
+            "head_training": {classes[i]: int(n) for i, n in enumerate(labeled_counts)},
         },
     )
     bundle = write_bundle(out / "bundle", manifest, exported.path, head)
@@ -133,7 +151,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                       faults=FaultRates.uniform(cfg.faults))
     events = out / "events.jsonl"
     events.unlink(missing_ok=True)
-    run = sort_on_simulated_line(ItemPipeline(bundle, threads=1), line, event_log=events, progress=cfg.progress)
+    run = sort_on_simulated_line(ItemPipeline(bundle, threads=1), line, scenarios["line"], event_log=events,
+                                 progress=cfg.progress)
     t = _stage("sort", timings, t)
 
     summary = {
@@ -145,7 +164,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(f"# sortline demo: simulated avocado line\n\n{markdown(summary)}")
+    title = "simulated avocado line" if cfg.scenario == "avocado" else "simulated checkout"
+    (out / "summary.md").write_text(f"# sortline demo: {title}\n\n{markdown(summary)}")
     confusion_png(run.summary["confusion"]["matrix"], run.summary["confusion"]["labels"], out / "confusion.png",
                   f"{run.summary['items']} fruit, accuracy {run.summary['accuracy']}, MCC {run.summary['mcc']}")
     latency_png(run.stats.latencies_ms, run.stats.compute_ms, cfg.deadline_ms, out / "latency.png")

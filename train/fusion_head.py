@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sortline.edge_runtime.embedder import OnnxEmbedder
-from sortline.edge_runtime.fusion import FusionSpec, fuse, pressure_features
+from sortline.edge_runtime.fusion import FusionSpec, fuse, sensor_features
 from sortline.edge_runtime.head import LogisticHead
 
 from .sim_data import SimItem
@@ -21,7 +21,7 @@ def fit_fusion_head(
 ) -> tuple[LogisticHead, FusionSpec]:
     """The head, and the fusion spec completed with the training means for missing readings."""
     embeddings = [embedder.embed_views(item.views) for item in items]
-    fusion = fusion.with_fill(np.stack([pressure_features(item.taps, fusion) for item in items]))
-    features = np.stack([fuse(e, item.taps, fusion) for e, item in zip(embeddings, items)])
-    targets = np.array([item.fruit.label for item in items])
+    fusion = fusion.with_fill(np.stack([sensor_features(item.readings, fusion) for item in items]))
+    features = np.stack([fuse(e, item.readings, fusion) for e, item in zip(embeddings, items)])
+    targets = np.array([item.label for item in items])
     return LogisticHead.fit(features, targets, labels, C=C_GRID, seed=seed), fusion

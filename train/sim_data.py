@@ -1,4 +1,4 @@
-"""Training data from the avocado simulator: the same renderer the simulated line uses."""
+"""Training data from a simulated scenario: the same renderer and sensor the simulated line uses."""
 
 from __future__ import annotations
 
@@ -9,27 +9,29 @@ import numpy as np
 from tqdm import tqdm
 
 from sortline.edge_runtime.preprocess import InputSpec
-from sortline.hardware.avocado import FruitSpec, make_fruit, render_views, tap_series
 from sortline.hardware.camera import ViewFrame
-from sortline.hardware.protocol import TapReading
+from sortline.hardware.line_sim import Scenario
+from sortline.hardware.protocol import ScaleReading, TapReading
 
 from .data import views_to_uint8
 
 
 @dataclass(frozen=True)
 class SimItem:
-    fruit: FruitSpec
+    """One labeled item as a station would see it: its views, its sensor readings, its class."""
+
+    label: int
     views: list[ViewFrame]
-    taps: list[TapReading]
+    readings: list[TapReading | ScaleReading]
 
 
-def sim_items(seed: int, count: int, desc: str | None = None) -> Iterator[SimItem]:
-    """``count`` fruit of world ``seed``, with their views and taps (a progress bar if ``desc``)."""
-    for item_id in tqdm(range(count), desc=desc, unit="fruit", disable=desc is None, dynamic_ncols=True):
-        fruit = make_fruit(item_id, seed)
-        yield SimItem(fruit, render_views(fruit), tap_series(fruit))
+def sim_items(scenario: Scenario, count: int, desc: str | None = None) -> Iterator[SimItem]:
+    """Items ``0..count-1`` of ``scenario`` with their views and readings (a progress bar if ``desc``)."""
+    for item_id in tqdm(range(count), desc=desc, unit="item", disable=desc is None, dynamic_ncols=True):
+        yield SimItem(scenario.label(item_id), scenario.render(item_id, scenario.frame_px, scenario.views),
+                      list(scenario.readings(item_id, 0)))
 
 
-def unlabeled_views(seed: int, count: int, spec: InputSpec, desc: str | None = None) -> np.ndarray:
-    """Every view of ``count`` fruit as ``(count·V)×C×S×S`` uint8, labels thrown away."""
-    return np.concatenate([views_to_uint8(item.views, spec) for item in sim_items(seed, count, desc)])
+def unlabeled_views(scenario: Scenario, count: int, spec: InputSpec, desc: str | None = None) -> np.ndarray:
+    """Every view of ``count`` items as ``(count·V)×C×S×S`` uint8, labels thrown away."""
+    return np.concatenate([views_to_uint8(item.views, spec) for item in sim_items(scenario, count, desc)])

@@ -1,0 +1,163 @@
+"""A station's configuration file (TOML), read by ``sortline serve`` and ``sortline record``.
+
+::
+
+    [station]
+    bundle = "bundles/avocado-line3"     # serve: the bundle to run
+    event_log = "events.jsonl"           # serve: one JSON line per item (optional)
+
+    [controller]
+    port = "/dev/serial/by-id/usb-FTDI_line3-if00-port0"   # any pyserial URL: /dev/tty*,
+                                                           # socket://, rfc2217://, loop://
+    [sensor]
+    kind = "taps"                        # taps | scale | none
+    port = "/dev/serial/by-id/usb-Acme_tap-sensor-if00"
+
+    [rig]
+    tolerance_ms = 40                    # a camera's frame must be this close to the trigger
+    wait_ms = 60                         # how long a capture waits for a late frame
+
+    [[views]]                            # one table per view, in view order
+    rgb = 0                              # an OpenCV device index, a video file, an RTSP URL,
+    nir = 2                              # a GStreamer pipeline, or "folder:PATH" (images)
+
+Relative paths are relative to the file. Every mistake is a :class:`ConfigError` that names
+the file and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sortline.hardware.sources import ImageFolderSource, MultiViewRig, OpenCVCamera, Source, ViewSources
+
+from .errors import SortlineError
+
+SENSOR_KINDS = ("taps", "scale", "none")
+FOLDER_PREFIX = "folder:"
+FOLDER_FPS = 30.0  # an image folder standing in for a camera streams at a camera's rate
+
+
+class ConfigError(SortlineError, ValueError):
+    """A station file that is missing, unreadable or wrong; the message names file and key."""
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    rgb: int | str
+    nir: int | str | None = None
+
+
+@dataclass(frozen=True)
+class StationFile:
+    path: Path
+    controller: str
+    sensor_kind: str
+    sensor_port: str | None
+    views: tuple[ViewConfig, ...]
+    tolerance_ms: float = 40.0
+    wait_ms: float = 60.0
+    bundle: Path | None = None
+    event_log: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ports(self) -> dict[str, str]:
+        """Device name → pyserial URL, the controller first (as recordings want them)."""
+        ports = {"controller": self.controller}
+        if self.sensor_kind != "none" and self.sensor_port:
+            ports[self.sensor_kind] = self.sensor_port
+        return ports
+
+    def build_rig(self) -> MultiViewRig:
+        """Open every camera of every view. A camera that cannot be opened is an error now,
+        not a missing view on every item later."""
+        opened: list[Source] = []
+        try:
+            views = []
+            for view in self.views:
+                rgb = self._source(view.rgb, nir=False)
+                opened.append(rgb)
+                nir = None if view.nir is None else self._source(view.nir, nir=True)
+                if nir is not None:
+                    opened.append(nir)
+                views.append(ViewSources(rgb, nir))
+            return MultiViewRig(views, tolerance_ms=self.tolerance_ms, wait_ms=self.wait_ms)
+        except Exception:
+            for source in opened:
+                source.close()
+            raise
+
+    def _source(self, spec: int | str, nir: bool) -> Source:
+        if isinstance(spec, str) and spec.startswith(FOLDER_PREFIX):
+            folder = Path(spec[len(FOLDER_PREFIX):])
+            folder = folder if folder.is_absolute() else self.path.parent / folder
+            return ImageFolderSource(folder, nir=nir, loop=True, fps=FOLDER_FPS)
+        return OpenCVCamera(spec, nir=nir)
+
+
+def _table(data: dict, key: str, path: Path, required: bool = True) -> dict:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{path}: no [{key}] table")
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {key} must be a table")
+    return value
+
+
+def _camera(value: object, where: str, path: Path) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+        raise ConfigError(f"{path}: {where} must be a device index, a URL or file, or 'folder:PATH'")
+    return value
+
+
+def load_station_file(path: str | Path) -> StationFile:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such station file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable TOML file ({exc})") from None
+    controller = _table(data, "controller", path)
+    port = controller.get("port")
+    if not isinstance(port, str) or not port:
+        raise ConfigError(f"{path}: controller.port must be a pyserial URL or device path")
+    sensor = _table(data, "sensor", path, required=False)
+    kind = sensor.get("kind", "none")
+    if kind not in SENSOR_KINDS:
+        raise ConfigError(f"{path}: sensor.kind is {kind!r}; one of {SENSOR_KINDS}")
+    sensor_port = sensor.get("port")
+    if kind != "none" and (not isinstance(sensor_port, str) or not sensor_port):
+        raise ConfigError(f"{path}: sensor.port is needed for a {kind} sensor")
+    views_data = data.get("views")
+    if not isinstance(views_data, list) or not views_data:
+        raise ConfigError(f"{path}: at least one [[views]] table is needed")
+    views = []
+    for i, view in enumerate(views_data):
+        if not isinstance(view, dict) or "rgb" not in view:
+            raise ConfigError(f"{path}: views[{i}] needs an rgb camera")
+        nir = view.get("nir")
+        views.append(ViewConfig(_camera(view["rgb"], f"views[{i}].rgb", path),
+                                None if nir is None else _camera(nir, f"views[{i}].nir", path)))
+    rig = _table(data, "rig", path, required=False)
+    station = _table(data, "station", path, required=False)
+    try:
+        tolerance_ms, wait_ms = float(rig.get("tolerance_ms", 40.0)), float(rig.get("wait_ms", 60.0))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: rig.tolerance_ms and rig.wait_ms must be numbers") from None
+
+    def relative(value: object, key: str) -> Path | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: station.{key} must be a path")
+        p = Path(value)
+        return p if p.is_absolute() else path.parent / p
+
+    return StationFile(path, port, kind, sensor_port if kind != "none" else None, tuple(views), tolerance_ms, wait_ms,
+                       relative(station.get("bundle"), "bundle"), relative(station.get("event_log"), "event_log"))

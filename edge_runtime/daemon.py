@@ -1,0 +1,94 @@
+"""The station as a daemon (``sortline serve``) and as a recorder (``sortline record``), both
+configured by a station file (:mod:`sortline.edge_runtime.config`)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sortline.hardware.recording import RecordingWriter, StreamRecorder
+from sortline.hardware.serial_link import Received, SerialLink
+
+from .config import ConfigError, StationFile
+from .pipeline import ItemPipeline
+from .station import Station, StationConfig, StationStats
+
+log = logging.getLogger(__name__)
+
+
+def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None = None,
+          config: StationConfig = StationConfig()) -> tuple[StationStats, dict[str, int]]:
+    """Run the station until ``stop`` is set; return its counters and the faults it saw."""
+    bundle = bundle or station_file.bundle
+    if bundle is None:
+        raise ConfigError(f"{station_file.path}: no station.bundle, and none given")
+    pipeline = ItemPipeline.from_path(bundle)
+    wanted = pipeline.manifest.fusion.sensor
+    if wanted not in ("none", station_file.sensor_kind):
+        raise ConfigError(f"{station_file.path}: the bundle fuses a {wanted!r} sensor, "
+                          f"the station has {station_file.sensor_kind!r}")
+    inbox: queue.Queue[Received] = queue.Queue(maxsize=4096)
+    ports = station_file.ports
+    controller = SerialLink(ports["controller"], "controller", inbox=inbox)
+    sensor_name = next((name for name in ports if name != "controller"), None)
+    sensor = SerialLink(ports[sensor_name], sensor_name, inbox=inbox) if sensor_name else None
+    rig = station_file.build_rig()
+    try:
+        controller.open()
+        if sensor is not None:
+            sensor.open()
+        station = Station(pipeline, rig, controller, sensor, config, event_log=station_file.event_log)
+        log.info("serving %s with bundle %s", station_file.path, bundle)
+        stats = station.run(stop)
+        return stats, station.observed_faults()
+    finally:
+        controller.close()
+        if sensor is not None:
+            sensor.close()
+        rig.close()
+
+
+def record_station(station_file: StationFile, out: Path, items: int | None = None, seconds: float | None = None,
+                   stop: threading.Event | None = None, progress: bool = True) -> dict:
+    """Record what the station's devices say and its cameras see, until ``items`` items have
+    been announced, ``seconds`` have passed, or ``stop`` is set (Ctrl-C)."""
+    stop = stop or threading.Event()
+    ports = station_file.ports
+    rig = station_file.build_rig()
+    t0 = time.monotonic()
+    writer = RecordingWriter(out, list(ports), t0)
+    recorder = StreamRecorder(writer, ports, rig)
+    done = threading.Event()
+    thread = threading.Thread(target=recorder.run, args=(done,), name="recorder", daemon=True)
+    thread.start()
+    try:
+        with tqdm(total=items, desc="recording", unit="item", disable=not progress, dynamic_ncols=True) as bar:
+            while not stop.is_set():
+                count = len(recorder.announced)
+                bar.update(count - bar.n)
+                if items is not None and count >= items:
+                    time.sleep(0.3)  # the last item's readings and gate traffic
+                    break
+                if seconds is not None and time.monotonic() - t0 >= seconds:
+                    break
+                stop.wait(0.05)
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        rig.close()
+    duration = time.monotonic() - t0
+    truth = [{"item_id": item, "announced_t": round(at - t0, 6), "label": None}
+             for item, at in sorted(recorder.announced.items())]
+    sensor = next((name for name in ports if name != "controller"), "none")
+    writer.finish({"scenario": "recorded", "station_file": str(station_file.path), "devices": list(ports),
+                   "sensor": sensor, "views": len(station_file.views), "labels": [], "items": len(truth),
+                   "duration_s": round(duration, 3), "rig": asdict(station_file)["views"],
+                   "injected": {}, "silences": []}, truth)
+    return {"recording": str(out), "items": len(truth), "captures": writer.captures,
+            "serial_bytes": writer.serial_bytes, "seconds": round(duration, 1)}
