@@ -38,7 +38,7 @@ def image_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(image_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    assert main(["pretrain", "--data", str(image_folder), "--epochs", "2", "--batch-size", "8",
+    assert main(["pretrain", "--method", "simclr", "--data", str(image_folder), "--epochs", "2", "--batch-size", "8",
                  "--image-size", "32", "--out", str(out), "--quiet"]) == 0
     return out
 
@@ -92,8 +92,9 @@ def test_broken_checkpoint_and_data_are_clear_errors(tmp_path, image_folder, cap
     assert main(["export", "--checkpoint", str(bad), "--calibration", str(image_folder),
                  "--out", str(tmp_path / "b")]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
-    assert main(["pretrain", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.ckpt")]) == 2
-    assert "no such folder" in capsys.readouterr().err
+    assert main(["pretrain", "--method", "simclr", "--data", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "x.ckpt")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
 
 
 def test_unreadable_calibration_image_is_named_or_skipped(checkpoint, image_folder, tmp_path, capsys):

@@ -202,25 +202,33 @@ def _item_folder(root, items=6):
 
 
 def test_every_method_runs_from_the_command_line(tmp_path, capsys):
+    """On images (RGB) and on simulator data: a recording of a simulated line (4 views per
+    item, RGB + NIR, labeled by its ground truth)."""
     images = _image_folder(tmp_path / "images")
-    items = _item_folder(tmp_path / "items")
+    recording = tmp_path / "rec"
+    assert main(["simulate", "--scenario", "avocado", "--items", "10", "--pitch-ms", "30", "--record", str(recording),
+                 "--quiet"]) == 0
     common = ["--epochs", "1", "--batch-size", "8", "--image-size", "32", "--quiet", "--json"]
-    teacher = tmp_path / "supcon.ckpt"
-    for name in ["supcon"] + sorted(set(METHODS) - {"supcon"}):
-        extra = ["--teacher", str(teacher), "--unlabeled", str(images)] if name == "distill" else []
-        out = tmp_path / f"{name}.ckpt"
-        assert main(["pretrain", "--method", name, "--data", str(images), "--out", str(out), *common, *extra]) == 0
-        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert report["steps"] >= 1 and report["method"] == name
-        backbone, spec, meta = load_checkpoint(out)
-        assert spec.channels == ("r", "g", "b") and meta["method"] == name
-        if name in ("simclr", "rotnet"):  # simulator data: 4 views per item, RGB + NIR
-            out = tmp_path / f"{name}-items.ckpt"
-            assert main(["pretrain", "--method", name, "--data", str(items), "--out", str(out), "--pool", "lca",
-                         *common]) == 0
-            capsys.readouterr()
+    for data, channels in ((images, ("r", "g", "b")), (recording, ("r", "g", "b", "nir"))):
+        teacher = tmp_path / f"supcon-{data.name}.ckpt"
+        for name in ["supcon"] + sorted(set(METHODS) - {"supcon"}):
+            extra = ["--teacher", str(teacher), "--unlabeled", str(data)] if name == "distill" else []
+            out = teacher if name == "supcon" else tmp_path / f"{name}-{data.name}.ckpt"
+            pool = ["--pool", "lca"] if name == "simclr" else []
+            assert main(["pretrain", "--method", name, "--data", str(data), "--out", str(out), *common, *pool,
+                         *extra]) == 0, name
+            report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            assert report["steps"] >= 1 and report["method"] == name
             backbone, spec, meta = load_checkpoint(out)
-            assert spec.channels == ("r", "g", "b", "nir") and backbone.pool == "lca" and meta["images"] == 24
+            assert spec.channels == channels and meta["method"] == name
+            assert backbone.pool == ("lca" if name == "simclr" else "avg")
+
+
+def test_multi_view_item_folders_are_training_data(tmp_path):
+    from sortline.train.data import load_training_set
+
+    data = load_training_set(_item_folder(tmp_path / "items"), size=32)
+    assert data.images.shape == (24, 4, 32, 32) and data.spec.views == 4 and data.labeled_count == 0
 
 
 def test_pretrain_errors_are_clear(tmp_path, capsys):
