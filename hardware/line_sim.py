@@ -243,7 +243,9 @@ class SimulatedLine:
         self._announced_all.set()
 
     def _heartbeat(self) -> list:
-        self._controller_wire.send(Heartbeat(t_ms=int(self._due * 1000), last_item_id=self._last_announced))
+        # A heartbeat tells the controller's clock as it goes out (the station learns the clock
+        # from it); an announcement tells when its item passed, however late it is sent.
+        self._controller_wire.send(Heartbeat(t_ms=int(time.monotonic() * 1000), last_item_id=self._last_announced))
         next_at = self._due + HEARTBEAT_S
         return [(next_at, self._heartbeat)] if next_at <= self._end else []
 
