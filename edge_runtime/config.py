@@ -28,7 +28,7 @@ the file and the key.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sortline.hardware.sources import ImageFolderSource, MultiViewRig, OpenCVCamera, Source, ViewSources
@@ -61,7 +61,6 @@ class StationFile:
     wait_ms: float = 60.0
     bundle: Path | None = None
     event_log: Path | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def ports(self) -> dict[str, str]:

@@ -167,9 +167,6 @@ class CheckoutScenario:
         return render_views(self._appearance(self.item(item_id)), np.random.default_rng([self.seed, item_id, 11]),
                             size, views)
 
-    def render_item(self, item: CheckoutItem, size: int = FRAME_PX, views: int = VIEWS) -> list[ViewFrame]:
-        return render_views(self._appearance(item), np.random.default_rng([self.seed, item.item_id, 11]), size, views)
-
     def readings(self, item_id: int, t0_ms: int) -> list[ScaleReading]:
         return scale_series(self.item(item_id).grams, t0_ms, np.random.default_rng([self.seed, item_id, 13]))
 
@@ -231,7 +228,3 @@ def scale_series(grams: float, t0_ms: int, rng: np.random.Generator,
         t += READING_STEP_MS
     readings.append(ScaleReading(t_ms=t0_ms + EMPTY_AFTER_MS, grams=round(abs(rng.normal(0, 0.3)), 1), stable=1))
     return readings
-
-
-def is_empty_plate(reading: ScaleReading, threshold_g: float = 5.0) -> bool:
-    return bool(reading.stable) and reading.grams < threshold_g

@@ -114,6 +114,5 @@ def test_faulty_live_checkout(tiny_checkout_bundle):
                                  LineConfig(items=120, seed=5, pitch_ms=60, faults=FaultRates.uniform(0.03)),
                                  make_scenario("checkout", 5, None, 6), progress=False)
     s = run.summary
-    assert s["items"] + s["faults"].get("unannounced", 0) >= 0
     assert s["gate_commands"] == 120 and s["lost"] == 0 and s["duplicates"] == 0
     assert s["faults"] == s["faults_injected"]
