@@ -63,7 +63,7 @@ def main() -> None:
     unknown = (set(backbones) - set(BACKBONES)) | (set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown names {sorted(unknown)}")
-    spec = InputSpec(size=args.image_size, channels=("r", "g", "b"), mean=(0.5,) * 3, std=(0.25,) * 3, views=1)
+    spec = InputSpec.for_channels(("r", "g", "b"), args.image_size)
     rng = np.random.default_rng(0)
     n = args.batch_size * 4
     images = rng.integers(0, 255, (n, 3, args.image_size, args.image_size), dtype=np.uint8)

@@ -29,10 +29,6 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
     if bundle is None:
         raise ConfigError(f"{station_file.path}: no station.bundle, and none given")
     pipeline = ItemPipeline.from_path(bundle)
-    wanted = pipeline.manifest.fusion.sensor
-    if wanted not in ("none", station_file.sensor_kind):
-        raise ConfigError(f"{station_file.path}: the bundle fuses a {wanted!r} sensor, "
-                          f"the station has {station_file.sensor_kind!r}")
     inbox: queue.Queue[Received] = queue.Queue(maxsize=4096)
     ports = station_file.ports
     controller = SerialLink(ports["controller"], "controller", inbox=inbox)

@@ -21,7 +21,6 @@ from sortline.hardware.recording import Recording, RecordingError, RecordingWrit
 from sortline.hardware.referee import LineTally
 from sortline.hardware.serial_link import Received, SerialLink
 
-from .config import ConfigError
 from .datasets import load_image_set
 from .pipeline import Decision, ItemPipeline
 from .report import summarize
@@ -81,9 +80,6 @@ def sort_on_line(
     """Run a station on ``line`` until every item has passed; return what both sides saw."""
     inbox: queue.Queue[Received] = queue.Queue(maxsize=4096)
     # A simulated device waits REOPEN_S (0.3 s) after coming back before it talks: reopen well within it.
-    wanted = pipeline.manifest.fusion.sensor
-    if wanted not in ("none", line.sensor):
-        raise ConfigError(f"the bundle fuses a {wanted!r} sensor, the line has a {line.sensor!r} sensor")
     controller = SerialLink(line.port("controller"), "controller", inbox=inbox, reconnect_s=0.05)
     sensor = SerialLink(line.port(line.sensor), line.sensor, inbox=inbox, reconnect_s=0.05)
     stop = threading.Event()

@@ -38,6 +38,12 @@ class InputSpec:
         if self.size < 8 or self.views < 1 or min(self.std) <= 0:
             raise ValueError(f"bad input spec: {self}")
 
+    @classmethod
+    def for_channels(cls, channels: tuple[str, ...], size: int = 64, views: int = 1) -> InputSpec:
+        """``channels`` at ``size`` px, each normalised by mean 0.5 and std 0.25 (after 0..1)."""
+        return cls(size=size, channels=tuple(channels), mean=(0.5,) * len(channels), std=(0.25,) * len(channels),
+                   views=views)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

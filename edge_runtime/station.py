@@ -34,6 +34,7 @@ from sortline.hardware.camera import CORRUPT, LOST, FrameError, FrameSource
 from sortline.hardware.protocol import Ack, GateCommand, Heartbeat, ItemArrival, ScaleReading, TapReading
 from sortline.hardware.serial_link import Received, SerialLink
 
+from .config import ConfigError
 from .pipeline import ERROR, LATE, UNANNOUNCED, Decision, ItemPipeline
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,9 @@ class Station:
     ) -> None:
         if sensor is not None and controller.inbox is not sensor.inbox:
             raise ValueError("the controller and sensor links must share one inbox")
+        wanted, present = pipeline.manifest.fusion.sensor, sensor.name if sensor is not None else "none"
+        if wanted not in ("none", present):
+            raise ConfigError(f"the bundle fuses a {wanted!r} sensor, the station has {present!r}")
         self.pipeline = pipeline
         self.rig = rig
         self.controller = controller
@@ -404,7 +408,7 @@ class Station:
                 "lane": pending.arrival.lane,
                 "latency_ms": round(latency_ms, 3),
                 "compute_ms": round(compute_ms, 3),
-                "readings": len(pending.taps) + len(pending.weights),
+                "readings": len(pending.readings),
                 "views": 0 if pending.embeddings is None else int(pending.embeddings.shape[0]),
                 "capture_errors": list(pending.capture_errors),
                 "sent": sent,

@@ -81,7 +81,7 @@ def make_tiny_checkout_bundle(out: Path, work: Path, labeled_items: int = 150, p
     from sortline.train.sim_data import sim_items
 
     scenario = CheckoutScenario(Catalog.procedural(products), seed=78)
-    spec = InputSpec(size=32, views=scenario.views, channels=("r", "g", "b"), mean=(0.5,) * 3, std=(0.25,) * 3)
+    spec = InputSpec.for_channels(scenario.channels, 32, views=scenario.views)
     onnx_path = tiny_backbone_onnx(work / "tiny-rgb.onnx", channels=3)
     items = list(sim_items(scenario, labeled_items))
     head, fusion = fit_fusion_head(OnnxEmbedder(onnx_path, spec), items, scenario.classes,

@@ -16,8 +16,6 @@ without data-loading workers.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from sortline.edge_runtime.datasets import DatasetError, load_image_set
 from sortline.edge_runtime.preprocess import InputSpec, to_unit_chw
 from sortline.hardware.camera import FrameError, ViewFrame
 from sortline.hardware.images import IMAGE_SUFFIXES, decode_image, read_image
+from sortline.hardware.recording import Recording
 
 from .augment import MultiChannelAugment
 
@@ -167,9 +166,8 @@ def _load_items(folder: Path, size: int, labels: dict[str, int], class_names: tu
     if not found:
         raise DatasetError(f"{folder}: no item subfolders with v<k>.rgb.* images")
     nir = all("nir" in v for _, views in found for v in views.values() if "rgb" in v)
-    spec = InputSpec(size=size, views=max(len(v) for _, v in found),
-                     channels=("r", "g", "b", "nir") if nir else ("r", "g", "b"),
-                     mean=(0.5,) * (4 if nir else 3), std=(0.25,) * (4 if nir else 3))
+    spec = InputSpec.for_channels(("r", "g", "b", "nir") if nir else ("r", "g", "b"), size,
+                                  views=max(len(v) for _, v in found))
     arrays, label_list, skipped = [], [], 0
     for item, views in tqdm(found, desc="read items", unit="item", disable=not progress, dynamic_ncols=True):
         for k in sorted(views):
@@ -199,15 +197,15 @@ def load_training_set(path: Path, size: int = 64, skip_unreadable: bool = False,
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
     if is_recording(path):
-        meta = json.loads((path / "recording.json").read_text(encoding="utf-8"))
-        truth = [json.loads(line) for line in (path / "truth.jsonl").read_text(encoding="utf-8").splitlines()
-                 if line.strip()]
-        labels = {f"{row['item_id']:06d}": int(row["label"]) for row in truth if row.get("label") is not None}
-        return _load_items(path / "frames", size, labels, tuple(meta.get("labels", ())), skip_unreadable, progress)
+        recording = Recording.open(path)
+        labels = {f"{row['item_id']:06d}": int(row["label"]) for row in recording.truth
+                  if row.get("label") is not None}
+        return _load_items(path / "frames", size, labels, tuple(recording.meta.get("labels", ())),
+                           skip_unreadable, progress)
     if is_item_folder(path):
         return _load_items(path, size, {}, (), skip_unreadable, progress)
     images = load_image_set(path)
-    spec = InputSpec(size=size, channels=("r", "g", "b"), mean=(0.5,) * 3, std=(0.25,) * 3, views=1)
+    spec = InputSpec.for_channels(("r", "g", "b"), size)
     kept, arrays = [], []
     for i, frame in tqdm(images.read(skip_unreadable=skip_unreadable), total=len(images), desc="read images",
                          unit="image", disable=not progress, dynamic_ncols=True):
@@ -241,5 +239,6 @@ def read_pairs(path: Path, images: Path) -> list[tuple[int, int]]:
 
 
 def batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """Full batches only, except that a share smaller than one batch is one batch."""
     per_rank = n // world
-    return per_rank // batch_size if per_rank >= batch_size else math.ceil(per_rank / batch_size)
+    return max(per_rank // batch_size, min(per_rank, 1))

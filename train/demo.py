@@ -92,8 +92,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     first = scenarios["pool"]
     classes = first.classes
     channels = first.channels
-    spec = InputSpec(size=cfg.image_size, views=first.views, channels=channels,
-                     mean=(0.5,) * len(channels), std=(0.25,) * len(channels))
+    spec = InputSpec.for_channels(channels, cfg.image_size, views=first.views)
     t = time.perf_counter()
 
     # 1. Unlabeled pool, the edge's preprocessing applied once and kept as uint8.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from sortline.edge_runtime.datasets import DatasetError
 from sortline.edge_runtime.errors import SortlineError
@@ -116,12 +117,10 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
                                balanced=cfg.balanced, max_seconds=cfg.max_seconds, num_workers=cfg.workers,
                                log_path=paths["log"], state_path=paths["state"]),
                    progress=cfg.progress, resume=cfg.resume)
-    import torch.distributed as dist
-
     if not dist.is_initialized() or dist.get_rank() == 0:
         save_checkpoint(paths["checkpoint"], model.backbone.cpu().to(memory_format=torch.contiguous_format).eval(),
                         data.spec, method=cfg.method, data=str(cfg.data), images=len(data),
-                        labeled=int((data.labels != UNLABELED).sum()), augment=augment.config.__dict__,
+                        labeled=data.labeled_count, augment=augment.config.__dict__,
                         train=result.to_dict())
     return {"checkpoint": str(paths["checkpoint"]), "state": str(paths["state"]), "method": cfg.method,
             "backbone": cfg.backbone, "pool": cfg.pool, "images": len(data), **result.to_dict()}
