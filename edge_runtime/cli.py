@@ -206,6 +206,34 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true")
     replay.set_defaults(handler=_replay)
 
+    evaluate = commands.add_parser("evaluate", help="judge a backbone's embeddings: probes, k-NN, retrieval, "
+                                   "few-shot, fine-tuning, with plots")
+    model = evaluate.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, help="a sortline backbone checkpoint")
+    model.add_argument("--bundle", type=Path, help="a bundle: its exported model, as the station runs it")
+    evaluate.add_argument("--train", type=Path, required=True,
+                          help="labeled gallery / training images (any data set form)")
+    evaluate.add_argument("--test", type=Path, required=True, help="labeled images to score (any data set form)")
+    evaluate.add_argument("--protocol", action="append",
+                          help="linear, knn, retrieval, kshot:K, oneshot, finetune[:K], scratch[:K]; repeat or "
+                               "separate by commas (default: linear,knn,retrieval,kshot:1,kshot:5,oneshot)")
+    evaluate.add_argument("--references", type=Path, help="oneshot: one image per class (default: the iconic "
+                          "images of a split file's classes.csv)")
+    evaluate.add_argument("--seeds", type=int, default=5, help="k-shot: random draws of the K images (5)")
+    evaluate.add_argument("--neighbours", type=int, default=20, help="knn: neighbours (20)")
+    evaluate.add_argument("--baselines", action="store_true",
+                          help="also the same architecture at random init, and scratch beside each finetune")
+    evaluate.add_argument("--finetune-epochs", type=float, default=30.0)
+    evaluate.add_argument("--finetune-lr", type=float, default=5e-4)
+    evaluate.add_argument("--finetune-max-seconds", type=float, help="stop each fine-tuning run past this")
+    evaluate.add_argument("--report", type=Path, help="write report.md, report.json and the plots here")
+    evaluate.add_argument("--gradcam-samples", type=int, default=16)
+    evaluate.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out, not stop")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    evaluate.set_defaults(handler=_desktop("evaluate"))
+
     export = commands.add_parser("export", help="a trained backbone → ONNX (int8/fp16) → verified bundle")
     export.add_argument("--checkpoint", type=Path, required=True, help="a sortline backbone checkpoint")
     export.add_argument("--calibration", type=Path, required=True,

@@ -77,6 +77,35 @@ def _class_names_beside(split_file: Path) -> dict[str, str]:
     return {row[id_col].strip(): row[name_col].strip() for row in rows[1:] if len(row) > max(name_col, id_col)}
 
 
+def reference_images(split_file: str | Path) -> ImageSet | None:
+    """One reference image per class from the ``classes.csv`` beside a split file, when it has
+    an ``Iconic Image Path`` column (grocery-store's studio product photos); paths are relative
+    to that folder. Labels index the classes as :func:`load_image_set` does for the split."""
+    split_file = Path(split_file)
+    table = split_file.parent / "classes.csv"
+    if not split_file.is_file() or not table.is_file():
+        return None
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header = [h.strip().lower() for h in rows[0]] if rows else []
+    name_col = next((i for i, h in enumerate(header) if h.startswith("class name")), None)
+    path_col = next((i for i, h in enumerate(header) if h.startswith("iconic image path")), None)
+    if name_col is None or path_col is None:
+        return None
+    names = load_image_set(split_file).class_names
+    index = {name: i for i, name in enumerate(names)}
+    paths, labels = [], []
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) <= max(name_col, path_col) or not row[path_col].strip():
+            continue
+        name = row[name_col].strip()
+        if name not in index:
+            raise DatasetError(f"{table}:{n}: class {name!r} is not among {split_file}'s classes")
+        paths.append(table.parent / row[path_col].strip().lstrip("/"))
+        labels.append(index[name])
+    return ImageSet(tuple(paths), np.array(labels), names) if paths else None
+
+
 def _load_split_file(path: Path) -> ImageSet:
     paths, label_texts = [], []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):

@@ -79,6 +79,8 @@ class LogisticHead:
             # scikit-learn 1.8+ announces changes to LogisticRegressionCV's defaults and
             # attributes; we pass neither and read only coef_, intercept_ and classes_.
             warnings.simplefilter("ignore", FutureWarning)
+            # one or a few examples per class (enrolling, few-shot) is a classification problem
+            warnings.filterwarnings("ignore", message="The number of unique classes", category=UserWarning)
             if isinstance(C, (int, float)) or smallest < 2:
                 c_value = float(C) if isinstance(C, (int, float)) else float(np.median(C))
                 model = LogisticRegression(C=c_value, class_weight=class_weight, max_iter=3000)

@@ -114,13 +114,19 @@ class Backbone(nn.Module):
         self.pool = pool
         self.in_channels = in_channels
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The last stage's map (``N×D×h×w``), for sliding-window detection and Grad-CAM."""
+    def stages(self) -> list[nn.Module]:
+        """The trunk as a chain of stages (each halves the resolution or keeps it); running them
+        in order is :meth:`feature_map`. Grad-CAM reads an inner stage when the last is tiny."""
         n = self.net
         if isinstance(n, ResNet):
-            x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-            return n.layer4(n.layer3(n.layer2(n.layer1(x))))
-        return n.features(x)
+            return [nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool), n.layer1, n.layer2, n.layer3, n.layer4]
+        return list(n.features)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map (``N×D×h×w``), for sliding-window detection and Grad-CAM."""
+        for stage in self.stages():
+            x = stage(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pooling(self.feature_map(x))

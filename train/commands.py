@@ -66,3 +66,31 @@ def pretrain(args: argparse.Namespace) -> dict:
           f"images in {report['seconds']:.0f} s ({report['images_per_s']:.0f} images/s), "
           f"loss {report['first_loss']} → {report['final_loss']}, embedding std {report['final_embedding_std']}")
     return report
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Every protocol for one backbone; a report with plots when --report is given."""
+    from .eval_report import DEFAULT_PROTOCOLS, EvaluateConfig, run_evaluation
+    from .finetune import FineTuneConfig
+
+    protocols = tuple(p.strip() for arg in args.protocol or () for p in arg.split(",") if p.strip())
+    config = EvaluateConfig(
+        train=args.train, test=args.test, checkpoint=args.checkpoint, bundle=args.bundle,
+        protocols=protocols or DEFAULT_PROTOCOLS, references=args.references, seeds=args.seeds,
+        neighbours=args.neighbours, baselines=args.baselines,
+        finetune=FineTuneConfig(epochs=args.finetune_epochs, lr=args.finetune_lr,
+                                max_seconds=args.finetune_max_seconds),
+        report=args.report, gradcam_samples=args.gradcam_samples, skip_unreadable=args.skip_unreadable,
+        seed=args.seed, progress=not args.quiet)
+    summary = run_evaluation(config)
+    width = max(len(r["protocol"]) for r in summary["protocols"])
+    for r in summary["protocols"]:
+        spread = f" ± {r['accuracy_std']:.1%}" if "accuracy_std" in r else ""
+        map_text = f", mAP {r['map']:.3f}" if r.get("map") is not None else ""
+        print(f"{r['protocol']:<{width}}  accuracy {r['accuracy']:.1%}{spread}, balanced {r['balanced_accuracy']:.1%}, "
+              f"macro-F1 {r['macro_f1']:.3f}, MCC {r['mcc']:.3f}{map_text}")
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    if args.report:
+        print(f"report: {args.report}/report.md")
+    return summary

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from sortline.edge_runtime.datasets import DatasetError, load_image_set
+from sortline.edge_runtime.datasets import DatasetError, ImageSet, load_image_set
 from sortline.edge_runtime.preprocess import InputSpec, to_unit_chw
 from sortline.hardware.camera import FrameError, ViewFrame
 from sortline.hardware.images import IMAGE_SUFFIXES, decode_image, read_image
@@ -204,7 +204,12 @@ def load_training_set(path: Path, size: int = 64, skip_unreadable: bool = False,
                            skip_unreadable, progress)
     if is_item_folder(path):
         return _load_items(path, size, {}, (), skip_unreadable, progress)
-    images = load_image_set(path)
+    return image_set_arrays(load_image_set(path), size, skip_unreadable, progress, what=str(path))
+
+
+def image_set_arrays(images: ImageSet, size: int = 64, skip_unreadable: bool = False, progress: bool = False,
+                     what: str = "image set") -> TrainingSet:
+    """The images of an :class:`ImageSet` through the edge preprocessing, RGB at ``size`` px."""
     spec = InputSpec.for_channels(("r", "g", "b"), size)
     kept, arrays = [], []
     for i, frame in tqdm(images.read(skip_unreadable=skip_unreadable), total=len(images), desc="read images",
@@ -212,7 +217,7 @@ def load_training_set(path: Path, size: int = 64, skip_unreadable: bool = False,
         kept.append(i)
         arrays.append(views_to_uint8([frame], spec)[0])
     if not arrays:
-        raise DatasetError(f"{path}: no readable images")
+        raise DatasetError(f"{what}: no readable images")
     labels = (images.labels[kept].astype(np.int64) if images.labeled
               else np.full(len(kept), UNLABELED, dtype=np.int64))
     return TrainingSet(np.stack(arrays), labels, images.class_names, spec)

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -160,8 +161,14 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def train(model: Method, dataset: ViewsDataset, config: TrainConfig, progress: bool = True,
-          resume: Path | None = None) -> TrainResult:
-    """Train ``model`` on ``dataset``; with ``resume``, continue from a training-state file."""
+          resume: Path | None = None, on_epoch: Callable[[float], None] | None = None,
+          desc: str = "pretrain") -> TrainResult:
+    """Train ``model`` on ``dataset``; with ``resume``, continue from a training-state file.
+
+    ``on_epoch(epochs_done)`` is called after every epoch and after the last step (fine-tuning
+    scores its test set there for a learning curve); it gets the model in training mode and
+    must leave it so.
+    """
     torch.manual_seed(config.seed)
     ddp = _init_distributed()
     dev = device()
@@ -214,7 +221,7 @@ def train(model: Method, dataset: ViewsDataset, config: TrainConfig, progress: b
         if not resume:
             writer.writerow(["step", "loss", "lr", "embedding_std", "images_per_s"])
     start = time.perf_counter() - result.seconds
-    bar = tqdm(total=total_steps, initial=result.steps, desc="pretrain", unit="step",
+    bar = tqdm(total=total_steps, initial=result.steps, desc=desc, unit="step",
                disable=not progress or not ddp.main, dynamic_ncols=True)
     stopped_early = False
     try:
@@ -246,9 +253,12 @@ def train(model: Method, dataset: ViewsDataset, config: TrainConfig, progress: b
                     log_file.flush()  # someone may be watching the log of a long run
                 if config.state_path and ddp.main and result.steps % config.state_every == 0:
                     _save_state(config.state_path, method, optimizer, scheduler, result, config)
+                out_of_time = config.max_seconds is not None and result.seconds > config.max_seconds
+                if on_epoch and (result.steps % steps_per_epoch == 0 or result.steps >= total_steps or out_of_time):
+                    on_epoch(result.steps / steps_per_epoch)
                 if result.steps >= total_steps:
                     break
-                if config.max_seconds is not None and result.seconds > config.max_seconds:
+                if out_of_time:
                     log.warning("stopping at step %d of %d: time budget of %.0f s spent",
                                 result.steps, total_steps, config.max_seconds)
                     stopped_early = True
