@@ -235,11 +235,10 @@ def _short(name: str, width: int = 20) -> str:
 
 def _gradcam_samples(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Up to ``n`` test images, from as many different classes as possible."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels))
-    first_of_class = [i for j, i in enumerate(order) if labels[i] not in labels[order[:j]]]
-    rest = [i for i in order if i not in set(first_of_class)]
-    return np.array((first_of_class + rest)[:n])
+    order = np.random.default_rng(seed).permutation(len(labels))
+    _, first = np.unique(labels[order], return_index=True)  # each class's first image in that order
+    rest = np.setdiff1d(np.arange(len(order)), first)
+    return order[np.concatenate([np.sort(first), rest])[:n]]
 
 
 def _pretrain_curve(path: Path) -> tuple[list[float], list[float]] | None:
