@@ -24,12 +24,13 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
-from sortline.edge_runtime.preprocess import InputSpec, normalize
+from sortline.edge_runtime.preprocess import InputSpec
 from sortline.export.onnx_export import INPUT_NAME, compare, export_backbone
 from sortline.export.quantize import convert_fp16, quantize_int8
 from sortline.hardware.avocado import AvocadoScenario
 from sortline.train.backbones import build_backbone
 from sortline.train.checkpoint import load_checkpoint
+from sortline.train.data import model_input
 from sortline.train.sim_data import unlabeled_views
 
 
@@ -79,7 +80,7 @@ def main() -> None:
         spec = InputSpec(size=args.image_size)
         model = build_backbone(args.backbone, in_channels=len(spec.channels)).eval()
     views = unlabeled_views(AvocadoScenario(4242), count=96, spec=spec)
-    data = normalize(views / np.float32(255), spec)
+    data = model_input(views, spec)
     calibration, probe = data[:256], data[-64:]
     threads = torch.get_num_threads()
 

@@ -61,20 +61,27 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _class_names_beside(split_file: Path) -> dict[str, str]:
+def _class_table(split_file: Path) -> tuple[Path, list[str], list[list[str]]]:
+    """The ``classes.csv`` beside a split file: its path, lower-cased header and rows (empty
+    when there is no such file)."""
     table = split_file.parent / "classes.csv"
     if not table.is_file():
-        return {}
+        return table, [], []
     with open(table, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    if not rows:
-        return {}
-    header = [h.strip().lower() for h in rows[0]]
-    name_col = next((i for i, h in enumerate(header) if h.startswith("class name")), None)
-    id_col = next((i for i, h in enumerate(header) if h.startswith("class id")), None)
+    return table, [h.strip().lower() for h in rows[0]] if rows else [], rows[1:]
+
+
+def _column(header: list[str], prefix: str) -> int | None:
+    return next((i for i, h in enumerate(header) if h.startswith(prefix)), None)
+
+
+def _class_names_beside(split_file: Path) -> dict[str, str]:
+    _, header, rows = _class_table(split_file)
+    name_col, id_col = _column(header, "class name"), _column(header, "class id")
     if name_col is None or id_col is None:
         return {}
-    return {row[id_col].strip(): row[name_col].strip() for row in rows[1:] if len(row) > max(name_col, id_col)}
+    return {row[id_col].strip(): row[name_col].strip() for row in rows if len(row) > max(name_col, id_col)}
 
 
 def reference_images(split_file: str | Path) -> ImageSet | None:
@@ -82,20 +89,16 @@ def reference_images(split_file: str | Path) -> ImageSet | None:
     an ``Iconic Image Path`` column (grocery-store's studio product photos); paths are relative
     to that folder. Labels index the classes as :func:`load_image_set` does for the split."""
     split_file = Path(split_file)
-    table = split_file.parent / "classes.csv"
-    if not split_file.is_file() or not table.is_file():
+    if not split_file.is_file():
         return None
-    with open(table, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    header = [h.strip().lower() for h in rows[0]] if rows else []
-    name_col = next((i for i, h in enumerate(header) if h.startswith("class name")), None)
-    path_col = next((i for i, h in enumerate(header) if h.startswith("iconic image path")), None)
+    table, header, rows = _class_table(split_file)
+    name_col, path_col = _column(header, "class name"), _column(header, "iconic image path")
     if name_col is None or path_col is None:
         return None
     names = load_image_set(split_file).class_names
     index = {name: i for i, name in enumerate(names)}
     paths, labels = [], []
-    for n, row in enumerate(rows[1:], start=2):
+    for n, row in enumerate(rows, start=2):
         if len(row) <= max(name_col, path_col) or not row[path_col].strip():
             continue
         name = row[name_col].strip()

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from sortline.edge_runtime.datasets import DatasetError, ImageSet, load_image_set
-from sortline.edge_runtime.preprocess import InputSpec, to_unit_chw
+from sortline.edge_runtime.preprocess import InputSpec, normalize, to_unit_chw
 from sortline.hardware.camera import FrameError, ViewFrame
 from sortline.hardware.images import IMAGE_SUFFIXES, decode_image, read_image
 from sortline.hardware.recording import Recording
@@ -43,6 +43,11 @@ def views_to_uint8(views: list[ViewFrame], spec: InputSpec) -> np.ndarray:
     The resized frames are uint8 already, so ×255 and rounding loses nothing.
     """
     return np.stack([np.rint(to_unit_chw(v, spec) * 255).astype(np.uint8) for v in views])
+
+
+def model_input(images: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Kept ``N×C×S×S`` uint8 images → the normalised float32 input a backbone takes."""
+    return normalize(images / np.float32(255), spec)
 
 
 @dataclass(frozen=True)

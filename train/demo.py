@@ -23,7 +23,7 @@ from sortline.edge_runtime.bundle import DecisionPolicy, Manifest
 from sortline.edge_runtime.fusion import FusionSpec
 from sortline.edge_runtime.hil import make_scenario, sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
-from sortline.edge_runtime.preprocess import InputSpec, normalize
+from sortline.edge_runtime.preprocess import InputSpec
 from sortline.edge_runtime.report import markdown
 from sortline.export.build import ExportConfig, export_model
 from sortline.export.bundle import write_bundle
@@ -33,7 +33,7 @@ from sortline.hardware.line_sim import LineConfig, Scenario
 from .augment import MultiChannelAugment
 from .backbones import build_backbone
 from .checkpoint import save_checkpoint
-from .data import ViewsDataset
+from .data import ViewsDataset, model_input
 from .fusion_head import fit_fusion_head
 from .loop import TrainConfig, train
 from .methods import build_method
@@ -118,7 +118,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # 3. Export (parity-checked against PyTorch), int8 with calibration views from the pool.
     rng = np.random.default_rng(cfg.seed)
-    sample = normalize(pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)] / np.float32(255), spec)
+    sample = model_input(pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)], spec)
     exported = export_model(backbone, spec, sample, out, ExportConfig(precision="int8", seed=cfg.seed))
     t = _stage("export", timings, t)
 

@@ -42,9 +42,10 @@ from sklearn.neighbors import KNeighborsClassifier
 from sortline.edge_runtime.embedder import OnnxEmbedder
 from sortline.edge_runtime.errors import SortlineError
 from sortline.edge_runtime.head import LogisticHead
-from sortline.edge_runtime.preprocess import InputSpec, normalize
+from sortline.edge_runtime.preprocess import InputSpec
 
 from .backbones import Backbone
+from .data import model_input
 
 KNN_TEMPERATURE = 0.07
 
@@ -68,7 +69,7 @@ def embed(backbone: Backbone, images: np.ndarray, spec: InputSpec, batch_size: i
     dev = next(backbone.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
-        x = normalize(images[i:i + batch_size] / np.float32(255), spec)
+        x = model_input(images[i:i + batch_size], spec)
         out.append(backbone(torch.from_numpy(x).to(dev)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, backbone.embedding_dim), np.float32)
 
@@ -94,7 +95,7 @@ class OnnxEncoder:
         return self.embedder.spec
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        out = [self.embedder.embed_batch(normalize(images[i:i + self.batch_size] / np.float32(255), self.spec))
+        out = [self.embedder.embed_batch(model_input(images[i:i + self.batch_size], self.spec))
                for i in range(0, len(images), self.batch_size)]
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 

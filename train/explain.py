@@ -11,9 +11,10 @@ from scipy.cluster.hierarchy import leaves_list, linkage
 from sklearn.manifold import TSNE
 
 from sortline.edge_runtime.head import LogisticHead
-from sortline.edge_runtime.preprocess import InputSpec, normalize
+from sortline.edge_runtime.preprocess import InputSpec
 
 from .backbones import Backbone
+from .data import model_input
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def grad_cam(backbone: Backbone, head: LogisticHead, images: np.ndarray, spec: I
     stages = backbone.eval().stages()
     if stage is None:
         stage, _ = pick_stage(backbone, spec.size)
-    x = torch.from_numpy(normalize(images / np.float32(255), spec))
+    x = torch.from_numpy(model_input(images, spec))
     with torch.no_grad():
         for s in stages[:stage + 1]:
             x = s(x)
