@@ -147,6 +147,12 @@ class Bundle:
     manifest: Manifest
 
     @property
+    def version(self) -> str:
+        """The bundle's name and the first 12 hex digits of its manifest's sha256: the manifest
+        lists every file's hash, so this names the exact contents."""
+        return f"{self.manifest.name}@{sha256_file(self.root / MANIFEST)[:12]}"
+
+    @property
     def backbone_path(self) -> Path:
         return self.root / self.manifest.backbone
 

@@ -33,7 +33,7 @@ def _simulate(args: argparse.Namespace) -> dict:
 
     from .hil import make_scenario, record_simulation
 
-    config = LineConfig(items=args.items, seed=args.seed, pitch_ms=args.pitch_ms,
+    config = LineConfig(items=args.items, seed=args.seed, pitch_ms=1000 / args.rate, lanes=args.lanes,
                         faults=FaultRates.uniform(args.faults))
     scenario = make_scenario(args.scenario, args.seed, args.products, args.product_count)
     result = record_simulation(config, args.record, scenario, progress=not args.quiet)
@@ -48,7 +48,7 @@ def _replay(args: argparse.Namespace) -> dict:
     from .pipeline import ItemPipeline
     from .report import markdown
 
-    run = replay_recording(ItemPipeline.from_path(args.bundle), args.recording, speed=args.speed,
+    run = replay_recording(ItemPipeline.for_station(args.bundle), args.recording, speed=args.speed,
                            event_log=args.events, progress=not args.quiet)
     print(markdown(run.summary))
     faults = run.summary["faults"]
@@ -108,6 +108,28 @@ def _bundle_verify(args: argparse.Namespace) -> dict:
     return {"ok": True, "bundle": str(bundle.root), "name": m.name, "files": sorted(m.files)}
 
 
+def _positive(kind: type):
+    """An argparse type: a number of ``kind`` above zero."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
+        return value
+
+    return parse
+
+
+def _line_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lanes", type=_positive(int), default=1,
+                        help="lanes the controller announces items on (default 1)")
+    parser.add_argument("--rate", type=_positive(float), default=10.0,
+                        help="items per second over all lanes (default 10)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sortline", description="Self-supervised recognition at the edge.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -115,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole loop on a simulated avocado line")
     demo.add_argument("--items", type=int, default=500, help="items to sort (default 500)")
+    _line_flags(demo)
+    demo.add_argument("--backbone", default="resnet10", help="the backbone to pretrain (default resnet10)")
+    demo.add_argument("--image-size", type=int, default=64, help="the model's input size in px (default 64)")
     demo.add_argument("--scenario", choices=["avocado", "checkout"], default="avocado",
                       help="a fruit-sorting line with a tap sensor, or a checkout with a scale")
     demo.add_argument("--products", type=Path,
@@ -175,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--items", type=int, default=500)
     simulate.add_argument("--faults", type=float, default=0.0, help="rate of every fault kind (e.g. 0.01)")
     simulate.add_argument("--seed", type=int, default=1000)
-    simulate.add_argument("--pitch-ms", type=float, default=100.0, help="time between two items")
+    _line_flags(simulate)
     simulate.add_argument("--record", type=Path, required=True, help="a new folder for the recording")
     simulate.add_argument("--quiet", action="store_true")
     simulate.add_argument("--json", action="store_true")

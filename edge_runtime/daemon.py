@@ -28,7 +28,7 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
     bundle = bundle or station_file.bundle
     if bundle is None:
         raise ConfigError(f"{station_file.path}: no station.bundle, and none given")
-    pipeline = ItemPipeline.from_path(bundle)
+    pipeline = ItemPipeline.for_station(bundle)
     inbox: queue.Queue[Received] = queue.Queue(maxsize=4096)
     ports = station_file.ports
     controller = SerialLink(ports["controller"], "controller", inbox=inbox)

@@ -20,11 +20,14 @@ from sortline.hardware.line_sim import LATE_VIEW_S, SILENCE_S, LineConfig, Scena
 from sortline.hardware.recording import Recording, RecordingError, RecordingWriter, ReplayedLine, StreamRecorder
 from sortline.hardware.referee import LineTally
 from sortline.hardware.serial_link import Received, SerialLink
+from sortline.hardware.sim_process import CachedScenario, LineProcess
 
 from .datasets import load_image_set
 from .pipeline import Decision, ItemPipeline
 from .report import summarize
 from .station import Station, StationConfig, StationStats
+
+DISTINCT_ITEMS = 1000  # a simulated line renders at most this many distinct items, then repeats them
 
 
 class Line(Protocol):
@@ -86,7 +89,9 @@ def sort_on_line(
     try:
         controller.open()
         sensor.open()
-        station = Station(pipeline, line.rig, controller, sensor, station_config, event_log=event_log)
+        decisions: list[Decision] = []
+        station = Station(pipeline, line.rig, controller, sensor, station_config, event_log=event_log,
+                          on_decision=decisions.append)
         worker = threading.Thread(target=station.run, args=(stop,), name="station", daemon=True)
         worker.start()
         start = time.monotonic()
@@ -103,15 +108,26 @@ def sort_on_line(
         line.stop()
     truth = {i: label for i in line.item_ids if (label := line.truth(i)) is not None}
     manifest = pipeline.manifest
-    summary = summarize(station.decisions, truth, manifest.labels, manifest.decision, tally, station.stats,
+    summary = summarize(decisions, truth, manifest.labels, manifest.decision, tally, station.stats,
                         wall_s, faults=station.observed_faults())
     summary["faults_injected"] = {kind: tally.injected.get(kind, 0) for kind in summary["faults"]}
-    return LineRun(tally, station.stats, station.decisions, truth, wall_s, summary)
+    return LineRun(tally, station.stats, decisions, truth, wall_s, summary)
 
 
 def sort_on_simulated_line(pipeline: ItemPipeline, line_config: LineConfig, scenario: Scenario | None = None,
-                           **kwargs) -> LineRun:
-    return sort_on_line(pipeline, SimulatedLine(line_config, scenario), **kwargs)
+                           distinct: int = DISTINCT_ITEMS, progress: bool = True, **kwargs) -> LineRun:
+    """The station against a simulated line whose devices run in their own process, with
+    frames rendered before the start (items repeat every ``distinct`` ids; see
+    :class:`CachedScenario`), so that the simulator can offer more than the station can take."""
+    if not isinstance(scenario, CachedScenario):  # a cached one may be shared by several runs
+        scenario = CachedScenario(scenario or AvocadoScenario(line_config.seed), min(line_config.items, distinct))
+    line = LineProcess(line_config, scenario)
+    try:
+        scenario.prerender(list(line.item_ids), progress=progress)
+    except BaseException:
+        line.stop()
+        raise
+    return sort_on_line(pipeline, line, progress=progress, **kwargs)
 
 
 def replay_recording(pipeline: ItemPipeline, recording: str | Path, speed: str = "realtime", **kwargs) -> LineRun:

@@ -14,6 +14,8 @@ from .bundle import Bundle, load_bundle
 from .embedder import OnnxEmbedder
 from .fusion import Reading, fuse
 
+STATION_THREADS = 1  # see ItemPipeline.for_station and benchmarks/edge_pipeline.py
+
 # Why an item got its exit. Anything but CONFIDENT goes to the safe exit.
 CONFIDENT = "confident"
 UNSURE = "unsure"
@@ -21,6 +23,7 @@ NO_VIEWS = "no-views"
 LATE = "late"
 ERROR = "error"
 UNANNOUNCED = "unannounced"
+OVERLOAD = "overload"  # the station could not embed it before its decision time
 
 
 @dataclass(frozen=True)
@@ -46,16 +49,23 @@ class Decision:
 class ItemPipeline:
     """The runtime half of a bundle: everything needed to turn one item into a decision."""
 
-    def __init__(self, bundle: Bundle, threads: int = 0) -> None:
+    def __init__(self, bundle: Bundle, threads: int = 0, spin: bool = True) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
-        self.embedder = OnnxEmbedder(bundle.backbone_path, self.manifest.input, threads=threads)
+        self.embedder = OnnxEmbedder(bundle.backbone_path, self.manifest.input, threads=threads, spin=spin)
         self.head = bundle.load_head()
         self.policy = self.manifest.decision
 
     @classmethod
-    def from_path(cls, path: str | Path, threads: int = 0) -> ItemPipeline:
-        return cls(load_bundle(path), threads=threads)
+    def from_path(cls, path: str | Path, threads: int = 0, spin: bool = True) -> ItemPipeline:
+        return cls(load_bundle(path), threads=threads, spin=spin)
+
+    @classmethod
+    def for_station(cls, path: str | Path | Bundle) -> ItemPipeline:
+        """The station's thread policy: one intra-op thread per embedding worker, no spinning,
+        so the model shares two cores with capture, the serial readers and the loop."""
+        bundle = path if isinstance(path, Bundle) else load_bundle(path)
+        return cls(bundle, threads=STATION_THREADS, spin=False)
 
     def embed(self, capture: ItemCapture) -> np.ndarray | None:
         """The present views' embeddings (``V×D``), or None when no view was captured."""

@@ -37,8 +37,6 @@ def summarize(
     cm = confusion_matrix(y_true, y_pred, labels=list(range(len(names)))) if judged else np.zeros((0, 0))
     right_exit = sum(1 for d, t in zip(judged, y_true) if d.exit == policy.exits[labels[t]])
     safe = sum(1 for d in judged if d.exit == policy.safe_exit)
-    latencies = np.asarray(stats.latencies_ms) if stats.latencies_ms else np.zeros(1)
-    compute = np.asarray(stats.compute_ms) if stats.compute_ms else np.zeros(1)
     return {
         "items": tally.items,
         "gate_commands": tally.gate_commands,
@@ -46,11 +44,14 @@ def summarize(
         "duplicates": tally.duplicates,
         "accuracy": round(float(accuracy_score(y_true, y_pred)), 4) if judged else None,
         "mcc": round(float(matthews_corrcoef(y_true, y_pred)), 4) if judged else None,
-        "latency_ms_p50": round(float(np.percentile(latencies, 50)), 2),
-        "latency_ms_p99": round(float(np.percentile(latencies, 99)), 2),
-        "compute_ms_p50": round(float(np.percentile(compute, 50)), 2),
-        "compute_ms_p99": round(float(np.percentile(compute, 99)), 2),
+        "latency_ms_p50": round(stats.latency_ms.percentile(50), 2),
+        "latency_ms_p99": round(stats.latency_ms.percentile(99), 2),
+        "latency_ms_p999": round(stats.latency_ms.percentile(99.9), 2),
+        "compute_ms_p50": round(stats.compute_ms.percentile(50), 2),
+        "compute_ms_p99": round(stats.compute_ms.percentile(99), 2),
         "deadline_misses": stats.deadline_misses + tally.late,
+        "late": tally.late,
+        "overload": stats.overload,
         "items_per_s": round(tally.items / wall_s, 2) if wall_s > 0 else None,
         "faults": dict(faults or {}),
         "retransmissions": tally.retransmissions,

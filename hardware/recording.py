@@ -17,11 +17,13 @@ import base64
 import datetime as dt
 import json
 import logging
+import math
 import queue
 import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from .serial_link import Received, SerialLink
 
 log = logging.getLogger(__name__)
 FORMAT = "sortline-recording/1"
-MAX_WAIT_S = 0.25  # at speed=max, the longest wait for the previous item's gate command
+MAX_LAG_S = 0.05  # at speed=max, how far an item may be played behind the replay's lead
 
 
 class RecordingError(SortlineError, ValueError):
@@ -230,9 +232,10 @@ class ReplayedLine:
     emulator that acknowledges gate commands (except in the recorded silences).
 
     ``speed="realtime"`` keeps the recorded timing. ``speed="max"`` plays each announcement as
-    soon as the previous item's gate command has come back (or after ``MAX_WAIT_S``, when that
-    item's announcement was lost and the station can only find it from the next one), so a run
-    takes as long as the station needs.
+    soon as the item before the previous one has its gate command, so a run takes as long as
+    the station needs; but never more than ``MAX_LAG_S`` behind the recorded spacing (the
+    station judges deadlines on the recorded device clocks), and an unplugged device waits out
+    its outage on its own while the others play on.
     """
 
     def __init__(self, recording: Recording, speed: str = "realtime") -> None:
@@ -312,8 +315,11 @@ class ReplayedLine:
         # leaves no gap in which the emulator's ACK could land inside another frame.
         partial = {device: bytearray() for device in self.devices}
         start = time.monotonic() + 0.2
-        shift = 0.0  # seconds the replay runs ahead of the recording (speed=max)
-        previous: int | None = None
+        lines = {device: _DeviceLine(device) for device in self.devices}  # each device's writes, in order
+        held: dict[str, float] = {}  # device -> its bytes wait until then (reopened after an outage)
+        unplugged: dict[str, tuple[float, float]] = {}  # device -> (recorded, played) time of its unplug
+        in_flight: deque[int] = deque(maxlen=2)  # the last two items played (speed=max)
+        lead = math.inf  # the least (played - recorded) time of any item so far (speed=max)
         deadline_s = float(self.meta.get("deadline_ms", 300)) / 1000
         for t, _, kind, payload in self._timeline():
             if self._stop.is_set():
@@ -322,18 +328,16 @@ class ReplayedLine:
                 delay = start + t - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
                     return
-            else:
-                if kind == "item":  # the next item waits for the station, not for the clock
-                    waited = time.monotonic()
-                    while (previous is not None and not self.referee.decided(previous)
-                           and time.monotonic() - waited < MAX_WAIT_S):
+            elif kind == "item":  # the next item waits for the station, not for the clock
+                    # Two items in flight: when an announcement was lost, the next one is what
+                    # tells the station. And never fall more than MAX_LAG_S behind the lead the
+                    # replay has built: the station reads the recorded device clocks, so an item
+                    # played later than its recorded spacing would reach it already late.
+                    while (len(in_flight) == 2 and not self.referee.decided(in_flight[0])
+                           and time.monotonic() - t < lead + MAX_LAG_S):
                         time.sleep(0.0005)
-                    shift = max(0.0, start + t - time.monotonic())
-                    previous = payload
-                elif kind == "reconnect":  # outages keep their length
-                    time.sleep(max(0.0, start + t - shift - time.monotonic()))
-                elif kind == "disconnect":
-                    time.sleep(QUIET_S)
+                    lead = min(lead, time.monotonic() - t)
+                    in_flight.append(payload)
             now = time.monotonic()
             if kind == "bytes":
                 device, data = payload
@@ -341,22 +345,31 @@ class ReplayedLine:
                 buffer += data
                 end = buffer.rfind(b"\n")
                 if end >= 0:
-                    self.devices[device].write(bytes(buffer[: end + 1]))
+                    lines[device].submit(held.get(device, 0.0), self.devices[device].write, bytes(buffer[: end + 1]))
                     del buffer[: end + 1]
             elif kind == "disconnect":
-                partial[payload[0]].clear()  # what was in flight when the cable went is gone
-                self.devices[payload[0]].disconnect()
+                device = payload[0]
+                partial[device].clear()  # what was in flight when the cable went is gone
+                # At speed=max only this device waits out its outage; the others play on.
+                unplug_at = now + QUIET_S if self.speed == "max" else now  # its last bytes get read
+                unplugged[device] = (t, unplug_at)
+                lines[device].submit(unplug_at, self.devices[device].disconnect)
             elif kind == "reconnect":
-                self.devices[payload[0]].reconnect()
+                device = payload[0]
+                recorded_t, unplug_at = unplugged.pop(device, (t, now))
+                replug_at = unplug_at + (t - recorded_t) if self.speed == "max" else now  # outages keep their length
+                lines[device].submit(replug_at, self.devices[device].reconnect)
                 if self.speed == "max":
-                    time.sleep(REOPEN_S)  # the recorded device waited for the reopen too
+                    held[device] = replug_at + REOPEN_S  # the recorded device waited for the reopen too
             elif kind == "item":
                 self.referee.announce(payload, now, deadline_s)
             elif kind == "silence":
                 self.referee.silence(now, float(self.meta.get("silence_ms", 0)) / 1000)
         for device, rest in partial.items():  # a stream may end inside a frame
             if rest:
-                self.devices[device].write(bytes(rest))
+                lines[device].submit(held.get(device, 0.0), self.devices[device].write, bytes(rest))
+        for line in lines.values():
+            line.close()
         self._played.set()
 
     def _referee(self) -> None:
@@ -364,3 +377,36 @@ class ReplayedLine:
             for message in self.controller.receive(timeout_s=0.05):
                 if isinstance(message, GateCommand) and self.referee.receive(message, time.monotonic()):
                     self.controller.send(Ack(item_id=message.item_id))
+
+
+class _DeviceLine:
+    """One replayed device's actions (writes, unplug, replug), each no earlier than its time and
+    in the order given; an action that is due and has nothing queued before it runs at once."""
+
+    def __init__(self, name: str) -> None:
+        self._actions: queue.Queue = queue.Queue()
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"replay-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, not_before: float, action, *args) -> None:
+        with self._lock:
+            if self._queued == 0 and time.monotonic() >= not_before:
+                action(*args)
+                return
+            self._queued += 1
+        self._actions.put((not_before, action, args))
+
+    def close(self) -> None:
+        """Wait for every queued action, then end the thread."""
+        self._actions.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while (entry := self._actions.get()) is not None:
+            not_before, action, args = entry
+            time.sleep(max(0.0, not_before - time.monotonic()))
+            with self._lock:
+                action(*args)
+                self._queued -= 1

@@ -85,7 +85,7 @@ def test_a_bundle_for_another_sensor_is_refused(tiny_bundle):
 def checkout_recording(tmp_path_factory):
     out = tmp_path_factory.mktemp("rec") / "checkout"
     assert main(["simulate", "--scenario", "checkout", "--product-count", "6", "--items", "150", "--faults", "0.03",
-                 "--seed", "31", "--pitch-ms", "60", "--record", str(out), "--quiet"]) == 0
+                 "--seed", "31", "--rate", "16.67", "--record", str(out), "--quiet"]) == 0
     return out
 
 

@@ -208,7 +208,7 @@ def test_every_method_runs_from_the_command_line(tmp_path, capsys):
     item, RGB + NIR, labeled by its ground truth)."""
     images = _image_folder(tmp_path / "images")
     recording = tmp_path / "rec"
-    assert main(["simulate", "--scenario", "avocado", "--items", "10", "--pitch-ms", "30", "--record", str(recording),
+    assert main(["simulate", "--scenario", "avocado", "--items", "10", "--rate", "33.3", "--record", str(recording),
                  "--quiet"]) == 0
     common = ["--epochs", "1", "--batch-size", "8", "--image-size", "32", "--quiet", "--json"]
     for data, channels in ((images, ("r", "g", "b")), (recording, ("r", "g", "b", "nir"))):

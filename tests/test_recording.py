@@ -15,7 +15,7 @@ from sortline.hardware.recording import Recording, RecordingError
 def recording(tmp_path_factory):
     out = tmp_path_factory.mktemp("rec") / "line"
     assert main(["simulate", "--scenario", "avocado", "--items", "120", "--faults", "0.03", "--seed", "21",
-                 "--pitch-ms", "30", "--record", str(out), "--quiet"]) == 0
+                 "--rate", "33.3", "--record", str(out), "--quiet"]) == 0
     return out
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sortline.edge_runtime.bundle import DecisionPolicy, Manifest
+from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest
 from sortline.edge_runtime.fusion import FusionSpec
 from sortline.edge_runtime.hil import make_scenario, sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
@@ -69,6 +69,7 @@ class DemoConfig:
     batch_size: int = 128
     max_pretrain_s: float | None = 360.0
     pitch_ms: float = 100.0
+    lanes: int = 1
     deadline_ms: int = 300
     min_confidence: float = 0.5
     faults: float = 0.0  # rate of every fault kind on the simulated line
@@ -83,12 +84,26 @@ def _stage(name: str, timings: dict[str, float], start: float) -> float:
     return now
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    worlds = {"pool": cfg.seed * 10 + 1, "labeled": cfg.seed * 10 + 2, "line": cfg.seed * 10 + 3}
-    scenarios = {k: make_scenario(cfg.scenario, seed, cfg.products, cfg.product_count) for k, seed in worlds.items()}
+def worlds(seed: int) -> dict[str, int]:
+    """The seeds of the demo's three worlds: pretraining pool, labeled items, the line."""
+    return {"pool": seed * 10 + 1, "labeled": seed * 10 + 2, "line": seed * 10 + 3}
+
+
+@dataclass
+class TrainedStation:
+    """What the desktop half of the demo makes: the bundle, and the PyTorch backbone behind it."""
+
+    bundle: Bundle
+    backbone: torch.nn.Module
+    scenarios: dict[str, Scenario]  # "pool", "labeled", "line": three worlds of one scenario
+    manifest: Manifest
+    export_report: dict
+
+
+def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> TrainedStation:
+    """Render → pretrain → export (int8) → fusion head → bundle, in ``out``."""
+    scenarios = {k: make_scenario(cfg.scenario, seed, cfg.products, cfg.product_count)
+                 for k, seed in worlds(cfg.seed).items()}
     first = scenarios["pool"]
     classes = first.classes
     channels = first.channels
@@ -143,14 +158,24 @@ def run_demo(cfg: DemoConfig) -> dict:
         },
     )
     bundle = write_bundle(out / "bundle", manifest, exported.path, head)
-    t = _stage("head_and_bundle", timings, t)
+    _stage("head_and_bundle", timings, t)
+    return TrainedStation(bundle, backbone, scenarios, manifest, exported.report)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    trained = train_station_bundle(cfg, out, timings)
+    bundle, scenarios, manifest = trained.bundle, trained.scenarios, trained.manifest
+    t = time.perf_counter()
 
     # 5. The station on the simulated line.
-    line = LineConfig(items=cfg.items, seed=worlds["line"], pitch_ms=cfg.pitch_ms, deadline_ms=cfg.deadline_ms,
-                      faults=FaultRates.uniform(cfg.faults))
+    line = LineConfig(items=cfg.items, seed=worlds(cfg.seed)["line"], pitch_ms=cfg.pitch_ms,
+                      deadline_ms=cfg.deadline_ms, lanes=cfg.lanes, faults=FaultRates.uniform(cfg.faults))
     events = out / "events.jsonl"
     events.unlink(missing_ok=True)
-    run = sort_on_simulated_line(ItemPipeline(bundle, threads=1), line, scenarios["line"], event_log=events,
+    run = sort_on_simulated_line(ItemPipeline.for_station(bundle), line, scenarios["line"], event_log=events,
                                  progress=cfg.progress)
     t = _stage("sort", timings, t)
 
@@ -158,7 +183,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         **run.summary,
         "bundle": str(bundle.root),
         "pretrain": manifest.metrics["pretrain"],
-        "export": exported.report,
+        "export": trained.export_report,
         "seconds": timings,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
     }
@@ -167,5 +192,5 @@ def run_demo(cfg: DemoConfig) -> dict:
     (out / "summary.md").write_text(f"# sortline demo: {title}\n\n{markdown(summary)}")
     confusion_png(run.summary["confusion"]["matrix"], run.summary["confusion"]["labels"], out / "confusion.png",
                   f"{run.summary['items']} fruit, accuracy {run.summary['accuracy']}, MCC {run.summary['mcc']}")
-    latency_png(run.stats.latencies_ms, run.stats.compute_ms, cfg.deadline_ms, out / "latency.png")
+    latency_png(run.stats.latency_ms, run.stats.compute_ms, cfg.deadline_ms, out / "latency.png")
     return summary

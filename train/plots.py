@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sortline.edge_runtime.station import StreamingHistogram  # noqa: E402
+
 
 def confusion_png(matrix: Sequence[Sequence[int]], names: Sequence[str], path: Path, title: str) -> Path:
     cm = np.asarray(matrix)
@@ -34,15 +36,20 @@ def confusion_png(matrix: Sequence[Sequence[int]], names: Sequence[str], path: P
     return path
 
 
-def latency_png(latencies_ms: Sequence[float], compute_ms: Sequence[float], deadline_ms: float, path: Path) -> Path:
+def latency_png(latency_ms: StreamingHistogram, compute_ms: StreamingHistogram, deadline_ms: float,
+                path: Path) -> Path:
     """Two panels: the whole decision latency (mostly waiting for the sensor) and the part
-    the station spends computing (capture, embedding, head)."""
+    the station spends computing (capture, embedding, head), from the station's histograms."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=120)
-    for ax, values, what in ((axes[0], latencies_ms, "announcement → gate command"),
-                             (axes[1], compute_ms, "station compute per item")):
-        ax.hist(values, bins=40, color="#4477aa")
+    for ax, hist, what in ((axes[0], latency_ms, "announcement → gate command"),
+                           (axes[1], compute_ms, "station compute per item")):
+        lows, counts = hist.nonzero()
+        if len(counts):  # regroup the fine log buckets into about 40 bars
+            edges = np.geomspace(lows[0], lows[-1] * 1.05, 41)
+            ax.hist(lows, bins=edges, weights=counts, color="#4477aa")
+            ax.set_xscale("log")
         for q, style in ((50, ":"), (99, "-.")):
-            v = float(np.percentile(values, q))
+            v = hist.percentile(q)
             ax.axvline(v, color="black", linestyle=style, label=f"p{q} {v:.1f} ms")
         ax.set_xlabel(f"{what} (ms)")
         ax.legend(fontsize=8)

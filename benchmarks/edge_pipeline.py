@@ -1,0 +1,210 @@
+"""The station's capacity, from the model alone to the whole station on a simulated N-lane line.
+
+    python benchmarks/edge_pipeline.py [--sizes default,production] [--rates 50,100,200,400,800]
+                                       [--lanes 8] [--epochs 0] [--seconds 6] [--out benchmarks/results]
+
+For each bundle size (default: ResNet-10 at 64 px; production: ResNet-18 at 128 px; both 4 views
+× RGB+NIR with 5 taps, trained by the demo's own path, ``--epochs 0`` keeping the random
+initialisation: speed does not depend on the weights), in one run:
+
+1. the compute limit on pre-captured items: the whole item (preprocess, embed, fuse, head) one
+   at a time with the station's thread policy, the same with ONNX Runtime's default threads,
+   and batched 8 items at a time as the station's flow does under load;
+2. the same model in PyTorch fp32 eager on the same items (the baseline of the ratios);
+3. the whole station against the simulated line (devices in their own process) at offered
+   rates stepping past its capacity: achieved items/s, decision latency p50/p99/p99.9,
+   deadline misses, late and lost items, overload exits, MCC; and each serial link's
+   utilisation at that rate.
+
+Writes ``edge_pipeline.md`` and ``edge_pipeline.json`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sortline.edge_runtime.fusion import fuse
+from sortline.edge_runtime.hil import sort_on_simulated_line
+from sortline.edge_runtime.pipeline import ItemPipeline
+from sortline.edge_runtime.preprocess import preprocess_views
+from sortline.hardware.line_sim import LineConfig
+from sortline.hardware.protocol import Ack, Encoder, GateCommand, ItemArrival, TapReading
+from sortline.hardware.sim_process import CachedScenario
+from sortline.train.demo import DemoConfig, train_station_bundle
+
+SIZES = {"default": ("resnet10", 64), "production": ("resnet18", 128)}
+BAUD = 115200
+DEADLINE_MS = 300
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def link_bytes_per_item(taps: int = 5) -> dict[str, int]:
+    """Bytes on each wire for one item: controller ITEM + GATE + ACK; sensor ``taps`` TAP frames."""
+    e = Encoder()
+    controller = (len(e.encode(ItemArrival(123456, 7, 12345678, DEADLINE_MS)))
+                  + len(e.encode(GateCommand(123456, 3))) + len(e.encode(Ack(123456))))
+    tap = len(e.encode(TapReading(123456, 4, 5, 12.345, 0.567, 12.34, 12345678)))
+    return {"controller": controller, "taps": tap * taps}
+
+
+def timed(fn, n: int) -> np.ndarray:
+    times = np.empty(n)
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        times[i] = time.perf_counter() - t
+    return times
+
+
+def compute_limits(bundle, backbone: torch.nn.Module, items: list, reps: int = 3) -> dict:
+    """Items/s of the whole item on pre-captured items, for each way of running it."""
+    station = ItemPipeline.for_station(bundle)
+    default = ItemPipeline(bundle)  # ONNX Runtime's defaults: one thread per core, spinning
+    n = len(items)
+    spec, fusion, head = station.manifest.input, station.manifest.fusion, station.head
+
+    def one(pipeline):
+        return lambda i: pipeline.classify(items[i % n][0], items[i % n][1])
+
+    def batched(i: int, size: int = 8) -> None:
+        chunk = [items[(i * size + k) % n] for k in range(size)]
+        inputs = [preprocess_views(c.present, spec) for c, _ in chunk]
+        embeddings = station.embedder.embed_batch(np.concatenate(inputs))
+        start = 0
+        for (capture, readings), x in zip(chunk, inputs):
+            station.decide(capture.item_id, embeddings[start:start + len(x)], readings)
+            start += len(x)
+
+    torch.set_num_threads(2)
+    backbone = backbone.eval()
+
+    @torch.inference_mode()
+    def eager(i: int) -> None:
+        capture, readings = items[i % n]
+        x = torch.from_numpy(preprocess_views(capture.present, spec))
+        head.predict_proba(fuse(backbone(x).numpy(), readings, fusion))
+
+    results = {}
+    for name, fn, per_call in (("station, 1 item", one(station), 1), ("ORT default threads, 1 item", one(default), 1),
+                               ("station, batches of 8", batched, 8), ("PyTorch fp32 eager, 1 item", eager, 1)):
+        timed(fn, 10)  # warm up
+        runs = np.concatenate([timed(fn, max(20, 3 * n // per_call)) for _ in range(reps)])
+        results[name] = {"items_per_s": round(per_call / float(np.median(runs)), 1),
+                         "ms_per_item_p50": round(float(np.median(runs)) * 1000 / per_call, 3),
+                         "ms_per_call_p99": round(float(np.percentile(runs, 99)) * 1000, 3)}
+    return results
+
+
+def line_runs(bundle, scenario, rates: list[float], lanes: int, seconds: float, seed: int) -> list[dict]:
+    per_item = link_bytes_per_item()
+    rows = []
+    for rate in rates:
+        items = int(max(300, rate * seconds))
+        config = LineConfig(items=items, seed=seed, pitch_ms=1000 / rate, deadline_ms=DEADLINE_MS, lanes=lanes)
+        run = sort_on_simulated_line(ItemPipeline.for_station(bundle), config, scenario, progress=False)
+        s = run.summary
+        line_s = items / rate
+        by_model = sum(n for reason, n in s["reasons"].items() if reason in ("confident", "unsure"))
+        rows.append({
+            "offered_per_s": rate, "items": s["items"], "lanes": lanes,
+            "achieved_per_s": round(by_model / line_s, 1),
+            "latency_ms_p50": s["latency_ms_p50"], "latency_ms_p99": s["latency_ms_p99"],
+            "latency_ms_p999": s["latency_ms_p999"], "compute_ms_p50": s["compute_ms_p50"],
+            "deadline_misses": s["deadline_misses"], "late": s["late"], "lost": s["lost"],
+            "duplicates": s["duplicates"], "overload": s["overload"], "mcc": s["mcc"],
+            "flow_queue_max": run.stats.flow_queue_max,
+            "link_utilisation": {k: round(rate * b * 10 / BAUD, 3) for k, b in per_item.items()},
+        })
+        print(f"  offered {rate:6.0f}/s: achieved {rows[-1]['achieved_per_s']:6.1f}/s, p99 {s['latency_ms_p99']} ms, "
+              f"misses {s['deadline_misses']}, overload {s['overload']}, lost {s['lost']}", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="default,production")
+    parser.add_argument("--rates", default="50,100,200,400,800")
+    parser.add_argument("--lanes", type=int, default=8)
+    parser.add_argument("--epochs", type=float, default=0.0, help="pretraining epochs for each bundle (0: random)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="line time per offered rate")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    report = {"cpu": cpu_name(), "cores": torch.get_num_threads(), "lanes": args.lanes, "deadline_ms": DEADLINE_MS,
+              "link_bytes_per_item": link_bytes_per_item(), "baud": BAUD, "sizes": {}}
+    print(f"CPU: {report['cpu']}")
+    with tempfile.TemporaryDirectory(prefix="sortline-bench-") as work:
+        for size in args.sizes.split(","):
+            backbone_name, px = SIZES[size]
+            print(f"{size}: {backbone_name} at {px} px — building the bundle", flush=True)
+            cfg = DemoConfig(backbone=backbone_name, image_size=px, epochs=args.epochs, pool_fruit=256,
+                             labeled_fruit=600, progress=False)
+            trained = train_station_bundle(cfg, Path(work) / size, {})
+            line = trained.scenarios["line"]
+            scenario = CachedScenario(line, 1000)
+            scenario.prerender(range(1000))
+            items = [(ItemCaptureOf(scenario, i), list(scenario.readings(i, 0))) for i in range(200)]
+            limits = compute_limits(trained.bundle, trained.backbone, items)
+            eager = limits["PyTorch fp32 eager, 1 item"]["items_per_s"]
+            for name, row in limits.items():
+                row["vs_eager"] = round(row["items_per_s"] / eager, 2)
+                print(f"  {name:28s} {row['items_per_s']:8.1f} items/s  ({row['vs_eager']}× eager)")
+            rows = line_runs(trained.bundle, scenario, rates, args.lanes, args.seconds, seed=cfg.seed * 10 + 3)
+            limit = limits["station, batches of 8"]["items_per_s"]
+            clean = [r["offered_per_s"] for r in rows
+                     if r["deadline_misses"] == r["overload"] == r["lost"] == 0]
+            report["sizes"][size] = {"backbone": backbone_name, "image_size": px, "compute": limits, "line": rows,
+                                     "highest_clean_rate": max(clean, default=0.0),
+                                     "highest_clean_vs_compute_limit": round(max(clean, default=0.0) / limit, 2)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "edge_pipeline.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "edge_pipeline.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+def ItemCaptureOf(scenario, item_id: int):  # noqa: N802 — reads like the type it builds
+    from sortline.hardware.camera import ItemCapture
+
+    return ItemCapture(item_id, tuple(scenario.render(item_id, scenario.frame_px, scenario.views)))
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Edge pipeline: compute limit and the whole station\n",
+             f"CPU: {report['cpu']}, {report['cores']} threads. {report['lanes']} lanes, deadline "
+             f"{report['deadline_ms']} ms, 4 views × RGB+NIR + 5 taps, serial links at {report['baud']} baud "
+             f"({report['link_bytes_per_item']} bytes per item).\n"]
+    for size, r in report["sizes"].items():
+        lines += [f"## {size}: {r['backbone']}, {r['image_size']} px\n",
+                  "| whole item, pre-captured | items/s | ms/item p50 | × PyTorch eager |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {row['items_per_s']} | {row['ms_per_item_p50']} | {row['vs_eager']} |"
+                  for name, row in r["compute"].items()]
+        lines += ["", "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | misses | late | lost | overload | "
+                  "MCC | controller link | tap link |", "|---" * 12 + "|"]
+        lines += [f"| {x['offered_per_s']:.0f} | {x['achieved_per_s']} | {x['latency_ms_p50']} | {x['latency_ms_p99']} "
+                  f"| {x['latency_ms_p999']} | {x['deadline_misses']} | {x['late']} | {x['lost']} | {x['overload']} "
+                  f"| {x['mcc']} | {x['link_utilisation']['controller']:.0%} | {x['link_utilisation']['taps']:.0%} |"
+                  for x in r["line"]]
+        lines += ["", f"Highest offered rate with no miss, no overload exit and nothing lost: "
+                  f"{r['highest_clean_rate']:.0f}/s = {r['highest_clean_vs_compute_limit']}× the batched compute "
+                  "limit.\n"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

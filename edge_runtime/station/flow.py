@@ -1,0 +1,240 @@
+"""The item flow: capture → preprocess → embed, off the station's loop.
+
+Two stages joined by bounded queues. A capture thread takes each announced item's views from
+the rig and preprocesses them (the one preprocessing path); embedding workers run the backbone
+on whatever items are waiting, several items in one batch when the line is busy (batching is
+what lets a station catch up). Each result goes back to the loop through ``on_result``.
+
+Nothing here waits for the loop, and the loop never waits for a camera or the model. An item
+that cannot be embedded before its decision time is not started at all (it is *shed*: the loop
+sends it to the safe exit at once, reason ``overload``), so an overloaded station spends its
+compute on items it can still steer, instead of answering every item late.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from sortline.hardware.camera import CORRUPT, LOST, FrameError, FrameSource
+
+from ..preprocess import InputSpec, preprocess_views
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    spec: InputSpec
+
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class FlowResult:
+    item_id: int
+    embeddings: np.ndarray | None  # V×D for the views present, None when there are none
+    errors: tuple[str, ...] = ()
+    views_lost: int = 0
+    views_corrupt: int = 0
+    views_late: int = 0
+    shed: bool = False  # not computed: it could not have been done before its decision time
+    times_ms: dict[str, float] = field(default_factory=dict)  # queue, capture, embed
+
+
+@dataclass
+class _Job:
+    item_id: int
+    decide_by: float
+    submitted_at: float
+    times_ms: dict[str, float] = field(default_factory=dict)
+    batch: np.ndarray | None = None  # preprocessed views
+    errors: tuple[str, ...] = ()
+    counts: tuple[int, int, int] = (0, 0, 0)  # lost, corrupt, late
+
+
+class _Estimate:
+    """An exponentially weighted mean of a duration, seconds."""
+
+    def __init__(self, initial_s: float, weight: float = 0.1) -> None:
+        self.value = initial_s
+        self.weight = weight
+
+    def update(self, seconds: float) -> None:
+        self.value += self.weight * (seconds - self.value)
+
+
+class ItemFlow:
+    def __init__(self, rig: FrameSource, embedder: Embedder, on_result: Callable[[FlowResult], None],
+                 clock: Callable[[], float] = time.monotonic, workers: int = 1, queue_size: int = 64,
+                 max_batch: int = 8) -> None:
+        self.rig = rig
+        self.embedder = embedder
+        self.on_result = on_result
+        self.clock = clock
+        self.workers = workers
+        self.max_batch = max_batch
+        self._captures: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
+        self._embeds: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
+        self._cancelled: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.capture_s = _Estimate(0.002)
+        self.embed_s = _Estimate(0.005)  # per item, in the batches the workers run
+        self.shed = 0
+        self.deepest = 0
+
+    def start(self) -> ItemFlow:
+        targets = [(self._capture_loop, "flow-capture")]
+        targets += [(self._embed_loop, f"flow-embed-{i}") for i in range(self.workers)]
+        for target, name in targets:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    @property
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self._threads)
+
+    @property
+    def depth(self) -> int:
+        return self._captures.qsize() + self._embeds.qsize()
+
+    def submit(self, item_id: int, decide_by: float) -> bool:
+        """Queue an item; False when the flow is full (the caller sheds it)."""
+        try:
+            self._captures.put_nowait(_Job(item_id, decide_by, self.clock()))
+        except queue.Full:
+            return False
+        self.deepest = max(self.deepest, self.depth)
+        return True
+
+    def cancel(self, item_id: int) -> None:
+        """The loop decided without this item's embeddings: do not spend compute on it."""
+        with self._lock:
+            self._cancelled.add(item_id)
+
+    def _take_cancel(self, item_id: int) -> bool:
+        with self._lock:
+            if item_id in self._cancelled:
+                self._cancelled.discard(item_id)
+                return True
+            return False
+
+    def _finish(self, job: _Job, embeddings: np.ndarray | None = None, shed: bool = False,
+                errors: tuple[str, ...] = ()) -> None:
+        lost, corrupt, late = job.counts
+        if shed:
+            self.shed += 1
+        self.on_result(FlowResult(job.item_id, embeddings, (*job.errors, *errors), lost, corrupt, late, shed,
+                                  job.times_ms))
+
+    def _embed_backlog_s(self) -> float:
+        return self.embed_s.value * (self._embeds.qsize() + 1) / self.workers
+
+    # --- stage 1: capture and preprocess ------------------------------------------------------
+
+    def _capture_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._captures.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            try:
+                self._capture(job)
+            except Exception:  # a worker must outlive any one item
+                log.exception("item %s: capture failed", job.item_id)
+                self._finish(job, errors=("capture failed",))
+
+    def _capture(self, job: _Job) -> None:
+        now = self.clock()
+        job.times_ms["queue"] = (now - job.submitted_at) * 1000
+        if self._take_cancel(job.item_id):
+            return
+        if now + self.capture_s.value + self._embed_backlog_s() > job.decide_by:
+            self._finish(job, shed=True)
+            return
+        errors: list[str] = []
+        try:
+            capture = self.rig.capture(job.item_id)
+            errors += [str(e) for e in capture.errors]
+            job.counts = (sum(e.kind == LOST for e in capture.errors), sum(e.kind == CORRUPT for e in capture.errors),
+                          len(capture.late))
+            views = capture.present
+            job.batch = preprocess_views(views, self.embedder.spec) if views else None
+        except (FrameError, ValueError, OSError) as exc:
+            errors.append(str(exc))
+        done = self.clock()
+        self.capture_s.update(done - now)
+        job.times_ms["capture"] = (done - now) * 1000
+        job.errors = tuple(errors)
+        if job.batch is None:
+            self._finish(job)
+            return
+        while True:  # a full embedding queue holds this stage back, until the item's time is up
+            try:
+                self._embeds.put(job, timeout=0.01)
+                self.deepest = max(self.deepest, self.depth)
+                return
+            except queue.Full:
+                if self._stop.is_set() or self.clock() >= job.decide_by:
+                    self._finish(job, shed=True)
+                    return
+
+    # --- stage 2: embed, in batches -----------------------------------------------------------
+
+    def _embed_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._embeds.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            jobs = [first]
+            while len(jobs) < self.max_batch:
+                try:
+                    jobs.append(self._embeds.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._embed(jobs)
+            except Exception:
+                log.exception("embedding failed for items %s", [j.item_id for j in jobs])
+                for job in jobs:
+                    self._finish(job, errors=("embedding failed",))
+
+    def _embed(self, jobs: list[_Job]) -> None:
+        now = self.clock()
+        accepted: list[_Job] = []
+        for job in jobs:  # oldest first: keep each that can still be done in time
+            if self._take_cancel(job.item_id):
+                continue
+            if now + self.embed_s.value * (len(accepted) + 1) > job.decide_by:
+                self._finish(job, shed=True)
+            else:
+                accepted.append(job)
+        if not accepted:
+            return
+        batch = np.concatenate([job.batch for job in accepted])
+        embeddings = self.embedder.embed_batch(batch)
+        done = self.clock()
+        self.embed_s.update((done - now) / len(accepted))
+        start = 0
+        for job in accepted:
+            n = len(job.batch)
+            job.times_ms["embed"] = (done - now) * 1000
+            job.times_ms["batch_items"] = len(accepted)
+            self._finish(job, embeddings[start:start + n])
+            start += n

@@ -1,0 +1,341 @@
+"""The station's loop: items in from the controller, readings in from the item sensor, gates out.
+
+It only ties the parts together: :class:`ItemIds` (announcements, gaps, resets),
+:class:`ReadingMatcher` (sensor readings to items), :class:`ItemFlow` (capture and embedding,
+on worker threads), :class:`GateChannel` (commands and acknowledgements). The loop owns every
+item's state, so nothing needs a lock; it does no slow work itself, so it is always free to
+send a command on time.
+
+Every announced item gets exactly one gate command: when its embeddings are back and its
+readings complete (or it has waited ``sensor_wait_ms`` for them), or at the latest
+``decision_margin_ms`` before its gate, whichever comes first. An item the flow could not embed
+by then goes to the safe exit with the reason ``overload``; a late, failed or unsure decision
+goes there too. One bad item never stops the line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sortline.hardware.camera import FrameSource
+from sortline.hardware.protocol import Ack, Heartbeat, ItemArrival, ScaleReading, TapReading
+from sortline.hardware.serial_link import Received, SerialLink
+
+from ..config import ConfigError
+from ..errors import SortlineError
+from ..pipeline import ERROR, LATE, OVERLOAD, UNANNOUNCED, Decision, ItemPipeline
+from .events import EventLog
+from .flow import FlowResult, ItemFlow
+from .gate import GateChannel
+from .ids import REPEATED, ItemIds
+from .readings import DeviceClock, ReadingMatcher
+from .stats import StationStats
+
+log = logging.getLogger(__name__)
+_WAKE = object()  # put in the inbox by the flow: a result is waiting
+SHUTDOWN_GRACE_S = 2.0
+
+
+class StationError(SortlineError, RuntimeError):
+    """The station cannot go on (a worker thread died): the daemon must exit and be restarted."""
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    sensor_wait_ms: float = 120.0  # longest wait for an item's sensor readings after its announcement
+    decision_margin_ms: float = 40.0  # decide at the latest this long before the gate
+    orphan_tap_ttl_ms: float = 2000.0  # readings for an item not (yet) announced are kept this long
+    empty_plate_g: float = 5.0  # a settled scale reading below this: the plate is empty
+    clock_tolerance_ms: float = 10.0  # a weight this much "before" an announcement may be its item's
+    remember_items: int = 10000  # decided item ids kept to refuse a repeated announcement
+    ack_timeout_ms: float = 50.0  # resend a gate command not acknowledged within this
+    unannounced_wait_ms: float = 60.0  # how long a skipped item id may still be announced (reordering)
+    unannounced_deadline_ms: float = 200.0  # how long a command for an unannounced item is retried
+    max_id_gap: int = 32  # a wider jump in item ids is a counter reset, not that many lost items
+    workers: int = 1  # embedding workers (each runs the model with the pipeline's threads)
+    flow_queue: int = 64  # items waiting in each stage of the flow, at most
+    max_batch_items: int = 8  # items embedded in one batch when the line is busy
+    recent_decisions: int = 1000  # kept in Station.decisions
+
+
+@dataclass
+class _Pending:
+    arrival: ItemArrival
+    received_at: float  # when its announcement was read
+    announced_at: float  # when the controller announced it, on this station's clock
+    deadline_at: float
+    decide_by: float
+    sensor_until: float
+    result: FlowResult | None = None
+
+
+class Station:
+    def __init__(
+        self,
+        pipeline: ItemPipeline,
+        rig: FrameSource,
+        controller: SerialLink,
+        sensor: SerialLink | None,
+        config: StationConfig = StationConfig(),
+        event_log: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_decision: Callable[[Decision], None] | None = None,
+    ) -> None:
+        if sensor is not None and controller.inbox is not sensor.inbox:
+            raise ValueError("the controller and sensor links must share one inbox")
+        fusion = pipeline.manifest.fusion
+        present = sensor.name if sensor is not None else "none"
+        if fusion.sensor not in ("none", present):
+            raise ConfigError(f"the bundle fuses a {fusion.sensor!r} sensor, the station has {present!r}")
+        c = self.config = config
+        self.pipeline = pipeline
+        self.controller = controller
+        self.sensor = sensor
+        self.decisions: deque[Decision] = deque(maxlen=c.recent_decisions)
+        self.on_decision = on_decision
+        self.ids = ItemIds(c.max_id_gap, c.remember_items, c.unannounced_wait_ms / 1000)
+        self.readings = ReadingMatcher(fusion.sensor, fusion.readings_expected, c.orphan_tap_ttl_ms / 1000,
+                                       c.empty_plate_g, c.clock_tolerance_ms / 1000)
+        self.gate = GateChannel(controller, c.ack_timeout_ms / 1000, c.remember_items)
+        self.flow = ItemFlow(rig, pipeline.embedder, self._flow_result, clock, c.workers, c.flow_queue,
+                             c.max_batch_items)
+        self._stats = StationStats()
+        self._inbox = controller.inbox
+        self._clock = clock
+        self._log = EventLog(event_log)
+        self._bundle = pipeline.bundle.version
+        self._pending: dict[int, _Pending] = {}
+        self._timers: list[tuple[float, int]] = []  # (when, item id): heap, stale entries skipped
+        self._touched: set[int] = set()  # items whose readings or embeddings changed
+        self._results: deque[FlowResult] = deque()
+        self._controller_clock = DeviceClock()
+
+    @property
+    def stats(self) -> StationStats:
+        """The counters of every part, as one record."""
+        s = self._stats
+        s.gate_commands, s.acks = self.gate.stats.gate_commands, self.gate.stats.acks
+        s.retransmissions, s.unacked = self.gate.stats.retransmissions, self.gate.stats.unacked
+        s.orphan_taps_expired = self.readings.stats.orphan_taps_expired
+        s.unmatched_weights = self.readings.stats.unmatched_weights
+        s.counter_resets = self.ids.resets
+        s.flow_queue_max = self.flow.deepest
+        s.log_errors = self._log.errors
+        return s
+
+    def observed_faults(self) -> dict[str, int]:
+        """What this station saw go wrong, by kind (the names of hardware/faults.py)."""
+        links = [link.stats for link in (self.controller, self.sensor) if link is not None]
+        s = self.stats
+        return {
+            "garbled": sum(x.bad_crc for x in links),
+            "truncated": sum(x.malformed for x in links),
+            "dropped": sum(x.seq_missing - x.rejected for x in links),
+            "duplicated": sum(x.seq_duplicates for x in links),
+            "reordered": sum(x.seq_reordered for x in links),
+            "views_lost": s.views_lost,
+            "views_late": s.views_late,
+            "views_corrupt": s.views_corrupt,
+            "sensor_disconnects": self.controller.reconnects + (self.sensor.reconnects if self.sensor else 0),
+            "unacked": s.unacked,
+        }
+
+    def run(self, stop: threading.Event) -> StationStats:
+        """Serve until ``stop`` is set; then let the items in flight finish (or reach their
+        decision time) and return. Raises :class:`StationError` if a worker thread dies."""
+        self.flow.start()
+        try:
+            while not stop.is_set():
+                self.step(self._next_wake())
+                if not self.flow.alive:
+                    raise StationError("the item flow's worker thread died; the station cannot go on")
+            limit = self._clock() + SHUTDOWN_GRACE_S
+            while self._pending and self._clock() < limit:
+                self.step(self._next_wake())
+            now = self._clock()
+            for item_id in list(self._pending):
+                self._finish(item_id, now)
+            for item_id in self.ids.all_skipped():
+                self._finish_unannounced(item_id, now)
+        finally:
+            self.flow.stop()
+            self._log.close()
+        return self.stats
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _next_wake(self) -> float:
+        timers = [t for t in (self._timers[0][0] if self._timers else None, self.ids.next_due(),
+                              self.gate.next_due()) if t is not None]
+        return min(0.05, max(0.0, min(timers, default=1.0) - self._clock()))
+
+    def step(self, timeout: float) -> None:
+        """Handle what has come in (waiting up to ``timeout`` for it), then whatever is due."""
+        try:
+            received = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            received = None
+        while received is not None:
+            if received is not _WAKE:
+                self._handle(received)
+            try:
+                received = self._inbox.get_nowait()
+            except queue.Empty:
+                received = None
+        while self._results:
+            self._take_result(self._results.popleft())
+        now = self._clock()
+        touched, self._touched = self._touched, set()
+        for item_id in touched:
+            pending = self._pending.get(item_id)
+            if pending is not None and self._ready(pending, now):
+                self._finish(item_id, now)
+        while self._timers and self._timers[0][0] <= now:
+            _, item_id = heapq.heappop(self._timers)
+            pending = self._pending.get(item_id)
+            if pending is not None and self._ready(pending, now):
+                self._finish(item_id, now)
+        for item_id in self.ids.due_unannounced(now):
+            if item_id not in self._pending:
+                self._finish_unannounced(item_id, now)
+        self.gate.resend_due(now)
+        self.readings.expire(now)
+
+    def _ready(self, pending: _Pending, now: float) -> bool:
+        if now >= pending.decide_by:
+            return True
+        result = pending.result
+        if result is None:
+            return False
+        if result.shed:
+            return True
+        return now >= pending.sensor_until or self.readings.complete(pending.arrival.item_id)
+
+    def _flow_result(self, result: FlowResult) -> None:
+        """Called on a flow thread: hand the result to the loop and wake it."""
+        self._results.append(result)
+        try:
+            self._inbox.put_nowait(_WAKE)
+        except queue.Full:
+            pass  # the loop is busy with a full inbox and will see the result on its next pass
+
+    def _take_result(self, result: FlowResult) -> None:
+        pending = self._pending.get(result.item_id)
+        if pending is None or pending.result is not None:
+            return  # decided without it already
+        pending.result = result
+        s = self._stats
+        s.views_lost += result.views_lost
+        s.views_corrupt += result.views_corrupt
+        s.views_late += result.views_late
+        s.capture_errors += int(bool(result.errors))
+        self._touched.add(result.item_id)
+
+    def _handle(self, received: Received) -> None:
+        message = received.message
+        if isinstance(message, ItemArrival):
+            self._arrive(message, received.at)
+        elif isinstance(message, TapReading):
+            decided = self.ids.seen(message.item_id) and message.item_id not in self._pending
+            self._touched |= self.readings.tap(message, received.at, decided)
+        elif isinstance(message, ScaleReading):
+            self._touched |= self.readings.weight(message, received.at)
+        elif isinstance(message, Ack):
+            self.gate.ack(message.item_id)
+        elif isinstance(message, Heartbeat) and received.source == self.controller.name:
+            self._controller_clock.update(message.t_ms, received.at)
+            self.ids.heartbeat(message.last_item_id, received.at)
+        elif isinstance(message, Heartbeat) and self.sensor is not None and received.source == self.sensor.name:
+            self.readings.heartbeat(message.t_ms, received.at)
+
+    def _arrive(self, arrival: ItemArrival, at: float) -> None:
+        self._controller_clock.update(arrival.t_ms, at)
+        if self.ids.announced(arrival.item_id, at) == REPEATED or arrival.item_id in self._pending:
+            self._stats.repeated_announcements += 1
+            return
+        c = self.config
+        # Times on the controller's clock: a frame read late cannot stretch the item's deadline,
+        # nor shorten the latency this station reports for it.
+        announced_at = self._controller_clock.station_time(arrival.t_ms)
+        deadline_at = announced_at + arrival.deadline_ms / 1000
+        decide_by = deadline_at - c.decision_margin_ms / 1000
+        pending = _Pending(arrival, at, announced_at, deadline_at, decide_by,
+                           sensor_until=min(at + c.sensor_wait_ms / 1000, decide_by))
+        item_id = arrival.item_id
+        self._pending[item_id] = pending
+        self._stats.items += 1
+        self._touched |= self.readings.open(item_id, announced_at)
+        heapq.heappush(self._timers, (pending.sensor_until, item_id))
+        heapq.heappush(self._timers, (decide_by, item_id))
+        if decide_by <= at or not self.flow.submit(item_id, decide_by):
+            pending.result = FlowResult(item_id, None, shed=True)  # no time, or no room: decide now
+            self._touched.add(item_id)
+
+    def _finish(self, item_id: int, now: float) -> None:
+        pending = self._pending.pop(item_id)
+        readings = self.readings.close(item_id)
+        result = pending.result
+        started = self._clock()
+        if result is None:
+            self.flow.cancel(item_id)  # the flow did not make it in time: do not finish the work
+        if now >= pending.deadline_at:
+            decision = self.pipeline.safe(item_id, LATE)  # too late to steer: one command all the same
+            self._stats.deadline_misses += 1
+        elif result is None or result.shed:
+            decision = self.pipeline.safe(item_id, OVERLOAD)
+            self._stats.overload += 1
+        else:
+            try:
+                decision = self.pipeline.decide(item_id, result.embeddings, readings)
+            except Exception:  # one bad item must not stop the line
+                log.exception("item %s: decision failed; sending it to the safe exit", item_id)
+                decision = self.pipeline.safe(item_id, ERROR)
+            if self._clock() > pending.deadline_at:
+                decision = dataclasses.replace(decision, exit=self.pipeline.policy.safe_exit, reason=LATE)
+                self._stats.deadline_misses += 1
+        done = self._clock()
+        sent = self.gate.send(item_id, decision.exit, done, pending.deadline_at)
+        self._book(decision)
+        stages = dict(result.times_ms) if result is not None else {}
+        stages["decide"] = (done - started) * 1000
+        compute_ms = (stages.get("capture", 0.0) + stages.get("embed", 0.0) / stages.get("batch_items", 1)
+                      + stages["decide"])
+        latency_ms = (done - pending.announced_at) * 1000
+        self._stats.latency_ms.add(latency_ms)
+        self._stats.compute_ms.add(compute_ms)
+        self._log.write({
+            **decision.to_dict(),
+            "lane": pending.arrival.lane,
+            "latency_ms": round(latency_ms, 3),
+            "compute_ms": round(compute_ms, 3),
+            "stages_ms": {k: round(v, 3) for k, v in stages.items()},
+            "readings": len(readings),
+            "views": 0 if result is None or result.embeddings is None else int(result.embeddings.shape[0]),
+            "capture_errors": list(result.errors) if result is not None else [],
+            "sent": sent,
+            "bundle": self._bundle,
+        })
+
+    def _finish_unannounced(self, item_id: int, now: float) -> None:
+        """An item whose announcement never came: its views were never triggered, so it can
+        only go to the safe exit, but it must still get its one command."""
+        self._stats.unannounced += 1
+        decision = self.pipeline.safe(item_id, UNANNOUNCED)
+        sent = self.gate.send(item_id, decision.exit, now, now + self.config.unannounced_deadline_ms / 1000)
+        self._book(decision)
+        self._log.write({**decision.to_dict(), "sent": sent, "bundle": self._bundle})
+
+    def _book(self, decision: Decision) -> None:
+        self._stats.reasons[decision.reason] += 1
+        self.decisions.append(decision)
+        if self.on_decision is not None:
+            self.on_decision(decision)

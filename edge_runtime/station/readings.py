@@ -1,0 +1,153 @@
+"""Sensor readings matched to items.
+
+A tap sensor names the item in every reading. A checkout scale does not: a reading belongs to
+the item on the plate when it was taken, which is the last item announced before it, unless the
+scale reported the plate empty in between. Times are compared on this station's clock,
+converted from each device's own (:class:`DeviceClock`), so a serial reader that runs late
+cannot move a reading onto the next item. A reading that comes before its item's announcement
+was read waits (``orphan_ttl_s``) for it; one that finds no item is counted and left out, and
+that item is decided on its views alone.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from sortline.hardware.protocol import ScaleReading, TapReading
+
+CLOCK_WINDOW_S = 2.0
+
+
+class DeviceClock:
+    """A device's clock on this station's: the smallest (arrival - sent) of the last two
+    seconds is the offset plus the least transfer time, so a frame that arrives late is known
+    to be late, while drift (or a replay running behind its recording) is followed."""
+
+    def __init__(self, window_s: float = CLOCK_WINDOW_S) -> None:
+        self.window_s = window_s
+        self.offset: float | None = None  # station clock - device clock, seconds
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def update(self, t_ms: int, at: float) -> None:
+        self._samples.append((at, at - t_ms / 1000))
+        while at - self._samples[0][0] > self.window_s:
+            self._samples.popleft()
+        self.offset = min(offset for _, offset in self._samples)
+
+    def station_time(self, t_ms: int) -> float:
+        return (self.offset or 0.0) + t_ms / 1000
+
+
+@dataclass
+class _Open:
+    """The readings of an item announced and not yet decided."""
+
+    taps: dict[int, TapReading] = field(default_factory=dict)  # by tap index: a repeat counts once
+    weights: list[ScaleReading] = field(default_factory=list)
+
+    @property
+    def readings(self) -> list[TapReading | ScaleReading]:
+        return [*self.taps.values(), *self.weights]
+
+
+@dataclass
+class MatchStats:
+    orphan_taps_expired: int = 0
+    unmatched_weights: int = 0
+
+
+class ReadingMatcher:
+    """Holds the readings of every open item. ``open`` an item at its announcement, feed it
+    readings, ask whether it is ``complete``, and ``close`` it when it is decided."""
+
+    def __init__(self, sensor: str, readings_expected: int, orphan_ttl_s: float = 2.0,
+                 empty_plate_g: float = 5.0, clock_tolerance_s: float = 0.01) -> None:
+        self.sensor = sensor
+        self.readings_expected = readings_expected
+        self.orphan_ttl_s = orphan_ttl_s
+        self.empty_plate_g = empty_plate_g
+        self.clock_tolerance_s = clock_tolerance_s  # a weight this much "before" an announcement may be its item's
+        self.clock = DeviceClock()
+        self.stats = MatchStats()
+        self._open: dict[int, _Open] = {}
+        self._orphan_taps: dict[int, list[tuple[float, TapReading]]] = {}
+        self._announcements: deque[tuple[float, int]] = deque(maxlen=256)  # (announced_at, item), in order
+        self._plate_emptied: deque[float] = deque(maxlen=256)
+        self._orphan_weights: list[tuple[float, float, ScaleReading]] = []  # (received, taken, reading)
+
+    def open(self, item_id: int, announced_at: float) -> set[int]:
+        """An item was announced; returns the items whose readings changed (orphans placed)."""
+        self._open[item_id] = entry = _Open()
+        self._announcements.append((announced_at, item_id))
+        changed = set()
+        for _, tap in self._orphan_taps.pop(item_id, []):
+            entry.taps[tap.index] = tap
+            changed.add(item_id)
+        if self._orphan_weights:  # weighed before its announcement was read
+            waiting, self._orphan_weights = self._orphan_weights, []
+            for received_at, taken_at, reading in waiting:
+                changed |= self._place_weight(reading, taken_at, received_at)
+        return changed
+
+    def close(self, item_id: int) -> list[TapReading | ScaleReading]:
+        entry = self._open.pop(item_id, None)
+        return entry.readings if entry is not None else []
+
+    def readings(self, item_id: int) -> list[TapReading | ScaleReading]:
+        entry = self._open.get(item_id)
+        return entry.readings if entry is not None else []
+
+    def complete(self, item_id: int) -> bool:
+        entry = self._open.get(item_id)
+        if self.sensor == "none":
+            return True
+        if entry is None:
+            return False
+        if self.sensor == "taps":
+            return len(entry.taps) >= self.readings_expected
+        return sum(w.stable for w in entry.weights) >= self.readings_expected
+
+    def heartbeat(self, t_ms: int, at: float) -> None:
+        self.clock.update(t_ms, at)
+
+    def tap(self, tap: TapReading, at: float, decided: bool) -> set[int]:
+        entry = self._open.get(tap.item_id)
+        if entry is not None:
+            entry.taps[tap.index] = tap
+            return {tap.item_id}
+        if not decided:  # its announcement may still come
+            self._orphan_taps.setdefault(tap.item_id, []).append((at, tap))
+        return set()
+
+    def weight(self, reading: ScaleReading, at: float) -> set[int]:
+        self.clock.update(reading.t_ms, at)
+        taken_at = self.clock.station_time(reading.t_ms)
+        if reading.stable and reading.grams < self.empty_plate_g:
+            self._plate_emptied.append(taken_at)
+            return set()
+        return self._place_weight(reading, taken_at, at)
+
+    def _place_weight(self, reading: ScaleReading, taken_at: float, received_at: float) -> set[int]:
+        """Give a weight to the last item announced before it was taken, unless the plate was
+        emptied in between: then its item's announcement has not been read yet, and it waits."""
+        latest = taken_at + self.clock_tolerance_s
+        on_plate = next(((t, item) for t, item in reversed(self._announcements) if t <= latest), None)
+        if on_plate is None or any(on_plate[0] < e < taken_at for e in self._plate_emptied):
+            self._orphan_weights.append((received_at, taken_at, reading))
+            return set()
+        entry = self._open.get(on_plate[1])
+        if entry is None:  # decided already: the reading came too late to count
+            self.stats.unmatched_weights += 1
+            return set()
+        entry.weights.append(reading)
+        return {on_plate[1]}
+
+    def expire(self, now: float) -> None:
+        ttl = self.orphan_ttl_s
+        if self._orphan_weights and now - self._orphan_weights[0][0] > ttl:
+            kept = [w for w in self._orphan_weights if now - w[0] <= ttl]
+            self.stats.unmatched_weights += len(self._orphan_weights) - len(kept)
+            self._orphan_weights = kept
+        for item_id in [i for i, taps in self._orphan_taps.items() if now - taps[0][0] > ttl]:
+            self.stats.orphan_taps_expired += len(self._orphan_taps.pop(item_id))

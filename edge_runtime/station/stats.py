@@ -1,0 +1,108 @@
+"""What the station counts: plain counters and streaming histograms, so its memory stays flat
+however many items pass (a per-item list grew by about 440 bytes an item)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class StreamingHistogram:
+    """Values on log-spaced buckets: fixed memory, percentiles within one bucket's width
+    (``per_decade=100`` gives about 2.3% relative error), exact count, sum, min and max.
+
+    >>> h = StreamingHistogram(); [h.add(v) for v in (1.0, 2.0, 3.0)]; round(h.percentile(50), 1)
+    [None, None, None]
+    2.0
+    """
+
+    def __init__(self, lo: float = 0.01, hi: float = 1e6, per_decade: int = 100) -> None:
+        if not 0 < lo < hi or per_decade < 1:
+            raise ValueError("a histogram needs 0 < lo < hi and at least one bucket per decade")
+        self.lo, self.hi, self.per_decade = lo, hi, per_decade
+        n = math.ceil(math.log10(hi / lo) * per_decade)
+        # edges[k] is the upper edge of bucket k; bucket 0 holds everything below lo.
+        self.edges = lo * 10.0 ** (np.arange(n + 1) / per_decade)
+        self.counts = np.zeros(n + 2, np.int64)  # + one bucket above hi
+        self.count = 0
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def add(self, value: float) -> None:
+        if not math.isfinite(value):
+            return
+        if value < self.lo:
+            k = 0
+        elif value >= self.hi:
+            k = len(self.counts) - 1
+        else:
+            k = 1 + int(math.log10(value / self.lo) * self.per_decade)
+        self.counts[k] += 1
+        self.count += 1
+        self.sum += value
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (0..100), or 0.0 when empty: the geometric centre of the bucket
+        that holds it, clipped to the values seen."""
+        if self.count == 0:
+            return 0.0
+        rank = max(1, math.ceil(q / 100 * self.count))
+        k = int(np.searchsorted(np.cumsum(self.counts), rank))
+        if k == 0:
+            value = self.min
+        elif k >= len(self.counts) - 1:
+            value = self.max
+        else:
+            low = self.lo * 10.0 ** ((k - 1) / self.per_decade)
+            value = low * 10.0 ** (0.5 / self.per_decade)
+        return float(min(max(value, self.min), self.max))
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count if self.count else 0.0
+
+    def cumulative(self, bounds: list[float]) -> list[int]:
+        """How many values were ≤ each bound (to bucket precision), for Prometheus-style buckets."""
+        cum = np.cumsum(self.counts)
+        out = []
+        for b in bounds:
+            k = 0 if b < self.lo else min(len(self.counts) - 2, 1 + int(math.log10(b / self.lo) * self.per_decade))
+            out.append(int(cum[k]))
+        return out
+
+    def nonzero(self) -> tuple[np.ndarray, np.ndarray]:
+        """(bucket lower edges, counts) of the buckets inside [lo, hi) that hold anything, for plots."""
+        inner = self.counts[1:-1]
+        keep = inner > 0
+        return self.edges[:-1][keep], inner[keep]
+
+
+@dataclass
+class StationStats:
+    items: int = 0
+    gate_commands: int = 0
+    acks: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    latency_ms: StreamingHistogram = field(default_factory=StreamingHistogram)  # announcement → gate command
+    compute_ms: StreamingHistogram = field(default_factory=StreamingHistogram)  # of which spent computing
+    deadline_misses: int = 0
+    overload: int = 0  # items sent to the safe exit because they could not be decided in time
+    repeated_announcements: int = 0
+    counter_resets: int = 0
+    unannounced: int = 0  # items whose announcement never arrived (seen by their ids)
+    orphan_taps_expired: int = 0
+    unmatched_weights: int = 0  # scale readings with no item on the plate
+    capture_errors: int = 0  # items with at least one view missing
+    views_lost: int = 0
+    views_late: int = 0
+    views_corrupt: int = 0
+    retransmissions: int = 0
+    unacked: int = 0  # commands with a transmission the controller never acknowledged
+    log_errors: int = 0
+    flow_queue_max: int = 0  # deepest the item flow's queues got

@@ -1,0 +1,326 @@
+"""The station's parts, each alone, on an injected clock: no pseudo-terminals, no fixed sleeps."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+import pytest
+
+from sortline.edge_runtime.pipeline import CONFIDENT, LATE, OVERLOAD, UNANNOUNCED, UNSURE, ItemPipeline
+from sortline.edge_runtime.station import (
+    FlowResult,
+    GateChannel,
+    ItemFlow,
+    ItemIds,
+    ReadingMatcher,
+    Station,
+    StationConfig,
+    StreamingHistogram,
+)
+from sortline.edge_runtime.station.ids import NEW, REPEATED
+from sortline.hardware.avocado import make_fruit, render_views, tap_series
+from sortline.hardware.camera import ItemCapture
+from sortline.hardware.protocol import GateCommand, ItemArrival, ParserStats, ScaleReading
+from sortline.hardware.serial_link import Received
+
+
+class Clock:
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# --- streaming statistics -------------------------------------------------------------------
+
+
+def test_histogram_percentiles_match_numpy_within_a_bucket():
+    rng = np.random.default_rng(0)
+    values = rng.lognormal(mean=2.0, sigma=1.0, size=20000)
+    h = StreamingHistogram()
+    for v in values:
+        h.add(float(v))
+    for q in (50, 90, 99, 99.9):
+        assert h.percentile(q) == pytest.approx(np.percentile(values, q), rel=0.025)
+    assert h.count == len(values) and h.max == values.max() and h.min == values.min()
+    assert h.mean == pytest.approx(values.mean())
+
+
+def test_histogram_memory_does_not_grow_and_extremes_are_kept():
+    h = StreamingHistogram(lo=0.1, hi=1000)
+    size = h.counts.nbytes
+    for v in (0.001, 5.0, 1e9, float("nan")):
+        h.add(v)
+    assert h.counts.nbytes == size and h.count == 3  # NaN is not a latency
+    assert h.percentile(0) == 0.001 and h.percentile(100) == 1e9
+    assert StreamingHistogram().percentile(50) == 0.0
+
+
+# --- item ids ---------------------------------------------------------------------------------
+
+
+def test_skipped_ids_are_due_after_the_wait_unless_announced_late():
+    ids = ItemIds(max_gap=32, unannounced_wait_s=0.06)
+    assert ids.announced(10, at=0.0) == NEW
+    assert ids.announced(13, at=0.01) == NEW  # 11 and 12 skipped
+    assert ids.announced(11, at=0.02) == NEW  # 11 was only late
+    assert ids.due_unannounced(0.05) == []
+    assert ids.next_due() == pytest.approx(0.07)
+    assert ids.due_unannounced(0.08) == [12]
+    assert ids.announced(12, at=0.09) == REPEATED  # too late: it has had its command
+
+
+def test_heartbeat_reveals_a_lost_last_announcement():
+    ids = ItemIds()
+    ids.announced(1, at=0.0)
+    ids.heartbeat(2, at=0.1)
+    assert ids.due_unannounced(1.0) == [2]
+
+
+@pytest.mark.parametrize("jump_to", [5000, 1, 10**18])
+def test_a_jump_either_way_is_a_counter_reset_and_old_ids_are_new_items(jump_to):
+    ids = ItemIds(max_gap=32)
+    for i in range(100, 103):
+        ids.announced(i, at=0.0)
+    ids.heartbeat(jump_to, at=0.1) if jump_to > 10**9 else ids.announced(jump_to, at=0.1)
+    assert ids.resets == 1 and ids.due_unannounced(10.0) == []
+    # After a reset, ids already used before it are new items that need commands.
+    assert ids.announced(101, at=0.2) == NEW or jump_to == 1
+
+
+# --- readings -----------------------------------------------------------------------------------
+
+
+def test_taps_before_the_announcement_wait_for_it_and_complete_the_item():
+    m = ReadingMatcher("taps", readings_expected=5)
+    taps = tap_series(make_fruit(7, seed=1))
+    for tap in taps[:2]:
+        assert m.tap(tap, at=0.0, decided=False) == set()
+    assert m.open(7, announced_at=0.01) == {7}
+    for tap in [*taps[2:], taps[2]]:  # a repeated tap counts once
+        m.tap(tap, at=0.02, decided=False)
+    assert m.complete(7) and len(m.close(7)) == 5
+    m.tap(taps[0], at=0.03, decided=True)  # for an item already decided: dropped, not kept
+    m.expire(100.0)
+    assert m.stats.orphan_taps_expired == 0
+
+
+def test_orphan_readings_expire_and_are_counted():
+    m = ReadingMatcher("taps", readings_expected=5, orphan_ttl_s=2.0)
+    for tap in tap_series(make_fruit(3, seed=1))[:3]:
+        m.tap(tap, at=0.0, decided=False)
+    m.expire(1.0)
+    assert m.stats.orphan_taps_expired == 0
+    m.expire(2.5)
+    assert m.stats.orphan_taps_expired == 3
+
+
+def test_a_weight_belongs_to_the_item_on_the_plate():
+    m = ReadingMatcher("scale", readings_expected=2)
+    m.heartbeat(0, at=0.0)  # the scale's clock equals the station's
+    m.open(1, announced_at=0.0)
+    m.weight(ScaleReading(t_ms=20, grams=330.0, stable=1), at=0.02)
+    m.weight(ScaleReading(t_ms=40, grams=2.0, stable=1), at=0.04)  # plate empty
+    m.weight(ScaleReading(t_ms=60, grams=500.0, stable=1), at=0.06)  # item 2, not announced yet
+    assert [w.grams for w in m.readings(1)] == [330.0]
+    assert m.open(2, announced_at=0.05) == {2}
+    assert [w.grams for w in m.readings(2)] == [500.0]
+
+
+# --- gate channel -------------------------------------------------------------------------------
+
+
+class _Link:
+    def __init__(self, name: str = "controller", inbox: queue.Queue | None = None) -> None:
+        self.sent: list = []
+        self.inbox: queue.Queue = inbox if inbox is not None else queue.Queue()
+        self.name = name
+        self.stats = ParserStats()
+        self.reconnects = 0
+
+    def send(self, message) -> bool:
+        self.sent.append(message)
+        return True
+
+
+def test_commands_are_resent_until_acknowledged_and_never_after_the_gate():
+    link = _Link()
+    gate = GateChannel(link, ack_timeout_s=0.05)
+    gate.send(1, exit=2, now=0.0, deadline_at=0.2)
+    gate.resend_due(0.04)
+    assert len(link.sent) == 1
+    gate.resend_due(0.06)
+    gate.resend_due(0.12)
+    assert len(link.sent) == 3 and gate.stats.unacked == 1 and gate.stats.retransmissions == 2
+    gate.resend_due(0.25)  # past its gate: given up
+    assert len(link.sent) == 3 and gate.next_due() is None
+
+
+def test_a_slow_acknowledgement_is_not_a_missing_one():
+    link = _Link()
+    gate = GateChannel(link, ack_timeout_s=0.05)
+    gate.send(1, exit=2, now=0.0, deadline_at=1.0)
+    gate.resend_due(0.06)  # overdue: counted, resent
+    gate.ack(1)
+    gate.ack(1)  # both transmissions came back
+    assert gate.stats.unacked == 0 and gate.stats.acks == 1
+
+
+# --- item flow ----------------------------------------------------------------------------------
+
+
+class _Rig:
+    view_count = 4
+
+    def capture(self, item_id: int) -> ItemCapture:
+        return ItemCapture(item_id, tuple(render_views(make_fruit(item_id, seed=1), size=32)))
+
+
+class _GatedEmbedder:
+    """Embeds once let through; counts its batches."""
+
+    def __init__(self, inner) -> None:
+        self.spec = inner.spec
+        self.inner = inner
+        self.open = threading.Event()
+        self.batches: list[int] = []
+
+    def embed_batch(self, batch):
+        self.open.wait(60)
+        self.batches.append(len(batch))
+        return self.inner.embed_batch(batch)
+
+
+def _collect():
+    results: queue.Queue[FlowResult] = queue.Queue()
+    return results, results.put
+
+
+def test_the_flow_batches_waiting_items(tiny_bundle):
+    embedder = _GatedEmbedder(ItemPipeline(tiny_bundle, threads=1).embedder)
+    results, on_result = _collect()
+    flow = ItemFlow(_Rig(), embedder, on_result, workers=1, max_batch=8).start()
+    try:
+        for item_id in range(1, 11):
+            assert flow.submit(item_id, decide_by=float("inf"))
+        for _ in range(2000):  # the first is taken; the rest queue behind it
+            if flow._embeds.qsize() == 9:
+                break
+            threading.Event().wait(0.005)
+        embedder.open.set()
+        got = [results.get(timeout=10) for _ in range(10)]
+    finally:
+        flow.stop()
+    assert sorted(r.item_id for r in got) == list(range(1, 11))
+    assert all(r.embeddings.shape == (4, 16) and not r.shed for r in got)
+    assert embedder.batches[0] == 4 and max(embedder.batches) == 8 * 4  # one item, then 8 items × 4 views
+
+
+def test_the_flow_sheds_what_it_cannot_finish_in_time(tiny_bundle):
+    clock = Clock(0.0)
+    embedder = _GatedEmbedder(ItemPipeline(tiny_bundle, threads=1).embedder)
+    embedder.open.set()
+    results, on_result = _collect()
+    flow = ItemFlow(_Rig(), embedder, on_result, clock=clock, workers=1)
+    flow.embed_s.value = 0.010  # it takes 10 ms an item
+    flow.start()
+    try:
+        flow.submit(1, decide_by=0.005)  # cannot make it: not even captured
+        flow.submit(2, decide_by=1.0)
+        flow.submit(3, decide_by=1.0)
+        flow.cancel(3)  # decided without it: no work, no result
+        got = {r.item_id: r for r in (results.get(timeout=10) for _ in range(2))}
+        assert results.empty()
+    finally:
+        flow.stop()
+    assert got[1].shed and got[1].embeddings is None
+    assert not got[2].shed and got[2].embeddings is not None
+
+
+# --- the loop, on a fake clock ------------------------------------------------------------------
+
+
+def _station(tiny_bundle, clock, **config):
+    link = _Link()
+    station = Station(ItemPipeline(tiny_bundle, threads=1), _Rig(), link, _Link("taps", link.inbox),
+                      StationConfig(**config), clock=clock)
+    return station, link
+
+
+def _arrive(link, clock, item_id, deadline_ms=300):
+    link.inbox.put(Received("controller", ItemArrival(item_id, 0, int(clock.t * 1000), deadline_ms), clock.t))
+
+
+def test_every_item_of_an_overloaded_station_gets_one_command_before_its_gate(tiny_bundle):
+    """The model is stuck: nothing is embedded. Each item still leaves, on time, to the safe exit."""
+    clock = Clock()
+    station, link = _station(tiny_bundle, clock)
+    station.flow.embedder = stuck = _GatedEmbedder(station.flow.embedder)
+    station.flow.start()
+    try:
+        for item_id in range(1, 6):
+            _arrive(link, clock, item_id)
+            station.step(0)
+            clock.t += 0.01
+        assert link.sent == []  # nothing is due yet
+        for _ in range(40):
+            clock.t += 0.01
+            station.step(0)
+            for command in link.sent:
+                station.gate.ack(command.item_id)
+    finally:
+        stuck.open.set()
+        station.flow.stop()
+    commands = [m for m in link.sent if isinstance(m, GateCommand)]
+    assert sorted({c.item_id for c in commands}) == [1, 2, 3, 4, 5]
+    assert all(c.exit == 0 for c in commands)
+    assert station.stats.reasons[OVERLOAD] == 5 and station.stats.deadline_misses == 0
+    # Each went out at its decision time: 300 - 40 ms after its announcement, not later.
+    assert station.stats.latency_ms.max <= 270
+
+
+def test_items_the_flow_sheds_leave_at_once(tiny_bundle):
+    clock = Clock()
+    station, link = _station(tiny_bundle, clock, flow_queue=1)
+    # The flow is not started: its one queue slot fills and every later item is shed at once.
+    for item_id in range(1, 4):
+        _arrive(link, clock, item_id)
+    station.step(0)
+    assert sorted(c.item_id for c in link.sent) == [2, 3]
+    assert station.stats.overload == 2
+
+
+def test_an_item_whose_embeddings_are_back_waits_for_its_taps_then_is_decided(tiny_bundle):
+    clock = Clock()
+    station, link = _station(tiny_bundle, clock)
+    station.flow.start()
+    try:
+        _arrive(link, clock, 1)
+        station.step(0)
+        while station._pending[1].result is None:
+            station.step(0.01)
+        assert link.sent == []  # waiting for the taps (sensor "taps" in this bundle)
+        clock.t += 0.121  # past sensor_wait_ms: decided on the views alone
+        station.step(0)
+    finally:
+        station.flow.stop()
+    (command,) = link.sent
+    assert station.decisions[-1].reason in (CONFIDENT, UNSURE)
+    assert command.exit == station.decisions[-1].exit
+
+
+def test_late_and_unannounced_items_each_get_one_safe_command(tiny_bundle):
+    clock = Clock()
+    station, link = _station(tiny_bundle, clock)
+    _arrive(link, clock, 1, deadline_ms=0)  # its gate is here already
+    _arrive(link, clock, 3)  # 2 was lost
+    station.step(0)
+    clock.t += 0.001
+    station.step(0)
+    clock.t += 0.1
+    station.step(0)
+    by_item = {d.item_id: d.reason for d in station.decisions}
+    assert by_item[1] == LATE and by_item[2] == UNANNOUNCED
