@@ -32,13 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sortline.edge_runtime.embedder import pick_threads
 from sortline.edge_runtime.fusion import fuse
 from sortline.edge_runtime.hil import sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
 from sortline.edge_runtime.preprocess import preprocess_views
-from sortline.hardware.line_sim import LineConfig
+from sortline.edge_runtime.station import StationConfig
 from sortline.hardware.protocol import Ack, Encoder, GateCommand, ItemArrival, TapReading
-from sortline.hardware.sim_process import CachedScenario
+from sortline.hardware.sim.line import LineConfig
+from sortline.hardware.sim.process import CachedScenario
 from sortline.train.demo import DemoConfig, train_station_bundle
 
 SIZES = {"default": ("resnet10", 64), "production": ("resnet18", 128)}
@@ -74,7 +76,7 @@ def timed(fn, n: int) -> np.ndarray:
 
 def compute_limits(bundle, backbone: torch.nn.Module, items: list, reps: int = 3) -> dict:
     """Items/s of the whole item on pre-captured items, for each way of running it."""
-    station = ItemPipeline.for_station(bundle)
+    station = ItemPipeline(bundle, threads=1, spin=False)
     default = ItemPipeline(bundle)  # ONNX Runtime's defaults: one thread per core, spinning
     n = len(items)
     spec, fusion, head = station.manifest.input, station.manifest.fusion, station.head
@@ -82,14 +84,17 @@ def compute_limits(bundle, backbone: torch.nn.Module, items: list, reps: int = 3
     def one(pipeline):
         return lambda i: pipeline.classify(items[i % n][0], items[i % n][1])
 
-    def batched(i: int, size: int = 8) -> None:
-        chunk = [items[(i * size + k) % n] for k in range(size)]
-        inputs = [preprocess_views(c.present, spec) for c, _ in chunk]
-        embeddings = station.embedder.embed_batch(np.concatenate(inputs))
-        start = 0
-        for (capture, readings), x in zip(chunk, inputs):
-            station.decide(capture.item_id, embeddings[start:start + len(x)], readings)
-            start += len(x)
+    def batched(pipeline, size: int = 8):
+        def run(i: int) -> None:
+            chunk = [items[(i * size + k) % n] for k in range(size)]
+            inputs = [preprocess_views(c.present, spec) for c, _ in chunk]
+            embeddings = pipeline.embedder.embed_batch(np.concatenate(inputs))
+            start = 0
+            for (capture, readings), x in zip(chunk, inputs):
+                pipeline.decide(capture.item_id, embeddings[start:start + len(x)], readings)
+                start += len(x)
+
+        return run
 
     torch.set_num_threads(2)
     backbone = backbone.eval()
@@ -101,8 +106,12 @@ def compute_limits(bundle, backbone: torch.nn.Module, items: list, reps: int = 3
         head.predict_proba(fuse(backbone(x).numpy(), readings, fusion))
 
     results = {}
-    for name, fn, per_call in (("station, 1 item", one(station), 1), ("ORT default threads, 1 item", one(default), 1),
-                               ("station, batches of 8", batched, 8), ("PyTorch fp32 eager, 1 item", eager, 1)):
+    cases = (("ORT 1 thread, no spin, 1 item", one(station), 1),
+             ("ORT default (2 threads, spin), 1 item", one(default), 1),
+             ("ORT 1 thread, no spin, batches of 8", batched(station), 8),
+             ("ORT default, batches of 8", batched(default), 8),
+             ("PyTorch fp32 eager (2 threads), 1 item", eager, 1))
+    for name, fn, per_call in cases:
         timed(fn, 10)  # warm up
         runs = np.concatenate([timed(fn, max(20, 3 * n // per_call)) for _ in range(reps)])
         results[name] = {"items_per_s": round(per_call / float(np.median(runs)), 1),
@@ -136,13 +145,43 @@ def line_runs(bundle, scenario, rates: list[float], lanes: int, seconds: float, 
     return rows
 
 
+POLICIES = {  # (embedding workers, intra-op threads each (None: measured at load), spinning)
+    "measured at load, no spin (the station's)": (1, None, False),
+    "1 worker × 1 thread, no spin": (1, 1, False),
+    "1 worker × 2 threads, no spin": (1, 2, False),
+    "1 worker × 2 threads, spin": (1, 2, True),
+    "2 workers × 1 thread, no spin": (2, 1, False),
+}
+
+
+def policy_runs(bundle, scenario, rate: float, lanes: int, seconds: float, seed: int) -> dict:
+    """The whole station past its capacity under each thread policy: what it still decides."""
+    out = {}
+    items = int(max(300, rate * seconds))
+    for name, (workers, threads, spin) in POLICIES.items():
+        config = LineConfig(items=items, seed=seed, pitch_ms=1000 / rate, deadline_ms=DEADLINE_MS, lanes=lanes)
+        pipeline = ItemPipeline.for_station(bundle) if threads is None else ItemPipeline(bundle, threads, spin)
+        run = sort_on_simulated_line(pipeline, config, scenario,
+                                     station_config=StationConfig(workers=workers), progress=False)
+        s = run.summary
+        by_model = sum(n for reason, n in s["reasons"].items() if reason in ("confident", "unsure"))
+        out[name] = {"decided_by_model_per_s": round(by_model / (items / rate), 1), "overload": s["overload"],
+                     "deadline_misses": s["deadline_misses"], "lost": s["lost"],
+                     "latency_ms_p99": s["latency_ms_p99"]}
+        print(f"  {name:40s} decides {out[name]['decided_by_model_per_s']}/s of {rate:.0f}/s offered, "
+              f"misses {s['deadline_misses']}, lost {s['lost']}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="default,production")
-    parser.add_argument("--rates", default="50,100,200,400,800")
+    parser.add_argument("--rates", default="100,200,400,800,1600")
     parser.add_argument("--lanes", type=int, default=8)
     parser.add_argument("--epochs", type=float, default=0.0, help="pretraining epochs for each bundle (0: random)")
     parser.add_argument("--seconds", type=float, default=6.0, help="line time per offered rate")
+    parser.add_argument("--policy-rate", type=float, default=1000.0,
+                        help="the offered rate (past capacity) at which thread policies are compared")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -161,15 +200,23 @@ def main() -> None:
             scenario.prerender(range(1000))
             items = [(ItemCaptureOf(scenario, i), list(scenario.readings(i, 0))) for i in range(200)]
             limits = compute_limits(trained.bundle, trained.backbone, items)
-            eager = limits["PyTorch fp32 eager, 1 item"]["items_per_s"]
+            chosen, seconds = pick_threads(trained.bundle.backbone_path, trained.manifest.input)
+            print(f"  the station picks {chosen} thread(s): a batch of 8 items "
+                  + ", ".join(f"{s * 1000:.1f} ms on {n}" for n, s in seconds.items()))
+            eager = limits["PyTorch fp32 eager (2 threads), 1 item"]["items_per_s"]
             for name, row in limits.items():
                 row["vs_eager"] = round(row["items_per_s"] / eager, 2)
                 print(f"  {name:28s} {row['items_per_s']:8.1f} items/s  ({row['vs_eager']}× eager)")
             rows = line_runs(trained.bundle, scenario, rates, args.lanes, args.seconds, seed=cfg.seed * 10 + 3)
-            limit = limits["station, batches of 8"]["items_per_s"]
+            policies = policy_runs(trained.bundle, scenario, args.policy_rate, args.lanes, args.seconds,
+                                   seed=cfg.seed * 10 + 3)
+            limit = max(row["items_per_s"] for name, row in limits.items() if "PyTorch" not in name)
             clean = [r["offered_per_s"] for r in rows
                      if r["deadline_misses"] == r["overload"] == r["lost"] == 0]
             report["sizes"][size] = {"backbone": backbone_name, "image_size": px, "compute": limits, "line": rows,
+                                     "policies": policies, "policy_rate": args.policy_rate,
+                                     "threads_chosen": chosen,
+                                     "threads_batch_ms": {n: round(s * 1000, 2) for n, s in seconds.items()},
                                      "highest_clean_rate": max(clean, default=0.0),
                                      "highest_clean_vs_compute_limit": round(max(clean, default=0.0) / limit, 2)}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -194,15 +241,23 @@ def markdown(report: dict) -> str:
                   "| whole item, pre-captured | items/s | ms/item p50 | × PyTorch eager |", "|---|---:|---:|---:|"]
         lines += [f"| {name} | {row['items_per_s']} | {row['ms_per_item_p50']} | {row['vs_eager']} |"
                   for name, row in r["compute"].items()]
-        lines += ["", "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | misses | late | lost | overload | "
+        lines += ["", f"The station measured its thread count at load: {r['threads_chosen']} (a batch of 8 items: "
+                  + ", ".join(f"{ms} ms on {n} thread(s)" for n, ms in r["threads_batch_ms"].items())
+                  + "). Whole station on the simulated line, offered rates stepping past its capacity:", "",
+                  "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | misses | late | lost | overload | "
                   "MCC | controller link | tap link |", "|---" * 12 + "|"]
         lines += [f"| {x['offered_per_s']:.0f} | {x['achieved_per_s']} | {x['latency_ms_p50']} | {x['latency_ms_p99']} "
                   f"| {x['latency_ms_p999']} | {x['deadline_misses']} | {x['late']} | {x['lost']} | {x['overload']} "
                   f"| {x['mcc']} | {x['link_utilisation']['controller']:.0%} | {x['link_utilisation']['taps']:.0%} |"
                   for x in r["line"]]
         lines += ["", f"Highest offered rate with no miss, no overload exit and nothing lost: "
-                  f"{r['highest_clean_rate']:.0f}/s = {r['highest_clean_vs_compute_limit']}× the batched compute "
-                  "limit.\n"]
+                  f"{r['highest_clean_rate']:.0f}/s = {r['highest_clean_vs_compute_limit']}× the best compute "
+                  "limit above.\n", f"Thread policies, offered {r['policy_rate']:.0f} items/s:\n",
+                  "| policy | decided by the model /s | overload exits | misses | lost | p99 ms |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {p['decided_by_model_per_s']} | {p['overload']} | {p['deadline_misses']} | {p['lost']} "
+                  f"| {p['latency_ms_p99']} |" for name, p in r["policies"].items()]
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from sortline.edge_runtime.preprocess import InputSpec
 from sortline.export.onnx_export import INPUT_NAME, compare, export_backbone
 from sortline.export.quantize import convert_fp16, quantize_int8
-from sortline.hardware.avocado import AvocadoScenario
+from sortline.hardware.sim.avocado import AvocadoScenario
 from sortline.train.backbones import build_backbone
 from sortline.train.checkpoint import load_checkpoint
 from sortline.train.data import model_input

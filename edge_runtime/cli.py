@@ -28,8 +28,8 @@ def _desktop(name: str):
 
 
 def _simulate(args: argparse.Namespace) -> dict:
-    from sortline.hardware.faults import FaultRates
-    from sortline.hardware.line_sim import LineConfig
+    from sortline.hardware.sim.faults import FaultRates
+    from sortline.hardware.sim.line import LineConfig
 
     from .hil import make_scenario, record_simulation
 

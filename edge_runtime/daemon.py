@@ -4,7 +4,6 @@ configured by a station file (:mod:`sortline.edge_runtime.config`)."""
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from dataclasses import asdict
@@ -13,40 +12,34 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sortline.hardware.recording import RecordingWriter, StreamRecorder
-from sortline.hardware.serial_link import Received, SerialLink
 
 from .config import ConfigError, StationFile
 from .pipeline import ItemPipeline
-from .station import Station, StationConfig, StationStats
+from .station import StationConfig, StationStats
+from .station.wiring import RunningStation
 
 log = logging.getLogger(__name__)
 
 
 def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None = None,
           config: StationConfig = StationConfig()) -> tuple[StationStats, dict[str, int]]:
-    """Run the station until ``stop`` is set; return its counters and the faults it saw."""
+    """Run the station until ``stop`` is set; return its counters and the faults it saw. If the
+    station's loop dies, this raises :class:`StationError` at once (the daemon then exits
+    non-zero, and systemd restarts it) instead of staying alive and idle."""
     bundle = bundle or station_file.bundle
     if bundle is None:
         raise ConfigError(f"{station_file.path}: no station.bundle, and none given")
     pipeline = ItemPipeline.for_station(bundle)
-    inbox: queue.Queue[Received] = queue.Queue(maxsize=4096)
-    ports = station_file.ports
-    controller = SerialLink(ports["controller"], "controller", inbox=inbox)
-    sensor_name = next((name for name in ports if name != "controller"), None)
-    sensor = SerialLink(ports[sensor_name], sensor_name, inbox=inbox) if sensor_name else None
     rig = station_file.build_rig()
     try:
-        controller.open()
-        if sensor is not None:
-            sensor.open()
-        station = Station(pipeline, rig, controller, sensor, config, event_log=station_file.event_log)
-        log.info("serving %s with bundle %s", station_file.path, bundle)
-        stats = station.run(stop)
-        return stats, station.observed_faults()
+        with RunningStation(pipeline, station_file.ports, rig, config, event_log=station_file.event_log,
+                            bauds=station_file.bauds) as running:
+            log.info("serving %s with bundle %s", station_file.path, pipeline.bundle.version)
+            while not stop.is_set() and not running.stopped.is_set():
+                stop.wait(0.2)
+            stats = running.stop()
+            return stats, running.station.observed_faults()
     finally:
-        controller.close()
-        if sensor is not None:
-            sensor.close()
         rig.close()
 
 
@@ -59,7 +52,7 @@ def record_station(station_file: StationFile, out: Path, items: int | None = Non
     rig = station_file.build_rig()
     t0 = time.monotonic()
     writer = RecordingWriter(out, list(ports), t0)
-    recorder = StreamRecorder(writer, ports, rig)
+    recorder = StreamRecorder(writer, ports, rig, bauds=station_file.bauds)
     done = threading.Event()
     thread = threading.Thread(target=recorder.run, args=(done,), name="recorder", daemon=True)
     thread.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,3 +49,28 @@ class OnnxEmbedder:
 
     def embed_views(self, views: Sequence[ViewFrame]) -> np.ndarray:
         return self.embed_batch(preprocess_views(views, self.spec))
+
+
+def pick_threads(model_path: str | Path, spec: InputSpec, batch_items: int = 8, runs: int = 3,
+                 gain: float = 1.3) -> tuple[int, dict[int, float]]:
+    """The station's intra-op thread count for this model on this machine, measured: a busy
+    station embeds batches of ``batch_items`` items; a second thread is worth taking from capture,
+    the serial readers and the loop only when it makes those batches ``gain`` times faster
+    (a large model: ResNet-18 at 128 px ran 1.75× faster on 2 threads; the default ResNet-10 at
+    64 px gained less and lost more to contention). Returns the choice and seconds per batch."""
+    cores = min(2, os.cpu_count() or 1)
+    batch = np.zeros((batch_items * spec.views, len(spec.channels), spec.size, spec.size), np.float32)
+    seconds: dict[int, float] = {}
+    for threads in range(1, cores + 1):
+        embedder = OnnxEmbedder(model_path, spec, threads=threads, spin=False)
+        embedder.embed_batch(batch)  # the first run allocates
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            embedder.embed_batch(batch)
+            times.append(time.perf_counter() - started)
+        seconds[threads] = float(np.median(times))
+    best = 1
+    if cores > 1 and seconds[1] / seconds[cores] >= gain:
+        best = cores
+    return best, seconds

@@ -3,7 +3,6 @@ through real pseudo-terminals and real pyserial, and recording a simulated line 
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -13,19 +12,20 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from sortline.hardware.avocado import AvocadoScenario
 from sortline.hardware.camera import FrameSource
-from sortline.hardware.checkout import Catalog, CheckoutScenario
-from sortline.hardware.line_sim import LATE_VIEW_S, SILENCE_S, LineConfig, Scenario, SimulatedLine
-from sortline.hardware.recording import Recording, RecordingError, RecordingWriter, ReplayedLine, StreamRecorder
-from sortline.hardware.referee import LineTally
-from sortline.hardware.serial_link import Received, SerialLink
-from sortline.hardware.sim_process import CachedScenario, LineProcess
+from sortline.hardware.recording import Recording, RecordingError, RecordingWriter, StreamRecorder
+from sortline.hardware.sim.avocado import AvocadoScenario
+from sortline.hardware.sim.checkout import Catalog, CheckoutScenario
+from sortline.hardware.sim.line import LATE_VIEW_S, SILENCE_S, LineConfig, Scenario, SimulatedLine
+from sortline.hardware.sim.process import CachedScenario, LineProcess
+from sortline.hardware.sim.referee import LineTally
+from sortline.hardware.sim.replay import ReplayedLine
 
 from .datasets import load_image_set
 from .pipeline import Decision, ItemPipeline
 from .report import summarize
-from .station import Station, StationConfig, StationStats
+from .station import StationConfig, StationStats
+from .station.wiring import RunningStation
 
 DISTINCT_ITEMS = 1000  # a simulated line renders at most this many distinct items, then repeats them
 
@@ -81,30 +81,20 @@ def sort_on_line(
     progress: bool = True,
 ) -> LineRun:
     """Run a station on ``line`` until every item has passed; return what both sides saw."""
-    inbox: queue.Queue[Received] = queue.Queue(maxsize=4096)
-    # A simulated device waits REOPEN_S (0.3 s) after coming back before it talks: reopen well within it.
-    controller = SerialLink(line.port("controller"), "controller", inbox=inbox, reconnect_s=0.05)
-    sensor = SerialLink(line.port(line.sensor), line.sensor, inbox=inbox, reconnect_s=0.05)
-    stop = threading.Event()
+    decisions: list[Decision] = []
+    ports = {"controller": line.port("controller"), line.sensor: line.port(line.sensor)}
     try:
-        controller.open()
-        sensor.open()
-        decisions: list[Decision] = []
-        station = Station(pipeline, line.rig, controller, sensor, station_config, event_log=event_log,
-                          on_decision=decisions.append)
-        worker = threading.Thread(target=station.run, args=(stop,), name="station", daemon=True)
-        worker.start()
-        start = time.monotonic()
-        line.start()
-        _follow(line, "sorting", progress)
-        tally = line.wait()
-        wall_s = time.monotonic() - start
-        stop.set()
-        worker.join(timeout=10)
+        # A simulated device waits REOPEN_S (0.3 s) after coming back before it talks: reopen well within it.
+        with RunningStation(pipeline, ports, line.rig, station_config, event_log=event_log, reconnect_s=0.05,
+                            on_decision=decisions.append) as running:
+            start = time.monotonic()
+            line.start()
+            _follow(line, "sorting", progress)
+            tally = line.wait()
+            wall_s = time.monotonic() - start
+            running.stop()
+            station = running.station
     finally:
-        stop.set()
-        controller.close()
-        sensor.close()
         line.stop()
     truth = {i: label for i in line.item_ids if (label := line.truth(i)) is not None}
     manifest = pipeline.manifest

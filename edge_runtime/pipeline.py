@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,10 @@ import numpy as np
 from sortline.hardware.camera import ItemCapture
 
 from .bundle import Bundle, load_bundle
-from .embedder import OnnxEmbedder
+from .embedder import OnnxEmbedder, pick_threads
 from .fusion import Reading, fuse
 
-STATION_THREADS = 1  # see ItemPipeline.for_station and benchmarks/edge_pipeline.py
+log = logging.getLogger(__name__)
 
 # Why an item got its exit. Anything but CONFIDENT goes to the safe exit.
 CONFIDENT = "confident"
@@ -61,11 +62,16 @@ class ItemPipeline:
         return cls(load_bundle(path), threads=threads, spin=spin)
 
     @classmethod
-    def for_station(cls, path: str | Path | Bundle) -> ItemPipeline:
-        """The station's thread policy: one intra-op thread per embedding worker, no spinning,
-        so the model shares two cores with capture, the serial readers and the loop."""
+    def for_station(cls, path: str | Path | Bundle, threads: int | None = None) -> ItemPipeline:
+        """The station's thread policy: no spinning, and one intra-op thread unless a second one
+        measurably pays for this model on this machine (:func:`pick_threads`), so that the model
+        shares the cores with capture, the serial readers and the loop."""
         bundle = path if isinstance(path, Bundle) else load_bundle(path)
-        return cls(bundle, threads=STATION_THREADS, spin=False)
+        if threads is None:
+            threads, seconds = pick_threads(bundle.backbone_path, bundle.manifest.input)
+            log.info("embedding on %d thread(s); a batch of 8 items took %s", threads,
+                     ", ".join(f"{s * 1000:.1f} ms on {n}" for n, s in seconds.items()))
+        return cls(bundle, threads=threads, spin=False)
 
     def embed(self, capture: ItemCapture) -> np.ndarray | None:
         """The present views' embeddings (``V×D``), or None when no view was captured."""

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, matthews_corrcoef
 
-from sortline.hardware.referee import LineTally
+from sortline.hardware.sim.referee import LineTally
 
 from .bundle import DecisionPolicy
 from .pipeline import Decision
@@ -52,7 +52,8 @@ def summarize(
         "deadline_misses": stats.deadline_misses + tally.late,
         "late": tally.late,
         "overload": stats.overload,
-        "items_per_s": round(tally.items / wall_s, 2) if wall_s > 0 else None,
+        # items over the time they took, first announcement to last command (not start-up and waits)
+        "items_per_s": round(tally.items / span, 2) if (span := tally.span_s or wall_s) > 0 else None,
         "faults": dict(faults or {}),
         "retransmissions": tally.retransmissions,
         "unannounced": stats.unannounced,

@@ -13,7 +13,7 @@ from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest
 from sortline.edge_runtime.embedder import EMBEDDING_OUTPUT, OnnxEmbedder
 from sortline.edge_runtime.fusion import FusionSpec
 from sortline.edge_runtime.preprocess import InputSpec
-from sortline.hardware.avocado import CLASSES, TAPS_PER_ITEM
+from sortline.hardware.sim.avocado import CLASSES, TAPS_PER_ITEM
 
 SPEC = InputSpec(size=32, views=4)
 EXITS = {"A": 1, "external": 2, "internal": 3, "both": 3}
@@ -49,7 +49,7 @@ def tiny_backbone_onnx(path: Path, channels: int = 4, width: int = 16, seed: int
 def make_tiny_bundle(out: Path, work: Path, labeled_fruit: int = 120) -> Bundle:
     """A bundle whose head is fitted on the tiny backbone's embeddings of simulated fruit."""
     from sortline.export.bundle import write_bundle
-    from sortline.hardware.avocado import make_fruit, render_views, tap_series
+    from sortline.hardware.sim.avocado import make_fruit, render_views, tap_series
     from sortline.train.fusion_head import fit_fusion_head
     from sortline.train.sim_data import SimItem
 
@@ -76,7 +76,7 @@ def make_tiny_checkout_bundle(out: Path, work: Path, labeled_items: int = 150, p
     """A checkout bundle: the tiny backbone on RGB, its head fitted on drawn products and their
     weights from the scale."""
     from sortline.export.bundle import write_bundle
-    from sortline.hardware.checkout import Catalog, CheckoutScenario
+    from sortline.hardware.sim.checkout import Catalog, CheckoutScenario
     from sortline.train.fusion_head import fit_fusion_head
     from sortline.train.sim_data import sim_items
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from sortline.hardware.avocado import CLASS_PRIORS, CLASSES, make_fruit, render_views, tap_series
+from sortline.hardware.sim.avocado import CLASS_PRIORS, CLASSES, make_fruit, render_views, tap_series
 
 
 def _diff_per_view(a, b, channel):

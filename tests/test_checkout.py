@@ -13,9 +13,9 @@ import pytest
 from sortline.edge_runtime.cli import main
 from sortline.edge_runtime.hil import make_scenario, sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
-from sortline.hardware.checkout import Catalog, CheckoutScenario, draw_product, scale_series
-from sortline.hardware.faults import FaultRates
-from sortline.hardware.line_sim import LineConfig
+from sortline.hardware.sim.checkout import Catalog, CheckoutScenario, draw_product, scale_series
+from sortline.hardware.sim.faults import FaultRates
+from sortline.hardware.sim.line import LineConfig
 
 
 def test_items_are_deterministic_and_each_view_differs():

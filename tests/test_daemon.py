@@ -13,9 +13,9 @@ import pytest
 from sortline.edge_runtime.cli import main
 from sortline.edge_runtime.config import ConfigError, load_station_file
 from sortline.edge_runtime.daemon import serve
-from sortline.hardware.avocado import make_fruit, render_views
-from sortline.hardware.line_sim import LineConfig, SimulatedLine
 from sortline.hardware.recording import Recording
+from sortline.hardware.sim.avocado import make_fruit, render_views
+from sortline.hardware.sim.line import LineConfig, SimulatedLine
 
 
 def _camera_folders(root, views=4, frames=3):
@@ -51,11 +51,20 @@ def test_station_file_mistakes_name_the_file_and_key(tmp_path):
         ('[controller]\nport = "loop://"\n[sensor]\nkind = "scale"', "sensor.port"),
         ('[controller]\nport = "loop://"', "at least one"),
         ('[controller]\nport = "loop://"\n[[views]]\nrgb = true', "views\\[0\\].rgb"),
+        ('[controller]\nport = "loop://"\nbaud = -9600\n[[views]]\nrgb = 0', "controller.baud"),
+        ('[controller]\nport = "loop://"\nbaud = "fast"\n[[views]]\nrgb = 0', "controller.baud"),
         ("[controller\nport=", "not a readable TOML"),
     ]:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_station_file(bad)
+
+
+def test_baud_rates_are_per_device(tmp_path):
+    path = tmp_path / "station.toml"
+    path.write_text('[controller]\nport = "loop://"\n[sensor]\nkind = "taps"\nport = "loop://"\nbaud = 921600\n'
+                    '[[views]]\nrgb = 0\n')
+    assert load_station_file(path).bauds == {"controller": 115200, "taps": 921600}
 
 
 def test_record_a_live_station_and_replay_it(tmp_path, tiny_bundle, capsys):

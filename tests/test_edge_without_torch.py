@@ -24,7 +24,7 @@ def test_edge_runs_with_torch_unimportable(tiny_bundle):
                 importlib.import_module(f"{{pkg.__name__}}.{{mod.name}}")
         from sortline.edge_runtime.cli import main
         from sortline.edge_runtime.pipeline import ItemPipeline
-        from sortline.hardware.avocado import make_fruit, render_views, tap_series
+        from sortline.hardware.sim.avocado import make_fruit, render_views, tap_series
         from sortline.hardware.camera import ItemCapture
         pipeline = ItemPipeline.from_path({str(tiny_bundle.root)!r})
         fruit = make_fruit(1, seed=0)

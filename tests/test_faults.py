@@ -7,8 +7,8 @@ import pytest
 
 from sortline.edge_runtime.hil import sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
-from sortline.hardware.faults import FaultRates
-from sortline.hardware.line_sim import LineConfig
+from sortline.hardware.sim.faults import FaultRates
+from sortline.hardware.sim.line import LineConfig
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import torch
 
 from sortline.edge_runtime.cli import main
 from sortline.edge_runtime.preprocess import InputSpec
-from sortline.hardware.avocado import make_fruit, render_views
+from sortline.hardware.sim.avocado import make_fruit, render_views
 from sortline.train.augment import AugmentConfig, MultiChannelAugment, TileShuffle
 from sortline.train.backbones import BACKBONES, LCAPool, build_backbone, lca_weights
 from sortline.train.checkpoint import load_checkpoint

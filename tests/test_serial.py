@@ -6,8 +6,8 @@ import queue
 import time
 
 from sortline.hardware.protocol import Ack, GateCommand, ItemArrival
-from sortline.hardware.pty import PtyDevice
 from sortline.hardware.serial_link import SerialLink
+from sortline.hardware.sim.pty import PtyDevice
 
 
 def _drain(link: SerialLink, n: int, timeout_s: float = 3.0) -> list:

@@ -12,12 +12,12 @@ import pytest
 from sortline.edge_runtime.hil import sort_on_simulated_line
 from sortline.edge_runtime.pipeline import CONFIDENT, LATE, NO_VIEWS, UNANNOUNCED, UNSURE, ItemPipeline
 from sortline.edge_runtime.station import Station, StationConfig
-from sortline.hardware.avocado import make_fruit, render_views, tap_series
 from sortline.hardware.camera import FrameError, ItemCapture
-from sortline.hardware.line_sim import LineConfig
 from sortline.hardware.protocol import Ack, GateCommand, Heartbeat, ItemArrival
-from sortline.hardware.pty import PtyDevice
 from sortline.hardware.serial_link import SerialLink
+from sortline.hardware.sim.avocado import make_fruit, render_views, tap_series
+from sortline.hardware.sim.line import LineConfig
+from sortline.hardware.sim.pty import PtyDevice
 
 
 def test_every_item_gets_exactly_one_gate_command(tiny_bundle, tmp_path):

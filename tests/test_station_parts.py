@@ -20,10 +20,11 @@ from sortline.edge_runtime.station import (
     StreamingHistogram,
 )
 from sortline.edge_runtime.station.ids import NEW, REPEATED
-from sortline.hardware.avocado import make_fruit, render_views, tap_series
+from sortline.edge_runtime.station.links import LinkBudget, item_bytes
 from sortline.hardware.camera import ItemCapture
 from sortline.hardware.protocol import GateCommand, ItemArrival, ParserStats, ScaleReading
 from sortline.hardware.serial_link import Received
+from sortline.hardware.sim.avocado import make_fruit, render_views, tap_series
 
 
 class Clock:
@@ -138,6 +139,7 @@ class _Link:
         self.sent: list = []
         self.inbox: queue.Queue = inbox if inbox is not None else queue.Queue()
         self.name = name
+        self.baudrate = 115200
         self.stats = ParserStats()
         self.reconnects = 0
 
@@ -300,7 +302,7 @@ def test_an_item_whose_embeddings_are_back_waits_for_its_taps_then_is_decided(ti
     try:
         _arrive(link, clock, 1)
         station.step(0)
-        while station._pending[1].result is None:
+        while station._open[1].result is None:
             station.step(0.01)
         assert link.sent == []  # waiting for the taps (sensor "taps" in this bundle)
         clock.t += 0.121  # past sensor_wait_ms: decided on the views alone
@@ -324,3 +326,26 @@ def test_late_and_unannounced_items_each_get_one_safe_command(tiny_bundle):
     station.step(0)
     by_item = {d.item_id: d.reason for d in station.decisions}
     assert by_item[1] == LATE and by_item[2] == UNANNOUNCED
+
+
+# --- serial link budget -------------------------------------------------------------------------
+
+
+def test_link_capacity_follows_the_baud_rate_and_the_frames_of_an_item():
+    per_item = item_bytes("taps", 5)
+    assert 200 < per_item["taps"] < 320 and 60 < per_item["controller"] < 110
+    budget = LinkBudget({"controller": 115200, "taps": 115200}, per_item)
+    assert 35 < budget.capacity["taps"] < 60 and 100 < budget.capacity["controller"] < 200
+    assert LinkBudget({"taps": 921600}, per_item).capacity["taps"] == pytest.approx(8 * budget.capacity["taps"])
+
+
+def test_an_offered_rate_above_a_links_capacity_is_warned_once_a_minute(caplog):
+    budget = LinkBudget({"controller": 115200, "taps": 115200}, item_bytes("taps", 5))
+    for k in range(100):  # 100 items in one second: over the tap link's ~44, under the controller's
+        budget.announce(k * 0.01)
+    assert budget.over == 1 and "taps link" in caplog.text and budget.peak_rate == pytest.approx(100)
+    for k in range(100):
+        budget.announce(1.0 + k * 0.01)
+    assert budget.over == 1  # not again within the minute
+    budget.announce(70.0)
+    assert budget.over == 1  # the rate fell: no warning

@@ -27,8 +27,8 @@ from sortline.edge_runtime.preprocess import InputSpec
 from sortline.edge_runtime.report import markdown
 from sortline.export.build import ExportConfig, export_model
 from sortline.export.bundle import write_bundle
-from sortline.hardware.faults import FaultRates
-from sortline.hardware.line_sim import LineConfig, Scenario
+from sortline.hardware.sim.faults import FaultRates
+from sortline.hardware.sim.line import LineConfig, Scenario
 
 from .augment import MultiChannelAugment
 from .backbones import build_backbone
@@ -64,6 +64,7 @@ class DemoConfig:
     pool_fruit: int = 2000  # unlabeled fruit for pretraining (×4 views)
     labeled_fruit: int = 600  # labeled fruit for the fusion head
     backbone: str = "resnet10"
+    channels: tuple[str, ...] | None = None  # the model's input channels (default: all the scenario's)
     image_size: int = 64
     epochs: float = 6.0
     batch_size: int = 128
@@ -102,11 +103,12 @@ class TrainedStation:
 
 def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> TrainedStation:
     """Render → pretrain → export (int8) → fusion head → bundle, in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
     scenarios = {k: make_scenario(cfg.scenario, seed, cfg.products, cfg.product_count)
                  for k, seed in worlds(cfg.seed).items()}
     first = scenarios["pool"]
     classes = first.classes
-    channels = first.channels
+    channels = cfg.channels or first.channels
     spec = InputSpec.for_channels(channels, cfg.image_size, views=first.views)
     t = time.perf_counter()
 

@@ -10,8 +10,8 @@ from tqdm import tqdm
 
 from sortline.edge_runtime.preprocess import InputSpec
 from sortline.hardware.camera import ViewFrame
-from sortline.hardware.line_sim import Scenario
 from sortline.hardware.protocol import ScaleReading, TapReading
+from sortline.hardware.sim.line import Scenario
 
 from .data import views_to_uint8
 

@@ -28,6 +28,7 @@ from sortline.hardware.camera import CORRUPT, LOST, FrameError, FrameSource
 from ..preprocess import InputSpec, preprocess_views
 
 log = logging.getLogger(__name__)
+SLACK = 0.1  # a batch is planned to take this much longer than its estimate, to be on time
 
 
 class Embedder(Protocol):
@@ -90,6 +91,17 @@ class ItemFlow:
         self.embed_s = _Estimate(0.005)  # per item, in the batches the workers run
         self.shed = 0
         self.deepest = 0
+        self._busy_until = 0.0  # when the batch now running should end
+
+    def warm_up(self) -> None:
+        """One full batch before the first item: the model's first run allocates, and the
+        estimate the flow sheds by starts from this machine's real speed."""
+        spec = self.embedder.spec
+        batch = np.zeros((self.max_batch * spec.views, len(spec.channels), spec.size, spec.size), np.float32)
+        self.embedder.embed_batch(batch)
+        started = time.perf_counter()
+        self.embedder.embed_batch(batch)
+        self.embed_s.value = (time.perf_counter() - started) / self.max_batch
 
     def start(self) -> ItemFlow:
         targets = [(self._capture_loop, "flow-capture")]
@@ -142,8 +154,11 @@ class ItemFlow:
         self.on_result(FlowResult(job.item_id, embeddings, (*job.errors, *errors), lost, corrupt, late, shed,
                                   job.times_ms))
 
-    def _embed_backlog_s(self) -> float:
-        return self.embed_s.value * (self._embeds.qsize() + 1) / self.workers
+    def _embed_backlog_s(self, now: float) -> float:
+        """How long until a new item would be embedded: the batch now running, the items
+        waiting, and the item itself."""
+        running = max(0.0, self._busy_until - now)
+        return running + self.embed_s.value * (self._embeds.qsize() + 1) / self.workers
 
     # --- stage 1: capture and preprocess ------------------------------------------------------
 
@@ -164,7 +179,7 @@ class ItemFlow:
         job.times_ms["queue"] = (now - job.submitted_at) * 1000
         if self._take_cancel(job.item_id):
             return
-        if now + self.capture_s.value + self._embed_backlog_s() > job.decide_by:
+        if now + self.capture_s.value + self._embed_backlog_s(now) > job.decide_by:
             self._finish(job, shed=True)
             return
         errors: list[str] = []
@@ -197,39 +212,52 @@ class ItemFlow:
     # --- stage 2: embed, in batches -----------------------------------------------------------
 
     def _embed_loop(self) -> None:
+        carry: list[_Job] = []  # taken, but left for the next batch (their deadlines are later)
         while not self._stop.is_set():
-            try:
-                first = self._embeds.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            jobs = [first]
+            jobs, carry = carry, []
+            if not jobs:
+                try:
+                    jobs.append(self._embeds.get(timeout=0.05))
+                except queue.Empty:
+                    continue
             while len(jobs) < self.max_batch:
                 try:
                     jobs.append(self._embeds.get_nowait())
                 except queue.Empty:
                     break
             try:
-                self._embed(jobs)
+                carry = self._embed(jobs)
             except Exception:
                 log.exception("embedding failed for items %s", [j.item_id for j in jobs])
                 for job in jobs:
                     self._finish(job, errors=("embedding failed",))
 
-    def _embed(self, jobs: list[_Job]) -> None:
+    def _embed(self, jobs: list[_Job]) -> list[_Job]:
+        """One batch. Every item in it is done when the batch is, so an item joins only if the
+        whole batch still ends before the earliest decision time in it; one that cannot make it
+        even alone is shed, and the rest wait for the next batch."""
         now = self.clock()
+        per_item = self.embed_s.value * (1 + SLACK)
         accepted: list[_Job] = []
-        for job in jobs:  # oldest first: keep each that can still be done in time
+        later: list[_Job] = []
+        earliest = float("inf")
+        for job in jobs:  # oldest first
             if self._take_cancel(job.item_id):
                 continue
-            if now + self.embed_s.value * (len(accepted) + 1) > job.decide_by:
+            if now + per_item > job.decide_by:
                 self._finish(job, shed=True)
-            else:
+            elif now + per_item * (len(accepted) + 1) <= min(earliest, job.decide_by):
                 accepted.append(job)
+                earliest = min(earliest, job.decide_by)
+            else:
+                later.append(job)
         if not accepted:
-            return
+            return later
+        self._busy_until = now + per_item * len(accepted)
         batch = np.concatenate([job.batch for job in accepted])
         embeddings = self.embedder.embed_batch(batch)
         done = self.clock()
+        self._busy_until = 0.0
         self.embed_s.update((done - now) / len(accepted))
         start = 0
         for job in accepted:
@@ -238,3 +266,4 @@ class ItemFlow:
             job.times_ms["batch_items"] = len(accepted)
             self._finish(job, embeddings[start:start + n])
             start += n
+        return later

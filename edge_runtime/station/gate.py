@@ -3,6 +3,7 @@ until its gate has passed."""
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class GateChannel:
         self.remember = remember
         self.stats = GateStats()
         self._unacked: dict[int, _Unacked] = {}
+        self._due: list[tuple[float, int]] = []  # (resend at, item id): heap; acknowledged entries skipped
         self._exchanges: OrderedDict[int, _Exchange] = OrderedDict()
 
     def send(self, item_id: int, exit: int, now: float, deadline_at: float) -> bool:
@@ -60,6 +62,7 @@ class GateChannel:
         sent = self.link.send(command)
         self.stats.gate_commands += int(sent)
         self._unacked[item_id] = _Unacked(command, now, deadline_at)
+        heapq.heappush(self._due, (now + self.ack_timeout_s, item_id))
         self._exchanges[item_id] = _Exchange()
         if len(self._exchanges) > self.remember:
             self._exchanges.popitem(last=False)
@@ -76,14 +79,20 @@ class GateChannel:
             self.stats.unacked -= 1
 
     def next_due(self) -> float | None:
-        if not self._unacked:
-            return None
-        return min(u.sent_at for u in self._unacked.values()) + self.ack_timeout_s
+        while self._due and self._stale(*self._due[0]):
+            heapq.heappop(self._due)
+        return self._due[0][0] if self._due else None
+
+    def _stale(self, at: float, item_id: int) -> bool:
+        waiting = self._unacked.get(item_id)
+        return waiting is None or waiting.sent_at + self.ack_timeout_s != at
 
     def resend_due(self, now: float) -> None:
-        for item_id, waiting in list(self._unacked.items()):
-            if now - waiting.sent_at < self.ack_timeout_s:
+        while self._due and self._due[0][0] <= now:
+            at, item_id = heapq.heappop(self._due)
+            if self._stale(at, item_id):
                 continue
+            waiting = self._unacked[item_id]
             exchange = self._exchanges.get(item_id)
             if exchange is not None and not exchange.overdue:
                 exchange.overdue = True
@@ -93,6 +102,7 @@ class GateChannel:
                 continue
             self.link.send(waiting.command)
             waiting.sent_at = now
+            heapq.heappush(self._due, (now + self.ack_timeout_s, item_id))
             self.stats.retransmissions += 1
             if exchange is not None:
                 exchange.sent += 1

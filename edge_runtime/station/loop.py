@@ -15,8 +15,6 @@ goes there too. One bad item never stops the line.
 
 from __future__ import annotations
 
-import dataclasses
-import heapq
 import logging
 import queue
 import threading
@@ -32,13 +30,15 @@ from sortline.hardware.serial_link import Received, SerialLink
 
 from ..config import ConfigError
 from ..errors import SortlineError
-from ..pipeline import ERROR, LATE, OVERLOAD, UNANNOUNCED, Decision, ItemPipeline
+from ..pipeline import UNANNOUNCED, Decision, ItemPipeline
 from .events import EventLog
 from .flow import FlowResult, ItemFlow
 from .gate import GateChannel
 from .ids import REPEATED, ItemIds
+from .items import Agenda, OpenItem, decide, event_record
+from .links import LinkBudget, item_bytes
 from .readings import DeviceClock, ReadingMatcher
-from .stats import StationStats
+from .stats import StationStats, observed_faults
 
 log = logging.getLogger(__name__)
 _WAKE = object()  # put in the inbox by the flow: a result is waiting
@@ -65,17 +65,6 @@ class StationConfig:
     flow_queue: int = 64  # items waiting in each stage of the flow, at most
     max_batch_items: int = 8  # items embedded in one batch when the line is busy
     recent_decisions: int = 1000  # kept in Station.decisions
-
-
-@dataclass
-class _Pending:
-    arrival: ItemArrival
-    received_at: float  # when its announcement was read
-    announced_at: float  # when the controller announced it, on this station's clock
-    deadline_at: float
-    decide_by: float
-    sensor_until: float
-    result: FlowResult | None = None
 
 
 class Station:
@@ -113,11 +102,12 @@ class Station:
         self._clock = clock
         self._log = EventLog(event_log)
         self._bundle = pipeline.bundle.version
-        self._pending: dict[int, _Pending] = {}
-        self._timers: list[tuple[float, int]] = []  # (when, item id): heap, stale entries skipped
-        self._touched: set[int] = set()  # items whose readings or embeddings changed
+        self._open: dict[int, OpenItem] = {}
+        self._agenda = Agenda()
         self._results: deque[FlowResult] = deque()
         self._controller_clock = DeviceClock()
+        links = {link.name: link.baudrate for link in (controller, sensor) if link is not None}
+        self.links = LinkBudget(links, item_bytes(fusion.sensor, fusion.readings_expected))
 
     @property
     def stats(self) -> StationStats:
@@ -129,29 +119,18 @@ class Station:
         s.unmatched_weights = self.readings.stats.unmatched_weights
         s.counter_resets = self.ids.resets
         s.flow_queue_max = self.flow.deepest
+        s.link_over_capacity = self.links.over
         s.log_errors = self._log.errors
         return s
 
     def observed_faults(self) -> dict[str, int]:
-        """What this station saw go wrong, by kind (the names of hardware/faults.py)."""
-        links = [link.stats for link in (self.controller, self.sensor) if link is not None]
-        s = self.stats
-        return {
-            "garbled": sum(x.bad_crc for x in links),
-            "truncated": sum(x.malformed for x in links),
-            "dropped": sum(x.seq_missing - x.rejected for x in links),
-            "duplicated": sum(x.seq_duplicates for x in links),
-            "reordered": sum(x.seq_reordered for x in links),
-            "views_lost": s.views_lost,
-            "views_late": s.views_late,
-            "views_corrupt": s.views_corrupt,
-            "sensor_disconnects": self.controller.reconnects + (self.sensor.reconnects if self.sensor else 0),
-            "unacked": s.unacked,
-        }
+        """What this station saw go wrong, by kind (the names of hardware/sim/faults.py)."""
+        return observed_faults(self.stats, [link for link in (self.controller, self.sensor) if link is not None])
 
     def run(self, stop: threading.Event) -> StationStats:
         """Serve until ``stop`` is set; then let the items in flight finish (or reach their
         decision time) and return. Raises :class:`StationError` if a worker thread dies."""
+        self.flow.warm_up()
         self.flow.start()
         try:
             while not stop.is_set():
@@ -159,10 +138,10 @@ class Station:
                 if not self.flow.alive:
                     raise StationError("the item flow's worker thread died; the station cannot go on")
             limit = self._clock() + SHUTDOWN_GRACE_S
-            while self._pending and self._clock() < limit:
+            while self._open and self._clock() < limit:
                 self.step(self._next_wake())
             now = self._clock()
-            for item_id in list(self._pending):
+            for item_id in list(self._open):
                 self._finish(item_id, now)
             for item_id in self.ids.all_skipped():
                 self._finish_unannounced(item_id, now)
@@ -174,8 +153,7 @@ class Station:
     # --- the loop ---------------------------------------------------------------------------
 
     def _next_wake(self) -> float:
-        timers = [t for t in (self._timers[0][0] if self._timers else None, self.ids.next_due(),
-                              self.gate.next_due()) if t is not None]
+        timers = [t for t in (self._agenda.next_at(), self.ids.next_due(), self.gate.next_due()) if t is not None]
         return min(0.05, max(0.0, min(timers, default=1.0) - self._clock()))
 
     def step(self, timeout: float) -> None:
@@ -194,31 +172,15 @@ class Station:
         while self._results:
             self._take_result(self._results.popleft())
         now = self._clock()
-        touched, self._touched = self._touched, set()
-        for item_id in touched:
-            pending = self._pending.get(item_id)
-            if pending is not None and self._ready(pending, now):
-                self._finish(item_id, now)
-        while self._timers and self._timers[0][0] <= now:
-            _, item_id = heapq.heappop(self._timers)
-            pending = self._pending.get(item_id)
-            if pending is not None and self._ready(pending, now):
+        for item_id in self._agenda.candidates(now):
+            item = self._open.get(item_id)
+            if item is not None and item.ready(now, self.readings.complete(item_id)):
                 self._finish(item_id, now)
         for item_id in self.ids.due_unannounced(now):
-            if item_id not in self._pending:
+            if item_id not in self._open:
                 self._finish_unannounced(item_id, now)
         self.gate.resend_due(now)
         self.readings.expire(now)
-
-    def _ready(self, pending: _Pending, now: float) -> bool:
-        if now >= pending.decide_by:
-            return True
-        result = pending.result
-        if result is None:
-            return False
-        if result.shed:
-            return True
-        return now >= pending.sensor_until or self.readings.complete(pending.arrival.item_id)
 
     def _flow_result(self, result: FlowResult) -> None:
         """Called on a flow thread: hand the result to the loop and wake it."""
@@ -229,26 +191,26 @@ class Station:
             pass  # the loop is busy with a full inbox and will see the result on its next pass
 
     def _take_result(self, result: FlowResult) -> None:
-        pending = self._pending.get(result.item_id)
-        if pending is None or pending.result is not None:
+        item = self._open.get(result.item_id)
+        if item is None or item.result is not None:
             return  # decided without it already
-        pending.result = result
+        item.result = result
         s = self._stats
         s.views_lost += result.views_lost
         s.views_corrupt += result.views_corrupt
         s.views_late += result.views_late
         s.capture_errors += int(bool(result.errors))
-        self._touched.add(result.item_id)
+        self._agenda.touch((result.item_id,))
 
     def _handle(self, received: Received) -> None:
         message = received.message
         if isinstance(message, ItemArrival):
             self._arrive(message, received.at)
         elif isinstance(message, TapReading):
-            decided = self.ids.seen(message.item_id) and message.item_id not in self._pending
-            self._touched |= self.readings.tap(message, received.at, decided)
+            decided = self.ids.seen(message.item_id) and message.item_id not in self._open
+            self._agenda.touch(self.readings.tap(message, received.at, decided))
         elif isinstance(message, ScaleReading):
-            self._touched |= self.readings.weight(message, received.at)
+            self._agenda.touch(self.readings.weight(message, received.at))
         elif isinstance(message, Ack):
             self.gate.ack(message.item_id)
         elif isinstance(message, Heartbeat) and received.source == self.controller.name:
@@ -259,7 +221,8 @@ class Station:
 
     def _arrive(self, arrival: ItemArrival, at: float) -> None:
         self._controller_clock.update(arrival.t_ms, at)
-        if self.ids.announced(arrival.item_id, at) == REPEATED or arrival.item_id in self._pending:
+        self.links.announce(at)
+        if self.ids.announced(arrival.item_id, at) == REPEATED or arrival.item_id in self._open:
             self._stats.repeated_announcements += 1
             return
         c = self.config
@@ -268,62 +231,33 @@ class Station:
         announced_at = self._controller_clock.station_time(arrival.t_ms)
         deadline_at = announced_at + arrival.deadline_ms / 1000
         decide_by = deadline_at - c.decision_margin_ms / 1000
-        pending = _Pending(arrival, at, announced_at, deadline_at, decide_by,
-                           sensor_until=min(at + c.sensor_wait_ms / 1000, decide_by))
+        item = OpenItem(arrival, at, announced_at, deadline_at, decide_by,
+                        sensor_until=min(at + c.sensor_wait_ms / 1000, decide_by))
         item_id = arrival.item_id
-        self._pending[item_id] = pending
+        self._open[item_id] = item
         self._stats.items += 1
-        self._touched |= self.readings.open(item_id, announced_at)
-        heapq.heappush(self._timers, (pending.sensor_until, item_id))
-        heapq.heappush(self._timers, (decide_by, item_id))
+        self._agenda.touch(self.readings.open(item_id, announced_at))
+        self._agenda.schedule(item_id, item.sensor_until, decide_by)
         if decide_by <= at or not self.flow.submit(item_id, decide_by):
-            pending.result = FlowResult(item_id, None, shed=True)  # no time, or no room: decide now
-            self._touched.add(item_id)
+            item.result = FlowResult(item_id, None, shed=True)  # no time, or no room: decide now
+            self._agenda.touch((item_id,))
 
     def _finish(self, item_id: int, now: float) -> None:
-        pending = self._pending.pop(item_id)
+        item = self._open.pop(item_id)
         readings = self.readings.close(item_id)
-        result = pending.result
-        started = self._clock()
-        if result is None:
+        if item.result is None:
             self.flow.cancel(item_id)  # the flow did not make it in time: do not finish the work
-        if now >= pending.deadline_at:
-            decision = self.pipeline.safe(item_id, LATE)  # too late to steer: one command all the same
-            self._stats.deadline_misses += 1
-        elif result is None or result.shed:
-            decision = self.pipeline.safe(item_id, OVERLOAD)
-            self._stats.overload += 1
-        else:
-            try:
-                decision = self.pipeline.decide(item_id, result.embeddings, readings)
-            except Exception:  # one bad item must not stop the line
-                log.exception("item %s: decision failed; sending it to the safe exit", item_id)
-                decision = self.pipeline.safe(item_id, ERROR)
-            if self._clock() > pending.deadline_at:
-                decision = dataclasses.replace(decision, exit=self.pipeline.policy.safe_exit, reason=LATE)
-                self._stats.deadline_misses += 1
+        started = self._clock()
+        outcome = decide(self.pipeline, item, readings, now, self._clock)
+        self._stats.deadline_misses += outcome.late
+        self._stats.overload += outcome.overload
         done = self._clock()
-        sent = self.gate.send(item_id, decision.exit, done, pending.deadline_at)
-        self._book(decision)
-        stages = dict(result.times_ms) if result is not None else {}
-        stages["decide"] = (done - started) * 1000
-        compute_ms = (stages.get("capture", 0.0) + stages.get("embed", 0.0) / stages.get("batch_items", 1)
-                      + stages["decide"])
-        latency_ms = (done - pending.announced_at) * 1000
-        self._stats.latency_ms.add(latency_ms)
-        self._stats.compute_ms.add(compute_ms)
-        self._log.write({
-            **decision.to_dict(),
-            "lane": pending.arrival.lane,
-            "latency_ms": round(latency_ms, 3),
-            "compute_ms": round(compute_ms, 3),
-            "stages_ms": {k: round(v, 3) for k, v in stages.items()},
-            "readings": len(readings),
-            "views": 0 if result is None or result.embeddings is None else int(result.embeddings.shape[0]),
-            "capture_errors": list(result.errors) if result is not None else [],
-            "sent": sent,
-            "bundle": self._bundle,
-        })
+        sent = self.gate.send(item_id, outcome.decision.exit, done, item.deadline_at)
+        self._book(outcome.decision)
+        record = event_record(outcome, item, len(readings), (done - started) * 1000, done, sent, self._bundle)
+        self._stats.latency_ms.add(record["latency_ms"])
+        self._stats.compute_ms.add(record["compute_ms"])
+        self._log.write(record)
 
     def _finish_unannounced(self, item_id: int, now: float) -> None:
         """An item whose announcement never came: its views were never triggered, so it can

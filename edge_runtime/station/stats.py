@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sortline.hardware.serial_link import SerialLink
+
 
 class StreamingHistogram:
     """Values on log-spaced buckets: fixed memory, percentiles within one bucket's width
@@ -106,3 +108,21 @@ class StationStats:
     unacked: int = 0  # commands with a transmission the controller never acknowledged
     log_errors: int = 0
     flow_queue_max: int = 0  # deepest the item flow's queues got
+    link_over_capacity: int = 0  # warnings that the offered rate exceeded a serial link's capacity
+
+
+def observed_faults(stats: StationStats, links: list[SerialLink]) -> dict[str, int]:
+    """What a station saw go wrong, by kind (the names hardware/sim/faults.py injects)."""
+    parsed = [link.stats for link in links]
+    return {
+        "garbled": sum(x.bad_crc for x in parsed),
+        "truncated": sum(x.malformed for x in parsed),
+        "dropped": sum(x.seq_missing - x.rejected for x in parsed),
+        "duplicated": sum(x.seq_duplicates for x in parsed),
+        "reordered": sum(x.seq_reordered for x in parsed),
+        "views_lost": stats.views_lost,
+        "views_late": stats.views_late,
+        "views_corrupt": stats.views_corrupt,
+        "sensor_disconnects": sum(link.reconnects for link in links),
+        "unacked": stats.unacked,
+    }

@@ -14,7 +14,7 @@ import threading
 import tty
 from pathlib import Path
 
-from .protocol import Encoder, Message, Parser
+from ..protocol import Encoder, Message, Parser
 
 
 class PtyDevice:

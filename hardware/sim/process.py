@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from .camera import ViewFrame
+from ..camera import ViewFrame
+from ..protocol import Message
 from .faults import FaultCounter
-from .line_sim import LineConfig, Scenario, SimulatedLine, SimulatedRig
-from .protocol import Message
+from .line import LineConfig, Scenario, SimulatedLine, SimulatedRig
 from .referee import LineTally
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .camera import ViewFrame
-from .protocol import TapReading
+from ..camera import ViewFrame
+from ..protocol import TapReading
 
 CLASSES = ("A", "external", "internal", "both")
 CLASS_PRIORS = (0.80, 0.10, 0.07, 0.03)

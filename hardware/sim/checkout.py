@@ -25,9 +25,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .camera import ViewFrame
-from .images import read_image
-from .protocol import ScaleReading
+from ..camera import ViewFrame
+from ..images import read_image
+from ..protocol import ScaleReading
 
 VIEWS = 2
 FRAME_PX = 96

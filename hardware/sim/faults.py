@@ -21,7 +21,7 @@ import random
 import threading
 from dataclasses import dataclass, fields
 
-from .protocol import UNSEQUENCED, Message
+from ..protocol import UNSEQUENCED, Message
 from .pty import PtyDevice
 
 SERIAL_KINDS = ("garbled", "truncated", "dropped", "duplicated", "reordered")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from .protocol import GateCommand
+from ..protocol import GateCommand
 
 
 @dataclass
@@ -31,6 +31,7 @@ class LineTally:
     unknown_item: int  # commands for items that never passed
     exits: dict[int, int]  # item id -> exit of the first command
     injected: dict[str, int]
+    span_s: float = 0.0  # from the first announcement to the last item's first command
 
 
 class GateReferee:
@@ -97,4 +98,6 @@ class GateReferee:
                 unknown_item=self._unknown,
                 exits={item: r.commands[0][1] for item, r in records.items() if r.commands},
                 injected=injected,
+                span_s=(max((r.commands[0][0] for r in records.values() if r.commands), default=0.0)
+                        - min((r.announced_at for r in records.values()), default=0.0)),
             )

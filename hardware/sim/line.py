@@ -1,9 +1,9 @@
 """A simulated station: line controller, item sensor and camera rig, on real pseudo-terminals.
 
-What passes is a :class:`Scenario`: fruit with a tap-pressure sensor (``hardware/avocado.py``)
-or products with a checkout scale (``hardware/checkout.py``). The controller announces items at
+What passes is a :class:`Scenario`: fruit with a tap-pressure sensor (``hardware/sim/avocado.py``)
+or products with a checkout scale (``hardware/sim/checkout.py``). The controller announces items at
 a fixed pitch and sends heartbeats, the sensor reports on each item a few milliseconds later,
-and the rig renders the views when the runtime captures. Faults (``hardware/faults.py``) are
+and the rig renders the views when the runtime captures. Faults (``hardware/sim/faults.py``) are
 injected with their own rates and counted.
 
 The controller side is also the referee: it records every gate command it receives, so
@@ -27,11 +27,11 @@ from typing import Protocol
 
 import cv2
 
+from ..camera import CORRUPT, LOST, FrameError, ItemCapture, ViewError, ViewFrame
+from ..images import decode_image
+from ..protocol import Ack, GateCommand, Heartbeat, ItemArrival, Message
 from .avocado import AvocadoScenario
-from .camera import CORRUPT, LOST, FrameError, ItemCapture, ViewError, ViewFrame
 from .faults import FaultCounter, FaultRates, FaultyWire
-from .images import decode_image
-from .protocol import Ack, GateCommand, Heartbeat, ItemArrival, Message
 from .pty import PtyDevice
 from .referee import GateReferee, LineTally
 

@@ -1,0 +1,88 @@
+"""Links, rig and station wired together once, for every way a station runs: the daemon
+(``sortline serve``), hardware-in-the-loop runs (demo, simulate, replay) and the tests."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from sortline.hardware.camera import FrameSource
+from sortline.hardware.serial_link import Received, SerialLink
+
+from ..pipeline import Decision, ItemPipeline
+from .loop import Station, StationConfig, StationError
+from .stats import StationStats
+
+log = logging.getLogger(__name__)
+INBOX = 4096  # messages from all devices waiting for the loop; more are dropped (oldest first), counted
+
+
+class RunningStation:
+    """Opens the serial links (controller first, then the item sensor if any), builds the
+    station and runs its loop on a thread. Use as a context manager; :meth:`stop` ends the loop
+    and raises :class:`StationError` if the loop died."""
+
+    def __init__(self, pipeline: ItemPipeline, ports: Mapping[str, str], rig: FrameSource,
+                 config: StationConfig = StationConfig(), event_log: Path | None = None,
+                 bauds: Mapping[str, int] | None = None, reconnect_s: float = 0.5,
+                 on_decision: Callable[[Decision], None] | None = None) -> None:
+        inbox: queue.Queue[Received] = queue.Queue(maxsize=INBOX)
+        bauds = bauds or {}
+        self.links = [SerialLink(url, name, inbox=inbox, reconnect_s=reconnect_s, baudrate=bauds.get(name, 115200))
+                      for name, url in ports.items()]
+        self._args = (pipeline, rig, config, event_log, on_decision)
+        self.station: Station | None = None
+        self.error: BaseException | None = None
+        self.stopped = threading.Event()  # set when the loop has ended, for whatever reason
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> RunningStation:
+        pipeline, rig, config, event_log, on_decision = self._args
+        try:
+            for link in self.links:
+                link.open()
+            controller, sensor = self.links[0], (self.links[1] if len(self.links) > 1 else None)
+            self.station = Station(pipeline, rig, controller, sensor, config, event_log=event_log,
+                                   on_decision=on_decision)
+        except BaseException:
+            self._close_links()
+            raise
+        self._thread = threading.Thread(target=self._run, name="station", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+        finally:
+            self._close_links()
+
+    def stop(self, timeout_s: float = 10.0) -> StationStats:
+        """End the loop (items in flight are finished first) and return the station's counters."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+            if self._thread.is_alive():
+                raise StationError("the station's loop did not stop in time")
+        if self.error is not None:
+            raise StationError(f"the station's loop died: {self.error!r}") from self.error
+        return self.station.stats
+
+    def _run(self) -> None:
+        try:
+            self.station.run(self._stop)
+        except BaseException as exc:  # reported by stop(); the daemon exits non-zero on it
+            log.exception("the station's loop died")
+            self.error = exc
+        finally:
+            self.stopped.set()
+
+    def _close_links(self) -> None:
+        for link in self.links:
+            link.close()

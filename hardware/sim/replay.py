@@ -1,0 +1,245 @@
+"""Replaying a recording to a station: its devices on pseudo-terminals, its frames from disk,
+refereed as the simulated line is (the recording format: ``docs/recording.md``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from ..camera import CORRUPT, LOST, FrameError, ItemCapture, ViewError, ViewFrame
+from ..images import decode_image
+from ..protocol import Ack, GateCommand
+from ..recording import Recording
+from .line import QUIET_S, REOPEN_S  # replay mirrors how the recorded devices behaved
+from .pty import PtyDevice
+from .referee import GateReferee, LineTally
+
+MAX_LAG_S = 0.05  # at speed=max, how far an item may be played behind the replay's lead
+
+
+class ReplayRig:
+    """The rig of a recording: each announced item's views, read and decoded from disk."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.root = recording.root / "frames"
+        self.view_count = int(recording.meta.get("views", 1))
+        self.late_s = float(recording.meta.get("late_view_ms", 0)) / 1000
+
+    def capture(self, item_id: int) -> ItemCapture:
+        folder = self.root / f"{item_id:06d}"
+        try:
+            record = json.loads((folder / "capture.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FrameError(f"item {item_id}: no recorded capture ({exc})") from exc
+        views: list[ViewFrame | None] = []
+        errors: list[ViewError] = []
+        for k, entry in enumerate(record["views"]):
+            if "rgb" not in entry:
+                errors.append(ViewError(k, LOST, entry.get("lost", "no frame")))
+                views.append(None)
+                continue
+            try:
+                rgb = decode_image(np.fromfile(folder / entry["rgb"], np.uint8), what=f"view {k} rgb")
+                nir = (decode_image(np.fromfile(folder / entry["nir"], np.uint8), what=f"view {k} nir", gray=True)
+                       if "nir" in entry else None)
+                views.append(ViewFrame(rgb=rgb, nir=nir))
+            except (FrameError, OSError) as exc:
+                errors.append(ViewError(k, CORRUPT, str(exc)))
+                views.append(None)
+        if record.get("late"):
+            time.sleep(self.late_s)  # as late as it was
+        return ItemCapture(item_id, tuple(views), tuple(errors), tuple(record.get("late", ())))
+
+
+class ReplayedLine:
+    """A recording played back to a station through pseudo-terminals, refereed by a controller
+    emulator that acknowledges gate commands (except in the recorded silences).
+
+    ``speed="realtime"`` keeps the recorded timing. ``speed="max"`` plays each announcement as
+    soon as the item before the previous one has its gate command, so a run takes as long as
+    the station needs; but never more than ``MAX_LAG_S`` behind the recorded spacing (the
+    station judges deadlines on the recorded device clocks), and an unplugged device waits out
+    its outage on its own while the others play on.
+    """
+
+    def __init__(self, recording: Recording, speed: str = "realtime") -> None:
+        if speed not in ("realtime", "max"):
+            raise ValueError("speed is realtime or max")
+        self.recording = recording
+        self.speed = speed
+        self.meta = recording.meta
+        self._links = tempfile.mkdtemp(prefix="sortline-replay-")
+        self.devices = {d: PtyDevice(Path(self._links) / d) for d in self.meta["devices"]}
+        self.controller = self.devices[self.meta["devices"][0]]
+        # The item sensor: named in the metadata, or the one device beside the controller.
+        self.sensor = self.meta.get("sensor") or (self.meta["devices"][1:] or ["none"])[0]
+        self.rig = ReplayRig(recording)
+        self.referee = GateReferee()
+        self._truth = {row["item_id"]: row for row in recording.truth}
+        self._stop = threading.Event()
+        self._played = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def port(self, device: str) -> str:
+        return self.devices[device].port
+
+    @property
+    def item_ids(self) -> list[int]:
+        return sorted(self._truth)
+
+    @property
+    def announced(self) -> int:
+        return self.referee.announced
+
+    def truth(self, item_id: int) -> int | None:
+        return self._truth[item_id].get("label")
+
+    def start(self) -> ReplayedLine:
+        for target, name in ((self._play, "replay-play"), (self._referee, "replay-gates")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def wait_announced(self, timeout_s: float) -> bool:
+        return self._played.wait(timeout_s)
+
+    def wait(self, grace_s: float = 0.5) -> LineTally:
+        duration = float(self.meta.get("duration_s", 60))
+        if not self._played.wait(duration * 2 + 60):
+            raise TimeoutError("the replay did not finish in time")
+        time.sleep(float(self.meta.get("deadline_ms", 300)) / 1000 + grace_s)
+        return self.referee.tally(dict(self.meta.get("injected", {})))
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        for device in self.devices.values():
+            device.close()
+        shutil.rmtree(self._links, ignore_errors=True)
+
+    def _timeline(self) -> list[tuple[float, int, str, object]]:
+        """Everything to do, in recorded time: bytes, plug events, items passing, silences."""
+        entries: list[tuple[float, int, str, object]] = []
+        for device in self.meta["devices"]:
+            for e in self.recording.serial_entries(device):
+                kind = "bytes" if "data" in e else e["event"]
+                entries.append((e["t"], len(entries), kind, (device, e.get("data"))))
+        for row in self.recording.truth:
+            if row.get("announced_t") is not None:
+                entries.append((row["announced_t"], len(entries), "item", row["item_id"]))
+        for t in self.meta.get("silences", []):
+            entries.append((t, len(entries), "silence", None))
+        return sorted(entries)  # ties keep file order: the index is unique
+
+    def _play(self) -> None:
+        # Chunks were logged as read, so one may end inside a frame. Writing only up to the
+        # last frame end (holding the tail for the next chunk) keeps the byte sequence exact and
+        # leaves no gap in which the emulator's ACK could land inside another frame.
+        partial = {device: bytearray() for device in self.devices}
+        start = time.monotonic() + 0.2
+        lines = {device: _DeviceLine(device) for device in self.devices}  # each device's writes, in order
+        held: dict[str, float] = {}  # device -> its bytes wait until then (reopened after an outage)
+        unplugged: dict[str, tuple[float, float]] = {}  # device -> (recorded, played) time of its unplug
+        in_flight: deque[int] = deque(maxlen=2)  # the last two items played (speed=max)
+        lead = math.inf  # the least (played - recorded) time of any item so far (speed=max)
+        deadline_s = float(self.meta.get("deadline_ms", 300)) / 1000
+        for t, _, kind, payload in self._timeline():
+            if self._stop.is_set():
+                return
+            if self.speed == "realtime":
+                delay = start + t - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return
+            elif kind == "item":  # the next item waits for the station, not for the clock
+                    # Two items in flight: when an announcement was lost, the next one is what
+                    # tells the station. And never fall more than MAX_LAG_S behind the lead the
+                    # replay has built: the station reads the recorded device clocks, so an item
+                    # played later than its recorded spacing would reach it already late.
+                    while (len(in_flight) == 2 and not self.referee.decided(in_flight[0])
+                           and time.monotonic() - t < lead + MAX_LAG_S):
+                        time.sleep(0.0005)
+                    lead = min(lead, time.monotonic() - t)
+                    in_flight.append(payload)
+            now = time.monotonic()
+            if kind == "bytes":
+                device, data = payload
+                buffer = partial[device]
+                buffer += data
+                end = buffer.rfind(b"\n")
+                if end >= 0:
+                    lines[device].submit(held.get(device, 0.0), self.devices[device].write, bytes(buffer[: end + 1]))
+                    del buffer[: end + 1]
+            elif kind == "disconnect":
+                device = payload[0]
+                partial[device].clear()  # what was in flight when the cable went is gone
+                # At speed=max only this device waits out its outage; the others play on.
+                unplug_at = now + QUIET_S if self.speed == "max" else now  # its last bytes get read
+                unplugged[device] = (t, unplug_at)
+                lines[device].submit(unplug_at, self.devices[device].disconnect)
+            elif kind == "reconnect":
+                device = payload[0]
+                recorded_t, unplug_at = unplugged.pop(device, (t, now))
+                replug_at = unplug_at + (t - recorded_t) if self.speed == "max" else now  # outages keep their length
+                lines[device].submit(replug_at, self.devices[device].reconnect)
+                if self.speed == "max":
+                    held[device] = replug_at + REOPEN_S  # the recorded device waited for the reopen too
+            elif kind == "item":
+                self.referee.announce(payload, now, deadline_s)
+            elif kind == "silence":
+                self.referee.silence(now, float(self.meta.get("silence_ms", 0)) / 1000)
+        for device, rest in partial.items():  # a stream may end inside a frame
+            if rest:
+                lines[device].submit(held.get(device, 0.0), self.devices[device].write, bytes(rest))
+        for line in lines.values():
+            line.close()
+        self._played.set()
+
+    def _referee(self) -> None:
+        while not self._stop.is_set():
+            for message in self.controller.receive(timeout_s=0.05):
+                if isinstance(message, GateCommand) and self.referee.receive(message, time.monotonic()):
+                    self.controller.send(Ack(item_id=message.item_id))
+
+
+class _DeviceLine:
+    """One replayed device's actions (writes, unplug, replug), each no earlier than its time and
+    in the order given; an action that is due and has nothing queued before it runs at once."""
+
+    def __init__(self, name: str) -> None:
+        self._actions: queue.Queue = queue.Queue()
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"replay-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, not_before: float, action, *args) -> None:
+        with self._lock:
+            if self._queued == 0 and time.monotonic() >= not_before:
+                action(*args)
+                return
+            self._queued += 1
+        self._actions.put((not_before, action, args))
+
+    def close(self) -> None:
+        """Wait for every queued action, then end the thread."""
+        self._actions.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while (entry := self._actions.get()) is not None:
+            not_before, action, args = entry
+            time.sleep(max(0.0, not_before - time.monotonic()))
+            with self._lock:
+                action(*args)
+                self._queued -= 1
