@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EDGE_VENV := .venv-edge
+# Edge tests that also run on the edge install (no torch, no onnx), against the installed package.
+EDGE_TESTS := tests/test_station_parts.py tests/test_station.py tests/test_protocol.py tests/test_fusion.py \
+	tests/test_head.py tests/test_preprocess.py tests/test_bundle.py
 
 .PHONY: setup demo test edge-check lint clean
 
@@ -31,6 +34,8 @@ edge-check:
 		assert u.find_spec('torch') is None; \
 		print(f'edge install OK: no torch, {len(mods)} runtime modules import')"
 	$(EDGE_VENV)/bin/sortline --help > /dev/null
+	$(EDGE_VENV)/bin/pip install --quiet -c constraints.txt pytest pytest-timeout hypothesis
+	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider $(EDGE_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

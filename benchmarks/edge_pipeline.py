@@ -213,14 +213,20 @@ def main() -> None:
             limit = max(row["items_per_s"] for name, row in limits.items() if "PyTorch" not in name)
             clean = [r["offered_per_s"] for r in rows
                      if r["deadline_misses"] == r["overload"] == r["lost"] == 0]
-            report["sizes"][size] = {"backbone": backbone_name, "image_size": px, "compute": limits, "line": rows,
+            report["sizes"][size] = {"backbone": backbone_name, "image_size": px, "cpu": report["cpu"],
+                                     "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                     "compute": limits, "line": rows,
                                      "policies": policies, "policy_rate": args.policy_rate,
                                      "threads_chosen": chosen,
                                      "threads_batch_ms": {n: round(s * 1000, 2) for n, s in seconds.items()},
                                      "highest_clean_rate": max(clean, default=0.0),
                                      "highest_clean_vs_compute_limit": round(max(clean, default=0.0) / limit, 2)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "edge_pipeline.json").write_text(json.dumps(report, indent=2) + "\n")
+    previous = args.out / "edge_pipeline.json"
+    if previous.is_file():  # sizes not run this time keep their last results (each is one run)
+        kept = json.loads(previous.read_text()).get("sizes", {})
+        report["sizes"] = {**{k: v for k, v in kept.items() if k not in report["sizes"]}, **report["sizes"]}
+    previous.write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "edge_pipeline.md").write_text(markdown(report))
     print(markdown(report))
 
@@ -238,6 +244,7 @@ def markdown(report: dict) -> str:
              f"({report['link_bytes_per_item']} bytes per item).\n"]
     for size, r in report["sizes"].items():
         lines += [f"## {size}: {r['backbone']}, {r['image_size']} px\n",
+                  f"Measured {r.get('measured', '?')} on {r.get('cpu', '?')}; every ratio below is within this run.\n",
                   "| whole item, pre-captured | items/s | ms/item p50 | × PyTorch eager |", "|---|---:|---:|---:|"]
         lines += [f"| {name} | {row['items_per_s']} | {row['ms_per_item_p50']} | {row['vs_eager']} |"
                   for name, row in r["compute"].items()]

@@ -21,9 +21,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, matthews_corrcoef
 
 from sortline.edge_runtime.embedder import OnnxEmbedder
-from sortline.edge_runtime.fusion import FusionSpec, fuse
+from sortline.edge_runtime.fusion import FusionSpec, fit_fusion_head, fuse
 from sortline.train.demo import DemoConfig, train_station_bundle
-from sortline.train.fusion_head import fit_fusion_head
 from sortline.train.sim_data import SimItem, sim_items
 
 RGB = ("r", "g", "b")

@@ -13,10 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 
+from sortline.hardware.camera import ViewFrame
 from sortline.hardware.protocol import ScaleReading, TapReading
+
+from .head import LogisticHead
 
 VIEW_POOLS = ("mean", "max")
 SENSOR_FEATURES: dict[str, tuple[str, ...]] = {
@@ -133,3 +137,31 @@ def fuse(embeddings: np.ndarray, readings: Sequence[Reading], spec: FusionSpec) 
     if spec.sensor_fill:
         sensor = np.where(np.isnan(sensor), np.asarray(spec.sensor_fill, np.float32), sensor)
     return np.concatenate([*pooled, sensor]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LabeledItem:
+    """One labeled item as a station sees it: its views, its sensor readings, its class index."""
+
+    label: int
+    views: list[ViewFrame]
+    readings: list[Reading]
+
+
+C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # head regularisation, chosen by cross-validated MCC
+
+
+def fit_fusion_head(embedder: Embedder, items: Sequence[LabeledItem], labels: Sequence[str], fusion: FusionSpec,
+                    seed: int = 0) -> tuple[LogisticHead, FusionSpec]:
+    """The head on ``embedder``'s embeddings (the exported model's own, quantized or not: the
+    numbers the station will compute), and the fusion spec completed with the training means
+    for missing readings. Runs on the desktop and, for refits, on the device."""
+    embeddings = [embedder.embed_views(item.views) for item in items]
+    fusion = fusion.with_fill(np.stack([sensor_features(item.readings, fusion) for item in items]))
+    features = np.stack([fuse(e, item.readings, fusion) for e, item in zip(embeddings, items)])
+    targets = np.array([item.label for item in items])
+    return LogisticHead.fit(features, targets, labels, C=C_GRID, seed=seed), fusion
+
+
+class Embedder(Protocol):
+    def embed_views(self, views: Sequence[ViewFrame]) -> np.ndarray: ...

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest
+from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
 from sortline.edge_runtime.datasets import ImageSet
 from sortline.edge_runtime.embedder import OnnxEmbedder
 from sortline.edge_runtime.errors import SortlineError
@@ -25,7 +25,6 @@ from sortline.edge_runtime.fusion import FusionSpec
 from sortline.edge_runtime.head import LogisticHead
 from sortline.edge_runtime.preprocess import InputSpec, preprocess_views
 
-from .bundle import write_bundle
 from .onnx_export import ParityError, compare, export_backbone, torch_embeddings
 from .quantize import convert_fp16, quantize_int8
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sortline.edge_runtime.bundle import MANIFEST, BundleError, load_bundle
+from sortline.edge_runtime.bundle import MANIFEST, BundleError, load_bundle, write_bundle
 from sortline.edge_runtime.cli import main
-from sortline.export.bundle import write_bundle
 
 
 @pytest.fixture

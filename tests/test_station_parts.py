@@ -349,3 +349,39 @@ def test_an_offered_rate_above_a_links_capacity_is_warned_once_a_minute(caplog):
     assert budget.over == 1  # not again within the minute
     budget.announce(70.0)
     assert budget.over == 1  # the rate fell: no warning
+
+
+# --- thread policy ------------------------------------------------------------------------------
+
+
+def test_one_thread_when_it_already_reaches_the_target_rate(tiny_bundle):
+    from sortline.edge_runtime.embedder import pick_threads
+
+    threads, seconds = pick_threads(tiny_bundle.backbone_path, tiny_bundle.manifest.input, target_items_per_s=1.0)
+    assert threads == 1 and list(seconds) == [1]  # fast enough: the second count is not even timed
+
+
+def test_more_threads_only_when_short_of_the_target_and_they_pay(tiny_bundle, monkeypatch):
+    from sortline.edge_runtime import embedder
+
+    monkeypatch.setattr(embedder.os, "cpu_count", lambda: 2)
+    spec = tiny_bundle.manifest.input
+    threads, seconds = embedder.pick_threads(tiny_bundle.backbone_path, spec, target_items_per_s=1e12, gain=0.0)
+    assert threads == 2 and set(seconds) == {1, 2}
+    threads, _ = embedder.pick_threads(tiny_bundle.backbone_path, spec, target_items_per_s=1e12, gain=1e9)
+    assert threads == 1  # short of the target, but a second thread would not pay
+
+
+def test_the_device_clock_is_the_least_offset_of_the_last_two_seconds():
+    from sortline.edge_runtime.station.readings import DeviceClock
+
+    rng = np.random.default_rng(3)
+    clock, samples = DeviceClock(window_s=2.0), []
+    at = 0.0
+    for _ in range(3000):
+        at += float(rng.exponential(0.01))
+        t_ms = int((at - 5.0 - float(rng.exponential(0.004))) * 1000)  # 5 s offset plus transfer jitter
+        clock.update(t_ms, at)
+        samples.append((at, at - t_ms / 1000))
+        expected = min(o for a, o in samples if at - a <= 2.0)
+        assert clock.offset == pytest.approx(expected)

@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest
-from sortline.edge_runtime.fusion import FusionSpec
+from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
+from sortline.edge_runtime.fusion import FusionSpec, fit_fusion_head
 from sortline.edge_runtime.hil import make_scenario, sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
 from sortline.edge_runtime.preprocess import InputSpec
 from sortline.edge_runtime.report import markdown
 from sortline.export.build import ExportConfig, export_model
-from sortline.export.bundle import write_bundle
 from sortline.hardware.sim.faults import FaultRates
 from sortline.hardware.sim.line import LineConfig, Scenario
 
@@ -34,7 +33,6 @@ from .augment import MultiChannelAugment
 from .backbones import build_backbone
 from .checkpoint import save_checkpoint
 from .data import ViewsDataset, model_input
-from .fusion_head import fit_fusion_head
 from .loop import TrainConfig, train
 from .methods import build_method
 from .plots import confusion_png, latency_png, loss_png

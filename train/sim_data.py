@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
+from sortline.edge_runtime.fusion import LabeledItem
 from sortline.edge_runtime.preprocess import InputSpec
-from sortline.hardware.camera import ViewFrame
-from sortline.hardware.protocol import ScaleReading, TapReading
 from sortline.hardware.sim.line import Scenario
 
 from .data import views_to_uint8
 
-
-@dataclass(frozen=True)
-class SimItem:
-    """One labeled item as a station would see it: its views, its sensor readings, its class."""
-
-    label: int
-    views: list[ViewFrame]
-    readings: list[TapReading | ScaleReading]
+SimItem = LabeledItem  # what the simulator renders is what a station sees
 
 
 def sim_items(scenario: Scenario, count: int, desc: str | None = None) -> Iterator[SimItem]:

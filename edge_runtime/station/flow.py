@@ -211,6 +211,16 @@ class ItemFlow:
 
     # --- stage 2: embed, in batches -----------------------------------------------------------
 
+    def _take_waiting(self) -> _Job | None:
+        """The next waiting item that has not been cancelled, if any."""
+        while True:
+            try:
+                job = self._embeds.get_nowait()
+            except queue.Empty:
+                return None
+            if not self._take_cancel(job.item_id):
+                return job
+
     def _embed_loop(self) -> None:
         carry: list[_Job] = []  # taken, but left for the next batch (their deadlines are later)
         while not self._stop.is_set():
@@ -233,24 +243,27 @@ class ItemFlow:
                     self._finish(job, errors=("embedding failed",))
 
     def _embed(self, jobs: list[_Job]) -> list[_Job]:
-        """One batch. Every item in it is done when the batch is, so an item joins only if the
-        whole batch still ends before the earliest decision time in it; one that cannot make it
-        even alone is shed, and the rest wait for the next batch."""
+        """One batch; returns the jobs left for the next one. Every item in a batch is done when
+        the batch is, so the batch must end before the earliest decision time in it. When it
+        would not: with more items waiting (overload), the oldest item is given up and the batch
+        refilled, since full batches are what lets a busy station catch up; with none waiting,
+        the youngest item is left for the next batch, and nothing is given up."""
         now = self.clock()
         per_item = self.embed_s.value * (1 + SLACK)
-        accepted: list[_Job] = []
+        jobs = [job for job in jobs if not self._take_cancel(job.item_id)]
         later: list[_Job] = []
-        earliest = float("inf")
-        for job in jobs:  # oldest first
-            if self._take_cancel(job.item_id):
-                continue
-            if now + per_item > job.decide_by:
-                self._finish(job, shed=True)
-            elif now + per_item * (len(accepted) + 1) <= min(earliest, job.decide_by):
-                accepted.append(job)
-                earliest = min(earliest, job.decide_by)
+        while jobs:
+            jobs.sort(key=lambda job: job.decide_by)
+            if now + per_item * len(jobs) <= jobs[0].decide_by:
+                break
+            refill = self._take_waiting()
+            if refill is not None or now + per_item > jobs[0].decide_by:
+                self._finish(jobs.pop(0), shed=True)
+                if refill is not None:
+                    jobs.append(refill)
             else:
-                later.append(job)
+                later.insert(0, jobs.pop())
+        accepted = jobs
         if not accepted:
             return later
         self._busy_until = now + per_item * len(accepted)

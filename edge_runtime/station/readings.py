@@ -27,13 +27,18 @@ class DeviceClock:
     def __init__(self, window_s: float = CLOCK_WINDOW_S) -> None:
         self.window_s = window_s
         self.offset: float | None = None  # station clock - device clock, seconds
-        self._samples: deque[tuple[float, float]] = deque()
+        # The window's candidates for its minimum, offsets increasing: a sample with a smaller
+        # offset than an older one makes the older one useless, so each update is O(1) amortised.
+        self._candidates: deque[tuple[float, float]] = deque()
 
     def update(self, t_ms: int, at: float) -> None:
-        self._samples.append((at, at - t_ms / 1000))
-        while at - self._samples[0][0] > self.window_s:
-            self._samples.popleft()
-        self.offset = min(offset for _, offset in self._samples)
+        offset = at - t_ms / 1000
+        while self._candidates and self._candidates[-1][1] >= offset:
+            self._candidates.pop()
+        self._candidates.append((at, offset))
+        while at - self._candidates[0][0] > self.window_s:
+            self._candidates.popleft()
+        self.offset = self._candidates[0][1]
 
     def station_time(self, t_ms: int) -> float:
         return (self.offset or 0.0) + t_ms / 1000

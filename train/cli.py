@@ -1,0 +1,136 @@
+"""The desktop's subcommands (demo, pretrain, evaluate, export), registered into the ``sortline``
+command through the ``sortline.commands`` entry point. Nothing here imports torch: each handler
+imports :mod:`sortline.train.commands` when its command runs, so ``sortline --help`` and the
+edge commands stay fast, and an edge install says what to install instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from sortline.edge_runtime.cli import line_flags
+from sortline.edge_runtime.errors import SortlineError
+
+
+class DesktopMissing(SortlineError):
+    """A desktop command on an install without its packages."""
+
+
+def _desktop(name: str):
+    def run(args: argparse.Namespace) -> dict:
+        try:
+            commands = importlib.import_module("sortline.train.commands")
+        except ImportError as exc:
+            raise DesktopMissing(f"sortline {args.command} needs the desktop packages ({exc.name} is missing): "
+                                 "pip install 'sortline[train]'") from exc
+        return getattr(commands, name)(args)
+
+    return run
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser("demo", help="the whole loop on a simulated avocado line")
+    demo.add_argument("--items", type=int, default=500, help="items to sort (default 500)")
+    line_flags(demo)
+    demo.add_argument("--backbone", default="resnet10", help="the backbone to pretrain (default resnet10)")
+    demo.add_argument("--image-size", type=int, default=64, help="the model's input size in px (default 64)")
+    demo.add_argument("--scenario", choices=["avocado", "checkout"], default="avocado",
+                      help="a fruit-sorting line with a tap sensor, or a checkout with a scale")
+    demo.add_argument("--products", type=Path,
+                      help="checkout: product photos, a labeled folder or split file (default: drawn products)")
+    demo.add_argument("--product-count", type=int, default=12, help="checkout: how many drawn products")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
+    demo.add_argument("--pool-fruit", "--pool-items", type=int, default=2000, help="unlabeled items for pretraining")
+    demo.add_argument("--labeled-fruit", "--labeled-items", type=int, default=600,
+                      help="labeled items for the fusion head")
+    demo.add_argument("--epochs", type=float, default=6.0, help="pretraining epochs over the pool (0: random init)")
+    demo.add_argument("--faults", type=float, default=0.0,
+                      help="inject every fault kind on the simulated line at this rate (e.g. 0.01)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    demo.set_defaults(handler=_desktop("demo"))
+
+    pretrain = commands.add_parser("pretrain", help="pretrain a backbone (self-supervised, supcon or distill)")
+    pretrain.add_argument("--method", required=True,
+                          choices=["simclr", "moco", "byol", "simsiam", "barlow", "rotnet", "jigsaw", "supcon",
+                                   "distill"])
+    pretrain.add_argument("--data", type=Path, required=True,
+                          help="a folder of images, a split file, a multi-view item folder or a recording")
+    pretrain.add_argument("--backbone", default="resnet10",
+                          help="resnet10, resnet18, resnet50, mobilenet_v3_small or mobilenet_v3_large")
+    pretrain.add_argument("--pool", choices=["avg", "lca"], default="avg", help="global average or LCA pooling")
+    pretrain.add_argument("--weights", type=Path, help="start from a local weights file (never downloaded)")
+    pretrain.add_argument("--epochs", type=float, default=10.0)
+    pretrain.add_argument("--batch-size", type=int, default=128)
+    pretrain.add_argument("--image-size", type=int, default=64)
+    pretrain.add_argument("--lr", type=float, default=2e-3)
+    pretrain.add_argument("--max-seconds", type=float, help="stop at a step boundary past this time budget")
+    pretrain.add_argument("--augment", choices=["colour-safe", "simclr"], default="colour-safe",
+                          help="augmentation recipe (colour-safe keeps hue and saturation; simclr is the paper's)")
+    pretrain.add_argument("--solarize", type=float, help="probability of solarizing the RGB channels")
+    pretrain.add_argument("--channel-shuffle", type=float, help="probability of CH-Rand (RGB channels permuted)")
+    pretrain.add_argument("--tile-shuffle", type=float, help="probability of shuffling 2×2 tiles")
+    pretrain.add_argument("--balanced", action="store_true", help="class-balanced sampling (needs labels)")
+    pretrain.add_argument("--pairs", type=Path, help="supcon/distill: 'image_a, image_b' lines instead of labels")
+    pretrain.add_argument("--teacher", type=Path, help="distill: the teacher's checkpoint")
+    pretrain.add_argument("--unlabeled", type=Path, help="distill: unlabeled images for the teacher's targets")
+    pretrain.add_argument("--hard-negatives", type=int, default=64,
+                          help="supcon/distill: keep this many hardest negatives per anchor (0: all)")
+    pretrain.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, up to 8 on GPU)")
+    pretrain.add_argument("--resume", type=Path, help="continue exactly from a training state (OUT.state.pt)")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out, not stop")
+    pretrain.add_argument("--out", type=Path, default=Path("backbone.ckpt"))
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
+    pretrain.add_argument("--json", action="store_true")
+    pretrain.set_defaults(handler=_desktop("pretrain"))
+
+    evaluate = commands.add_parser("evaluate", help="judge a backbone's embeddings: probes, k-NN, retrieval, "
+                                   "few-shot, fine-tuning, with plots")
+    model = evaluate.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, help="a sortline backbone checkpoint")
+    model.add_argument("--bundle", type=Path, help="a bundle: its exported model, as the station runs it")
+    evaluate.add_argument("--train", type=Path, required=True,
+                          help="labeled gallery / training images (any data set form)")
+    evaluate.add_argument("--test", type=Path, required=True, help="labeled images to score (any data set form)")
+    evaluate.add_argument("--protocol", action="append",
+                          help="linear, knn, retrieval, kshot:K, oneshot, finetune[:K], scratch[:K]; repeat or "
+                               "separate by commas (default: linear,knn,retrieval,kshot:1,kshot:5,oneshot)")
+    evaluate.add_argument("--references", type=Path, help="oneshot: one image per class (default: the iconic "
+                          "images of a split file's classes.csv)")
+    evaluate.add_argument("--seeds", type=int, default=5, help="k-shot: random draws of the K images (5)")
+    evaluate.add_argument("--neighbours", type=int, default=20, help="knn: neighbours (20)")
+    evaluate.add_argument("--baselines", action="store_true",
+                          help="also the same architecture at random init, and scratch beside each finetune")
+    evaluate.add_argument("--finetune-epochs", type=float, default=30.0)
+    evaluate.add_argument("--finetune-lr", type=float, default=5e-4)
+    evaluate.add_argument("--finetune-max-seconds", type=float, help="stop each fine-tuning run past this")
+    evaluate.add_argument("--report", type=Path, help="write report.md, report.json and the plots here")
+    evaluate.add_argument("--gradcam-samples", type=int, default=16)
+    evaluate.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out, not stop")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    evaluate.set_defaults(handler=_desktop("evaluate"))
+
+    export = commands.add_parser("export", help="a trained backbone → ONNX (int8/fp16) → verified bundle")
+    export.add_argument("--checkpoint", type=Path, required=True, help="a sortline backbone checkpoint")
+    export.add_argument("--calibration", type=Path, required=True,
+                        help="images for parity and int8 ranges: a folder or a split file")
+    precision = export.add_mutually_exclusive_group()
+    precision.add_argument("--int8", dest="precision", action="store_const", const="int8", help="static int8")
+    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="float16")
+    export.set_defaults(precision="fp32")
+    export.add_argument("--labeled", type=Path, help="labeled images for the accuracy check and the head "
+                        "(default: the calibration set, when it is labeled)")
+    export.add_argument("--max-drop", type=float, default=0.5, help="accuracy points the probe may lose (0.5)")
+    export.add_argument("--force", action="store_true", help="export even when the accuracy drop is over the limit")
+    export.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out, not stop")
+    export.add_argument("--name", help="bundle name for the manifest (default: the checkpoint's file name)")
+    export.add_argument("--out", type=Path, required=True,
+                        help="bundle to write: a folder, or an archive when it ends in .tar, .tar.gz or .tgz")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(handler=_desktop("export"))
+
