@@ -385,3 +385,15 @@ def test_the_device_clock_is_the_least_offset_of_the_last_two_seconds():
         samples.append((at, at - t_ms / 1000))
         expected = min(o for a, o in samples if at - a <= 2.0)
         assert clock.offset == pytest.approx(expected)
+
+
+def test_a_station_whose_loop_dies_says_so_instead_of_idling(tiny_bundle, monkeypatch):
+    from sortline.edge_runtime.station import StationError
+    from sortline.edge_runtime.station.wiring import RunningStation
+
+    monkeypatch.setattr(ItemFlow, "alive", property(lambda self: False))  # a worker thread has died
+    with RunningStation(ItemPipeline(tiny_bundle, threads=1), {"controller": "loop://", "taps": "loop://"},
+                        _Rig()) as running:
+        assert running.stopped.wait(10)  # the loop ends by itself
+        with pytest.raises(StationError, match="died"):
+            running.stop()
