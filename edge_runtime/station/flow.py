@@ -149,6 +149,8 @@ class ItemFlow:
     def _finish(self, job: _Job, embeddings: np.ndarray | None = None, shed: bool = False,
                 errors: tuple[str, ...] = ()) -> None:
         lost, corrupt, late = job.counts
+        with self._lock:
+            self._cancelled.discard(job.item_id)  # cancelled while its batch ran: nothing left to skip
         if shed:
             self.shed += 1
         self.on_result(FlowResult(job.item_id, embeddings, (*job.errors, *errors), lost, corrupt, late, shed,

@@ -24,6 +24,7 @@ from .pty import PtyDevice
 from .referee import GateReferee, LineTally
 
 MAX_LAG_S = 0.05  # at speed=max, how far an item may be played behind the replay's lead
+SETTLE_S = 0.15  # at speed=max, recorded time after which an item's readings have all been played
 
 
 class ReplayRig:
@@ -65,8 +66,8 @@ class ReplayedLine:
     emulator that acknowledges gate commands (except in the recorded silences).
 
     ``speed="realtime"`` keeps the recorded timing. ``speed="max"`` plays each announcement as
-    soon as the item before the previous one has its gate command, so a run takes as long as
-    the station needs; but never more than ``MAX_LAG_S`` behind the recorded spacing (the
+    soon as the items announced ``SETTLE_S`` (recorded) before it have their gate commands, so a
+    run takes as long as the station needs; but never more than ``MAX_LAG_S`` behind the recorded spacing (the
     station judges deadlines on the recorded device clocks), and an unplugged device waits out
     its outage on its own while the others play on.
     """
@@ -151,7 +152,7 @@ class ReplayedLine:
         lines = {device: _DeviceLine(device) for device in self.devices}  # each device's writes, in order
         held: dict[str, float] = {}  # device -> its bytes wait until then (reopened after an outage)
         unplugged: dict[str, tuple[float, float]] = {}  # device -> (recorded, played) time of its unplug
-        in_flight: deque[int] = deque(maxlen=2)  # the last two items played (speed=max)
+        in_flight: deque[tuple[float, int]] = deque()  # (recorded time, item) played, not yet waited on
         lead = math.inf  # the least (played - recorded) time of any item so far (speed=max)
         deadline_s = float(self.meta.get("deadline_ms", 300)) / 1000
         for t, _, kind, payload in self._timeline():
@@ -162,15 +163,19 @@ class ReplayedLine:
                 if delay > 0 and self._stop.wait(delay):
                     return
             elif kind == "item":  # the next item waits for the station, not for the clock
-                    # Two items in flight: when an announcement was lost, the next one is what
-                    # tells the station. And never fall more than MAX_LAG_S behind the lead the
-                    # replay has built: the station reads the recorded device clocks, so an item
-                    # played later than its recorded spacing would reach it already late.
-                    while (len(in_flight) == 2 and not self.referee.decided(in_flight[0])
-                           and time.monotonic() - t < lead + MAX_LAG_S):
-                        time.sleep(0.0005)
+                    # Wait for the items announced SETTLE_S (recorded) before this one: their
+                    # readings have all been played, and a lost announcement among them has been
+                    # revealed by the ones after it. And never fall more than MAX_LAG_S behind
+                    # the lead the replay has built: the station reads the recorded device
+                    # clocks, so an item played later than its recorded spacing would reach it
+                    # already late.
+                    while in_flight and in_flight[0][0] <= t - SETTLE_S:
+                        if self.referee.decided(in_flight[0][1]) or time.monotonic() - t >= lead + MAX_LAG_S:
+                            in_flight.popleft()
+                        else:
+                            time.sleep(0.0005)
                     lead = min(lead, time.monotonic() - t)
-                    in_flight.append(payload)
+                    in_flight.append((t, payload))
             now = time.monotonic()
             if kind == "bytes":
                 device, data = payload
