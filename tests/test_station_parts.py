@@ -188,9 +188,11 @@ class _GatedEmbedder:
         self.spec = inner.spec
         self.inner = inner
         self.open = threading.Event()
+        self.entered = threading.Event()  # a batch is waiting at the gate
         self.batches: list[int] = []
 
     def embed_batch(self, batch):
+        self.entered.set()
         self.open.wait(60)
         self.batches.append(len(batch))
         return self.inner.embed_batch(batch)
@@ -206,9 +208,11 @@ def test_the_flow_batches_waiting_items(tiny_bundle):
     results, on_result = _collect()
     flow = ItemFlow(_Rig(), embedder, on_result, workers=1, max_batch=8).start()
     try:
-        for item_id in range(1, 11):
+        assert flow.submit(1, decide_by=float("inf"))
+        assert embedder.entered.wait(10)  # item 1 is in the model, alone
+        for item_id in range(2, 11):
             assert flow.submit(item_id, decide_by=float("inf"))
-        for _ in range(2000):  # the first is taken; the rest queue behind it
+        for _ in range(2000):  # the rest queue behind it
             if flow._embeds.qsize() == 9:
                 break
             threading.Event().wait(0.005)
@@ -218,7 +222,7 @@ def test_the_flow_batches_waiting_items(tiny_bundle):
         flow.stop()
     assert sorted(r.item_id for r in got) == list(range(1, 11))
     assert all(r.embeddings.shape == (4, 16) and not r.shed for r in got)
-    assert embedder.batches[0] == 4 and max(embedder.batches) == 8 * 4  # one item, then 8 items × 4 views
+    assert embedder.batches[:3] == [4, 8 * 4, 4]  # one item, then 8 items × 4 views, then the last
 
 
 def test_the_flow_sheds_what_it_cannot_finish_in_time(tiny_bundle):
@@ -228,12 +232,12 @@ def test_the_flow_sheds_what_it_cannot_finish_in_time(tiny_bundle):
     results, on_result = _collect()
     flow = ItemFlow(_Rig(), embedder, on_result, clock=clock, workers=1)
     flow.embed_s.value = 0.010  # it takes 10 ms an item
+    flow.submit(1, decide_by=0.005)  # cannot make it: not even captured
+    flow.submit(2, decide_by=1.0)
+    flow.submit(3, decide_by=1.0)
+    flow.cancel(3)  # decided without it: no work, no result
     flow.start()
     try:
-        flow.submit(1, decide_by=0.005)  # cannot make it: not even captured
-        flow.submit(2, decide_by=1.0)
-        flow.submit(3, decide_by=1.0)
-        flow.cancel(3)  # decided without it: no work, no result
         got = {r.item_id: r for r in (results.get(timeout=10) for _ in range(2))}
         assert results.empty()
     finally:
