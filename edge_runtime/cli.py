@@ -49,7 +49,11 @@ def _replay(args: argparse.Namespace) -> dict:
     faults = run.summary["faults"]
     injected = run.summary["faults_injected"]
     print("Faults (observed / injected): " + ", ".join(f"{k} {faults[k]}/{injected[k]}" for k in faults))
-    return run.summary
+    summary = {**run.summary, "ok": run.summary["lost"] == 0 and run.summary["duplicates"] == 0}
+    if not summary["ok"]:
+        print(f"sortline: replay: {summary['lost']} items got no gate command and {summary['duplicates']} got "
+              "two different ones", file=sys.stderr)
+    return summary
 
 
 @contextlib.contextmanager
@@ -195,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if getattr(args, "json", False):
         print(json.dumps(result))
-    return 0
+    return 1 if isinstance(result, dict) and result.get("ok") is False else 0
 
 
 if __name__ == "__main__":

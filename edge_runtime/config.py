@@ -30,6 +30,7 @@ the file and the key.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,35 @@ def _table(data: dict, key: str, path: Path, required: bool = True) -> dict:
     return value
 
 
+KEYS = {  # every key a station file may have, by table: anything else is a mistake, not a no-op
+    "": {"station", "controller", "sensor", "rig", "views"},
+    "station": {"bundle", "event_log"},
+    "controller": {"port", "baud"},
+    "sensor": {"kind", "port", "baud"},
+    "rig": {"tolerance_ms", "wait_ms"},
+    "views": {"rgb", "nir"},
+}
+RIG_MS_MAX = 10_000.0
+
+
+def _known_keys(table: dict, name: str, path: Path) -> None:
+    known = sorted(KEYS[name.split("[")[0]])
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
+            where = f"{name}.{key}" if name else key
+            raise ConfigError(f"{path}: unknown key {where!r}{hint}")
+
+
+def _rig_ms(rig: dict, key: str, default: float, path: Path) -> float:
+    value = rig.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= RIG_MS_MAX:
+        raise ConfigError(f"{path}: rig.{key} must be a number of milliseconds from 0 to {RIG_MS_MAX:g}, "
+                          f"not {value!r}")
+    return float(value)
+
+
 def _camera(value: object, where: str, path: Path) -> int | str:
     if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
         raise ConfigError(f"{path}: {where} must be a device index, a URL or file, or 'folder:PATH'")
@@ -134,11 +164,14 @@ def load_station_file(path: str | Path) -> StationFile:
         raise ConfigError(f"{path}: no such station file") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable TOML file ({exc})") from None
+    _known_keys(data, "", path)
     controller = _table(data, "controller", path)
+    _known_keys(controller, "controller", path)
     port = controller.get("port")
     if not isinstance(port, str) or not port:
         raise ConfigError(f"{path}: controller.port must be a pyserial URL or device path")
     sensor = _table(data, "sensor", path, required=False)
+    _known_keys(sensor, "sensor", path)
     kind = sensor.get("kind", "none")
     if kind not in SENSOR_KINDS:
         raise ConfigError(f"{path}: sensor.kind is {kind!r}; one of {SENSOR_KINDS}")
@@ -152,15 +185,15 @@ def load_station_file(path: str | Path) -> StationFile:
     for i, view in enumerate(views_data):
         if not isinstance(view, dict) or "rgb" not in view:
             raise ConfigError(f"{path}: views[{i}] needs an rgb camera")
+        _known_keys(view, f"views[{i}]", path)
         nir = view.get("nir")
         views.append(ViewConfig(_camera(view["rgb"], f"views[{i}].rgb", path),
                                 None if nir is None else _camera(nir, f"views[{i}].nir", path)))
     rig = _table(data, "rig", path, required=False)
     station = _table(data, "station", path, required=False)
-    try:
-        tolerance_ms, wait_ms = float(rig.get("tolerance_ms", 40.0)), float(rig.get("wait_ms", 60.0))
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path}: rig.tolerance_ms and rig.wait_ms must be numbers") from None
+    _known_keys(rig, "rig", path)
+    _known_keys(station, "station", path)
+    tolerance_ms, wait_ms = _rig_ms(rig, "tolerance_ms", 40.0, path), _rig_ms(rig, "wait_ms", 60.0, path)
 
     def relative(value: object, key: str) -> Path | None:
         if value is None:

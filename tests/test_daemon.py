@@ -52,6 +52,11 @@ def test_station_file_mistakes_name_the_file_and_key(tmp_path):
         ('[controller]\nport = "loop://"', "at least one"),
         ('[controller]\nport = "loop://"\n[[views]]\nrgb = true', "views\\[0\\].rgb"),
         ('[controller]\nport = "loop://"\nbaud = -9600\n[[views]]\nrgb = 0', "controller.baud"),
+        ('[controller]\nport = "loop://"\n[[views]]\nrgb = 0\nnri = 2', "'views\\[0\\].nri'; did you mean 'nir'"),
+        ('[controller]\nport = "loop://"\n[rig]\ntolerence_ms = 5\n[[views]]\nrgb = 0', "did you mean 'tolerance_ms'"),
+        ('[controller]\nport = "loop://"\n[rig]\ntolerance_ms = -40\n[[views]]\nrgb = 0', "rig.tolerance_ms"),
+        ('[controller]\nport = "loop://"\n[rig]\nwait_ms = "soon"\n[[views]]\nrgb = 0', "rig.wait_ms"),
+        ('[controller]\nport = "loop://"\n[stations]\nbundle = "b"\n[[views]]\nrgb = 0', "unknown key 'stations'"),
         ('[controller]\nport = "loop://"\nbaud = "fast"\n[[views]]\nrgb = 0', "controller.baud"),
         ("[controller\nport=", "not a readable TOML"),
     ]:

@@ -57,3 +57,21 @@ def test_broken_recordings_are_clear_errors(tmp_path, tiny_bundle, capsys):
     (out / "x").write_text("x")
     assert main(["simulate", "--items", "2", "--record", str(out), "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_replay_fails_when_an_item_got_no_gate_command(recording, tiny_bundle, capsys, monkeypatch):
+    """A run that lost an item exits non-zero (scripts and CI see it), its summary still printed."""
+    from sortline.edge_runtime import hil
+
+    real = hil.replay_recording
+
+    def losing(*args, **kwargs):
+        run = real(*args, **kwargs)
+        run.summary["lost"] = 1  # as if the station had never answered one item
+        return run
+
+    monkeypatch.setattr(hil, "replay_recording", losing)
+    assert main(["replay", str(recording), "--bundle", str(tiny_bundle.root), "--speed", "max", "--quiet",
+                 "--json"]) == 1
+    out = capsys.readouterr()
+    assert json.loads(out.out.strip().splitlines()[-1])["ok"] is False and "no gate command" in out.err

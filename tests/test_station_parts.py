@@ -401,3 +401,43 @@ def test_a_station_whose_loop_dies_says_so_instead_of_idling(tiny_bundle, monkey
         assert running.stopped.wait(10)  # the loop ends by itself
         with pytest.raises(StationError, match="died"):
             running.stop()
+
+
+# --- hostile readings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [
+    {"peak_n": 1e30}, {"peak_n": float("nan")}, {"decay_ms": -5.0}, {"rebound": 7.0},
+    {"index": 100}, {"count": 6},
+])
+def test_an_impossible_tap_leaves_the_items_sensor_out_and_is_counted(bad):
+    import dataclasses
+
+    m = ReadingMatcher("taps", readings_expected=5)
+    taps = tap_series(make_fruit(7, seed=1))
+    m.open(7, announced_at=0.0)
+    for tap in taps[:2]:
+        m.tap(tap, at=0.0, decided=False)
+    assert m.tap(dataclasses.replace(taps[2], **bad), at=0.0, decided=False) == {7}
+    for tap in taps[3:]:
+        m.tap(tap, at=0.0, decided=False)
+    assert m.stats.implausible_readings == 1 and m.rejected(7)
+    assert m.complete(7) and m.close(7) == []  # decided now, on its views alone
+
+
+def test_a_garbage_reading_before_the_announcement_still_counts_against_its_item():
+    import dataclasses
+
+    m = ReadingMatcher("taps", readings_expected=5)
+    tap = dataclasses.replace(tap_series(make_fruit(3, seed=1))[0], peak_n=-1.0)
+    m.tap(tap, at=0.0, decided=False)
+    assert m.open(3, announced_at=0.01) == {3} and m.rejected(3)
+
+
+def test_an_impossible_weight_is_dropped():
+    m = ReadingMatcher("scale", readings_expected=2)
+    m.heartbeat(0, at=0.0)
+    m.open(1, announced_at=0.0)
+    for grams in (float("inf"), 1e9, -5000.0):
+        assert m.weight(ScaleReading(t_ms=20, grams=grams, stable=1), at=0.02) == set()
+    assert m.stats.implausible_readings == 3 and m.readings(1) == []

@@ -117,6 +117,7 @@ class Station:
         s.retransmissions, s.unacked = self.gate.stats.retransmissions, self.gate.stats.unacked
         s.orphan_taps_expired = self.readings.stats.orphan_taps_expired
         s.unmatched_weights = self.readings.stats.unmatched_weights
+        s.implausible_readings = self.readings.stats.implausible_readings
         s.counter_resets = self.ids.resets
         s.flow_queue_max = self.flow.deepest
         s.link_over_capacity = self.links.over
@@ -244,6 +245,7 @@ class Station:
 
     def _finish(self, item_id: int, now: float) -> None:
         item = self._open.pop(item_id)
+        sensor_rejected = self.readings.rejected(item_id)
         readings = self.readings.close(item_id)
         if item.result is None:
             self.flow.cancel(item_id)  # the flow did not make it in time: do not finish the work
@@ -255,6 +257,8 @@ class Station:
         sent = self.gate.send(item_id, outcome.decision.exit, done, item.deadline_at)
         self._book(outcome.decision)
         record = event_record(outcome, item, len(readings), (done - started) * 1000, done, sent, self._bundle)
+        if sensor_rejected:
+            record["sensor_rejected"] = True  # decided on its views: a reading for it was garbage
         self._stats.latency_ms.add(record["latency_ms"])
         self._stats.compute_ms.add(record["compute_ms"])
         self._log.write(record)

@@ -11,11 +11,14 @@ that item is decided on its views alone.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from sortline.hardware.protocol import ScaleReading, TapReading
 
+log = logging.getLogger(__name__)
 CLOCK_WINDOW_S = 2.0
 
 
@@ -44,22 +47,52 @@ class DeviceClock:
         return (self.offset or 0.0) + t_ms / 1000
 
 
+@dataclass(frozen=True)
+class ReadingLimits:
+    """What a sensor can physically report. A reading outside these is garbage, whatever its
+    CRC says: it is counted, and its item is decided without its sensor (on its views alone)."""
+
+    tap_peak_n: tuple[float, float] = (0.0, 500.0)  # newtons
+    tap_rebound: tuple[float, float] = (0.0, 1.0)
+    tap_decay_ms: tuple[float, float] = (0.0, 10_000.0)
+    scale_grams: tuple[float, float] = (-100.0, 100_000.0)  # a tared scale may read a little below zero
+
+    def check(self, reading: TapReading | ScaleReading, readings_expected: int) -> str | None:
+        """None for a plausible reading, else what is wrong with it."""
+        if isinstance(reading, TapReading):
+            if not (0 <= reading.index < reading.count == readings_expected):
+                return f"tap {reading.index} of {reading.count} (this sensor taps {readings_expected} times)"
+            for name, (lo, hi) in (("peak_n", self.tap_peak_n), ("rebound", self.tap_rebound),
+                                   ("decay_ms", self.tap_decay_ms)):
+                value = getattr(reading, name)
+                if not (math.isfinite(value) and lo <= value <= hi):
+                    return f"{name} {value!r} outside {lo}..{hi}"
+            return None
+        if not (math.isfinite(reading.grams) and self.scale_grams[0] <= reading.grams <= self.scale_grams[1]):
+            return f"grams {reading.grams!r} outside {self.scale_grams[0]}..{self.scale_grams[1]}"
+        if reading.stable not in (0, 1):
+            return f"stable {reading.stable!r} is not 0 or 1"
+        return None
+
+
 @dataclass
 class _Open:
     """The readings of an item announced and not yet decided."""
 
     taps: dict[int, TapReading] = field(default_factory=dict)  # by tap index: a repeat counts once
     weights: list[ScaleReading] = field(default_factory=list)
+    rejected: bool = False  # a reading for it was garbage: its sensor part is left out
 
     @property
     def readings(self) -> list[TapReading | ScaleReading]:
-        return [*self.taps.values(), *self.weights]
+        return [] if self.rejected else [*self.taps.values(), *self.weights]
 
 
 @dataclass
 class MatchStats:
     orphan_taps_expired: int = 0
     unmatched_weights: int = 0
+    implausible_readings: int = 0
 
 
 class ReadingMatcher:
@@ -67,7 +100,9 @@ class ReadingMatcher:
     readings, ask whether it is ``complete``, and ``close`` it when it is decided."""
 
     def __init__(self, sensor: str, readings_expected: int, orphan_ttl_s: float = 2.0,
-                 empty_plate_g: float = 5.0, clock_tolerance_s: float = 0.01) -> None:
+                 empty_plate_g: float = 5.0, clock_tolerance_s: float = 0.01,
+                 limits: ReadingLimits = ReadingLimits()) -> None:
+        self.limits = limits
         self.sensor = sensor
         self.readings_expected = readings_expected
         self.orphan_ttl_s = orphan_ttl_s
@@ -77,15 +112,16 @@ class ReadingMatcher:
         self.stats = MatchStats()
         self._open: dict[int, _Open] = {}
         self._orphan_taps: dict[int, list[tuple[float, TapReading]]] = {}
+        self._rejected_orphans: dict[int, float] = {}  # item not announced yet, with a garbage reading
         self._announcements: deque[tuple[float, int]] = deque(maxlen=256)  # (announced_at, item), in order
         self._plate_emptied: deque[float] = deque(maxlen=256)
         self._orphan_weights: list[tuple[float, float, ScaleReading]] = []  # (received, taken, reading)
 
     def open(self, item_id: int, announced_at: float) -> set[int]:
         """An item was announced; returns the items whose readings changed (orphans placed)."""
-        self._open[item_id] = entry = _Open()
+        self._open[item_id] = entry = _Open(rejected=self._rejected_orphans.pop(item_id, None) is not None)
         self._announcements.append((announced_at, item_id))
-        changed = set()
+        changed = {item_id} if entry.rejected else set()
         for _, tap in self._orphan_taps.pop(item_id, []):
             entry.taps[tap.index] = tap
             changed.add(item_id)
@@ -99,6 +135,11 @@ class ReadingMatcher:
         entry = self._open.pop(item_id, None)
         return entry.readings if entry is not None else []
 
+    def rejected(self, item_id: int) -> bool:
+        """Whether a garbage reading left this open item's sensor part out."""
+        entry = self._open.get(item_id)
+        return entry is not None and entry.rejected
+
     def readings(self, item_id: int) -> list[TapReading | ScaleReading]:
         entry = self._open.get(item_id)
         return entry.readings if entry is not None else []
@@ -109,6 +150,8 @@ class ReadingMatcher:
             return True
         if entry is None:
             return False
+        if entry.rejected:
+            return True  # nothing more to wait for: it is decided on its views
         if self.sensor == "taps":
             return len(entry.taps) >= self.readings_expected
         return sum(w.stable for w in entry.weights) >= self.readings_expected
@@ -116,7 +159,25 @@ class ReadingMatcher:
     def heartbeat(self, t_ms: int, at: float) -> None:
         self.clock.update(t_ms, at)
 
+    def _implausible(self, reading: TapReading | ScaleReading) -> bool:
+        problem = self.limits.check(reading, self.readings_expected)
+        if problem is None:
+            return False
+        self.stats.implausible_readings += 1
+        if self.stats.implausible_readings == 1 or self.stats.implausible_readings % 1000 == 0:
+            log.warning("implausible %s reading (%s): its item is decided without its sensor; %d so far",
+                        self.sensor, problem, self.stats.implausible_readings)
+        return True
+
     def tap(self, tap: TapReading, at: float, decided: bool) -> set[int]:
+        if self._implausible(tap):
+            entry = self._open.get(tap.item_id)
+            if entry is not None:
+                entry.rejected = True
+                return {tap.item_id}
+            if not decided:
+                self._rejected_orphans[tap.item_id] = at
+            return set()
         entry = self._open.get(tap.item_id)
         if entry is not None:
             entry.taps[tap.index] = tap
@@ -126,6 +187,8 @@ class ReadingMatcher:
         return set()
 
     def weight(self, reading: ScaleReading, at: float) -> set[int]:
+        if self._implausible(reading):
+            return set()  # dropped: the item on the plate waits for its real weight, or goes without
         self.clock.update(reading.t_ms, at)
         taken_at = self.clock.station_time(reading.t_ms)
         if reading.stable and reading.grams < self.empty_plate_g:
@@ -156,3 +219,5 @@ class ReadingMatcher:
             self._orphan_weights = kept
         for item_id in [i for i, taps in self._orphan_taps.items() if now - taps[0][0] > ttl]:
             self.stats.orphan_taps_expired += len(self._orphan_taps.pop(item_id))
+        for item_id in [i for i, t in self._rejected_orphans.items() if now - t > ttl]:
+            del self._rejected_orphans[item_id]

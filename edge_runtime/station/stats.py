@@ -100,6 +100,7 @@ class StationStats:
     unannounced: int = 0  # items whose announcement never arrived (seen by their ids)
     orphan_taps_expired: int = 0
     unmatched_weights: int = 0  # scale readings with no item on the plate
+    implausible_readings: int = 0  # sensor readings outside what the sensor can report (left out)
     capture_errors: int = 0  # items with at least one view missing
     views_lost: int = 0
     views_late: int = 0

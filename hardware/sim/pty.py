@@ -8,9 +8,13 @@ disconnect and come back as a new pseudo-terminal under the same name.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
 import select
+import termios
 import threading
+import time
 import tty
 from pathlib import Path
 
@@ -46,6 +50,23 @@ class PtyDevice:
     @property
     def connected(self) -> bool:
         return not self._closed
+
+    def unread(self) -> int:
+        """Bytes written to the wire that the runtime has not read yet (0 when unplugged)."""
+        with self._lock:
+            if self._closed:
+                return 0
+            count = array.array("i", [0])
+            fcntl.ioctl(self._slave, termios.FIONREAD, count)
+            return count[0]
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until the runtime has read everything written (a device goes quiet before it is
+        unplugged); False if it has not within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self.unread() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return self.unread() == 0
 
     def disconnect(self) -> None:
         """Unplug: the runtime's reads fail until :meth:`reconnect`."""

@@ -24,6 +24,7 @@ from .pty import PtyDevice
 from .referee import GateReferee, LineTally
 
 MAX_LAG_S = 0.05  # at speed=max, how far an item may be played behind the replay's lead
+DRAIN_S = 1.0  # at speed=max, the longest wait for the station to read a device's last bytes before its unplug
 SETTLE_S = 0.15  # at speed=max, recorded time after which an item's readings have all been played
 
 
@@ -191,6 +192,8 @@ class ReplayedLine:
                 # At speed=max only this device waits out its outage; the others play on.
                 unplug_at = now + QUIET_S if self.speed == "max" else now  # its last bytes get read
                 unplugged[device] = (t, unplug_at)
+                if self.speed == "max":  # the station reads slower than a replay writes: let it
+                    lines[device].submit(unplug_at, self.devices[device].drain, DRAIN_S)
                 lines[device].submit(unplug_at, self.devices[device].disconnect)
             elif kind == "reconnect":
                 device = payload[0]
