@@ -25,7 +25,8 @@
     nir = 2                              # a GStreamer pipeline, or "folder:PATH" (images)
 
 Relative paths are relative to the file. Every mistake is a :class:`ConfigError` that names
-the file and the key.
+the file and the key; a key the file format does not have is a mistake too (a typo must not
+silently change what the station does), reported with the nearest known key.
 """
 
 from __future__ import annotations
