@@ -39,12 +39,13 @@ from sortline.edge_runtime.pipeline import ItemPipeline
 from sortline.edge_runtime.preprocess import preprocess_views
 from sortline.edge_runtime.station import StationConfig
 from sortline.edge_runtime.station.links import item_bytes
+from sortline.hardware.camera import ItemCapture
+from sortline.hardware.serial_link import DEFAULT_BAUD
 from sortline.hardware.sim.line import LineConfig
 from sortline.hardware.sim.process import CachedScenario
 from sortline.train.demo import DemoConfig, train_station_bundle
 
 SIZES = {"default": ("resnet10", 64), "production": ("resnet18", 128)}
-BAUD = 115200
 DEADLINE_MS = 300
 
 
@@ -125,7 +126,7 @@ def line_runs(bundle, scenario, rates: list[float], lanes: int, seconds: float, 
         run = sort_on_simulated_line(ItemPipeline.for_station(bundle), config, scenario, progress=False)
         s = run.summary
         line_s = items / rate
-        by_model = sum(n for reason, n in s["reasons"].items() if reason in ("confident", "unsure"))
+        by_model = _decided_by_model(s)
         rows.append({
             "offered_per_s": rate, "items": s["items"], "lanes": lanes,
             "achieved_per_s": round(by_model / line_s, 1),
@@ -134,7 +135,7 @@ def line_runs(bundle, scenario, rates: list[float], lanes: int, seconds: float, 
             "deadline_misses": s["deadline_misses"], "late": s["late"], "lost": s["lost"],
             "duplicates": s["duplicates"], "overload": s["overload"], "mcc": s["mcc"],
             "flow_queue_max": run.stats.flow_queue_max,
-            "link_utilisation": {k: round(rate * b * 10 / BAUD, 3) for k, b in per_item.items()},
+            "link_utilisation": {k: round(rate * b * 10 / DEFAULT_BAUD, 3) for k, b in per_item.items()},
         })
         print(f"  offered {rate:6.0f}/s: achieved {rows[-1]['achieved_per_s']:6.1f}/s, p99 {s['latency_ms_p99']} ms, "
               f"misses {s['deadline_misses']}, overload {s['overload']}, lost {s['lost']}", flush=True)
@@ -160,7 +161,7 @@ def policy_runs(bundle, scenario, rate: float, lanes: int, seconds: float, seed:
         run = sort_on_simulated_line(pipeline, config, scenario,
                                      station_config=StationConfig(workers=workers), progress=False)
         s = run.summary
-        by_model = sum(n for reason, n in s["reasons"].items() if reason in ("confident", "unsure"))
+        by_model = _decided_by_model(s)
         out[name] = {"decided_by_model_per_s": round(by_model / (items / rate), 1), "overload": s["overload"],
                      "deadline_misses": s["deadline_misses"], "lost": s["lost"],
                      "latency_ms_p99": s["latency_ms_p99"]}
@@ -182,7 +183,7 @@ def main() -> None:
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     report = {"cpu": cpu_name(), "cores": torch.get_num_threads(), "lanes": args.lanes, "deadline_ms": DEADLINE_MS,
-              "link_bytes_per_item": link_bytes_per_item(), "baud": BAUD, "sizes": {}}
+              "link_bytes_per_item": link_bytes_per_item(), "baud": DEFAULT_BAUD, "sizes": {}}
     print(f"CPU: {report['cpu']}")
     with tempfile.TemporaryDirectory(prefix="sortline-bench-") as work:
         for size in args.sizes.split(","):
@@ -194,7 +195,7 @@ def main() -> None:
             line = trained.scenarios["line"]
             scenario = CachedScenario(line, 1000)
             scenario.prerender(range(1000))
-            items = [(ItemCaptureOf(scenario, i), list(scenario.readings(i, 0))) for i in range(200)]
+            items = [(_capture(scenario, i), list(scenario.readings(i, 0))) for i in range(200)]
             limits = compute_limits(trained.bundle, trained.backbone, items)
             chosen, seconds = pick_threads(trained.bundle.backbone_path, trained.manifest.input)
             print(f"  the station picks {chosen} thread(s): a batch of 8 items "
@@ -229,10 +230,13 @@ def main() -> None:
     print(markdown(report))
 
 
-def ItemCaptureOf(scenario, item_id: int):  # noqa: N802 — reads like the type it builds
-    from sortline.hardware.camera import ItemCapture
-
+def _capture(scenario, item_id: int) -> ItemCapture:
     return ItemCapture(item_id, tuple(scenario.render(item_id, scenario.frame_px, scenario.views)))
+
+
+def _decided_by_model(summary: dict) -> int:
+    """Items the model decided (confident or unsure), not sent to the safe exit unseen."""
+    return sum(n for reason, n in summary["reasons"].items() if reason in ("confident", "unsure"))
 
 
 def markdown(report: dict) -> str:
@@ -240,8 +244,8 @@ def markdown(report: dict) -> str:
              f"CPU: {report['cpu']}, {report['cores']} threads. {report['lanes']} lanes, deadline "
              f"{report['deadline_ms']} ms, 4 views × RGB+NIR + 5 taps, serial links at {report['baud']} baud "
              f"({report['link_bytes_per_item']} bytes per item; a link over 100% could not carry that rate at "
-             "115200 baud, while pseudo-terminals do not pace bytes). The backbones are untrained (speed does not "
-             "depend on the weights): MCC only shows how much of the line the model decided.\n"]
+             f"{report['baud']} baud, while pseudo-terminals do not pace bytes). The backbones are untrained "
+             "(speed does not depend on the weights): MCC only shows how much of the line the model decided.\n"]
     for size, r in report["sizes"].items():
         lines += [f"## {size}: {r['backbone']}, {r['image_size']} px\n",
                   f"Measured {r.get('measured', '?')} on {r.get('cpu', '?')}; every ratio below is within this run.\n",

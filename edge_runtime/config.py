@@ -36,6 +36,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from sortline.hardware.serial_link import DEFAULT_BAUD
 from sortline.hardware.sources import ImageFolderSource, MultiViewRig, OpenCVCamera, Source, ViewSources
 
 from .errors import SortlineError
@@ -43,7 +44,6 @@ from .errors import SortlineError
 SENSOR_KINDS = ("taps", "scale", "none")
 FOLDER_PREFIX = "folder:"
 FOLDER_FPS = 30.0
-DEFAULT_BAUD = 115200
 BAUD_RANGE = (300, 12_000_000)  # an image folder standing in for a camera streams at a camera's rate
 
 

@@ -56,8 +56,9 @@ def pick_threads(model_path: str | Path, spec: InputSpec, target_items_per_s: fl
     """The station's intra-op thread count for this model on this machine, measured on batches
     of ``batch_items`` items (what a busy station runs). One thread when it already embeds
     ``target_items_per_s``: the other core then serves capture, the serial readers and the loop,
-    which keeps commands on time under overload (measured on the default bundle at 1,000 items/s
-    offered: 2 misses with one thread, 52-119 with two). A second thread only when one is short
+    which keeps commands on time under overload (default bundle, 1,000 items/s offered, AMD EPYC, over
+    four benchmark runs: late commands median 9 with one thread (0-181), 52 with two (19-119); the
+    runs are noisy at that load). A second thread only when one is short
     of the target and two are at least ``gain`` times faster (ResNet-18 at 128 px: 81 → 154
     items/s). Returns the choice and the seconds per batch for each count tried."""
     cores = min(2, os.cpu_count() or 1)

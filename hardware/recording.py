@@ -28,7 +28,7 @@ import cv2
 from .camera import CORRUPT, FrameError, FrameSource, ItemCapture
 from .errors import SortlineError
 from .protocol import ItemArrival
-from .serial_link import Received, SerialLink
+from .serial_link import DEFAULT_BAUD, Received, SerialLink
 
 log = logging.getLogger(__name__)
 FORMAT = "sortline-recording/1"
@@ -112,7 +112,8 @@ class StreamRecorder:
         self.rig = rig
         self.inbox: queue.Queue[Received] = queue.Queue(maxsize=65536)
         self.links = [
-            SerialLink(url, name, inbox=self.inbox, reconnect_s=reconnect_s, baudrate=(bauds or {}).get(name, 115200),
+            SerialLink(url, name, inbox=self.inbox, reconnect_s=reconnect_s,
+                       baudrate=(bauds or {}).get(name, DEFAULT_BAUD),
                        on_bytes=lambda data, at, name=name: writer.serial(name, data, at),
                        on_event=lambda kind, at, name=name: writer.event(name, kind, at))
             for name, url in ports.items()

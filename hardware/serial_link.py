@@ -19,6 +19,7 @@ import serial
 from .protocol import Encoder, Message, Parser, ParserStats
 
 log = logging.getLogger(__name__)
+DEFAULT_BAUD = 115200  # 8N1, the protocol's default (docs/protocol.md)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class SerialLink:
         url: str,
         name: str,
         *,
-        baudrate: int = 115200,
+        baudrate: int = DEFAULT_BAUD,
         inbox: queue.Queue[Received] | None = None,
         read_timeout_s: float = 0.02,
         reconnect_s: float = 0.5,

@@ -89,7 +89,6 @@ class ItemFlow:
         self._threads: list[threading.Thread] = []
         self.capture_s = _Estimate(0.002)
         self.embed_s = _Estimate(0.005)  # per item, in the batches the workers run
-        self.shed = 0
         self.deepest = 0
         self._busy_until = 0.0  # when the batch now running should end
 
@@ -151,8 +150,6 @@ class ItemFlow:
         lost, corrupt, late = job.counts
         with self._lock:
             self._cancelled.discard(job.item_id)  # cancelled while its batch ran: nothing left to skip
-        if shed:
-            self.shed += 1
         self.on_result(FlowResult(job.item_id, embeddings, (*job.errors, *errors), lost, corrupt, late, shed,
                                   job.times_ms))
 

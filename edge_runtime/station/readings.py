@@ -20,6 +20,7 @@ from sortline.hardware.protocol import ScaleReading, TapReading
 
 log = logging.getLogger(__name__)
 CLOCK_WINDOW_S = 2.0
+EXPIRE_EVERY_S = 0.1
 
 
 class DeviceClock:
@@ -112,7 +113,8 @@ class ReadingMatcher:
         self.stats = MatchStats()
         self._open: dict[int, _Open] = {}
         self._orphan_taps: dict[int, list[tuple[float, TapReading]]] = {}
-        self._rejected_orphans: dict[int, float] = {}  # item not announced yet, with a garbage reading
+        self._rejected_orphans: dict[int, float] = {}
+        self._next_expiry = 0.0  # item not announced yet, with a garbage reading
         self._announcements: deque[tuple[float, int]] = deque(maxlen=256)  # (announced_at, item), in order
         self._plate_emptied: deque[float] = deque(maxlen=256)
         self._orphan_weights: list[tuple[float, float, ScaleReading]] = []  # (received, taken, reading)
@@ -212,6 +214,11 @@ class ReadingMatcher:
         return {on_plate[1]}
 
     def expire(self, now: float) -> None:
+        """Drop orphans older than the TTL; the scan runs at most every EXPIRE_EVERY_S, not on
+        every step of the loop."""
+        if now < self._next_expiry:
+            return
+        self._next_expiry = now + EXPIRE_EVERY_S
         ttl = self.orphan_ttl_s
         if self._orphan_weights and now - self._orphan_weights[0][0] > ttl:
             kept = [w for w in self._orphan_weights if now - w[0] <= ttl]

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sortline.hardware.camera import FrameSource
-from sortline.hardware.serial_link import Received, SerialLink
+from sortline.hardware.serial_link import DEFAULT_BAUD, Received, SerialLink
 
 from ..pipeline import Decision, ItemPipeline
 from .loop import Station, StationConfig, StationError
@@ -31,8 +31,8 @@ class RunningStation:
                  on_decision: Callable[[Decision], None] | None = None) -> None:
         inbox: queue.Queue[Received] = queue.Queue(maxsize=INBOX)
         bauds = bauds or {}
-        self.links = [SerialLink(url, name, inbox=inbox, reconnect_s=reconnect_s, baudrate=bauds.get(name, 115200))
-                      for name, url in ports.items()]
+        self.links = [SerialLink(url, name, inbox=inbox, reconnect_s=reconnect_s,
+                                 baudrate=bauds.get(name, DEFAULT_BAUD)) for name, url in ports.items()]
         self._args = (pipeline, rig, config, event_log, on_decision)
         self.station: Station | None = None
         self.error: BaseException | None = None
