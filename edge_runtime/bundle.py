@@ -1,24 +1,38 @@
 """The bundle: what a station loads, and how one is written (by the desktop's export and by a
 device that refits its head). A folder with ``manifest.json``, the backbone as ONNX and
 the head as arrays, or that folder as one tar archive (``.tar``, ``.tar.gz``, ``.tgz``).
-Loading checks the schema and the sha256 of every file, and refuses anything else with an
-error that says what is wrong. Nothing in a bundle is unpickled.
+Loading checks the schema, every value's range (exits the controller accepts, finite numbers,
+sizes) and the sha256 of every file, and refuses anything else with an error that says what is
+wrong. Nothing in a bundle is unpickled.
+
+A bundle may be signed: ``manifest.sig`` holds an ed25519 signature over ``manifest.json``,
+which lists every other file's hash, so one signature covers the whole bundle. A station whose
+file names a public key loads only bundles that key's private half signed
+(``docs/security.md``).
 """
 
 from __future__ import annotations
 
 import atexit
+import base64
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import math
+import os
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sortline.hardware.files import private_tempdir, publish_dir, publish_file, staging_dir
+from sortline.hardware.protocol import MAX_EXIT
 
 from .errors import SortlineError
 from .fusion import FusionSpec
@@ -27,7 +41,15 @@ from .preprocess import InputSpec
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# Sizes a bundle may have: a manifest is a few kB, a backbone tens of MB.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_BUNDLE_BYTES = 4 << 30  # all files together, also when an archive is unpacked
+MAX_ARCHIVE_MEMBERS = 256
+MAX_LABELS = 10_000
+MAX_NAME_CHARS = 200
+MAX_EMBEDDING_DIM = 65_536
 
 
 class BundleError(SortlineError, ValueError):
@@ -47,11 +69,24 @@ class DecisionPolicy:
 
     @classmethod
     def from_dict(cls, data: dict) -> DecisionPolicy:
-        return cls(
-            exits={str(k): int(v) for k, v in data["exits"].items()},
-            safe_exit=int(data["safe_exit"]),
+        policy = cls(
+            exits={str(k): _whole(v, "decision.exits") for k, v in data["exits"].items()},
+            safe_exit=_whole(data["safe_exit"], "decision.safe_exit"),
             min_confidence=float(data["min_confidence"]),
         )
+        for where, exit_ in [("safe_exit", policy.safe_exit), *((f"exits[{k!r}]", v) for k, v in policy.exits.items())]:
+            if not 0 <= exit_ <= MAX_EXIT:
+                raise BundleError(f"manifest decision.{where} is {exit_}; the controller accepts exits 0..{MAX_EXIT}")
+        if not 0.0 <= policy.min_confidence <= 1.0:
+            raise BundleError(f"manifest decision.min_confidence is {policy.min_confidence}; it must be in 0..1")
+        return policy
+
+
+def _whole(value: object, where: str) -> int:
+    """A JSON whole number (not a bool, not 2.5, not a 250-digit string)."""
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**31:
+        raise BundleError(f"manifest {where}: {value!r:.40} is not a whole number in range")
+    return value
 
 
 @dataclass(frozen=True)
@@ -103,7 +138,7 @@ class Manifest:
                 name=str(data["name"]),
                 created=str(data["created"]),
                 input=InputSpec.from_dict(data["input"]),
-                embedding_dim=int(data["embedding_dim"]),
+                embedding_dim=_whole(data["embedding_dim"], "embedding_dim"),
                 labels=tuple(str(x) for x in data["labels"]),
                 decision=DecisionPolicy.from_dict(data["decision"]),
                 fusion=FusionSpec.from_dict(data["fusion"]),
@@ -116,6 +151,14 @@ class Manifest:
             raise BundleError(f"manifest field is malformed: {exc!r}") from exc
         if set(manifest.labels) - set(manifest.decision.exits):
             raise BundleError(f"labels without an exit: {sorted(set(manifest.labels) - set(manifest.decision.exits))}")
+        if not 0 < len(manifest.name) <= MAX_NAME_CHARS or len(manifest.labels) > MAX_LABELS:
+            raise BundleError(f"manifest name of {len(manifest.name)} characters or {len(manifest.labels)} labels: "
+                              f"names are 1..{MAX_NAME_CHARS} characters, at most {MAX_LABELS} labels")
+        if len(set(manifest.labels)) != len(manifest.labels) or any(
+                not 0 < len(label) <= MAX_NAME_CHARS for label in manifest.labels):
+            raise BundleError(f"manifest labels must be unique and 1..{MAX_NAME_CHARS} characters each")
+        if not 0 < manifest.embedding_dim <= MAX_EMBEDDING_DIM:
+            raise BundleError(f"manifest embedding_dim {manifest.embedding_dim} is outside 1..{MAX_EMBEDDING_DIM}")
         for name in (manifest.backbone, manifest.head):
             if name is not None and name not in manifest.files:
                 raise BundleError(f"manifest does not list a hash for {name}")
@@ -181,23 +224,55 @@ def is_archive(path: str | Path) -> bool:
 
 
 def _extract(archive: Path) -> Path:
-    """Unpack a bundle archive into a private temporary folder (removed at exit)."""
-    target = Path(tempfile.mkdtemp(prefix="sortline-bundle-"))
+    """Unpack a bundle archive into a private temporary folder (removed at exit; one left by a
+    killed process is removed by the next extraction)."""
+    target = private_tempdir("bundle")
     atexit.register(shutil.rmtree, target, ignore_errors=True)
     try:
         with tarfile.open(archive) as tar:
+            total, members = 0, []
+            for member in tar:  # headers first: a small archive must not unpack into 1 GB
+                members.append(member)
+                total += member.size
+                if len(members) > MAX_ARCHIVE_MEMBERS or total > MAX_BUNDLE_BYTES:
+                    raise BundleError(f"{archive}: more than {MAX_ARCHIVE_MEMBERS} entries or "
+                                      f"{MAX_BUNDLE_BYTES >> 20} MiB unpacked; not a bundle")
             # The "data" filter refuses absolute paths, "..", links out of the folder and devices.
-            tar.extractall(target, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
+            tar.extractall(target, members=members, filter="data")
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        shutil.rmtree(target, ignore_errors=True)
         raise BundleError(f"{archive}: not a readable bundle archive ({exc})") from exc
+    except BundleError:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     for root in [target, *sorted(d for d in target.iterdir() if d.is_dir())]:
         if (root / MANIFEST).is_file():
             return root
     raise BundleError(f"{archive}: the archive holds no {MANIFEST}")
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Read and verify a bundle folder or archive; raises :class:`BundleError` on any fault."""
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _read_manifest(root: Path) -> tuple[bytes, Manifest]:
+    path = root / MANIFEST
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: {path.stat().st_size} bytes, over the {MAX_MANIFEST_BYTES} a manifest may have")
+        raw = path.read_bytes()
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except FileNotFoundError as exc:
+        raise BundleError(f"{path}: missing") from exc
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BundleError(f"{path}: unreadable ({exc})") from exc
+    return raw, Manifest.from_dict(data)
+
+
+def load_bundle(path: str | Path, public_key: str | Path | None = None) -> Bundle:
+    """Read and verify a bundle folder or archive; raises :class:`BundleError` on any fault.
+    With ``public_key`` (a file written by :func:`keygen`), the bundle must carry a valid
+    signature by its private key."""
     path = Path(path)
     if path.is_file() and is_archive(path):
         root = _extract(path)
@@ -205,30 +280,130 @@ def load_bundle(path: str | Path) -> Bundle:
         root = path
     else:
         raise BundleError(f"{path}: no such bundle folder or archive")
-    manifest_path = root / MANIFEST
+    for _attempt in range(3):  # a bundle swapped while it was read is read again
+        raw, manifest = _read_manifest(root)
+        try:
+            _check_files(root, manifest)
+        except BundleError:
+            if _changed(root / MANIFEST, raw):
+                continue
+            raise
+        if public_key is not None:
+            verify_signature(root, raw, load_public_key(public_key))
+        return Bundle(root=root, manifest=manifest)
+    raise BundleError(f"{path}: changed three times while it was read")
+
+
+def _changed(path: Path, raw: bytes) -> bool:
     try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise BundleError(f"{manifest_path}: missing") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{manifest_path}: unreadable ({exc})") from exc
-    manifest = Manifest.from_dict(data)
+        return path.read_bytes() != raw
+    except OSError:
+        return True
+
+
+def _check_files(root: Path, manifest: Manifest) -> None:
+    total = 0
     for name, expected in manifest.files.items():
-        if Path(name).is_absolute() or ".." in Path(name).parts:
+        if Path(name).is_absolute() or ".." in Path(name).parts or name in (MANIFEST, SIGNATURE):
             raise BundleError(f"manifest names a file outside the bundle: {name}")
         file = root / name
         if not file.is_file():
             raise BundleError(f"{file}: listed in the manifest but missing")
+        total += file.stat().st_size
+        if total > MAX_BUNDLE_BYTES:
+            raise BundleError(f"{root}: files over {MAX_BUNDLE_BYTES >> 20} MiB; not a bundle")
         actual = sha256_file(file)
         if actual != expected:
             raise BundleError(f"{file}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}…")
-    return Bundle(root=root, manifest=manifest)
+
+
+# --- signing --------------------------------------------------------------------------------
+
+
+def keygen(private_path: Path) -> tuple[Path, Path]:
+    """A new ed25519 key pair: ``private_path`` (PEM, readable by its owner only) and
+    ``private_path.pub`` (PEM), which a station file names. Refuses to overwrite a key."""
+    private_path = Path(private_path)
+    public_path = private_path.with_name(private_path.name + ".pub")
+    if private_path.exists() or public_path.exists():
+        raise BundleError(f"{private_path}: a key is already there; keys are never overwritten")
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_pem)
+    public_path.write_bytes(public_pem)
+    return private_path, public_path
+
+
+def _load_key(path: str | Path, private: bool) -> Ed25519PrivateKey | Ed25519PublicKey:
+    path = Path(path)
+    kind = "private" if private else "public"
+    try:
+        data = path.read_bytes()
+        if len(data) > 4096:
+            raise ValueError("too large for a key file")
+        key = (serialization.load_pem_private_key(data, password=None) if private
+               else serialization.load_pem_public_key(data))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no such {kind} key file") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise BundleError(f"{path}: not a readable {kind} key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey if private else Ed25519PublicKey):
+        raise BundleError(f"{path}: not an ed25519 {kind} key")
+    return key
+
+
+def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    return _load_key(path, private=False)
+
+
+def verify_signature(root: Path, manifest_bytes: bytes, key: Ed25519PublicKey) -> None:
+    sig_path = root / SIGNATURE
+    try:
+        signature = base64.b64decode(sig_path.read_bytes()[:256], validate=True)
+    except FileNotFoundError:
+        raise BundleError(f"{root}: unsigned ({SIGNATURE} is missing), and only signed bundles may run here") from None
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{sig_path}: unreadable signature ({exc})") from None
+    try:
+        key.verify(signature, manifest_bytes)
+    except InvalidSignature:
+        raise BundleError(f"{root}: the signature does not match (another key signed it, or the manifest "
+                          "changed since)") from None
+
+
+def sign_bundle(path: str | Path, private_key: str | Path) -> Bundle:
+    """Sign a verified bundle in place: a folder gains ``manifest.sig``; an archive is repacked
+    with it and replaced in one step."""
+    path = Path(path)
+    key = _load_key(private_key, private=True)
+    bundle = load_bundle(path)
+    signature = base64.b64encode(key.sign((bundle.root / MANIFEST).read_bytes())) + b"\n"
+    if is_archive(path):
+        staging = staging_dir(path, "bundle")
+        try:
+            shutil.copytree(bundle.root, staging, dirs_exist_ok=True)
+            (staging / SIGNATURE).write_bytes(signature)
+            _publish_archive(staging, path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    else:
+        tmp = bundle.root / f".{SIGNATURE}.{os.getpid()}"
+        tmp.write_bytes(signature)
+        publish_file(tmp, bundle.root / SIGNATURE)
+    return load_bundle(path)
 
 
 # --- writing --------------------------------------------------------------------------------
-# A bundle appears whole or not at all: it is assembled in a temporary folder beside the
-# destination, verified by the same loader the station uses, then renamed (or packed into a
-# temporary archive that is renamed, when ``out`` ends in .tar, .tar.gz or .tgz).
+# A bundle appears whole or not at all, and an older bundle at the same path stays in place until
+# the new one replaces it in one step (hardware/files.py): it is assembled in a staging folder
+# beside the destination, verified by the same loader the station uses, then swapped in (or
+# packed into an archive beside it that is renamed over ``out``).
 
 
 def write_bundle(out: Path, manifest: Manifest, backbone: Path, head: LogisticHead | None,
@@ -237,8 +412,7 @@ def write_bundle(out: Path, manifest: Manifest, backbone: Path, head: LogisticHe
 
     Without a head the bundle only embeds; ``manifest.head`` is then set to None."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = staging_dir(out, "bundle")
     try:
         if head is None:
             manifest = dataclasses.replace(manifest, head=None)
@@ -261,30 +435,19 @@ def write_bundle(out: Path, manifest: Manifest, backbone: Path, head: LogisticHe
         if is_archive(out):
             _publish_archive(staging, out)
         else:
-            _publish_folder(staging, out)
+            publish_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return load_bundle(out)
 
 
-def _publish_folder(staging: Path, out: Path) -> None:
-    if out.exists():
-        retired = out.with_name(f".{out.name}.old")
-        shutil.rmtree(retired, ignore_errors=True)
-        out.rename(retired)
-        staging.rename(out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(out)
-
-
 def _publish_archive(staging: Path, out: Path) -> None:
-    packed = out.with_name(f".{out.name}.tmp")
+    packed = staging.with_name(staging.name + ".tar")  # a leftover the next writer sweeps
     try:
         with tarfile.open(packed, "w:gz" if out.name.endswith(("gz", "tgz")) else "w") as tar:
             tar.add(staging, arcname="bundle")
-        packed.replace(out)
+        publish_file(packed, out)
     finally:
         packed.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)

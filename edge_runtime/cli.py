@@ -97,14 +97,36 @@ def _serve(args: argparse.Namespace) -> dict:
 
 def _bundle_verify(args: argparse.Namespace) -> dict:
     from .bundle import load_bundle
+    from .pipeline import check_runs
 
-    bundle = load_bundle(args.bundle)
+    bundle = load_bundle(args.bundle, public_key=args.key)
+    ran = check_runs(bundle)
     m = bundle.manifest
     head = f"head {bundle.load_head().n_features} features" if m.head else "no head (embeddings only)"
     labels = ", ".join(m.labels[:5]) + (f", … ({len(m.labels)} in all)" if len(m.labels) > 5 else "")
-    print(f"{bundle.root}: OK — {m.name}, {len(m.files)} files verified, input {m.input.size} px × "
-          f"{len(m.input.channels)} channels, {head}; labels: {labels or 'none'}")
-    return {"ok": True, "bundle": str(bundle.root), "name": m.name, "files": sorted(m.files)}
+    signed = f", signature OK ({args.key})" if args.key else ""
+    print(f"{bundle.root}: OK — {m.name}, {len(m.files)} files verified{signed}, input {m.input.size} px × "
+          f"{len(m.input.channels)} channels, model ran: {ran['embedding'][0]}×{ran['embedding'][1]} embeddings, "
+          f"{head}; labels: {labels or 'none'}")
+    return {"ok": True, "bundle": str(bundle.root), "name": m.name, "version": bundle.version,
+            "files": sorted(m.files), "signed": bool(args.key), "ran": ran}
+
+
+def _bundle_keygen(args: argparse.Namespace) -> dict:
+    from .bundle import keygen
+
+    private, public = keygen(args.key)
+    print(f"{private}: private key (keep it on the desktop that signs bundles)\n"
+          f"{public}: public key (name it in the station file: [station] public_key)")
+    return {"private_key": str(private), "public_key": str(public)}
+
+
+def _bundle_sign(args: argparse.Namespace) -> dict:
+    from .bundle import sign_bundle
+
+    bundle = sign_bundle(args.bundle, args.key)
+    print(f"{args.bundle}: signed ({bundle.version})")
+    return {"ok": True, "bundle": str(args.bundle), "version": bundle.version}
 
 
 def positive(kind: type):
@@ -177,10 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
         entry.load()(commands)
     bundle = commands.add_parser("bundle", help="bundle tools")
     bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
-    verify = bundle_commands.add_parser("verify", help="check a bundle's schema and every file's hash")
+    verify = bundle_commands.add_parser(
+        "verify", help="check a bundle's schema, every file's hash and its signature (--key), and run its model once")
     verify.add_argument("bundle", type=Path)
+    verify.add_argument("--key", type=Path, help="public key: the bundle must be signed by its private key")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=_bundle_verify)
+    keygen = bundle_commands.add_parser("keygen", help="make an ed25519 key pair for signing bundles (KEY, KEY.pub)")
+    keygen.add_argument("key", type=Path)
+    keygen.add_argument("--json", action="store_true")
+    keygen.set_defaults(handler=_bundle_keygen)
+    sign = bundle_commands.add_parser("sign", help="sign a bundle (folder or archive) in place")
+    sign.add_argument("bundle", type=Path)
+    sign.add_argument("--key", type=Path, required=True, help="private key from 'sortline bundle keygen'")
+    sign.add_argument("--json", action="store_true")
+    sign.set_defaults(handler=_bundle_sign)
     return parser
 
 

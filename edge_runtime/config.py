@@ -4,6 +4,7 @@
 
     [station]
     bundle = "bundles/avocado-line3"     # serve: the bundle to run
+    public_key = "keys/line3.pub"        # optional: run only bundles signed by its private key
     event_log = "events.jsonl"           # serve: one JSON line per item (optional)
 
     [controller]
@@ -20,21 +21,32 @@
     tolerance_ms = 40                    # a camera's frame must be this close to the trigger
     wait_ms = 60                         # how long a capture waits for a late frame
 
+    [limits]                             # optional: what the sensor can physically report;
+    tap_peak_n = [0, 500]                # a reading outside is garbage (counted; the item is
+    tap_rebound = [0, 1]                 # decided on its views alone)
+    tap_decay_ms = [0, 10000]
+    scale_grams = [-100, 100000]
+
     [[views]]                            # one table per view, in view order
     rgb = 0                              # an OpenCV device index, a video file, an RTSP URL,
     nir = 2                              # a GStreamer pipeline, or "folder:PATH" (images)
 
-Relative paths are relative to the file. Every mistake is a :class:`ConfigError` that names
-the file and the key; a key the file format does not have is a mistake too (a typo must not
-silently change what the station does), reported with the nearest known key.
+Relative paths are relative to the file. The file is read into typed models (pydantic) that
+refuse wrong types and out-of-range values; every mistake is a :class:`ConfigError` that names
+the file and the key. A key the format does not have is a mistake too (a typo must not silently
+change what the station does), reported with the nearest known key.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
 from sortline.hardware.serial_link import DEFAULT_BAUD
 from sortline.hardware.sources import ImageFolderSource, MultiViewRig, OpenCVCamera, Source, ViewSources
@@ -43,12 +55,112 @@ from .errors import SortlineError
 
 SENSOR_KINDS = ("taps", "scale", "none")
 FOLDER_PREFIX = "folder:"
-FOLDER_FPS = 30.0
-BAUD_RANGE = (300, 12_000_000)  # an image folder standing in for a camera streams at a camera's rate
+FOLDER_FPS = 30.0  # an image folder standing in for a camera streams at a camera's rate
+BAUD_RANGE = (300, 12_000_000)
+RIG_MS_MAX = 10_000.0
+MAX_VIEWS = 16
 
 
 class ConfigError(SortlineError, ValueError):
     """A station file that is missing, unreadable or wrong; the message names file and key."""
+
+
+# --- the file's schema ------------------------------------------------------------------------
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+Baud = Annotated[StrictInt, Field(ge=BAUD_RANGE[0], le=BAUD_RANGE[1])]
+RigMs = Annotated[float, Field(ge=0, le=RIG_MS_MAX, allow_inf_nan=False)]
+Text = Annotated[StrictStr, Field(min_length=1, max_length=4096)]
+Camera = Annotated[StrictInt, Field(ge=0, le=255)] | Text
+
+
+class _StationTable(_Table):
+    bundle: Text | None = None
+    event_log: Text | None = None
+    public_key: Text | None = None
+
+
+class _ControllerTable(_Table):
+    port: Text
+    baud: Baud = DEFAULT_BAUD
+
+
+class _SensorTable(_Table):
+    kind: Literal["taps", "scale", "none"] = "none"
+    port: Text | None = None
+    baud: Baud = DEFAULT_BAUD
+
+
+class _RigTable(_Table):
+    tolerance_ms: RigMs = 40.0
+    wait_ms: RigMs = 60.0
+
+
+Range = tuple[float, float]
+
+
+class _LimitsTable(_Table):
+    """Defaults: ``ReadingLimits`` in station/readings.py (kept equal by a test)."""
+
+    tap_peak_n: Range = (0.0, 500.0)
+    tap_rebound: Range = (0.0, 1.0)
+    tap_decay_ms: Range = (0.0, 10_000.0)
+    scale_grams: Range = (-100.0, 100_000.0)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value  # TOML has arrays, not tuples
+
+    @field_validator("*")
+    @classmethod
+    def _ordered(cls, value: Range) -> Range:
+        lo, hi = value
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"must be [low, high] with finite low < high, not {list(value)}")
+        return value
+
+
+class _ViewTable(_Table):
+    rgb: Camera
+    nir: Camera | None = None
+
+
+class _FileModel(_Table):
+    station: _StationTable = _StationTable()
+    controller: _ControllerTable
+    sensor: _SensorTable = _SensorTable()
+    rig: _RigTable = _RigTable()
+    limits: _LimitsTable = _LimitsTable()
+    views: Annotated[list[_ViewTable], Field(min_length=1, max_length=MAX_VIEWS)]
+
+
+def _explain(exc: ValidationError, data: dict, path: Path) -> ConfigError:
+    """The first error, as '<file>: <key>: <what is wrong>' (with a did-you-mean for typos)."""
+    error = exc.errors()[0]
+    # a union reports one error per member, tagged ('constrained-int'); name the key, not the tag
+    loc = [part for part in error["loc"] if isinstance(part, int) or part.isidentifier()]
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    if error["type"] == "extra_forbidden":
+        model: type[BaseModel] = _FileModel
+        for part in loc[:-1]:
+            if isinstance(part, str):
+                annotation = model.model_fields[part].annotation
+                model = getattr(annotation, "__args__", [annotation])[0] if part == "views" else annotation
+        known = sorted(model.model_fields)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+        return ConfigError(f"{path}: unknown key {where!r}; {hint}")
+    value = error.get("input")
+    shown = "" if error["type"] == "missing" else f" (got {value!r:.60})"
+    return ConfigError(f"{path}: {where or 'file'}: {error['msg']}{shown}")
+
+
+# --- what the rest of the station uses --------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -70,6 +182,8 @@ class StationFile:
     event_log: Path | None = None
     controller_baud: int = DEFAULT_BAUD
     sensor_baud: int = DEFAULT_BAUD
+    public_key: Path | None = None
+    limits: dict[str, tuple[float, float]] | None = None  # ReadingLimits fields; None: the defaults
 
     @property
     def bauds(self) -> dict[str, int]:
@@ -83,6 +197,11 @@ class StationFile:
         if self.sensor_kind != "none" and self.sensor_port:
             ports[self.sensor_kind] = self.sensor_port
         return ports
+
+    def reading_limits(self):  # -> ReadingLimits (imported here: the station package imports this module)
+        from .station.readings import ReadingLimits
+
+        return ReadingLimits(**(self.limits or {}))
 
     def build_rig(self) -> MultiViewRig:
         """Open every camera of every view. A camera that cannot be opened is an error now,
@@ -111,52 +230,6 @@ class StationFile:
         return OpenCVCamera(spec, nir=nir)
 
 
-def _table(data: dict, key: str, path: Path, required: bool = True) -> dict:
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise ConfigError(f"{path}: no [{key}] table")
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: {key} must be a table")
-    return value
-
-
-KEYS = {  # every key a station file may have, by table: anything else is a mistake, not a no-op
-    "": {"station", "controller", "sensor", "rig", "views"},
-    "station": {"bundle", "event_log"},
-    "controller": {"port", "baud"},
-    "sensor": {"kind", "port", "baud"},
-    "rig": {"tolerance_ms", "wait_ms"},
-    "views": {"rgb", "nir"},
-}
-RIG_MS_MAX = 10_000.0
-
-
-def _known_keys(table: dict, name: str, path: Path) -> None:
-    known = sorted(KEYS[name.split("[")[0]])
-    for key in table:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
-            where = f"{name}.{key}" if name else key
-            raise ConfigError(f"{path}: unknown key {where!r}{hint}")
-
-
-def _rig_ms(rig: dict, key: str, default: float, path: Path) -> float:
-    value = rig.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= RIG_MS_MAX:
-        raise ConfigError(f"{path}: rig.{key} must be a number of milliseconds from 0 to {RIG_MS_MAX:g}, "
-                          f"not {value!r}")
-    return float(value)
-
-
-def _camera(value: object, where: str, path: Path) -> int | str:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
-        raise ConfigError(f"{path}: {where} must be a device index, a URL or file, or 'folder:PATH'")
-    return value
-
-
 def load_station_file(path: str | Path) -> StationFile:
     path = Path(path)
     try:
@@ -165,53 +238,26 @@ def load_station_file(path: str | Path) -> StationFile:
         raise ConfigError(f"{path}: no such station file") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable TOML file ({exc})") from None
-    _known_keys(data, "", path)
-    controller = _table(data, "controller", path)
-    _known_keys(controller, "controller", path)
-    port = controller.get("port")
-    if not isinstance(port, str) or not port:
-        raise ConfigError(f"{path}: controller.port must be a pyserial URL or device path")
-    sensor = _table(data, "sensor", path, required=False)
-    _known_keys(sensor, "sensor", path)
-    kind = sensor.get("kind", "none")
-    if kind not in SENSOR_KINDS:
-        raise ConfigError(f"{path}: sensor.kind is {kind!r}; one of {SENSOR_KINDS}")
-    sensor_port = sensor.get("port")
-    if kind != "none" and (not isinstance(sensor_port, str) or not sensor_port):
-        raise ConfigError(f"{path}: sensor.port is needed for a {kind} sensor")
-    views_data = data.get("views")
-    if not isinstance(views_data, list) or not views_data:
-        raise ConfigError(f"{path}: at least one [[views]] table is needed")
-    views = []
-    for i, view in enumerate(views_data):
-        if not isinstance(view, dict) or "rgb" not in view:
-            raise ConfigError(f"{path}: views[{i}] needs an rgb camera")
-        _known_keys(view, f"views[{i}]", path)
-        nir = view.get("nir")
-        views.append(ViewConfig(_camera(view["rgb"], f"views[{i}].rgb", path),
-                                None if nir is None else _camera(nir, f"views[{i}].nir", path)))
-    rig = _table(data, "rig", path, required=False)
-    station = _table(data, "station", path, required=False)
-    _known_keys(rig, "rig", path)
-    _known_keys(station, "station", path)
-    tolerance_ms, wait_ms = _rig_ms(rig, "tolerance_ms", 40.0, path), _rig_ms(rig, "wait_ms", 60.0, path)
+    try:
+        model = _FileModel.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, data, path) from None
+    sensor = model.sensor
+    if sensor.kind != "none" and sensor.port is None:
+        raise ConfigError(f"{path}: sensor.port is needed for a {sensor.kind} sensor")
 
-    def relative(value: object, key: str) -> Path | None:
+    def relative(value: str | None) -> Path | None:
         if value is None:
             return None
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: station.{key} must be a path")
         p = Path(value)
         return p if p.is_absolute() else path.parent / p
 
-    return StationFile(path, port, kind, sensor_port if kind != "none" else None, tuple(views), tolerance_ms, wait_ms,
-                       relative(station.get("bundle"), "bundle"), relative(station.get("event_log"), "event_log"),
-                       _baud(controller, "controller", path), _baud(sensor, "sensor", path))
-
-
-def _baud(table: dict, name: str, path: Path) -> int:
-    value = table.get("baud", DEFAULT_BAUD)
-    lo, hi = BAUD_RANGE
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"{path}: {name}.baud must be a whole number of baud from {lo} to {hi}, not {value!r}")
-    return value
+    return StationFile(
+        path=path, controller=model.controller.port, sensor_kind=sensor.kind,
+        sensor_port=sensor.port if sensor.kind != "none" else None,
+        views=tuple(ViewConfig(v.rgb, v.nir) for v in model.views),
+        tolerance_ms=model.rig.tolerance_ms, wait_ms=model.rig.wait_ms,
+        bundle=relative(model.station.bundle), event_log=relative(model.station.event_log),
+        controller_baud=model.controller.baud, sensor_baud=sensor.baud,
+        public_key=relative(model.station.public_key), limits=model.limits.model_dump(),
+    )

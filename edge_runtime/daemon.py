@@ -3,6 +3,7 @@ configured by a station file (:mod:`sortline.edge_runtime.config`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -29,7 +30,8 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
     bundle = bundle or station_file.bundle
     if bundle is None:
         raise ConfigError(f"{station_file.path}: no station.bundle, and none given")
-    pipeline = ItemPipeline.for_station(bundle)
+    pipeline = ItemPipeline.for_station(bundle, public_key=station_file.public_key)
+    config = dataclasses.replace(config, limits=station_file.reading_limits())
     rig = station_file.build_rig()
     try:
         with RunningStation(pipeline, station_file.ports, rig, config, event_log=station_file.event_log,

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from sortline.hardware.camera import ViewFrame
-from sortline.hardware.protocol import ScaleReading, TapReading
+from sortline.hardware.protocol import MAX_TAPS, ScaleReading, TapReading
 
 from .head import LogisticHead
 
@@ -57,6 +57,10 @@ class FusionSpec:
             raise ValueError(f"unknown {self.sensor} features {sorted(unknown)}")
         if self.sensor_fill and len(self.sensor_fill) != len(self.sensor_features):
             raise ValueError("sensor_fill must give one value per sensor feature")
+        if not all(math.isfinite(v) for v in self.sensor_fill):
+            raise ValueError(f"sensor_fill must be finite numbers: {self.sensor_fill}")
+        if not 0 <= self.readings_expected <= MAX_TAPS:
+            raise ValueError(f"readings_expected {self.readings_expected} is outside 0..{MAX_TAPS}")
 
     @classmethod
     def for_sensor(cls, sensor: str, readings_expected: int, view_pools: tuple[str, ...] = VIEW_POOLS) -> FusionSpec:

@@ -11,9 +11,10 @@ import numpy as np
 
 from sortline.hardware.camera import ItemCapture
 
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, BundleError, load_bundle
 from .embedder import OnnxEmbedder, pick_threads
 from .fusion import Reading, fuse
+from .head import LogisticHead
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +52,33 @@ class ItemPipeline:
     """The runtime half of a bundle: everything needed to turn one item into a decision."""
 
     def __init__(self, bundle: Bundle, threads: int = 0, spin: bool = True) -> None:
+        """Loads the bundle's model and head and runs them once (:func:`check_runs`): a bundle
+        whose model cannot run, or does not produce what its manifest says, is refused here,
+        before any item depends on it."""
         self.bundle = bundle
         self.manifest = bundle.manifest
-        self.embedder = OnnxEmbedder(bundle.backbone_path, self.manifest.input, threads=threads, spin=spin)
+        self.embedder = load_embedder(bundle, threads=threads, spin=spin)
         self.head = bundle.load_head()
         self.policy = self.manifest.decision
+        check_runs(bundle, self.embedder, self.head)
 
     @classmethod
-    def from_path(cls, path: str | Path, threads: int = 0, spin: bool = True) -> ItemPipeline:
-        return cls(load_bundle(path), threads=threads, spin=spin)
+    def from_path(cls, path: str | Path, threads: int = 0, spin: bool = True,
+                  public_key: Path | None = None) -> ItemPipeline:
+        return cls(load_bundle(path, public_key=public_key), threads=threads, spin=spin)
 
     @classmethod
-    def for_station(cls, path: str | Path | Bundle, threads: int | None = None) -> ItemPipeline:
+    def for_station(cls, path: str | Path | Bundle, threads: int | None = None,
+                    public_key: Path | None = None) -> ItemPipeline:
         """The station's thread policy: no spinning, and one intra-op thread unless a second one
         measurably pays for this model on this machine (:func:`pick_threads`), so that the model
         shares the cores with capture, the serial readers and the loop."""
-        bundle = path if isinstance(path, Bundle) else load_bundle(path)
+        bundle = path if isinstance(path, Bundle) else load_bundle(path, public_key=public_key)
         if threads is None:
-            threads, seconds = pick_threads(bundle.backbone_path, bundle.manifest.input)
+            try:
+                threads, seconds = pick_threads(bundle.backbone_path, bundle.manifest.input)
+            except Exception as exc:  # a model that does not load or run: refused like any other fault
+                raise BundleError(f"{bundle.backbone_path}: the model does not run ({exc})") from exc
             log.info("embedding on %d thread(s); a batch of 8 items took %s", threads,
                      ", ".join(f"{s * 1000:.1f} ms on {n}" for n, s in seconds.items()))
         return cls(bundle, threads=threads, spin=False)
@@ -101,3 +111,42 @@ class ItemPipeline:
 
     def safe(self, item_id: int, reason: str) -> Decision:
         return Decision(item_id=item_id, exit=self.policy.safe_exit, reason=reason)
+
+
+def load_embedder(bundle: Bundle, threads: int = 0, spin: bool = True) -> OnnxEmbedder:
+    try:
+        return OnnxEmbedder(bundle.backbone_path, bundle.manifest.input, threads=threads, spin=spin)
+    except ValueError as exc:
+        raise BundleError(str(exc)) from exc
+
+
+def check_runs(bundle: Bundle, embedder: OnnxEmbedder | None = None, head: LogisticHead | None = None) -> dict:
+    """Run the bundle once on one item of blank views, and check every output against the
+    manifest: one finite embedding of ``embedding_dim`` per view, and (with a head) one finite
+    probability per label. Returns what was checked; :class:`BundleError` on any mismatch."""
+    m = bundle.manifest
+    embedder = embedder or load_embedder(bundle, threads=1)
+    spec = m.input
+    blank = np.full((spec.views, len(spec.channels), spec.size, spec.size), 0.5, np.float32)
+    try:
+        embeddings = np.asarray(embedder.embed_batch(blank))
+    except Exception as exc:  # ONNX Runtime raises its own types for a model that cannot run this input
+        raise BundleError(f"{bundle.backbone_path}: the model does not run on the manifest's input "
+                          f"{tuple(blank.shape)} ({exc})") from exc
+    if embeddings.shape != (spec.views, m.embedding_dim):
+        raise BundleError(f"{bundle.backbone_path}: embeddings of shape {embeddings.shape} for {spec.views} views; "
+                          f"the manifest says {m.embedding_dim} per view")
+    if not np.isfinite(embeddings).all():
+        raise BundleError(f"{bundle.backbone_path}: the model's embeddings are not finite")
+    checked = {"input": list(blank.shape), "embedding": list(embeddings.shape)}
+    if m.head is not None:
+        head = head or bundle.load_head()
+        try:
+            probabilities = head.predict_proba(fuse(embeddings, [], m.fusion))
+        except ValueError as exc:
+            raise BundleError(f"{bundle.root}: the head cannot take the fused features ({exc})") from exc
+        if probabilities.shape != (1, len(m.labels)) or not np.isfinite(probabilities).all():
+            raise BundleError(f"{bundle.root}: the head gives {probabilities.shape} probabilities for "
+                              f"{len(m.labels)} labels, or non-finite ones")
+        checked["probabilities"] = list(probabilities.shape)
+    return checked

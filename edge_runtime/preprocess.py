@@ -8,6 +8,7 @@ and normalised by the spec's mean and std. Training reaches the same arrays thro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -17,6 +18,8 @@ import numpy as np
 from sortline.hardware.camera import FrameError, ViewFrame
 
 CHANNEL_NAMES = ("r", "g", "b", "nir")
+MAX_INPUT_SIZE = 1024
+MAX_VIEWS = 16
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,11 @@ class InputSpec:
             raise ValueError(f"unknown input channels {sorted(unknown)}; known: {CHANNEL_NAMES}")
         if not len(self.channels) == len(self.mean) == len(self.std):
             raise ValueError("channels, mean and std must have the same length")
-        if self.size < 8 or self.views < 1 or min(self.std) <= 0:
-            raise ValueError(f"bad input spec: {self}")
+        if not (8 <= self.size <= MAX_INPUT_SIZE and 1 <= self.views <= MAX_VIEWS):
+            raise ValueError(f"input size {self.size} px and {self.views} views: sizes are 8..{MAX_INPUT_SIZE}, "
+                             f"views 1..{MAX_VIEWS}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0:
+            raise ValueError(f"mean and std must be finite and std positive: {self.mean}, {self.std}")
 
     @classmethod
     def for_channels(cls, channels: tuple[str, ...], size: int = 64, views: int = 1) -> InputSpec:

@@ -27,12 +27,24 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 256
+# Protocol ranges: a CRC-valid frame whose field lies outside these is rejected (counted as
+# ``out_of_range``), never passed on. Physical plausibility (a 10^30 N tap) is the station's
+# business, per sensor (``ReadingLimits``); these are the limits of the wire format itself.
+ITEM_ID_MAX = 2**53 - 1  # ids stay exact in JSON (event logs, web clients)
+TIME_MS_MAX = 2**53 - 1  # a device clock in ms: 285,000 years
+DEADLINE_MS_MAX = 600_000  # an item's gate is at most 10 minutes away
+MAX_EXIT = 255  # exits and lanes are one byte on every controller this protocol serves
+MAX_LANE = 255
+MAX_TAPS = 64
+MAX_INT_DIGITS = 20  # longer integers are refused (malformed) before they are converted
 _START = ord("$")
 _END = ord("\n")
 
@@ -115,6 +127,19 @@ class ScaleReading:
     stable: int  # 1 once the reading has settled, 0 while it moves
 
 
+# Field → inclusive (low, high); fields not named here have no range beyond their type.
+FIELD_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "ITEM": {"item_id": (0, ITEM_ID_MAX), "lane": (0, MAX_LANE), "t_ms": (0, TIME_MS_MAX),
+             "deadline_ms": (0, DEADLINE_MS_MAX)},
+    "GATE": {"item_id": (0, ITEM_ID_MAX), "exit": (0, MAX_EXIT)},
+    "ACK": {"item_id": (0, ITEM_ID_MAX)},
+    "HB": {"t_ms": (0, TIME_MS_MAX), "last_item_id": (-1, ITEM_ID_MAX)},
+    "ERR": {"code": (0, 0xFFFF)},
+    "TAP": {"item_id": (0, ITEM_ID_MAX), "index": (0, MAX_TAPS - 1), "count": (1, MAX_TAPS),
+            "t_ms": (0, TIME_MS_MAX)},
+    "WT": {"t_ms": (0, TIME_MS_MAX), "stable": (0, 1)},
+}
+
 Message = ItemArrival | GateCommand | Ack | Heartbeat | ErrorReport | TapReading | ScaleReading
 MESSAGE_TYPES: dict[str, type] = {
     cls.TYPE: cls for cls in (ItemArrival, GateCommand, Ack, Heartbeat, ErrorReport, TapReading, ScaleReading)
@@ -138,6 +163,8 @@ def _format_field(value: object) -> str:
 
 def _parse_field(text: str, kind: type) -> object:
     if kind is int:
+        if len(text.lstrip("-")) > MAX_INT_DIGITS:
+            raise OverflowError(f"{len(text)}-digit integer")
         return int(text)
     if kind is float:
         value = float(text)
@@ -163,6 +190,11 @@ class Encoder:
         self._seq = 0
 
     def encode(self, message: Message) -> bytes:
+        """The frame for ``message``; ValueError if a field is outside the protocol's range
+        (the receiver would reject it)."""
+        for name, (lo, hi) in FIELD_RANGES[message.TYPE].items():
+            if not lo <= getattr(message, name) <= hi:
+                raise ValueError(f"{message.TYPE}.{name} = {getattr(message, name)!r}, outside {lo}..{hi}")
         fields = [_format_field(getattr(message, name)) for name, _ in _FIELD_KINDS[message.TYPE]]
         body = ",".join([str(PROTOCOL_VERSION), str(self._seq), message.TYPE, *fields]).encode("ascii")
         if message.TYPE not in UNSEQUENCED:
@@ -187,6 +219,7 @@ class ParserStats:
     malformed: int = 0  # CRC right but the fields do not parse
     unknown_type: int = 0
     bad_version: int = 0
+    out_of_range: int = 0  # CRC right, fields parse, but a value is outside the protocol's range
     seq_missing: int = 0  # sequence numbers skipped and not (yet) received: frames lost on the way
     seq_duplicates: int = 0  # a sequence number received again
     seq_reordered: int = 0  # a frame that arrived after a later one (and filled its gap)
@@ -195,11 +228,11 @@ class ParserStats:
     @property
     def rejected(self) -> int:
         """Frames that arrived but were rejected. Each also left its sequence number missing."""
-        return self.bad_crc + self.malformed + self.unknown_type + self.bad_version
+        return self.bad_crc + self.malformed + self.unknown_type + self.bad_version + self.out_of_range
 
     @property
     def errors(self) -> int:
-        return self.oversize + self.bad_crc + self.malformed + self.unknown_type + self.bad_version
+        return self.oversize + self.rejected
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -212,10 +245,20 @@ class Parser:
     on the next ``$`` after anything it rejects.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "serial") -> None:
+        self.name = name
         self.stats = ParserStats()
         self._buf = bytearray()
         self._sequence = _SequenceTracker(self.stats)
+        self._logged: dict[str, int] = {}
+
+    def _reject(self, kind: str, detail: str) -> None:
+        """Count a rejected frame; log the first of each kind, then every 1000th (a babbling
+        device must not fill the disk with log lines)."""
+        count = getattr(self.stats, kind) + 1
+        setattr(self.stats, kind, count)
+        if count == 1 or count % 1000 == 0:
+            log.warning("%s: rejected frame #%d (%s): %s", self.name, count, kind, detail)
 
     def feed(self, data: bytes) -> list[Message]:
         self._buf += data
@@ -257,7 +300,7 @@ class Parser:
             return None
         try:
             if int(tail, 16) != crc16(body):
-                self.stats.bad_crc += 1
+                self._reject("bad_crc", f"CRC {tail!r} over {len(body)} bytes")
                 return None
             parts = body.decode("ascii").split(",")
         except (ValueError, UnicodeDecodeError):
@@ -268,20 +311,26 @@ class Parser:
             return None
         version, seq_text, type_name, *fields = parts
         if version != str(PROTOCOL_VERSION):
-            self.stats.bad_version += 1
+            self._reject("bad_version", f"version {version[:16]!r}")
             return None
         kinds = _FIELD_KINDS.get(type_name)
         if kinds is None:
-            self.stats.unknown_type += 1
+            self._reject("unknown_type", f"type {type_name[:16]!r}")
             return None
         try:
-            seq = int(seq_text)
-            if not 0 <= seq <= 0xFFFF or len(fields) != len(kinds):
-                raise ValueError
+            if len(fields) != len(kinds):
+                raise ValueError(f"{len(fields)} fields, {type_name} has {len(kinds)}")
+            seq = int(_parse_field(seq_text, int))
+            if not 0 <= seq <= 0xFFFF:
+                raise ValueError(f"sequence number {seq}")
             values = {name: _parse_field(text, kind) for (name, kind), text in zip(kinds, fields)}
-        except ValueError:
-            self.stats.malformed += 1
+        except (ValueError, OverflowError) as exc:
+            self._reject("malformed", f"{type_name}: {exc}")
             return None
+        for name, (lo, hi) in FIELD_RANGES[type_name].items():
+            if not lo <= values[name] <= hi:
+                self._reject("out_of_range", f"{type_name}.{name} = {values[name]!r}, outside {lo}..{hi}")
+                return None
         if type_name not in UNSEQUENCED:
             self._sequence.observe(seq)
         self.stats.frames += 1

@@ -27,6 +27,7 @@ import cv2
 
 from .camera import CORRUPT, FrameError, FrameSource, ItemCapture
 from .errors import SortlineError
+from .files import publish_dir, staging_dir
 from .protocol import ItemArrival
 from .serial_link import DEFAULT_BAUD, Received, SerialLink
 
@@ -42,12 +43,17 @@ class RecordingError(SortlineError, ValueError):
 
 
 class RecordingWriter:
-    """Writes a recording folder. Safe to call from the serial reader threads."""
+    """Writes a recording folder. Safe to call from the serial reader threads.
+
+    The recording is assembled in a staging folder beside ``out`` and appears at ``out`` whole,
+    at :meth:`finish`; a recorder killed before that leaves no half recording at ``out``, and its
+    staging folder is removed by the next recording into the same place (hardware/files.py)."""
 
     def __init__(self, out: Path, devices: list[str], t0: float) -> None:
-        self.root = Path(out)
-        if self.root.exists() and any(self.root.iterdir()):
-            raise RecordingError(f"{self.root}: exists and is not empty; choose a new folder")
+        self.out = Path(out)
+        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+            raise RecordingError(f"{self.out}: exists and is not empty (or not a folder); choose a new folder")
+        self.root = staging_dir(self.out, "recording")
         (self.root / "serial").mkdir(parents=True, exist_ok=True)
         (self.root / "frames").mkdir(exist_ok=True)
         self.t0 = t0
@@ -97,6 +103,8 @@ class RecordingWriter:
                 f.write(json.dumps(row) + "\n")
         meta = {"format": FORMAT, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **meta}
         (self.root / "recording.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        publish_dir(self.root, self.out)
+        self.root = self.out
 
 
 class StreamRecorder:

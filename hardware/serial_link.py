@@ -16,10 +16,15 @@ from dataclasses import dataclass
 
 import serial
 
+from .errors import SortlineError
 from .protocol import Encoder, Message, Parser, ParserStats
 
 log = logging.getLogger(__name__)
 DEFAULT_BAUD = 115200  # 8N1, the protocol's default (docs/protocol.md)
+
+
+class LinkError(SortlineError, OSError):
+    """A serial device that cannot be opened (missing, busy, or a URL pyserial does not know)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class SerialLink:
         self.name = name
         self.baudrate = baudrate
         self.inbox: queue.Queue[Received] = inbox if inbox is not None else queue.Queue(maxsize=4096)
-        self.parser = Parser()
+        self.parser = Parser(name)
         self.dropped = 0  # messages lost to a full inbox
         self.reconnects = 0
         self.write_errors = 0
@@ -76,7 +81,11 @@ class SerialLink:
         return self.parser.stats
 
     def open(self) -> SerialLink:
-        self._port = self._open_port()
+        """Open the port and start reading; :class:`LinkError` if the port cannot be opened."""
+        try:
+            self._port = self._open_port()
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise LinkError(f"{self.name}: cannot open {self.url!r} ({exc})") from exc
         self._thread = threading.Thread(target=self._read_loop, name=f"serial-{self.name}", daemon=True)
         self._thread.start()
         return self
@@ -167,5 +176,7 @@ class SerialLink:
                 try:
                     self.inbox.get_nowait()
                     self.dropped += 1
+                    if self.dropped == 1 or self.dropped % 1000 == 0:
+                        log.warning("%s: inbox full, dropped the oldest message (%d so far)", self.name, self.dropped)
                 except queue.Empty:
                     pass

@@ -45,11 +45,18 @@ def test_station_file_mistakes_name_the_file_and_key(tmp_path):
         load_station_file(tmp_path / "none.toml")
     bad = tmp_path / "bad.toml"
     for text, message in [
-        ("controller = 3", "controller must be a table"),
+        ("controller = 3", "controller: Input should be a valid dictionary"),
         ("[controller]\nport = 5", "controller.port"),
         ('[controller]\nport = "loop://"\n[sensor]\nkind = "sonar"', "sensor.kind"),
-        ('[controller]\nport = "loop://"\n[sensor]\nkind = "scale"', "sensor.port"),
-        ('[controller]\nport = "loop://"', "at least one"),
+        ('[controller]\nport = "loop://"\n[sensor]\nkind = "scale"\n[[views]]\nrgb = 0', "sensor.port"),
+        ('[controller]\nport = "loop://"', "views: Field required"),
+        ('views = []\n[controller]\nport = "loop://"', "views: List should have at least 1 item"),
+        ('[controller]\nport = "loop://"\n[rig]\nwait_ms = nan\n[[views]]\nrgb = 0',
+         "rig.wait_ms: Input should be a finite"),
+        ('[controller]\nport = "loop://"\n[limits]\ntap_peak_n = [5, 1]\n[[views]]\nrgb = 0', "limits.tap_peak_n"),
+        ('[controller]\nport = "loop://"\n[limits]\ntap_peak = [0, 9]\n[[views]]\nrgb = 0',
+         "did you mean 'tap_peak_n'"),
+        ('[controller]\nport = "loop://"\n[station]\npublic_key = 7\n[[views]]\nrgb = 0', "station.public_key"),
         ('[controller]\nport = "loop://"\n[[views]]\nrgb = true', "views\\[0\\].rgb"),
         ('[controller]\nport = "loop://"\nbaud = -9600\n[[views]]\nrgb = 0', "controller.baud"),
         ('[controller]\nport = "loop://"\n[[views]]\nrgb = 0\nnri = 2', "'views\\[0\\].nri'; did you mean 'nir'"),
@@ -70,6 +77,13 @@ def test_baud_rates_are_per_device(tmp_path):
     path.write_text('[controller]\nport = "loop://"\n[sensor]\nkind = "taps"\nport = "loop://"\nbaud = 921600\n'
                     '[[views]]\nrgb = 0\n')
     assert load_station_file(path).bauds == {"controller": 115200, "taps": 921600}
+
+
+def test_station_file_limits_default_to_the_stations_own():
+    from sortline.edge_runtime.config import _LimitsTable
+    from sortline.edge_runtime.station.readings import ReadingLimits
+
+    assert ReadingLimits(**_LimitsTable().model_dump()) == ReadingLimits()
 
 
 def test_record_a_live_station_and_replay_it(tmp_path, tiny_bundle, capsys):

@@ -37,7 +37,7 @@ from .gate import GateChannel
 from .ids import REPEATED, ItemIds
 from .items import Agenda, OpenItem, decide, event_record
 from .links import LinkBudget, item_bytes
-from .readings import DeviceClock, ReadingMatcher
+from .readings import DeviceClock, ReadingLimits, ReadingMatcher
 from .stats import StationStats, observed_faults
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class StationConfig:
     flow_queue: int = 64  # items waiting in each stage of the flow, at most
     max_batch_items: int = 8  # items embedded in one batch when the line is busy
     recent_decisions: int = 1000  # kept in Station.decisions
+    limits: ReadingLimits = ReadingLimits()  # what the item sensor can physically report
 
 
 class Station:
@@ -93,7 +94,7 @@ class Station:
         self.on_decision = on_decision
         self.ids = ItemIds(c.max_id_gap, c.remember_items, c.unannounced_wait_ms / 1000)
         self.readings = ReadingMatcher(fusion.sensor, fusion.readings_expected, c.orphan_tap_ttl_ms / 1000,
-                                       c.empty_plate_g, c.clock_tolerance_ms / 1000)
+                                       c.empty_plate_g, c.clock_tolerance_ms / 1000, c.limits)
         self.gate = GateChannel(controller, c.ack_timeout_ms / 1000, c.remember_items)
         self.flow = ItemFlow(rig, pipeline.embedder, self._flow_result, clock, c.workers, c.flow_queue,
                              c.max_batch_items)

@@ -126,4 +126,8 @@ def observed_faults(stats: StationStats, links: list[SerialLink]) -> dict[str, i
         "views_corrupt": stats.views_corrupt,
         "sensor_disconnects": sum(link.reconnects for link in links),
         "unacked": stats.unacked,
+        # not injected by the simulator, but reported: hostile or broken devices
+        "out_of_range": sum(x.out_of_range for x in parsed),
+        "implausible_readings": stats.implausible_readings,
+        "inbox_overflow": sum(link.dropped for link in links),
     }

@@ -1,0 +1,122 @@
+"""Publishing folders and files so that a reader never sees half of one, and cleaning up after
+processes that were killed while they wrote.
+
+Every writer (a bundle export, a head refit, a recording) assembles its output in a *staging*
+folder beside the destination, named ``.<name>.<kind>-<pid>-<random>``, and publishes it with
+one rename. Replacing an existing folder uses Linux's ``renameat2(RENAME_EXCHANGE)``, which
+swaps the two paths atomically: at every instant the destination is either the old folder or
+the new one, never missing. A writer killed at any point leaves at most a staging folder, which
+the next writer (or loader) of the same kind removes once its pid is no longer alive.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_LEFTOVER = re.compile(r"-(\d+)-[^-/]+$")  # ...-<pid>-<random>
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def sweep_leftovers(folder: Path, prefix: str) -> int:
+    """Remove ``folder/<prefix>*-<pid>-<random>`` entries whose process is gone; returns how many."""
+    removed = 0
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        match = _LEFTOVER.search(entry.name)
+        if not entry.name.startswith(prefix) or match is None:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+        log.info("removed %s, left by process %d that was killed", entry, pid)
+    return removed
+
+
+def staging_dir(out: Path, kind: str) -> Path:
+    """A new private folder beside ``out`` to assemble it in; leftovers of killed writers of the
+    same ``out`` and ``kind`` are removed first."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{out.name}.{kind}-"
+    sweep_leftovers(out.parent, prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=out.parent))
+
+
+def private_tempdir(kind: str) -> Path:
+    """A new folder in the system's temporary directory (``sortline-<kind>-<pid>-<random>``),
+    after removing those left by killed processes."""
+    prefix = f"sortline-{kind}-"
+    sweep_leftovers(Path(tempfile.gettempdir()), prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False where the kernel or file system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def publish_dir(staging: Path, out: Path) -> None:
+    """Make the assembled ``staging`` folder appear at ``out`` in one step, replacing what was
+    there (a folder, or a file). ``staging`` is gone afterwards."""
+    staging, out = Path(staging), Path(out)
+    if not out.exists() and not out.is_symlink():
+        staging.rename(out)
+        return
+    if out.is_dir() and _exchange(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)  # now the old folder
+        return
+    # No atomic exchange here (not Linux, or a file system without it): a short gap remains.
+    log.warning("%s: replaced in two renames (no atomic exchange on this system)", out)
+    retired = staging.with_name(staging.name + ".old")
+    out.rename(retired)
+    staging.rename(out)
+    if retired.is_dir():
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        retired.unlink(missing_ok=True)
+
+
+def publish_file(data_path: Path, out: Path) -> None:
+    """Replace ``out`` with the finished file ``data_path`` (same folder) in one rename, after
+    flushing it to disk."""
+    with open(data_path, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(data_path, out)

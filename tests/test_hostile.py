@@ -1,0 +1,168 @@
+"""Every input in the hostile corpus (tests/hostile/, see make_corpus.py) meets its real
+boundary and must end as the clear error that expected.json names: never a traceback, a hang,
+or an accept. ``python tests/test_hostile.py`` prints the tally."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from sortline.edge_runtime.bundle import MANIFEST, BundleError, load_bundle, sha256_file
+from sortline.edge_runtime.config import ConfigError, load_station_file
+from sortline.edge_runtime.pipeline import ItemPipeline
+from sortline.edge_runtime.station.readings import ReadingLimits
+from sortline.hardware.camera import FrameError
+from sortline.hardware.images import decode_image
+from sortline.hardware.protocol import FIELD_RANGES, Parser
+
+CORPUS = Path(__file__).parent / "hostile"
+EXPECTED: dict[str, dict[str, str]] = json.loads((CORPUS / "expected.json").read_text())
+CASES = [(kind, name) for kind, names in EXPECTED.items() for name in names]
+
+
+class Accepted(AssertionError):
+    """The boundary let a hostile input through."""
+
+
+def _serial(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
+    parser = Parser("corpus")
+    messages = parser.feed(path.read_bytes()) + parser.feed(b"\n")  # a newline ends an open frame
+    if expected == "implausible":
+        if len(messages) != 1:
+            raise Accepted(f"expected one parsed frame, got {messages}")
+        readings_expected = 5 if type(messages[0]).__name__ == "TapReading" else 1
+        problem = ReadingLimits().check(messages[0], readings_expected)
+        if problem is None:
+            raise Accepted(f"{messages[0]} passed the reading limits")
+        return problem
+    for message in messages:
+        for field, (lo, hi) in FIELD_RANGES[message.TYPE].items():
+            assert lo <= getattr(message, field) <= hi
+    if messages or getattr(parser.stats, expected) < 1:
+        raise Accepted(f"parsed {messages}; counters {parser.stats.as_dict()}")
+    return expected
+
+
+def _apply(data: dict, key: str, value: object) -> None:
+    head, _, rest = key.partition(".")
+    if head == "files" or not rest:  # file names have dots of their own
+        if rest:
+            data[head][rest] = value
+        else:
+            data[head] = value
+        return
+    _apply(data[head], rest, value)
+
+
+def _bundle_with(edit: dict, work: Path, bundle_root: Path) -> Path:
+    root = Path(shutil.copytree(bundle_root, work / "b", dirs_exist_ok=True))
+    text = (root / MANIFEST).read_text()
+    if "!raw" in edit:  # the manifest's text replaced
+        (root / MANIFEST).write_text(edit["!raw"])
+    elif "!raw_bytes" in edit:
+        (root / MANIFEST).write_bytes(bytes.fromhex(edit["!raw_bytes"]))
+    elif "!raw_sub" in edit:
+        old, new = edit["!raw_sub"]
+        assert old in text
+        (root / MANIFEST).write_text(text.replace(old, new, 1))
+    else:
+        data = json.loads(text)
+        for key, value in edit.items():
+            _apply(data, key, value)
+        (root / MANIFEST).write_text(json.dumps(data))
+    return root
+
+
+def _manifest(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
+    root = _bundle_with(json.loads(path.read_text()), work, bundle_root)
+    load_bundle(root)
+    raise Accepted("the bundle loaded")
+
+
+def _model(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
+    if path.suffix == ".json":  # a manifest edit on a real model
+        root = _bundle_with(json.loads(path.read_text()), work, bundle_root)
+    else:  # another model in place of the backbone, its hash updated: the manifest checks out
+        root = Path(shutil.copytree(bundle_root, work / "b", dirs_exist_ok=True))
+        shutil.copyfile(path, root / "backbone.onnx")
+    data = json.loads((root / MANIFEST).read_text())
+    data["files"]["backbone.onnx"] = sha256_file(root / "backbone.onnx")
+    (root / MANIFEST).write_text(json.dumps(data))
+    ItemPipeline(load_bundle(root), threads=1)
+    raise Accepted("the station would run this bundle")
+
+
+def _station_file(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
+    load_station_file(path)
+    raise Accepted("the station file loaded")
+
+
+def _image(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
+    image = decode_image(path.read_bytes(), what=path.name)
+    raise Accepted(f"decoded a {image.shape} image")
+
+
+def _archive(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
+    outside = [Path("/tmp/sortline-absolute.txt"), path.parent.parent / "escaped.txt"]
+    try:
+        load_bundle(path)
+    finally:
+        if written := [str(p) for p in outside if p.exists()]:
+            raise Accepted(f"wrote outside its folder: {written}")
+    raise Accepted("the archive loaded")
+
+
+JUDGES = {"serial": _serial, "manifests": _manifest, "models": _model, "station_files": _station_file,
+          "images": _image, "archives": _archive}
+CLEAR = (BundleError, ConfigError, FrameError)
+
+
+def judge(kind: str, name: str, work: Path, bundle_root: Path) -> tuple[str, str]:
+    """('clear', what caught it) | ('accepted', why) | ('crash', the exception)."""
+    expected = EXPECTED[kind][name]
+    try:
+        return "clear", JUDGES[kind](CORPUS / kind / name, expected, work, bundle_root)
+    except Accepted as exc:
+        return "accepted", str(exc)
+    except CLEAR as exc:
+        if re.search(expected, str(exc)):
+            return "clear", str(exc)
+        return "accepted", f"refused, but not for the named fault: {exc}"
+    except Exception as exc:  # anything else is a crash: the message must be a clear error
+        return "crash", repr(exc)
+
+
+@pytest.mark.parametrize("kind, name", CASES, ids=[f"{k}/{n}" for k, n in CASES])
+def test_hostile_input_is_a_clear_error(kind, name, tmp_path, tiny_bundle):
+    outcome, detail = judge(kind, name, tmp_path, tiny_bundle.root)
+    assert outcome == "clear", detail
+
+
+def test_corpus_covers_every_boundary():
+    assert {kind: len(names) for kind, names in EXPECTED.items() if len(names) < 3} == {}
+    assert len(CASES) >= 80
+
+
+if __name__ == "__main__":  # the tally, as the closing notes quote it
+    import tempfile
+    from collections import Counter
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import make_tiny_bundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = make_tiny_bundle(Path(tmp) / "bundle", Path(tmp))
+        tally: Counter[str] = Counter()
+        for kind, name in CASES:
+            work = Path(tempfile.mkdtemp(dir=tmp))
+            outcome, detail = judge(kind, name, work, bundle.root)
+            tally[outcome] += 1
+            if outcome != "clear":
+                print(f"{outcome}: {kind}/{name}: {detail}")
+    print(f"inputs tried {len(CASES)}, clear errors {tally['clear']}, crashes or hangs {tally['crash']}, "
+          f"wrong accepts {tally['accepted']}")
