@@ -365,7 +365,7 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
 def verify_signature(root: Path, manifest_bytes: bytes, key: Ed25519PublicKey) -> None:
     sig_path = root / SIGNATURE
     try:
-        signature = base64.b64decode(sig_path.read_bytes()[:256], validate=True)
+        signature = base64.b64decode(sig_path.read_bytes()[:256].strip(), validate=True)
     except FileNotFoundError:
         raise BundleError(f"{root}: unsigned ({SIGNATURE} is missing), and only signed bundles may run here") from None
     except (OSError, ValueError) as exc:

@@ -36,8 +36,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_leftovers(folder: Path, prefix: str) -> int:
-    """Remove ``folder/<prefix>*-<pid>-<random>`` entries whose process is gone; returns how many."""
+def sweep_leftovers(folder: Path, prefix: str, marker: str = "") -> int:
+    """Remove ``folder/<prefix>…<marker>…-<pid>-<random>`` entries whose process is gone;
+    returns how many."""
     removed = 0
     try:
         entries = list(Path(folder).iterdir())
@@ -45,7 +46,7 @@ def sweep_leftovers(folder: Path, prefix: str) -> int:
         return 0
     for entry in entries:
         match = _LEFTOVER.search(entry.name)
-        if not entry.name.startswith(prefix) or match is None:
+        if not entry.name.startswith(prefix) or marker not in entry.name or match is None:
             continue
         pid = int(match.group(1))
         if pid == os.getpid() or pid_alive(pid):
@@ -61,12 +62,11 @@ def sweep_leftovers(folder: Path, prefix: str) -> int:
 
 def staging_dir(out: Path, kind: str) -> Path:
     """A new private folder beside ``out`` to assemble it in; leftovers of killed writers of the
-    same ``out`` and ``kind`` are removed first."""
+    same ``kind`` in that folder (whatever they were writing) are removed first."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{out.name}.{kind}-"
-    sweep_leftovers(out.parent, prefix)
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=out.parent))
+    sweep_leftovers(out.parent, ".", marker=f".{kind}-")
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
 
 
 def private_tempdir(kind: str) -> Path:
