@@ -47,6 +47,11 @@ class OnnxEmbedder:
         """``N×C×S×S`` preprocessed input → ``N×D`` float32 embeddings."""
         return self.session.run([EMBEDDING_OUTPUT], {self._input: np.ascontiguousarray(batch, np.float32)})[0]
 
+    def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the model (``embedding``, and ``feature_map`` where exported)."""
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, {self._input: np.ascontiguousarray(batch, np.float32)})))
+
     def embed_views(self, views: Sequence[ViewFrame]) -> np.ndarray:
         return self.embed_batch(preprocess_views(views, self.spec))
 

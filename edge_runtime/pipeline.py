@@ -12,7 +12,7 @@ import numpy as np
 from sortline.hardware.camera import ItemCapture
 
 from .bundle import Bundle, BundleError, load_bundle
-from .embedder import OnnxEmbedder, pick_threads
+from .embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT, OnnxEmbedder, pick_threads
 from .fusion import Reading, fuse
 from .head import LogisticHead
 
@@ -129,16 +129,23 @@ def check_runs(bundle: Bundle, embedder: OnnxEmbedder | None = None, head: Logis
     spec = m.input
     blank = np.full((spec.views, len(spec.channels), spec.size, spec.size), 0.5, np.float32)
     try:
-        embeddings = np.asarray(embedder.embed_batch(blank))
+        outputs = embedder.run_all(blank)
     except Exception as exc:  # ONNX Runtime raises its own types for a model that cannot run this input
         raise BundleError(f"{bundle.backbone_path}: the model does not run on the manifest's input "
                           f"{tuple(blank.shape)} ({exc})") from exc
+    embeddings = np.asarray(outputs[EMBEDDING_OUTPUT])
     if embeddings.shape != (spec.views, m.embedding_dim):
         raise BundleError(f"{bundle.backbone_path}: embeddings of shape {embeddings.shape} for {spec.views} views; "
                           f"the manifest says {m.embedding_dim} per view")
     if not np.isfinite(embeddings).all():
         raise BundleError(f"{bundle.backbone_path}: the model's embeddings are not finite")
     checked = {"input": list(blank.shape), "embedding": list(embeddings.shape)}
+    if FEATURE_MAP_OUTPUT in outputs:  # for Grad-CAM and detection: one C×h×w map per view
+        fmap = np.asarray(outputs[FEATURE_MAP_OUTPUT])
+        if fmap.ndim != 4 or fmap.shape[0] != spec.views or not np.isfinite(fmap).all():
+            raise BundleError(f"{bundle.backbone_path}: feature_map of shape {fmap.shape} for {spec.views} views "
+                              "(expected views×C×h×w, finite)")
+        checked["feature_map"] = list(fmap.shape)
     if m.head is not None:
         head = head or bundle.load_head()
         try:

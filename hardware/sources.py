@@ -165,6 +165,9 @@ class MultiViewRig:
 
     def __init__(self, views: Sequence[ViewSources], tolerance_ms: float = 40.0, wait_ms: float = 60.0,
                  buffer: int = 8) -> None:
+        if not (0 <= tolerance_ms <= 10_000 and 0 <= wait_ms <= 10_000 and views and buffer >= 1):
+            raise ValueError(f"a rig needs views, tolerance_ms and wait_ms in 0..10000 and a buffer: got "
+                             f"{len(views)} views, {tolerance_ms}, {wait_ms}, {buffer}")
         self.view_count = len(views)
         self.tolerance_s = tolerance_ms / 1000
         self.wait_s = wait_ms / 1000

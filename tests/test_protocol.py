@@ -7,7 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sortline.hardware.protocol import (
+    FIELD_RANGES,
     MAX_FRAME_BYTES,
+    MESSAGE_TYPES,
     Ack,
     Encoder,
     ErrorReport,
@@ -199,3 +201,30 @@ def test_acknowledgements_do_not_use_up_sequence_numbers():
     parser = Parser()
     parser.feed(frames[0] + frames[2] + frames[1])  # an ACK late or early is no sequence event
     assert (parser.stats.seq_missing, parser.stats.seq_duplicates, parser.stats.seq_reordered) == (0, 0, 0)
+
+
+_NUMBER_TEXT = st.one_of(st.integers(min_value=-(10**40), max_value=10**40).map(str),
+                         st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                         st.text(alphabet="0123456789-+.eE", max_size=30))
+
+
+@given(st.sampled_from(sorted(MESSAGE_TYPES)), st.lists(_NUMBER_TEXT, min_size=1, max_size=8))
+@settings(max_examples=400, deadline=None)
+def test_crc_valid_frames_yield_only_in_range_messages(type_name, fields):
+    """What a hostile device that computes CRCs can send: any field text in a valid frame.
+    Whatever parses lies within the protocol's ranges; everything else is counted."""
+    body = ",".join(["1", "5", type_name, *fields]).encode()
+    frame = b"$" + body + b"*%04X\n" % crc16(body)
+    parser = Parser()
+    for message in parser.feed(frame):
+        for name, (lo, hi) in FIELD_RANGES[message.TYPE].items():
+            assert lo <= getattr(message, name) <= hi
+    parser.feed(b"$")  # ends an oversize frame's wait
+    assert parser.stats.frames + parser.stats.errors >= 1  # parsed, or counted as rejected
+
+
+def test_the_station_cannot_send_an_out_of_range_frame():
+    with pytest.raises(ValueError, match="GATE.exit"):
+        Encoder().encode(GateCommand(item_id=1, exit=300))
+    with pytest.raises(ValueError, match="ITEM.item_id"):
+        Encoder().encode(ItemArrival(item_id=10**18, lane=0, t_ms=0, deadline_ms=100))

@@ -6,6 +6,7 @@ import json
 import queue
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +149,26 @@ def test_a_jump_in_item_ids_is_a_counter_reset_not_lost_items(harness):
     gates = _gates(controller, 2) + _gates(controller, 99, timeout_s=0.3)
     assert sorted(g.item_id for g in gates) == [1, 5000]
     assert station.stats.unannounced == 0
+
+
+def test_the_hostile_serial_corpus_neither_stops_nor_misroutes_the_line(harness, tmp_path):
+    """Every frame of tests/hostile/serial, on both links, between the real traffic of ten items
+    (the implausible readings name item 5): each item still gets exactly one command, item 5 is
+    decided without its garbage readings, and every hostile frame is counted."""
+    station, controller, sensor = harness
+    corpus = sorted((Path(__file__).parent / "hostile" / "serial").glob("*.bin"))
+    for item_id in range(1, 11):
+        for path in corpus:
+            controller.write(path.read_bytes())
+            sensor.write(path.read_bytes())
+        controller.send(ItemArrival(item_id=item_id, lane=0, t_ms=0, deadline_ms=400))
+        for tap in tap_series(make_fruit(item_id, seed=1)):
+            sensor.send(tap)
+    gates = _gates(controller, 10, timeout_s=10) + _gates(controller, 99, timeout_s=0.3)
+    assert sorted(g.item_id for g in gates) == list(range(1, 11))
+    assert _eventually(lambda: len(station.decisions) == 10)
+    events = {e["item_id"]: e for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())}
+    assert events[5].get("sensor_rejected") is True and events[5]["exit"] in (0, 1, 2, 3)
+    assert not any(events[i].get("sensor_rejected") for i in (1, 3, 4, 6, 7, 8, 9, 10))
+    faults = station.observed_faults()
+    assert faults["out_of_range"] >= 10 * 2 * 10 and faults["implausible_readings"] >= 1

@@ -1,0 +1,146 @@
+"""Coverage-guided fuzzing of the station's input boundaries with atheris (libFuzzer), for a
+fixed budget, starting from the hostile corpus in tests/hostile/.
+
+    pip install atheris          # or: pip install -e .[fuzz]
+    python benchmarks/fuzz.py parser --seconds 60
+    python benchmarks/fuzz.py all --seconds 60      # each target in turn, in its own process
+
+Targets and what each may do with any bytes (anything else is a crash, and libFuzzer stops and
+writes the input to crash-<sha1>):
+- ``parser``: the serial parser never raises, and every message it returns is inside the
+  protocol's ranges (hardware/protocol.py FIELD_RANGES).
+- ``manifest``: a bundle whose manifest.json is these bytes loads or raises BundleError.
+- ``station_file``: a station file of these bytes loads or raises ConfigError.
+- ``image``: these bytes decode or raise FrameError (and never past the pixel limit).
+- ``archive``: a bundle archive of these bytes loads or raises BundleError, and writes nothing
+  outside its temporary folder.
+
+The summary line (executions, crashes, new coverage) is libFuzzer's own; results go to
+``benchmarks/results/fuzz.md`` when ``--results`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "tests" / "hostile"
+SEEDS = {"parser": "serial", "manifest": "manifests", "station_file": "station_files", "image": "images",
+         "archive": "archives"}
+
+
+def _target(name: str):
+    import atheris
+
+    with atheris.instrument_imports(include=["sortline"]):
+        from sortline.edge_runtime.bundle import BundleError, load_bundle
+        from sortline.edge_runtime.config import ConfigError, load_station_file
+        from sortline.hardware.camera import FrameError
+        from sortline.hardware.images import MAX_IMAGE_PIXELS, decode_image
+        from sortline.hardware.protocol import FIELD_RANGES, Parser
+
+    work = Path(tempfile.mkdtemp(prefix="sortline-fuzz-"))
+    bundle_dir = work / "bundle"
+    bundle_dir.mkdir()
+    for name_, data in (("backbone.onnx", b"x"), ("head.npz", b"y")):
+        (bundle_dir / name_).write_bytes(data)
+
+    def parser(data: bytes) -> None:
+        p = Parser("fuzz")
+        half = len(data) // 2
+        for message in p.feed(data[:half]) + p.feed(data[half:]):
+            for field, (lo, hi) in FIELD_RANGES[message.TYPE].items():
+                if not lo <= getattr(message, field) <= hi:
+                    raise AssertionError(f"{message} outside {field} range")
+
+    def manifest(data: bytes) -> None:
+        (bundle_dir / "manifest.json").write_bytes(data)
+        try:
+            load_bundle(bundle_dir)
+        except BundleError:
+            pass
+
+    def station_file(data: bytes) -> None:
+        path = work / "station.toml"
+        path.write_bytes(data)
+        try:
+            load_station_file(path)
+        except ConfigError:
+            pass
+
+    def image(data: bytes) -> None:
+        try:
+            decoded = decode_image(data, "fuzz")
+        except FrameError:
+            return
+        if decoded.shape[0] * decoded.shape[1] > MAX_IMAGE_PIXELS:
+            raise AssertionError(f"decoded {decoded.shape}, over the pixel limit")
+
+    def archive(data: bytes) -> None:
+        path = work / "b.tar"
+        path.write_bytes(data)
+        try:
+            load_bundle(path)
+        except BundleError:
+            pass
+        strays = [p for p in work.iterdir() if p.name not in ("bundle", "b.tar", "station.toml")]
+        if strays:
+            raise AssertionError(f"wrote outside its folder: {strays}")
+
+    return {"parser": parser, "manifest": manifest, "station_file": station_file, "image": image,
+            "archive": archive}[name]
+
+
+def fuzz_one(name: str, seconds: int) -> None:
+    import atheris
+
+    seeds = Path(tempfile.mkdtemp(prefix=f"sortline-fuzz-{name}-"))
+    for path in (CORPUS / SEEDS[name]).iterdir():  # libFuzzer adds what it finds to this copy
+        (seeds / path.name).write_bytes(path.read_bytes())
+    atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", "-print_final_stats=1", "-rss_limit_mb=4096",
+                   "-timeout=10", str(seeds)], _target(name))
+    atheris.Fuzz()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", choices=[*SEEDS, "all"])
+    parser.add_argument("--seconds", type=int, default=60, help="budget per target")
+    parser.add_argument("--results", action="store_true", help="write benchmarks/results/fuzz.md")
+    args = parser.parse_args()
+    if args.target != "all":
+        fuzz_one(args.target, args.seconds)
+        return 0
+    rows, failed = [], 0
+    for name in SEEDS:
+        started = time.monotonic()
+        run = subprocess.run([sys.executable, __file__, name, "--seconds", str(args.seconds)], capture_output=True,
+                             text=True, cwd=tempfile.gettempdir())
+        log = run.stderr.splitlines()
+        execs = next((line.split()[-1] for line in log if "stat::number_of_executed_units" in line), "?")
+        cov = next((line.split("cov:")[1].split()[0] for line in reversed(log) if "cov:" in line), "?")
+        crashed = run.returncode != 0
+        failed += crashed
+        rows.append(f"| {name} | {args.seconds} | {execs} | {cov} | {'CRASH' if crashed else 0} |")
+        print(rows[-1], f"({time.monotonic() - started:.0f} s)", flush=True)
+        if crashed:
+            print("\n".join(log[-30:]))
+    header = ["| target | seconds | executions | coverage (edges) | crashes |", "|---|---|---|---|---|"]
+    table = "\n".join([*header, *rows])
+    print(table)
+    if args.results:
+        cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
+        out = ROOT / "benchmarks" / "results" / "fuzz.md"
+        out.write_text(f"# Fuzzing the input boundaries (atheris)\n\nCPU: {model}. Command: "
+                       f"`python benchmarks/fuzz.py all --seconds {args.seconds} --results`\n\n{table}\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
