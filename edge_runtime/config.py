@@ -11,7 +11,9 @@
     port = "/dev/serial/by-id/usb-FTDI_line3-if00-port0"   # any pyserial URL: /dev/tty*,
                                                            # socket://, rfc2217://, loop://
     baud = 115200                        # optional, per device (default 115200); at 115200 a
-                                         # controller link carries ~140 items/s, a tap sensor ~44
+                                         # controller link carries ~127 items/s, a tap sensor ~41
+    exits = 4                            # optional: the controller's exits are 0..3; a bundle
+                                         # that sends an item elsewhere is refused at start
     [sensor]
     kind = "taps"                        # taps | scale | none
     port = "/dev/serial/by-id/usb-Acme_tap-sensor-if00"
@@ -48,6 +50,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
+from sortline.hardware.protocol import MAX_EXIT
 from sortline.hardware.serial_link import DEFAULT_BAUD
 from sortline.hardware.sources import ImageFolderSource, MultiViewRig, OpenCVCamera, Source, ViewSources
 
@@ -87,6 +90,7 @@ class _StationTable(_Table):
 class _ControllerTable(_Table):
     port: Text
     baud: Baud = DEFAULT_BAUD
+    exits: Annotated[StrictInt, Field(ge=1, le=MAX_EXIT + 1)] | None = None
 
 
 class _SensorTable(_Table):
@@ -184,6 +188,16 @@ class StationFile:
     sensor_baud: int = DEFAULT_BAUD
     public_key: Path | None = None
     limits: dict[str, tuple[float, float]] | None = None  # ReadingLimits fields; None: the defaults
+    controller_exits: int | None = None  # the controller's exits are 0..N-1; None: any the protocol allows
+
+    def check_exits(self, exits: dict[str, int], safe_exit: int) -> None:
+        """Refuse a bundle that names an exit this line's controller does not have."""
+        if self.controller_exits is None:
+            return
+        wrong = {label: e for label, e in {**exits, "(safe)": safe_exit}.items() if e >= self.controller_exits}
+        if wrong:
+            raise ConfigError(f"{self.path}: the controller has exits 0..{self.controller_exits - 1}, "
+                              f"the bundle sends {wrong}")
 
     @property
     def bauds(self) -> dict[str, int]:
@@ -260,4 +274,5 @@ def load_station_file(path: str | Path) -> StationFile:
         bundle=relative(model.station.bundle), event_log=relative(model.station.event_log),
         controller_baud=model.controller.baud, sensor_baud=sensor.baud,
         public_key=relative(model.station.public_key), limits=model.limits.model_dump(),
+        controller_exits=model.controller.exits,
     )

@@ -31,6 +31,7 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
     if bundle is None:
         raise ConfigError(f"{station_file.path}: no station.bundle, and none given")
     pipeline = ItemPipeline.for_station(bundle, public_key=station_file.public_key)
+    station_file.check_exits(pipeline.policy.exits, pipeline.policy.safe_exit)
     config = dataclasses.replace(config, limits=station_file.reading_limits())
     rig = station_file.build_rig()
     try:

@@ -132,3 +132,14 @@ def test_serve_sorts_every_item_once(tmp_path, tiny_bundle):
     events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert sorted(e["item_id"] for e in events) == list(range(1, 31))
     assert all(e["views"] == 4 for e in events)
+
+
+def test_serve_refuses_what_it_cannot_run_with_one_clear_line(tmp_path, tiny_bundle, capsys):
+    _camera_folders(tmp_path / "cams")
+    station = _station_file(tmp_path / "station.toml", "/dev/ttyNOPE0", "/dev/ttyNOPE1", bundle=tiny_bundle.root)
+    assert main(["serve", "--config", str(station)]) == 2
+    assert "controller: cannot open '/dev/ttyNOPE0'" in capsys.readouterr().err
+    text = station.read_text().replace('port = "/dev/ttyNOPE0"', 'port = "/dev/ttyNOPE0"\nexits = 2')
+    station.write_text(text)  # the bundle sends classes to exits 0..3
+    assert main(["serve", "--config", str(station)]) == 2
+    assert "the controller has exits 0..1" in capsys.readouterr().err
