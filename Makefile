@@ -6,13 +6,14 @@ STAMP := $(VENV)/.installed
 EDGE_VENV := .venv-edge
 # Edge tests that also run on the edge install (no torch, no onnx), against the installed package.
 EDGE_TESTS := tests/test_station_parts.py tests/test_station.py tests/test_protocol.py tests/test_fusion.py \
-	tests/test_head.py tests/test_preprocess.py tests/test_bundle.py tests/test_hostile.py tests/test_security.py
+	tests/test_head.py tests/test_preprocess.py tests/test_bundle.py tests/test_hostile.py tests/test_security.py \
+	tests/test_runtimes.py
 
 .PHONY: setup demo test edge-check lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,dev,openvino]'
 	touch $@
 
 setup: $(STAMP)
@@ -31,8 +32,8 @@ edge-check:
 	cd /tmp && $(CURDIR)/$(EDGE_VENV)/bin/python -c "import importlib, pkgutil, importlib.util as u; \
 		import sortline.edge_runtime as e, sortline.hardware as h; \
 		mods = [importlib.import_module(m.name) for p in (e, h) for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')]; \
-		assert u.find_spec('torch') is None; \
-		print(f'edge install OK: no torch, {len(mods)} runtime modules import')"
+		assert u.find_spec('torch') is None and u.find_spec('openvino') is None; \
+		print(f'edge install OK: no torch, no OpenVINO, {len(mods)} runtime modules import')"
 	$(EDGE_VENV)/bin/sortline --help > /dev/null
 	$(EDGE_VENV)/bin/pip install --quiet -c constraints.txt pytest pytest-timeout hypothesis
 	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider $(EDGE_TESTS)

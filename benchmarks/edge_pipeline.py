@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sortline.edge_runtime.embedder import pick_threads
 from sortline.edge_runtime.fusion import fuse
 from sortline.edge_runtime.hil import sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
 from sortline.edge_runtime.preprocess import preprocess_views
+from sortline.edge_runtime.runtimes import choose_runtime
 from sortline.edge_runtime.station import StationConfig
 from sortline.edge_runtime.station.links import item_bytes
 from sortline.hardware.camera import ItemCapture
@@ -197,9 +197,8 @@ def main() -> None:
             scenario.prerender(range(1000))
             items = [(_capture(scenario, i), list(scenario.readings(i, 0))) for i in range(200)]
             limits = compute_limits(trained.bundle, trained.backbone, items)
-            chosen, seconds = pick_threads(trained.bundle.backbone_path, trained.manifest.input)
-            print(f"  the station picks {chosen} thread(s): a batch of 8 items "
-                  + ", ".join(f"{s * 1000:.1f} ms on {n}" for n, s in seconds.items()))
+            choice = choose_runtime(trained.bundle.backbone_path, trained.manifest.input)
+            print(f"  the station picks {choice.summary()}")
             eager = limits["PyTorch fp32 eager (2 threads), 1 item"]["items_per_s"]
             for name, row in limits.items():
                 row["vs_eager"] = round(row["items_per_s"] / eager, 2)
@@ -215,8 +214,9 @@ def main() -> None:
                                      "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                      "compute": limits, "line": rows,
                                      "policies": policies, "policy_rate": args.policy_rate,
-                                     "threads_chosen": chosen,
-                                     "threads_batch_ms": {n: round(s * 1000, 2) for n, s in seconds.items()},
+                                     "runtime_chosen": choice.key,
+                                     "runtime_item_ms": {c.key: round(c.ms, 3) for c in choice.candidates
+                                                         if c.refused is None},
                                      "highest_clean_rate": max(clean, default=0.0),
                                      "highest_on_time_rate": max(on_time, default=0.0),
                                      "highest_clean_vs_compute_limit": round(max(clean, default=0.0) / limit, 2)}
@@ -252,8 +252,8 @@ def markdown(report: dict) -> str:
                   "| whole item, pre-captured | items/s | ms/item p50 | × PyTorch eager |", "|---|---:|---:|---:|"]
         lines += [f"| {name} | {row['items_per_s']} | {row['ms_per_item_p50']} | {row['vs_eager']} |"
                   for name, row in r["compute"].items()]
-        lines += ["", f"The station measured its thread count at load: {r['threads_chosen']} (a batch of 8 items: "
-                  + ", ".join(f"{ms} ms on {n} thread(s)" for n, ms in r["threads_batch_ms"].items())
+        lines += ["", f"The station measured its runtime and thread count at load: {r['runtime_chosen']} (one item: "
+                  + ", ".join(f"{ms} ms on {key}" for key, ms in r["runtime_item_ms"].items())
                   + "). Whole station on the simulated line, offered rates stepping past its capacity:", "",
                   "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | misses | late | lost | overload | "
                   "MCC | controller link | tap link |", "|---" * 12 + "|"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -43,7 +44,8 @@ def _replay(args: argparse.Namespace) -> dict:
     from .pipeline import ItemPipeline
     from .report import markdown
 
-    run = replay_recording(ItemPipeline.for_station(args.bundle), args.recording, speed=args.speed,
+    pipeline = ItemPipeline.for_station(args.bundle, threads=args.threads, runtime=args.runtime)
+    run = replay_recording(pipeline, args.recording, speed=args.speed,
                            event_log=args.events, progress=not args.quiet)
     print(markdown(run.summary))
     faults = run.summary["faults"]
@@ -87,8 +89,12 @@ def _serve(args: argparse.Namespace) -> dict:
     from .config import load_station_file
     from .daemon import serve
 
+    station_file = load_station_file(args.config)
+    if args.runtime is not None or args.threads is not None:  # the command line overrides the file
+        station_file = dataclasses.replace(station_file, runtime=args.runtime or station_file.runtime,
+                                           threads=args.threads or station_file.threads)
     with _until_signalled() as stop:
-        stats, faults = serve(load_station_file(args.config), stop, bundle=args.bundle)
+        stats, faults = serve(station_file, stop, bundle=args.bundle)
     summary = {"items": stats.items, "gate_commands": stats.gate_commands, "deadline_misses": stats.deadline_misses,
                "reasons": dict(stats.reasons), "faults": faults}
     print(f"served {stats.items} items, {stats.gate_commands} gate commands, {stats.deadline_misses} deadline misses")
@@ -144,6 +150,33 @@ def positive(kind: type):
     return parse
 
 
+def runtime_flags(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--runtime`` and ``--threads``, for every command that runs a bundle."""
+    from .runtimes import AUTO, RUNTIMES
+
+    parser.add_argument("--runtime", choices=[AUTO, *RUNTIMES], default=default,
+                        help="inference runtime; auto (default) measures the installed ones on the bundle and "
+                             "picks the fastest")
+    parser.add_argument("--threads", type=positive(int), default=None,
+                        help="intra-op threads (default: measured, see edge_runtime/runtimes.py)")
+
+
+def _bench(args: argparse.Namespace) -> dict:
+    from .bundle import load_bundle
+    from .runtimes import bench_bundle
+
+    result = bench_bundle(load_bundle(args.bundle), runtime=args.runtime, threads=args.threads,
+                          budget_s=args.budget)
+    for key, ms in result["runtimes"].items():
+        mark = "  <- chosen" if key == result["chosen"] else ""
+        print(f"{key:16s} {ms:8.3f} ms per item{mark}")
+    for key, why in result["refused"].items():
+        print(f"{key:16s} refused: {why}")
+    print(f"whole item with {result['chosen']}: {result['items_per_s']:.1f} items/s "
+          f"(preprocess, embed, fuse, head; median of {result['whole_item_runs']})")
+    return result
+
+
 def line_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lanes", type=positive(int), default=1,
                         help="lanes the controller announces items on (default 1)")
@@ -182,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the station daemon until SIGINT/SIGTERM")
     serve.add_argument("--config", type=Path, required=True, help="the station file (TOML)")
     serve.add_argument("--bundle", type=Path, help="override the station file's bundle")
+    runtime_flags(serve, default=None)
     serve.add_argument("--json", action="store_true")
     serve.set_defaults(handler=_serve)
 
@@ -191,9 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--speed", choices=["realtime", "max"], default="realtime",
                         help="recorded timing, or each item as soon as the station is free")
     replay.add_argument("--events", type=Path, help="write the station's event log (JSON lines) here")
+    runtime_flags(replay)
     replay.add_argument("--quiet", action="store_true")
     replay.add_argument("--json", action="store_true")
     replay.set_defaults(handler=_replay)
+
+    bench = commands.add_parser("bench", help="time every runtime and thread count on a bundle; show auto's pick")
+    bench.add_argument("--bundle", type=Path, required=True)
+    runtime_flags(bench)
+    bench.add_argument("--budget", type=positive(float), default=2.0, help="seconds of timing (default 2)")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(handler=_bench)
 
     for entry in entry_points(group=COMMANDS_GROUP):  # the desktop's commands, when installed
         entry.load()(commands)

@@ -5,6 +5,8 @@
     [station]
     bundle = "bundles/avocado-line3"     # serve: the bundle to run
     public_key = "keys/line3.pub"        # optional: run only bundles signed by its private key
+    runtime = "auto"                     # auto | onnxruntime | openvino (auto: measured at start)
+    threads = 1                          # optional: intra-op threads (default: measured)
     event_log = "events.jsonl"           # serve: one JSON line per item (optional)
 
     [controller]
@@ -85,6 +87,8 @@ class _StationTable(_Table):
     bundle: Text | None = None
     event_log: Text | None = None
     public_key: Text | None = None
+    runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    threads: Annotated[StrictInt, Field(ge=1, le=256)] | None = None
 
 
 class _ControllerTable(_Table):
@@ -189,6 +193,8 @@ class StationFile:
     public_key: Path | None = None
     limits: dict[str, tuple[float, float]] | None = None  # ReadingLimits fields; None: the defaults
     controller_exits: int | None = None  # the controller's exits are 0..N-1; None: any the protocol allows
+    runtime: str = "auto"  # edge_runtime/runtimes.py
+    threads: int | None = None  # None: measured
 
     def check_exits(self, exits: dict[str, int], safe_exit: int) -> None:
         """Refuse a bundle that names an exit this line's controller does not have."""
@@ -274,5 +280,5 @@ def load_station_file(path: str | Path) -> StationFile:
         bundle=relative(model.station.bundle), event_log=relative(model.station.event_log),
         controller_baud=model.controller.baud, sensor_baud=sensor.baud,
         public_key=relative(model.station.public_key), limits=model.limits.model_dump(),
-        controller_exits=model.controller.exits,
+        controller_exits=model.controller.exits, runtime=model.station.runtime, threads=model.station.threads,
     )

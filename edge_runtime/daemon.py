@@ -30,7 +30,8 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
     bundle = bundle or station_file.bundle
     if bundle is None:
         raise ConfigError(f"{station_file.path}: no station.bundle, and none given")
-    pipeline = ItemPipeline.for_station(bundle, public_key=station_file.public_key)
+    pipeline = ItemPipeline.for_station(bundle, public_key=station_file.public_key, runtime=station_file.runtime,
+                                        threads=station_file.threads)
     station_file.check_exits(pipeline.policy.exits, pipeline.policy.safe_exit)
     config = dataclasses.replace(config, limits=station_file.reading_limits())
     rig = station_file.build_rig()

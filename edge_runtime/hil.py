@@ -25,6 +25,7 @@ from .datasets import load_image_set
 from .pipeline import Decision, ItemPipeline
 from .report import summarize
 from .station import StationConfig, StationStats
+from .station.stats import REPORTED_ONLY
 from .station.wiring import RunningStation
 
 DISTINCT_ITEMS = 1000  # a simulated line renders at most this many distinct items, then repeats them
@@ -98,9 +99,12 @@ def sort_on_line(
         line.stop()
     truth = {i: label for i in line.item_ids if (label := line.truth(i)) is not None}
     manifest = pipeline.manifest
-    summary = summarize(decisions, truth, manifest.labels, manifest.decision, tally, station.stats,
-                        wall_s, faults=station.observed_faults())
+    observed = station.observed_faults()
+    summary = summarize(decisions, truth, manifest.labels, manifest.decision, tally, station.stats, wall_s,
+                        faults={k: v for k, v in observed.items() if k not in REPORTED_ONLY})
     summary["faults_injected"] = {kind: tally.injected.get(kind, 0) for kind in summary["faults"]}
+    summary["rejected_input"] = {k: observed[k] for k in REPORTED_ONLY}  # hostile or broken devices
+    summary["runtime"] = f"{pipeline.embedder.name}/{pipeline.embedder.threads or 'default'}"
     return LineRun(tally, station.stats, decisions, truth, wall_s, summary)
 
 

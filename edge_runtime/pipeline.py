@@ -12,9 +12,10 @@ import numpy as np
 from sortline.hardware.camera import ItemCapture
 
 from .bundle import Bundle, BundleError, load_bundle
-from .embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT, OnnxEmbedder, pick_threads
+from .embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT, OnnxEmbedder
 from .fusion import Reading, fuse
 from .head import LogisticHead
+from .runtimes import AUTO, Embedder, RuntimeChoice, choose_runtime
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,16 @@ class Decision:
 class ItemPipeline:
     """The runtime half of a bundle: everything needed to turn one item into a decision."""
 
-    def __init__(self, bundle: Bundle, threads: int = 0, spin: bool = True) -> None:
-        """Loads the bundle's model and head and runs them once (:func:`check_runs`): a bundle
-        whose model cannot run, or does not produce what its manifest says, is refused here,
-        before any item depends on it."""
+    def __init__(self, bundle: Bundle, threads: int = 0, spin: bool = True, embedder: Embedder | None = None,
+                 runtime_choice: RuntimeChoice | None = None) -> None:
+        """Loads the bundle's model (ONNX Runtime at ``threads``, unless an ``embedder`` of any
+        runtime is given) and head and runs them once (:func:`check_runs`): a bundle whose model
+        cannot run, or does not produce what its manifest says, is refused here, before any item
+        depends on it."""
         self.bundle = bundle
         self.manifest = bundle.manifest
-        self.embedder = load_embedder(bundle, threads=threads, spin=spin)
+        self.embedder: Embedder = embedder or load_embedder(bundle, threads=threads, spin=spin)
+        self.runtime_choice = runtime_choice
         self.head = bundle.load_head()
         self.policy = self.manifest.decision
         check_runs(bundle, self.embedder, self.head)
@@ -68,20 +72,18 @@ class ItemPipeline:
         return cls(load_bundle(path, public_key=public_key), threads=threads, spin=spin)
 
     @classmethod
-    def for_station(cls, path: str | Path | Bundle, threads: int | None = None,
-                    public_key: Path | None = None) -> ItemPipeline:
-        """The station's thread policy: no spinning, and one intra-op thread unless a second one
-        measurably pays for this model on this machine (:func:`pick_threads`), so that the model
-        shares the cores with capture, the serial readers and the loop."""
+    def for_station(cls, path: str | Path | Bundle, threads: int | None = None, public_key: Path | None = None,
+                    runtime: str = AUTO, budget_s: float = 2.0) -> ItemPipeline:
+        """The station's runtime and thread policy (:func:`choose_runtime`): every installed
+        runtime (or ``runtime``) at one and two threads (or ``threads``), measured on this
+        bundle on this machine, idle threads never spinning."""
         bundle = path if isinstance(path, Bundle) else load_bundle(path, public_key=public_key)
-        if threads is None:
-            try:
-                threads, seconds = pick_threads(bundle.backbone_path, bundle.manifest.input)
-            except Exception as exc:  # a model that does not load or run: refused like any other fault
-                raise BundleError(f"{bundle.backbone_path}: the model does not run ({exc})") from exc
-            log.info("embedding on %d thread(s); a batch of 8 items took %s", threads,
-                     ", ".join(f"{s * 1000:.1f} ms on {n}" for n, s in seconds.items()))
-        return cls(bundle, threads=threads, spin=False)
+        try:
+            choice = choose_runtime(bundle.backbone_path, bundle.manifest.input, runtime, threads, budget_s)
+        except ValueError as exc:  # a model that does not load or run: refused like any other fault
+            raise BundleError(f"{bundle.backbone_path}: {exc}") from exc
+        log.info("%s: embedding with %s", bundle.version, choice.summary())
+        return cls(bundle, embedder=choice.embedder, runtime_choice=choice)
 
     def embed(self, capture: ItemCapture) -> np.ndarray | None:
         """The present views' embeddings (``V×D``), or None when no view was captured."""
@@ -120,7 +122,7 @@ def load_embedder(bundle: Bundle, threads: int = 0, spin: bool = True) -> OnnxEm
         raise BundleError(str(exc)) from exc
 
 
-def check_runs(bundle: Bundle, embedder: OnnxEmbedder | None = None, head: LogisticHead | None = None) -> dict:
+def check_runs(bundle: Bundle, embedder: Embedder | None = None, head: LogisticHead | None = None) -> dict:
     """Run the bundle once on one item of blank views, and check every output against the
     manifest: one finite embedding of ``embedding_dim`` per view, and (with a head) one finite
     probability per label. Returns what was checked; :class:`BundleError` on any mismatch."""

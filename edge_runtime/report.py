@@ -69,6 +69,7 @@ def markdown(summary: Mapping) -> str:
     """The summary as a Markdown report: headline figures, then the confusion matrix."""
     keys = ["items", "gate_commands", "lost", "duplicates", "accuracy", "mcc",
             "latency_ms_p50", "latency_ms_p99", "compute_ms_p50", "compute_ms_p99", "deadline_misses", "items_per_s"]
+    keys += [k for k in ("runtime",) if k in summary]
     lines = ["| metric | value |", "|---|---|", *(f"| {k} | {summary[k]} |" for k in keys)]
     routing = summary["routing"]
     lines += ["", f"Routing: {routing['right_exit']} to the right exit, {routing['safe_exit']} to the safe exit, "

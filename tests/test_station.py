@@ -164,8 +164,12 @@ def test_the_hostile_serial_corpus_neither_stops_nor_misroutes_the_line(harness,
         controller.send(ItemArrival(item_id=item_id, lane=0, t_ms=0, deadline_ms=400))
         for tap in tap_series(make_fruit(item_id, seed=1)):
             sensor.send(tap)
-    gates = _gates(controller, 10, timeout_s=10) + _gates(controller, 99, timeout_s=0.3)
-    assert sorted(g.item_id for g in gates) == list(range(1, 11))
+    gates, deadline = [], time.monotonic() + 10
+    while len({g.item_id for g in gates}) < 10 and time.monotonic() < deadline:
+        gates += _gates(controller, 1, timeout_s=0.5)
+    gates += _gates(controller, 99, timeout_s=0.3)
+    assert {g.item_id for g in gates} == set(range(1, 11))  # a late ack may bring a resend: the same exit
+    assert all(len({g.exit for g in gates if g.item_id == item}) == 1 for item in range(1, 11))
     assert _eventually(lambda: len(station.decisions) == 10)
     events = {e["item_id"]: e for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())}
     assert events[5].get("sensor_rejected") is True and events[5]["exit"] in (0, 1, 2, 3)

@@ -362,21 +362,22 @@ def test_an_offered_rate_above_a_links_capacity_is_warned_once_a_minute(caplog):
 
 
 def test_one_thread_when_it_already_reaches_the_target_rate(tiny_bundle):
-    from sortline.edge_runtime.embedder import pick_threads
+    from sortline.edge_runtime.runtimes import choose_runtime
 
-    threads, seconds = pick_threads(tiny_bundle.backbone_path, tiny_bundle.manifest.input, target_items_per_s=1.0)
-    assert threads == 1 and list(seconds) == [1]  # fast enough: the second count is not even timed
+    choice = choose_runtime(tiny_bundle.backbone_path, tiny_bundle.manifest.input, "onnxruntime",
+                            target_items_per_s=1.0, budget_s=0.1)
+    assert choice.threads == 1
 
 
 def test_more_threads_only_when_short_of_the_target_and_they_pay(tiny_bundle, monkeypatch):
-    from sortline.edge_runtime import embedder
+    from sortline.edge_runtime import runtimes
 
-    monkeypatch.setattr(embedder.os, "cpu_count", lambda: 2)
-    spec = tiny_bundle.manifest.input
-    threads, seconds = embedder.pick_threads(tiny_bundle.backbone_path, spec, target_items_per_s=1e12, gain=0.0)
-    assert threads == 2 and set(seconds) == {1, 2}
-    threads, _ = embedder.pick_threads(tiny_bundle.backbone_path, spec, target_items_per_s=1e12, gain=1e9)
-    assert threads == 1  # short of the target, but a second thread would not pay
+    monkeypatch.setattr(runtimes.os, "cpu_count", lambda: 2)
+    path, spec = tiny_bundle.backbone_path, tiny_bundle.manifest.input
+    choice = runtimes.choose_runtime(path, spec, "onnxruntime", target_items_per_s=1e12, gain=0.0, budget_s=0.1)
+    assert choice.threads == 2 and {c.threads for c in choice.candidates} == {1, 2}
+    choice = runtimes.choose_runtime(path, spec, "onnxruntime", target_items_per_s=1e12, gain=1e9, budget_s=0.1)
+    assert choice.threads == 1  # short of the target, but a second thread would not pay
 
 
 def test_the_device_clock_is_the_least_offset_of_the_last_two_seconds():

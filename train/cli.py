@@ -9,7 +9,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from sortline.edge_runtime.cli import line_flags
+from sortline.edge_runtime.cli import line_flags, runtime_flags
 from sortline.edge_runtime.errors import SortlineError
 
 
@@ -48,6 +48,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--faults", type=float, default=0.0,
                       help="inject every fault kind on the simulated line at this rate (e.g. 0.01)")
     demo.add_argument("--seed", type=int, default=0)
+    runtime_flags(demo)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     demo.set_defaults(handler=_desktop("demo"))

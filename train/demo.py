@@ -74,6 +74,8 @@ class DemoConfig:
     faults: float = 0.0  # rate of every fault kind on the simulated line
     seed: int = 0
     progress: bool = True
+    runtime: str = "auto"  # the station's inference runtime (edge_runtime/runtimes.py)
+    threads: int | None = None  # None: measured
 
 
 def _stage(name: str, timings: dict[str, float], start: float) -> float:
@@ -175,7 +177,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                       deadline_ms=cfg.deadline_ms, lanes=cfg.lanes, faults=FaultRates.uniform(cfg.faults))
     events = out / "events.jsonl"
     events.unlink(missing_ok=True)
-    run = sort_on_simulated_line(ItemPipeline.for_station(bundle), line, scenarios["line"], event_log=events,
+    pipeline = ItemPipeline.for_station(bundle, threads=cfg.threads, runtime=cfg.runtime)
+    run = sort_on_simulated_line(pipeline, line, scenarios["line"], event_log=events,
                                  progress=cfg.progress)
     t = _stage("sort", timings, t)
 

@@ -19,22 +19,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from sortline.hardware.camera import CORRUPT, LOST, FrameError, FrameSource
 
-from ..preprocess import InputSpec, preprocess_views
+from ..preprocess import preprocess_views
+from ..runtimes import Embedder
 
 log = logging.getLogger(__name__)
 SLACK = 0.1  # a batch is planned to take this much longer than its estimate, to be on time
-
-
-class Embedder(Protocol):
-    spec: InputSpec
-
-    def embed_batch(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,10 @@ class StationStats:
     link_over_capacity: int = 0  # warnings that the offered rate exceeded a serial link's capacity
 
 
+# Faults the station reports that the simulator does not inject (hostile or broken devices).
+REPORTED_ONLY = ("out_of_range", "implausible_readings", "inbox_overflow")
+
+
 def observed_faults(stats: StationStats, links: list[SerialLink]) -> dict[str, int]:
     """What a station saw go wrong, by kind (the names hardware/sim/faults.py injects)."""
     parsed = [link.stats for link in links]
@@ -126,7 +130,6 @@ def observed_faults(stats: StationStats, links: list[SerialLink]) -> dict[str, i
         "views_corrupt": stats.views_corrupt,
         "sensor_disconnects": sum(link.reconnects for link in links),
         "unacked": stats.unacked,
-        # not injected by the simulator, but reported: hostile or broken devices
         "out_of_range": sum(x.out_of_range for x in parsed),
         "implausible_readings": stats.implausible_readings,
         "inbox_overflow": sum(link.dropped for link in links),
