@@ -147,11 +147,15 @@ class _FileModel(_Table):
     views: Annotated[list[_ViewTable], Field(min_length=1, max_length=MAX_VIEWS)]
 
 
+_UNION_TAGS = frozenset({"int", "str", "float", "bool", "none"})
+
+
 def _explain(exc: ValidationError, data: dict, path: Path) -> ConfigError:
     """The first error, as '<file>: <key>: <what is wrong>' (with a did-you-mean for typos)."""
     error = exc.errors()[0]
-    # a union reports one error per member, tagged ('constrained-int'); name the key, not the tag
-    loc = [part for part in error["loc"] if isinstance(part, int) or part.isidentifier()]
+    loc = list(error["loc"])
+    if error["type"] != "extra_forbidden":  # a union reports one error per member, tagged: name the key
+        loc = [part for part in loc if isinstance(part, int) or not (part in _UNION_TAGS or "-" in part or "[" in part)]
     where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
     if error["type"] == "extra_forbidden":
         model: type[BaseModel] = _FileModel

@@ -132,6 +132,11 @@ STATION_FILES = {
     "port-empty.toml": ('[controller]\nport = ""\n[[views]]\nrgb = 0\n', "controller.port"),
     "public-key-number.toml": ("[station]\npublic_key = 7\n[controller]\n" + STATION + "[[views]]\nrgb = 0\n",
                                "station.public_key"),
+    # found by benchmarks/fuzz.py: table names that are not identifiers once crashed the error message
+    "fuzz-table-0sensor.toml": ("[controller]\n" + STATION + '[0sensor]\nkind = "taps"\n[[views]]\nrgb = 0\n',
+                                "unknown key '0sensor'; did you mean 'sensor'"),
+    "fuzz-table-dashed.toml": ("[controller]\n" + STATION + '[oess-rn]\nkind = "taps"\n[[views]]\nrgb = 0\n',
+                               "unknown key 'oess-rn'"),
     "not-toml.toml": ("[controller\nport=", "not a readable TOML"),
     "binary.toml": ("\x00\x01\x02garbage", "not a readable TOML"),
 }
