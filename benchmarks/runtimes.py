@@ -17,17 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import matthews_corrcoef
 
+from sortline.edge_runtime.fusion import fuse
 from sortline.edge_runtime.hil import sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
-from sortline.edge_runtime.runtimes import choose_runtime, installed_runtimes, make_embedder
+from sortline.edge_runtime.runtimes import installed_runtimes, load_check_set, make_embedder
 from sortline.export.onnx_export import export_backbone
+from sortline.hardware.camera import ItemCapture
 from sortline.hardware.sim.line import LineConfig
 from sortline.train.demo import DemoConfig, train_station_bundle
 
@@ -69,6 +73,18 @@ def measure(size: str, work: Path, rounds: int, line_items: int) -> dict:
                  make_embedder(name, path, spec, threads=threads)
                  for precision, path in models.items() for name in runtimes
                  for threads in ((1, 2) if precision == "int8" else (2,))}
+    # What each runtime's numerics do to the head on the bundle's real check items: class
+    # probabilities against ONNX Runtime int8 (the embeddings the head was fitted on) and fp32.
+    check, head, m = load_check_set(bundle), bundle.load_head(), trained.manifest
+
+    def score(e: np.ndarray) -> np.ndarray:
+        return np.vstack([head.predict_proba(fuse(e[i:i + spec.views], [], m.fusion))
+                          for i in range(0, len(e), spec.views)])
+
+    scores = {name: score(e.embed_batch(check)) for name, e in embedders.items()}
+    int8_ref, fp32_ref = scores["onnxruntime int8, 1 thread"], scores["onnxruntime fp32, 2 threads"]
+    head_diff = {name: {"vs_onnxruntime_int8": round(float(np.abs(p - int8_ref).max()), 3),
+                        "vs_fp32": round(float(np.abs(p - fp32_ref).max()), 3)} for name, p in scores.items()}
     torch.set_num_threads(2)
     model = trained.backbone.eval()
     rng = np.random.default_rng(0)
@@ -84,25 +100,50 @@ def measure(size: str, work: Path, rounds: int, line_items: int) -> dict:
 
         runners["PyTorch fp32 eager, 2 threads"] = eager
         table[f"batch {items * spec.views}"] = interleaved(runners, rounds)
-    choice = choose_runtime(bundle.backbone_path, spec)
-    config = LineConfig(items=line_items, seed=41, pitch_ms=20.0, deadline_ms=300)
-    mcc = {}
-    for label, pipeline in (("auto", ItemPipeline(bundle, embedder=choice.embedder)),
-                            ("onnxruntime", ItemPipeline(bundle, embedder=make_embedder(
-                                "onnxruntime", bundle.backbone_path, spec, threads=choice.threads)))):
-        run = sort_on_simulated_line(pipeline, config, trained.scenarios["line"], progress=False)
-        mcc[label] = {"mcc": run.summary["mcc"], "lost": run.summary["lost"],
-                      "deadline_misses": run.summary["deadline_misses"]}
-    at_threads = {c.key: c.ms for c in choice.candidates if c.refused is None and c.threads == choice.threads}
-    fastest = min(at_threads.values())
+    # auto, as a user runs it: `sortline bench` in a fresh process (this one has run torch and holds
+    # every runtime's threads, which would disturb the timing)
+    bench = json.loads(subprocess.run([sys.executable, "-m", "sortline.edge_runtime.cli", "bench", "--bundle",
+                                       str(bundle.root), "--json"], capture_output=True, text=True,
+                                      check=True).stdout.strip().splitlines()[-1])
+    chosen_runtime, chosen_threads = bench["chosen"].split("/")
+    picked = ItemPipeline(bundle, embedder=make_embedder(chosen_runtime, bundle.backbone_path, spec,
+                                                         threads=int(chosen_threads)))
+    # Decisions: the same items (views and taps, rendered once) through the pick and through ONNX
+    # Runtime, judged against the truth; then the pick runs the whole station on the line.
+    scenario = trained.scenarios["line"]
+    items = [(ItemCapture(i, tuple(scenario.render(i, scenario.frame_px, scenario.views))),
+              list(scenario.readings(i, 0)), scenario.label(i)) for i in range(1, line_items + 1)]
+    reference = ItemPipeline(bundle, embedder=make_embedder("onnxruntime", bundle.backbone_path, spec,
+                                                            threads=int(chosen_threads)))
+    index = {label: k for k, label in enumerate(trained.manifest.labels)}
+    truth = [label for _, _, label in items]
+    predicted = {name: [pipeline.classify(c, r) for c, r, _ in items]
+                 for name, pipeline in (("onnxruntime", reference), (bench["chosen"], picked))}
+    decisions = {name: {"mcc": round(float(matthews_corrcoef(truth, [index.get(d.label, -1) for d in ds])), 4)}
+                 for name, ds in predicted.items()}
+    a, b = predicted.values()
+    decisions["same_exit"] = f"{sum(x.exit == y.exit for x, y in zip(a, b))}/{len(a)}"
+    decisions["max_confidence_diff"] = round(max(abs(x.confidence - y.confidence) for x, y in zip(a, b)), 4)
+    run = sort_on_simulated_line(picked, LineConfig(items=line_items, seed=41, pitch_ms=20.0, deadline_ms=300),
+                                 scenario, progress=False)
+    decisions["line_with_pick"] = {k: run.summary[k] for k in ("mcc", "lost", "deadline_misses", "runtime")}
+    threads = int(chosen_threads)
+    at_threads = {key: ms for key, ms in bench["runtimes"].items() if key.endswith(f"/{threads}")}
+    suffix = f"int8, {threads} thread{'s' if threads > 1 else ''}"
+    row = table[f"batch {spec.views}"]
+    in_table = {name: ms for name, ms in row.items() if name.endswith(suffix)}
     return {"backbone": backbone_name, "image_size": px, "views": spec.views, "channels": list(spec.channels),
-            "ms": table, "auto": {"chosen": choice.key, "candidates_ms": {c.key: round(c.ms, 3)
-                                                                          for c in choice.candidates
-                                                                          if c.refused is None},
-                                  "refused": {c.key: c.refused for c in choice.candidates if c.refused},
-                                  "vs_fastest_at_its_threads": round(at_threads[choice.key] / fastest, 3),
-                                  "seconds": round(choice.seconds, 2)},
-            "decisions": mcc}
+            "ms": table, "auto": {"chosen": bench["chosen"], "candidates_ms": bench["runtimes"],
+                                  "refused": bench["refused"], "check_items": bench["check_items"],
+                                  "vs_fastest_at_its_threads": round(at_threads[bench["chosen"]]
+                                                                     / min(at_threads.values()), 3),
+                                  "vs_fastest_in_table": round(in_table[f"{chosen_runtime} {suffix}"]
+                                                               / min(in_table.values()), 3),
+                                  "whole_items_per_s": bench["items_per_s"]},
+            "head_probability_diff": head_diff,
+            "min_cosine_vs_onnxruntime": bench["min_cosine"],
+            "max_prob_diff_vs_onnxruntime": bench["max_prob_diff"],
+            "decisions": decisions}
 
 
 def markdown(report: dict) -> str:
@@ -113,18 +154,33 @@ def markdown(report: dict) -> str:
         names = list(next(iter(r["ms"].values())))
         lines += [f"## {size}: {r['backbone']}, {r['image_size']} px, {r['views']} views × "
                   f"{len(r['channels'])} channels", "",
-                  "| runtime | " + " | ".join(r["ms"]) + " |", "|---" + "|---:" * len(r["ms"]) + "|"]
+                  "| runtime | " + " | ".join(r["ms"]) + " | head Δp vs ORT int8 | head Δp vs fp32 |",
+                  "|---" + "|---:" * (len(r["ms"]) + 2) + "|"]
         base = "onnxruntime int8, 2 threads"
         for name in names:
             cells = [f"{r['ms'][b][name]} ({r['ms'][b][base] / r['ms'][b][name]:.2f}×)" for b in r["ms"]]
+            diff = r["head_probability_diff"].get(name, {})
+            cells += [str(diff.get("vs_onnxruntime_int8", "—")), str(diff.get("vs_fp32", "—"))]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         a = r["auto"]
-        lines += ["", f"(×: speed relative to ONNX Runtime int8 at 2 threads, the station's runtime before "
-                  f"the choice existed.) `auto` timed {', '.join(f'{k} {v} ms' for k, v in a['candidates_ms'].items())}"
-                  f" on one item in {a['seconds']} s and picked **{a['chosen']}**, "
-                  f"{a['vs_fastest_at_its_threads']}× the fastest at its thread count. Decisions on the simulated "
-                  f"avocado line: " + ", ".join(f"{k} MCC {v['mcc']} (lost {v['lost']}, misses "
-                                                f"{v['deadline_misses']})" for k, v in r["decisions"].items()) + ".",
+        lines += ["", "(×: speed relative to ONNX Runtime int8 at 2 threads, the station's runtime before "
+                  "the choice existed. Head Δp: the largest change of a class probability of the bundle's head on "
+                  "its check items, against ONNX Runtime int8, whose embeddings the head was fitted on, and "
+                  "against fp32.) `sortline bench` (auto, in a fresh process) timed "
+                  + ", ".join(f"{k} {v} ms" for k, v in a["candidates_ms"].items())
+                  + f" on one item and picked **{a['chosen']}** ({a['whole_items_per_s']} whole items/s), "
+                  f"{a['vs_fastest_at_its_threads']}× the time of the fastest accepted candidate at its thread count "
+                  f"and {a['vs_fastest_in_table']}× the fastest int8 runtime at that count in the table above "
+                  f"(refused ones included). Agreement with ONNX Runtime "
+                  f"on the bundle's {a['check_items']} check items (accepted candidates): min cosine "
+                  f"{r['min_cosine_vs_onnxruntime']}, largest probability difference "
+                  f"{r['max_prob_diff_vs_onnxruntime']}; refused: {a['refused'] or 'none'}.", "",
+                  f"Decisions on the same {r['decisions']['same_exit'].split('/')[1]} simulated avocados (views and "
+                  f"taps): " + ", ".join(f"{k} MCC {v['mcc']}" for k, v in r["decisions"].items()
+                                         if isinstance(v, dict) and k != "line_with_pick")
+                  + f"; the same exit for {r['decisions']['same_exit']}, confidences at most "
+                  f"{r['decisions']['max_confidence_diff']} apart. The whole station on the simulated line with "
+                  f"the pick: {r['decisions']['line_with_pick']}.",
                   ""]
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from .bundle import Bundle, BundleError, load_bundle
 from .embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT, OnnxEmbedder
 from .fusion import Reading, fuse
 from .head import LogisticHead
-from .runtimes import AUTO, Embedder, RuntimeChoice, choose_runtime
+from .runtimes import AUTO, Embedder, RuntimeChoice, choose_runtime, load_check_set
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,21 @@ class ItemPipeline:
                     runtime: str = AUTO, budget_s: float = 2.0) -> ItemPipeline:
         """The station's runtime and thread policy (:func:`choose_runtime`): every installed
         runtime (or ``runtime``) at one and two threads (or ``threads``), measured on this
-        bundle on this machine, idle threads never spinning."""
+        bundle on this machine, idle threads never spinning; a runtime whose embeddings or head
+        decisions on the bundle's check items (``check.npz``, else smooth noise) differ from ONNX
+        Runtime's is refused."""
         bundle = path if isinstance(path, Bundle) else load_bundle(path, public_key=public_key)
+        m = bundle.manifest
+        head = bundle.load_head()
+
+        def score(embeddings: np.ndarray) -> np.ndarray:  # per item of the check inputs: the head's probabilities
+            views = m.input.views
+            return np.vstack([head.predict_proba(fuse(embeddings[i:i + views], [], m.fusion))
+                              for i in range(0, len(embeddings), views)])
+
         try:
-            choice = choose_runtime(bundle.backbone_path, bundle.manifest.input, runtime, threads, budget_s)
+            choice = choose_runtime(bundle.backbone_path, m.input, runtime, threads, budget_s,
+                                    check=load_check_set(bundle), score=score)
         except ValueError as exc:  # a model that does not load or run: refused like any other fault
             raise BundleError(f"{bundle.backbone_path}: {exc}") from exc
         log.info("%s: embedding with %s", bundle.version, choice.summary())

@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -43,8 +43,16 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("onnxruntime", "openvino")
 AUTO = "auto"
 # A runtime whose embeddings differ from ONNX Runtime's by more than this (the export's own
-# bound between ONNX and PyTorch, export/build.py) is refused, however fast.
+# bound between ONNX and PyTorch, export/build.py) is refused, however fast; and so is one whose
+# decisions differ: another class for any check item, or a probability more than
+# PARITY_MAX_PROB_DIFF away. (Embeddings 0.99994 alike still moved an untrained ResNet-18 head's
+# confidences by up to 0.41 and changed 22 of 600 exits: benchmarks/results/runtimes.md.)
 PARITY_MIN_COSINE = 0.999
+PARITY_MAX_PROB_DIFF = 0.05
+# A bundle may carry check inputs (``check.npz``: preprocessed views of a few real items, written
+# by the export), so that runtimes are compared on what the line shows rather than on noise.
+CHECK_FILE = "check.npz"
+CHECK_ITEMS = 16
 
 
 class Embedder(Protocol):
@@ -144,6 +152,7 @@ class Candidate:
     threads: int
     ms: float = float("nan")  # median ms to embed one item (its views as one batch)
     min_cosine: float = float("nan")  # against ONNX Runtime's embeddings of the same input
+    max_prob_diff: float = float("nan")  # against ONNX Runtime's class probabilities (with a head)
     refused: str | None = None
 
     @property
@@ -157,6 +166,8 @@ class RuntimeChoice:
     candidates: list[Candidate] = field(default_factory=list)
     rounds: int = 0
     seconds: float = 0.0
+    check_items: int = 0  # whole items compared against ONNX Runtime
+    check_source: str = "noise"  # or "given": real items (the bundle's check.npz)
 
     @property
     def runtime(self) -> str:
@@ -176,6 +187,33 @@ class RuntimeChoice:
         return f"{self.key} ({timed}; {self.rounds} rounds in {self.seconds:.2f} s)"
 
 
+def write_check_set(path: Path, inputs: np.ndarray) -> Path:
+    """Save preprocessed views (``N×C×S×S``, whole items) as a bundle's check inputs."""
+    np.savez_compressed(path, inputs=np.asarray(inputs, np.float16))
+    return path
+
+
+def load_check_set(bundle) -> np.ndarray | None:
+    """The bundle's check inputs (``N×C×S×S`` float32), or None if it has none; BundleError if
+    they do not fit its input."""
+    from .bundle import BundleError
+
+    if CHECK_FILE not in bundle.manifest.files:
+        return None
+    spec = bundle.manifest.input
+    try:
+        with np.load(bundle.root / CHECK_FILE, allow_pickle=False) as data:
+            inputs = data["inputs"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{bundle.root / CHECK_FILE}: unreadable check inputs ({exc})") from exc
+    expected = (len(spec.channels), spec.size, spec.size)
+    if (inputs.ndim != 4 or inputs.shape[1:] != expected or not 0 < len(inputs) <= 64 * spec.views
+            or len(inputs) % spec.views or not np.isfinite(inputs).all()):
+        raise BundleError(f"{bundle.root / CHECK_FILE}: check inputs of shape {inputs.shape}; expected whole items "
+                          f"of {spec.views} views × {expected}, finite")
+    return inputs.astype(np.float32)
+
+
 def _check_input(spec: InputSpec, items: int = 2, seed: int = 0) -> np.ndarray:
     """Smooth random images (blurred noise, in the normalised range): closer to photographs than
     white noise, and the same on every machine."""
@@ -193,18 +231,25 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def choose_runtime(model_path: str | Path, spec: InputSpec, runtime: str = AUTO, threads: int | None = None,
                    budget_s: float = 2.0, target_items_per_s: float = 200.0, gain: float = 1.3,
-                   min_rounds: int = 5, max_cores: int = 2) -> RuntimeChoice:
+                   min_rounds: int = 5, max_cores: int = 2, check: np.ndarray | None = None,
+                   score: Callable[[np.ndarray], np.ndarray] | None = None) -> RuntimeChoice:
     """Build every candidate (``runtime`` or, for "auto", each installed one; ``threads`` or
     1..min(2, cores)), check it against ONNX Runtime, time them interleaved on one item for
     ``budget_s`` (at least ``min_rounds`` rounds), and return the fastest under the thread policy
-    (module docstring). :class:`ValueError` if no candidate can run the model."""
+    (module docstring). :class:`ValueError` if no candidate can run the model.
+
+    ``check``: preprocessed views of whole items to compare on (default: smooth noise);
+    ``score``: embeddings of those items → one row of class probabilities per item (the head),
+    so that decisions are compared too, not only embeddings."""
     names = installed_runtimes() if runtime == AUTO else (runtime,)
     if runtime != AUTO and runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; one of {', '.join((AUTO, *RUNTIMES))}")
     counts = [threads] if threads else list(range(1, min(max_cores, os.cpu_count() or 1) + 1))
     started = time.perf_counter()
-    check = _check_input(spec)
+    check_given = check
+    check = _check_input(spec) if check is None else check
     reference = OnnxEmbedder(model_path, spec, threads=1, spin=False).embed_batch(check)  # raises for a bad model
+    reference_scores = score(reference) if score is not None else None
     built: list[tuple[Candidate, Embedder]] = []
     candidates: list[Candidate] = []
     for name in names:
@@ -213,7 +258,8 @@ def choose_runtime(model_path: str | Path, spec: InputSpec, runtime: str = AUTO,
             candidates.append(candidate)
             try:
                 embedder = make_embedder(name, model_path, spec, threads=count)
-                candidate.min_cosine = _min_cosine(reference, embedder.embed_batch(check))
+                embeddings = embedder.embed_batch(check)
+                candidate.min_cosine = _min_cosine(reference, embeddings)
             except (ValueError, RuntimeError) as exc:
                 if runtime != AUTO:
                     raise
@@ -221,6 +267,17 @@ def choose_runtime(model_path: str | Path, spec: InputSpec, runtime: str = AUTO,
                 continue
             if candidate.min_cosine < PARITY_MIN_COSINE:
                 candidate.refused = f"embeddings differ from ONNX Runtime's (min cosine {candidate.min_cosine:.5f})"
+            elif reference_scores is not None:
+                scores = score(embeddings)
+                candidate.max_prob_diff = float(np.abs(scores - reference_scores).max())
+                flipped = int((scores.argmax(1) != reference_scores.argmax(1)).sum())
+                if flipped or candidate.max_prob_diff > PARITY_MAX_PROB_DIFF:
+                    candidate.refused = (f"decisions differ from ONNX Runtime's ({flipped} of {len(scores)} check "
+                                         f"items change class, probabilities up to {candidate.max_prob_diff:.3f} "
+                                         "apart)")
+            if candidate.refused is not None:
+                if runtime != AUTO and name != "onnxruntime":
+                    raise ValueError(f"{candidate.key}: {candidate.refused}")
                 log.warning("%s refused: %s", candidate.key, candidate.refused)
                 continue
             built.append((candidate, embedder))
@@ -249,7 +306,8 @@ def choose_runtime(model_path: str | Path, spec: InputSpec, runtime: str = AUTO,
         count = 2 if not fast_enough and best_at[1].ms / best_at[2].ms >= gain else 1
     best = best_at[count] or min((c for c, _ in built), key=lambda c: c.ms)
     chosen = next(embedder for c, embedder in built if c is best)
-    choice = RuntimeChoice(chosen, candidates, rounds, time.perf_counter() - started)
+    choice = RuntimeChoice(chosen, candidates, rounds, time.perf_counter() - started, len(check) // spec.views,
+                           "noise" if check_given is None else "given")
     log.info("runtime: %s", choice.summary())
     return choice
 
@@ -264,8 +322,8 @@ def bench_bundle(bundle, runtime: str = AUTO, threads: int | None = None, budget
     from .pipeline import ItemPipeline
 
     spec = bundle.manifest.input
-    choice = choose_runtime(bundle.backbone_path, spec, runtime, threads, budget_s)
-    pipeline = ItemPipeline(bundle, embedder=choice.embedder, runtime_choice=choice)
+    pipeline = ItemPipeline.for_station(bundle, threads=threads, runtime=runtime, budget_s=budget_s)
+    choice = pipeline.runtime_choice
     rng = np.random.default_rng(0)
     frame = 2 * spec.size  # frames come larger than the model's input and are resized, as at a station
     views = tuple(ViewFrame(rgb=rng.integers(0, 256, (frame, frame, 3), np.uint8),
@@ -284,6 +342,8 @@ def bench_bundle(bundle, runtime: str = AUTO, threads: int | None = None, budget
         "runtimes": {c.key: round(c.ms, 4) for c in choice.candidates if c.refused is None},
         "refused": {c.key: c.refused for c in choice.candidates if c.refused is not None},
         "min_cosine": {c.key: round(c.min_cosine, 6) for c in choice.candidates if c.refused is None},
+        "max_prob_diff": {c.key: round(c.max_prob_diff, 6) for c in choice.candidates if c.refused is None},
+        "check_items": choice.check_items,
         "chosen": choice.key,
         "items_per_s": round(1.0 / float(np.median(times)), 1),
         "whole_item_runs": whole_item_runs,

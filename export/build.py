@@ -24,6 +24,7 @@ from sortline.edge_runtime.errors import SortlineError
 from sortline.edge_runtime.fusion import FusionSpec
 from sortline.edge_runtime.head import LogisticHead
 from sortline.edge_runtime.preprocess import InputSpec, preprocess_views
+from sortline.edge_runtime.runtimes import CHECK_FILE, CHECK_ITEMS, write_check_set
 
 from .onnx_export import ParityError, compare, export_backbone, torch_embeddings
 from .quantize import convert_fp16, quantize_int8
@@ -182,5 +183,7 @@ def build_bundle(
             fusion=FusionSpec.for_sensor("none", 0, view_pools=pools),
             metrics={**(metrics or {}), "export": model.report},
         )
-        bundle = write_bundle(out, manifest, model.path, head)
+        # a few real inputs travel with the bundle: runtimes are compared on them at the station
+        check = write_check_set(Path(tmp) / CHECK_FILE, calibration[: CHECK_ITEMS * spec.views])
+        bundle = write_bundle(out, manifest, model.path, head, extra_files={CHECK_FILE: check})
     return bundle, model.report

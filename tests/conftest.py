@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
 from sortline.edge_runtime.embedder import OnnxEmbedder
 from sortline.edge_runtime.fusion import FusionSpec, LabeledItem, fit_fusion_head
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.preprocess import InputSpec, preprocess_views
+from sortline.edge_runtime.runtimes import CHECK_FILE, write_check_set
 from sortline.hardware.sim.avocado import CLASSES, TAPS_PER_ITEM, make_fruit, render_views, tap_series
 from sortline.hardware.sim.checkout import Catalog, CheckoutScenario
 
@@ -50,7 +52,9 @@ def make_tiny_bundle(out: Path, work: Path, labeled_fruit: int = 120) -> Bundle:
         fusion=fusion,
         metrics={"note": "test fixture"},
     )
-    return write_bundle(out, manifest, onnx_path, head)
+    check = write_check_set(work / CHECK_FILE, np.concatenate([preprocess_views(item.views, SPEC)
+                                                               for item in items[:8]]))
+    return write_bundle(out, manifest, onnx_path, head, extra_files={CHECK_FILE: check})
 
 
 def make_tiny_checkout_bundle(out: Path, work: Path, labeled_items: int = 150, products: int = 6) -> Bundle:

@@ -117,3 +117,46 @@ def test_station_file_names_the_runtime(tmp_path):
     path.write_text('[station]\nruntime = "tensorrt"\n[controller]\nport = "loop://"\n[[views]]\nrgb = 0\n')
     with pytest.raises(ConfigError, match="station.runtime"):
         load_station_file(path)
+
+
+def test_runtimes_are_compared_on_the_bundles_own_check_items_and_decisions(tiny_bundle, monkeypatch):
+    """A runtime with embeddings alike (cosine over 0.999) but a head that decides otherwise on
+    the bundle's check items is refused."""
+    check = runtimes.load_check_set(tiny_bundle)
+    assert check.shape == (8 * 4, 4, 32, 32)
+    real_make = runtimes.make_embedder
+
+    class Nudged:
+        name, threads = "openvino", 1
+
+        def __init__(self, real):
+            self.spec, self.real = real.spec, real
+
+        def embed_batch(self, batch):
+            e = self.real.embed_batch(batch)
+            return e + 0.02 * e.std() * np.sign(np.arange(e.shape[1]) % 2 - 0.5)  # close, but not the same
+
+    monkeypatch.setattr(runtimes, "make_embedder", lambda runtime, path, spec, threads=0, spin=False: (
+        Nudged(real_make("onnxruntime", path, spec, threads)) if runtime == "openvino"
+        else real_make(runtime, path, spec, threads)))
+    monkeypatch.setattr(runtimes, "installed_runtimes", lambda: ("onnxruntime", "openvino"))
+    pipeline = ItemPipeline.for_station(tiny_bundle, threads=1, budget_s=0.1)
+    choice = pipeline.runtime_choice
+    (nudged,) = [c for c in choice.candidates if c.runtime == "openvino"]
+    assert nudged.min_cosine >= runtimes.PARITY_MIN_COSINE
+    assert nudged.refused is not None and "decisions differ" in nudged.refused
+    assert choice.runtime == "onnxruntime" and choice.check_items == 8 and choice.check_source == "given"
+
+
+def test_check_inputs_that_do_not_fit_the_bundle_are_refused(tmp_path, tiny_bundle):
+    import shutil
+
+    from sortline.edge_runtime.bundle import load_bundle, sha256_file
+
+    root = shutil.copytree(tiny_bundle.root, tmp_path / "b")
+    runtimes.write_check_set(root / "check.npz", np.zeros((3, 4, 32, 32)))  # 3 views: not whole items
+    data = json.loads((root / "manifest.json").read_text())
+    data["files"]["check.npz"] = sha256_file(root / "check.npz")
+    (root / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="whole items"):
+        runtimes.load_check_set(load_bundle(root))

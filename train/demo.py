@@ -23,8 +23,9 @@ from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write
 from sortline.edge_runtime.fusion import FusionSpec, fit_fusion_head
 from sortline.edge_runtime.hil import make_scenario, sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.preprocess import InputSpec, preprocess_views
 from sortline.edge_runtime.report import markdown
+from sortline.edge_runtime.runtimes import CHECK_FILE, CHECK_ITEMS, write_check_set
 from sortline.export.build import ExportConfig, export_model
 from sortline.hardware.sim.faults import FaultRates
 from sortline.hardware.sim.line import LineConfig, Scenario
@@ -159,7 +160,9 @@ def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) 
             "head_training": {classes[i]: int(n) for i, n in enumerate(labeled_counts)},
         },
     )
-    bundle = write_bundle(out / "bundle", manifest, exported.path, head)
+    check = write_check_set(out / CHECK_FILE, np.concatenate([preprocess_views(item.views, spec)
+                                                              for item in labeled[:CHECK_ITEMS]]))
+    bundle = write_bundle(out / "bundle", manifest, exported.path, head, extra_files={CHECK_FILE: check})
     _stage("head_and_bundle", timings, t)
     return TrainedStation(bundle, backbone, scenarios, manifest, exported.report)
 
