@@ -172,7 +172,8 @@ def _bench(args: argparse.Namespace) -> dict:
         print(f"{key:16s} {ms:8.3f} ms per item{mark}")
     for key, why in result["refused"].items():
         print(f"{key:16s} refused: {why}")
-    print(f"whole item with {result['chosen']}: {result['items_per_s']:.1f} items/s "
+    print(f"auto compared them on {result['check_items']} check items and timed {result['rounds']} rounds in "
+          f"{result['seconds']} s; whole item with {result['chosen']}: {result['items_per_s']:.1f} items/s "
           f"(preprocess, embed, fuse, head; median of {result['whole_item_runs']})")
     return result
 

@@ -289,12 +289,16 @@ def choose_runtime(model_path: str | Path, spec: InputSpec, runtime: str = AUTO,
         embedder.embed_batch(item)
     times: dict[str, list[float]] = {c.key: [] for c, _ in built}
     rounds = 0
-    budget_end = time.perf_counter() + max(0.0, budget_s - (time.perf_counter() - started))
-    while rounds < min_rounds or (time.perf_counter() < budget_end and rounds < 200):
+    budget_end = started + budget_s
+    round_s = 0.0
+    # at least min_rounds; more while the next round still ends within the budget
+    while rounds < min_rounds or (time.perf_counter() + round_s <= budget_end and rounds < 200):
+        round_started = time.perf_counter()
         for candidate, embedder in built:
             t = time.perf_counter()
             embedder.embed_batch(item)
             times[candidate.key].append(time.perf_counter() - t)
+        round_s = time.perf_counter() - round_started
         rounds += 1
     for candidate, _ in built:
         candidate.ms = float(np.median(times[candidate.key])) * 1000
@@ -348,4 +352,5 @@ def bench_bundle(bundle, runtime: str = AUTO, threads: int | None = None, budget
         "items_per_s": round(1.0 / float(np.median(times)), 1),
         "whole_item_runs": whole_item_runs,
         "rounds": choice.rounds,
+        "seconds": round(choice.seconds, 2),
     }
