@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name  # benchmarks/machine.py
 
 from sortline.edge_runtime.fusion import fuse
 from sortline.edge_runtime.hil import sort_on_simulated_line
@@ -47,14 +46,6 @@ from sortline.train.demo import DemoConfig, train_station_bundle
 
 SIZES = {"default": ("resnet10", 64), "production": ("resnet18", 128)}
 DEADLINE_MS = 300
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def link_bytes_per_item() -> dict[str, int]:

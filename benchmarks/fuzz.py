@@ -22,6 +22,8 @@ The summary line (executions, crashes, new coverage) is libFuzzer's own; results
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,18 +62,14 @@ def _target(name: str):
 
     def manifest(data: bytes) -> None:
         (bundle_dir / "manifest.json").write_bytes(data)
-        try:
+        with contextlib.suppress(BundleError):
             load_bundle(bundle_dir)
-        except BundleError:
-            pass
 
     def station_file(data: bytes) -> None:
         path = work / "station.toml"
         path.write_bytes(data)
-        try:
+        with contextlib.suppress(ConfigError):
             load_station_file(path)
-        except ConfigError:
-            pass
 
     def image(data: bytes) -> None:
         try:
@@ -81,16 +79,22 @@ def _target(name: str):
         if decoded.shape[0] * decoded.shape[1] > MAX_IMAGE_PIXELS:
             raise AssertionError(f"decoded {decoded.shape}, over the pixel limit")
 
+    unpacked = work / "tmp"  # archives unpack in here (tempfile), so an escape would land in it
+    unpacked.mkdir()
+    tempfile.tempdir = str(unpacked)
+
     def archive(data: bytes) -> None:
         path = work / "b.tar"
         path.write_bytes(data)
-        try:
+        with contextlib.suppress(BundleError):
             load_bundle(path)
-        except BundleError:
-            pass
-        strays = [p for p in work.iterdir() if p.name not in ("bundle", "b.tar", "station.toml")]
+        known = ("bundle", "b.tar", "station.toml", "tmp")
+        strays = [p for p in (*work.iterdir(), *unpacked.iterdir())
+                  if p.name not in known and not p.name.startswith("sortline-bundle-")]
         if strays:
             raise AssertionError(f"wrote outside its folder: {strays}")
+        for folder in unpacked.iterdir():  # each load's folder is removed at exit; do not let them pile up
+            shutil.rmtree(folder, ignore_errors=True)
 
     return {"parser": parser, "manifest": manifest, "station_file": station_file, "image": image,
             "archive": archive}[name]
@@ -134,10 +138,10 @@ def main() -> int:
     table = "\n".join([*header, *rows])
     print(table)
     if args.results:
-        cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
+        from machine import cpu_name  # benchmarks/machine.py
+
         out = ROOT / "benchmarks" / "results" / "fuzz.md"
-        out.write_text(f"# Fuzzing the input boundaries (atheris)\n\nCPU: {model}. Command: "
+        out.write_text(f"# Fuzzing the input boundaries (atheris)\n\nCPU: {cpu_name()}. Command: "
                        f"`python benchmarks/fuzz.py all --seconds {args.seconds} --results`\n\n{table}\n")
     return 1 if failed else 0
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name  # benchmarks/machine.py
 from sklearn.metrics import matthews_corrcoef
 
-from sortline.edge_runtime.fusion import fuse
 from sortline.edge_runtime.hil import sort_on_simulated_line
-from sortline.edge_runtime.pipeline import ItemPipeline
+from sortline.edge_runtime.pipeline import ItemPipeline, item_probabilities
 from sortline.edge_runtime.runtimes import installed_runtimes, load_check_set, make_embedder
 from sortline.export.onnx_export import export_backbone
 from sortline.hardware.camera import ItemCapture
@@ -36,14 +36,6 @@ from sortline.hardware.sim.line import LineConfig
 from sortline.train.demo import DemoConfig, train_station_bundle
 
 SIZES = {"default": ("resnet10", 64), "production": ("resnet18", 128)}
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    flags = next((line for line in out.splitlines() if line.startswith("Flags")), "")
-    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    isa = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else "?"
-    return f"{model} ({isa}{', AMX' if 'amx_tile' in flags else ''})"
 
 
 def interleaved(runners: dict[str, callable], rounds: int) -> dict[str, float]:
@@ -75,13 +67,8 @@ def measure(size: str, work: Path, rounds: int, line_items: int) -> dict:
                  for threads in ((1, 2) if precision == "int8" else (2,))}
     # What each runtime's numerics do to the head on the bundle's real check items: class
     # probabilities against ONNX Runtime int8 (the embeddings the head was fitted on) and fp32.
-    check, head, m = load_check_set(bundle), bundle.load_head(), trained.manifest
-
-    def score(e: np.ndarray) -> np.ndarray:
-        return np.vstack([head.predict_proba(fuse(e[i:i + spec.views], [], m.fusion))
-                          for i in range(0, len(e), spec.views)])
-
-    scores = {name: score(e.embed_batch(check)) for name, e in embedders.items()}
+    check, head = load_check_set(bundle), bundle.load_head()
+    scores = {name: item_probabilities(e.embed_batch(check), head, trained.manifest) for name, e in embedders.items()}
     int8_ref, fp32_ref = scores["onnxruntime int8, 1 thread"], scores["onnxruntime fp32, 2 threads"]
     head_diff = {name: {"vs_onnxruntime_int8": round(float(np.abs(p - int8_ref).max()), 3),
                         "vs_fp32": round(float(np.abs(p - fp32_ref).max()), 3)} for name, p in scores.items()}
@@ -194,7 +181,7 @@ def main() -> None:
     parser.add_argument("--line-items", type=int, default=600)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    report = {"cpu": cpu_model(), "cores": os.cpu_count(), "measured": time.strftime("%Y-%m-%d %H:%M UTC",
+    report = {"cpu": cpu_name(), "cores": os.cpu_count(), "measured": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                      time.gmtime()), "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_name  # benchmarks/machine.py
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,11 +41,6 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
 def camera_folders(root: Path, views: int = 4, frames: int = 3) -> None:
@@ -127,7 +123,7 @@ def main() -> int:
     warm = [mb for n, mb in samples if n >= args.items * 0.1]
     baseline, final = (warm[0], warm[-1]) if warm else (float("nan"), float("nan"))
     result = {
-        "cpu": cpu_model(), "items": args.items, "pitch_ms": args.pitch_ms, "fault_rate": args.fault_rate,
+        "cpu": cpu_name(), "items": args.items, "pitch_ms": args.pitch_ms, "fault_rate": args.fault_rate,
         "gate_commands": tally.gate_commands, "lost": tally.lost, "duplicates": tally.duplicates,
         "late": tally.late, "unknown_item": tally.unknown_item, "injected": tally.injected,
         "daemon_rc": daemon.returncode, "daemon_faults": summary.get("faults"),

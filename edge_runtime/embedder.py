@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,30 @@ from .preprocess import InputSpec, preprocess_views
 
 EMBEDDING_OUTPUT = "embedding"
 FEATURE_MAP_OUTPUT = "feature_map"
+# Two computations of the same embeddings agree when every row's cosine is at least this: the
+# export's bound between ONNX and PyTorch, and the station's between inference runtimes.
+PARITY_MIN_COSINE = 0.999
+
+
+@dataclass(frozen=True)
+class Parity:
+    min_cosine: float
+    mean_cosine: float
+    max_abs_diff: float
+
+    def to_dict(self) -> dict:
+        return {"min_cosine": self.min_cosine, "mean_cosine": self.mean_cosine, "max_abs_diff": self.max_abs_diff}
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return (a * b).sum(axis=1)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+    cos = cosine_rows(reference, candidate)
+    return Parity(float(cos.min()), float(cos.mean()), float(np.abs(reference - candidate).max()))
 
 
 class OnnxEmbedder:

@@ -11,7 +11,7 @@ import numpy as np
 
 from sortline.hardware.camera import ItemCapture
 
-from .bundle import Bundle, BundleError, load_bundle
+from .bundle import Bundle, BundleError, Manifest, load_bundle
 from .embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT, OnnxEmbedder
 from .fusion import Reading, fuse
 from .head import LogisticHead
@@ -53,7 +53,7 @@ class ItemPipeline:
     """The runtime half of a bundle: everything needed to turn one item into a decision."""
 
     def __init__(self, bundle: Bundle, threads: int = 0, spin: bool = True, embedder: Embedder | None = None,
-                 runtime_choice: RuntimeChoice | None = None) -> None:
+                 runtime_choice: RuntimeChoice | None = None, head: LogisticHead | None = None) -> None:
         """Loads the bundle's model (ONNX Runtime at ``threads``, unless an ``embedder`` of any
         runtime is given) and head and runs them once (:func:`check_runs`): a bundle whose model
         cannot run, or does not produce what its manifest says, is refused here, before any item
@@ -62,7 +62,7 @@ class ItemPipeline:
         self.manifest = bundle.manifest
         self.embedder: Embedder = embedder or load_embedder(bundle, threads=threads, spin=spin)
         self.runtime_choice = runtime_choice
-        self.head = bundle.load_head()
+        self.head = head or bundle.load_head()
         self.policy = self.manifest.decision
         check_runs(bundle, self.embedder, self.head)
 
@@ -82,19 +82,13 @@ class ItemPipeline:
         bundle = path if isinstance(path, Bundle) else load_bundle(path, public_key=public_key)
         m = bundle.manifest
         head = bundle.load_head()
-
-        def score(embeddings: np.ndarray) -> np.ndarray:  # per item of the check inputs: the head's probabilities
-            views = m.input.views
-            return np.vstack([head.predict_proba(fuse(embeddings[i:i + views], [], m.fusion))
-                              for i in range(0, len(embeddings), views)])
-
         try:
             choice = choose_runtime(bundle.backbone_path, m.input, runtime, threads, budget_s,
-                                    check=load_check_set(bundle), score=score)
+                                    check=load_check_set(bundle), score=lambda e: item_probabilities(e, head, m))
         except ValueError as exc:  # a model that does not load or run: refused like any other fault
             raise BundleError(f"{bundle.backbone_path}: {exc}") from exc
         log.info("%s: embedding with %s", bundle.version, choice.summary())
-        return cls(bundle, embedder=choice.embedder, runtime_choice=choice)
+        return cls(bundle, embedder=choice.embedder, runtime_choice=choice, head=head)
 
     def embed(self, capture: ItemCapture) -> np.ndarray | None:
         """The present views' embeddings (``V×D``), or None when no view was captured."""
@@ -124,6 +118,14 @@ class ItemPipeline:
 
     def safe(self, item_id: int, reason: str) -> Decision:
         return Decision(item_id=item_id, exit=self.policy.safe_exit, reason=reason)
+
+
+def item_probabilities(embeddings: np.ndarray, head: LogisticHead, manifest: Manifest) -> np.ndarray:
+    """The head's class probabilities for whole items given as their views' embeddings
+    (``items·views × D``), one row per item, without sensor readings (as for check items)."""
+    views = manifest.input.views
+    return np.vstack([head.predict_proba(fuse(embeddings[i:i + views], [], manifest.fusion))
+                      for i in range(0, len(embeddings), views)])
 
 
 def load_embedder(bundle: Bundle, threads: int = 0, spin: bool = True) -> OnnxEmbedder:
@@ -162,7 +164,7 @@ def check_runs(bundle: Bundle, embedder: Embedder | None = None, head: LogisticH
     if m.head is not None:
         head = head or bundle.load_head()
         try:
-            probabilities = head.predict_proba(fuse(embeddings, [], m.fusion))
+            probabilities = item_probabilities(embeddings, head, m)
         except ValueError as exc:
             raise BundleError(f"{bundle.root}: the head cannot take the fused features ({exc})") from exc
         if probabilities.shape != (1, len(m.labels)) or not np.isfinite(probabilities).all():

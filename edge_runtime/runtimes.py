@@ -34,20 +34,19 @@ from typing import Protocol
 
 import numpy as np
 
-from sortline.hardware.camera import ViewFrame
+from sortline.hardware.camera import ItemCapture, ViewFrame
 
-from .embedder import EMBEDDING_OUTPUT, OnnxEmbedder
+from .embedder import EMBEDDING_OUTPUT, PARITY_MIN_COSINE, OnnxEmbedder, compare
 from .preprocess import InputSpec, preprocess_views
 
 log = logging.getLogger(__name__)
 RUNTIMES = ("onnxruntime", "openvino")
 AUTO = "auto"
-# A runtime whose embeddings differ from ONNX Runtime's by more than this (the export's own
-# bound between ONNX and PyTorch, export/build.py) is refused, however fast; and so is one whose
+# A runtime whose embeddings differ from ONNX Runtime's by more than PARITY_MIN_COSINE (the
+# export's own bound between ONNX and PyTorch) is refused, however fast; and so is one whose
 # decisions differ: another class for any check item, or a probability more than
 # PARITY_MAX_PROB_DIFF away. (Embeddings 0.99994 alike still moved an untrained ResNet-18 head's
 # confidences by up to 0.41 and changed 22 of 600 exits: benchmarks/results/runtimes.md.)
-PARITY_MIN_COSINE = 0.999
 PARITY_MAX_PROB_DIFF = 0.05
 # A bundle may carry check inputs (``check.npz``: preprocessed views of a few real items, written
 # by the export), so that runtimes are compared on what the line shows rather than on noise.
@@ -223,10 +222,18 @@ def _check_input(spec: InputSpec, items: int = 2, seed: int = 0) -> np.ndarray:
         ..., : spec.size, : spec.size]
 
 
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return float((a * b).sum(axis=1).min())
+def _run_check(name: str, model_path: str | Path, spec: InputSpec, threads: int,
+               check: np.ndarray) -> tuple[Embedder, np.ndarray]:
+    """Build one runtime and embed the check inputs; ValueError for anything that goes wrong
+    (ONNX Runtime and OpenVINO raise exception types of their own)."""
+    try:
+        embedder = make_embedder(name, model_path, spec, threads=threads)
+        return embedder, embedder.embed_batch(check)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{name}/{threads} cannot run this model on its input {tuple(check.shape[1:])}: {exc}") \
+            from exc
 
 
 def choose_runtime(model_path: str | Path, spec: InputSpec, runtime: str = AUTO, threads: int | None = None,
@@ -248,8 +255,11 @@ def choose_runtime(model_path: str | Path, spec: InputSpec, runtime: str = AUTO,
     started = time.perf_counter()
     check_given = check
     check = _check_input(spec) if check is None else check
-    reference = OnnxEmbedder(model_path, spec, threads=1, spin=False).embed_batch(check)  # raises for a bad model
-    reference_scores = score(reference) if score is not None else None
+    # ONNX Runtime is the reference: its first candidate, or one built for the purpose when the
+    # user named another runtime. A model it cannot run is refused outright.
+    reference = (None if names[0] == "onnxruntime"
+                 else _run_check("onnxruntime", model_path, spec, 1, check)[1])
+    reference_scores = score(reference) if score is not None and reference is not None else None
     built: list[tuple[Candidate, Embedder]] = []
     candidates: list[Candidate] = []
     for name in names:
@@ -257,14 +267,16 @@ def choose_runtime(model_path: str | Path, spec: InputSpec, runtime: str = AUTO,
             candidate = Candidate(name, count)
             candidates.append(candidate)
             try:
-                embedder = make_embedder(name, model_path, spec, threads=count)
-                embeddings = embedder.embed_batch(check)
-                candidate.min_cosine = _min_cosine(reference, embeddings)
-            except (ValueError, RuntimeError) as exc:
-                if runtime != AUTO:
+                embedder, embeddings = _run_check(name, model_path, spec, count, check)
+            except ValueError as exc:
+                if runtime != AUTO or name == "onnxruntime":
                     raise
                 candidate.refused = f"cannot run: {exc}"
                 continue
+            if reference is None:
+                reference = embeddings
+                reference_scores = score(reference) if score is not None else None
+            candidate.min_cosine = compare(reference, embeddings).min_cosine
             if candidate.min_cosine < PARITY_MIN_COSINE:
                 candidate.refused = f"embeddings differ from ONNX Runtime's (min cosine {candidate.min_cosine:.5f})"
             elif reference_scores is not None:
@@ -321,9 +333,7 @@ def bench_bundle(bundle, runtime: str = AUTO, threads: int | None = None, budget
     """``sortline bench``: every runtime and thread count timed on the bundle (median ms to embed
     one item, its views as one batch), what ``auto`` picks, and whole items per second with the
     pick (preprocessing from camera-size frames, embedding, fusion, head)."""
-    from sortline.hardware.camera import ItemCapture
-
-    from .pipeline import ItemPipeline
+    from .pipeline import ItemPipeline  # it builds on this module
 
     spec = bundle.manifest.input
     pipeline = ItemPipeline.for_station(bundle, threads=threads, runtime=runtime, budget_s=budget_s)

@@ -19,7 +19,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
 from sortline.edge_runtime.datasets import ImageSet
-from sortline.edge_runtime.embedder import OnnxEmbedder
+from sortline.edge_runtime.embedder import PARITY_MIN_COSINE, OnnxEmbedder
 from sortline.edge_runtime.errors import SortlineError
 from sortline.edge_runtime.fusion import FusionSpec
 from sortline.edge_runtime.head import LogisticHead
@@ -31,7 +31,6 @@ from .quantize import convert_fp16, quantize_int8
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "int8", "fp16")
-PARITY_MIN_COSINE = 0.999
 
 
 class ExportRefused(SortlineError, RuntimeError):

@@ -6,14 +6,13 @@ import contextlib
 import io
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from sortline.edge_runtime.embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT
+from sortline.edge_runtime.embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT, Parity, compare  # noqa: F401
 from sortline.edge_runtime.errors import SortlineError
 from sortline.edge_runtime.preprocess import InputSpec
 
@@ -24,27 +23,6 @@ OPSET = 18
 
 class ParityError(SortlineError, RuntimeError):
     """The exported model does not compute what the PyTorch model computes."""
-
-
-@dataclass(frozen=True)
-class Parity:
-    min_cosine: float
-    mean_cosine: float
-    max_abs_diff: float
-
-    def to_dict(self) -> dict:
-        return {"min_cosine": self.min_cosine, "mean_cosine": self.mean_cosine, "max_abs_diff": self.max_abs_diff}
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return (a * b).sum(axis=1)
-
-
-def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
-    cos = cosine_rows(reference, candidate)
-    return Parity(float(cos.min()), float(cos.mean()), float(np.abs(reference - candidate).max()))
 
 
 class _WithFeatureMap(torch.nn.Module):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -77,12 +78,12 @@ def test_a_runtime_whose_embeddings_differ_is_refused_however_fast(tiny_bundle, 
 
 def test_a_runtime_that_is_not_installed_is_a_clear_error(tiny_bundle, monkeypatch):
     monkeypatch.setattr(runtimes.importlib.util, "find_spec", lambda name: None)  # as on the edge install
+    monkeypatch.setitem(sys.modules, "openvino", None)  # importing it fails, installed or not
     assert installed_runtimes() == ("onnxruntime",)
     assert choose_runtime(tiny_bundle.backbone_path, tiny_bundle.manifest.input, AUTO, budget_s=0.1).runtime == \
         "onnxruntime"
-    if not HAS_OPENVINO:
-        with pytest.raises(BundleError, match="OpenVINO is not installed"):
-            ItemPipeline.for_station(tiny_bundle, runtime="openvino")
+    with pytest.raises(BundleError, match="OpenVINO is not installed"):
+        ItemPipeline.for_station(tiny_bundle, runtime="openvino")
 
 
 @needs_openvino
