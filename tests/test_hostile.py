@@ -93,8 +93,15 @@ def _model(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
     data = json.loads((root / MANIFEST).read_text())
     data["files"]["backbone.onnx"] = sha256_file(root / "backbone.onnx")
     (root / MANIFEST).write_text(json.dumps(data))
-    ItemPipeline(load_bundle(root), threads=1)
-    raise Accepted("the station would run this bundle")
+    bundle = load_bundle(root)
+    try:  # the station's own path first: choosing a runtime runs the model before anything else
+        ItemPipeline.for_station(bundle, threads=1, budget_s=0.05)
+    except BundleError:
+        pass
+    else:
+        raise Accepted("the station would run this bundle")
+    ItemPipeline(bundle, threads=1)  # and the check that `bundle verify` and reloads use
+    raise Accepted("bundle verify would pass this bundle")
 
 
 def _station_file(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
