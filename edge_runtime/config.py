@@ -150,7 +150,7 @@ class _FileModel(_Table):
 _UNION_TAGS = frozenset({"int", "str", "float", "bool", "none"})
 
 
-def _explain(exc: ValidationError, data: dict, path: Path) -> ConfigError:
+def _explain(exc: ValidationError, path: Path) -> ConfigError:
     """The first error, as '<file>: <key>: <what is wrong>' (with a did-you-mean for typos)."""
     error = exc.errors()[0]
     loc = list(error["loc"])
@@ -265,7 +265,7 @@ def load_station_file(path: str | Path) -> StationFile:
     try:
         model = _FileModel.model_validate(data)
     except ValidationError as exc:
-        raise _explain(exc, data, path) from None
+        raise _explain(exc, path) from None
     sensor = model.sensor
     if sensor.kind != "none" and sensor.port is None:
         raise ConfigError(f"{path}: sensor.port is needed for a {sensor.kind} sensor")

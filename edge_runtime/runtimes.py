@@ -253,7 +253,7 @@ def choose_runtime(model_path: str | Path, spec: InputSpec, runtime: str = AUTO,
         raise ValueError(f"unknown runtime {runtime!r}; one of {', '.join((AUTO, *RUNTIMES))}")
     counts = [threads] if threads else list(range(1, min(max_cores, os.cpu_count() or 1) + 1))
     started = time.perf_counter()
-    check_given = check
+    source = "noise" if check is None else "given"
     check = _check_input(spec) if check is None else check
     # ONNX Runtime is the reference: its first candidate, or one built for the purpose when the
     # user named another runtime. A model it cannot run is refused outright.
@@ -323,7 +323,7 @@ def choose_runtime(model_path: str | Path, spec: InputSpec, runtime: str = AUTO,
     best = best_at[count] or min((c for c, _ in built), key=lambda c: c.ms)
     chosen = next(embedder for c, embedder in built if c is best)
     choice = RuntimeChoice(chosen, candidates, rounds, time.perf_counter() - started, len(check) // spec.views,
-                           "noise" if check_given is None else "given")
+                           source)
     log.info("runtime: %s", choice.summary())
     return choice
 
