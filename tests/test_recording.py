@@ -8,6 +8,7 @@ import json
 import pytest
 
 from sortline.edge_runtime.cli import main
+from sortline.edge_runtime.pipeline import LATE, OVERLOAD, UNANNOUNCED
 from sortline.hardware.recording import Recording, RecordingError
 
 
@@ -39,8 +40,29 @@ def test_replay_gives_every_item_one_command_and_counts_every_fault(recording, t
                  "--events", str(events), "--quiet", "--json"]) == 0
     s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (s["items"], s["gate_commands"], s["lost"], s["duplicates"]) == (120, 120, 0, 0)
-    assert s["faults"] == s["faults_injected"]
-    assert len(events.read_text().splitlines()) == 120
+    records = [json.loads(line) for line in events.read_text().splitlines()]
+    assert len(records) == 120
+    # Every injected fault is observed, except the view faults of an item the station never
+    # captured: in realtime a stall of the test machine can make it give an item up (overload)
+    # or stop waiting for a reordered announcement (unannounced). Such items are few and named.
+    uncaptured = [r["item_id"] for r in records if r["reason"] in (OVERLOAD, UNANNOUNCED, LATE)]
+    expected = dict(s["faults_injected"])
+    for item in uncaptured:
+        for kind, count in _recorded_view_faults(recording, item).items():
+            expected[kind] -= count
+    assert s["faults"] == expected
+    assert len(uncaptured) <= (3 if speed == "realtime" else 0) + s["faults_injected"]["dropped"]
+
+
+def _recorded_view_faults(recording, item_id: int) -> dict[str, int]:
+    """The view faults the recording holds for one item (none if it was never captured)."""
+    path = recording / "frames" / f"{item_id:06d}" / "capture.json"
+    if not path.is_file():
+        return {}
+    capture = json.loads(path.read_text())
+    return {"views_lost": sum("lost" in v for v in capture["views"]),
+            "views_corrupt": sum("corrupt" in v for v in capture["views"]),
+            "views_late": len(capture["late"])}
 
 
 def test_broken_recordings_are_clear_errors(tmp_path, tiny_bundle, capsys):
