@@ -63,7 +63,8 @@ def main() -> None:
             trained = backbones[channels]
             embedder = OnnxEmbedder(trained.bundle.backbone_path, trained.manifest.input)
             fusion = FusionSpec.for_sensor(sensor, 5 if sensor == "taps" else 0)
-            head, fusion = fit_fusion_head(embedder, _views(labeled, views), classes, fusion, seed=args.seed)
+            fitted = fit_fusion_head(embedder, _views(labeled, views), classes, fusion, seed=args.seed)
+            head, fusion = fitted.head, fitted.fusion
             features = np.stack([fuse(embedder.embed_views(item.views), item.readings, fusion)
                                  for item in _views(test, views)])
             predicted = head.predict_proba(features).argmax(axis=1)

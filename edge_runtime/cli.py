@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -135,6 +136,58 @@ def _bundle_sign(args: argparse.Namespace) -> dict:
     return {"ok": True, "bundle": str(args.bundle), "version": bundle.version}
 
 
+def _enroll(args: argparse.Namespace) -> dict:
+    from .bundle import load_bundle
+    from .enroll import Enroller, enroll_paths
+
+    started = time.perf_counter()
+    bundle = load_bundle(args.bundle)
+    with Enroller(bundle, args.store) as enroller:
+        added = enroll_paths(enroller, args.label, args.images)
+        for warning in added.warnings():
+            print(f"warning: {warning}", file=sys.stderr)
+        refit = None
+        if not args.no_refit:
+            refit = enroller.refit(exits={args.label: args.exit} if args.exit is not None else None,
+                                   force=args.force)
+        counts = enroller.store.counts()
+        exits = enroller.classifier().policy.exits if refit else {}
+    seconds = round(time.perf_counter() - started, 3)
+    version = refit.version if refit else None
+    where = f"head version {version} is current ({len(refit.labels)} classes)" if refit else "no refit (--no-refit)"
+    print(f"{args.label}: {len(added.ids)} examples added ({counts[args.label]} in all, exit "
+          f"{exits.get(args.label, '-')}); {where}; {seconds} s")
+    return {"ok": True, "label": args.label, "examples": counts[args.label], "added": len(added.ids),
+            "head_version": version, "seconds": seconds, "refit": refit.metrics if refit else None,
+            "duplicates": added.duplicates, "lookalikes": added.lookalikes}
+
+
+def _heads(args: argparse.Namespace) -> dict:
+    from .memory import BUNDLE_VERSION, EmbeddingStore
+
+    with EmbeddingStore.open_existing(args.store) as store:
+        if args.heads_command == "rollback":
+            version = store.rollback(args.version)
+            print(f"{args.store}: head version {version} is current"
+                  + (" (the bundle's own head)" if version == BUNDLE_VERSION else ""))
+            return {"ok": True, "head_version": version}
+        current = store.current
+        rows = [{"version": BUNDLE_VERSION, "parent": None, "created": "", "labels": None, "examples": None,
+                 "metrics": {}}] + [r.summary() for r in store.heads()]
+    for row in rows:
+        row["current"] = row["version"] == current
+        mark = "*" if row["current"] else " "
+        if row["version"] == BUNDLE_VERSION:
+            print(f"{mark} v0  the bundle's own head")
+            continue
+        m = row["metrics"]
+        check = (f"held-back {m['held_back_accuracy']:.1%} of {m['held_back']}" if "held_back_accuracy" in m
+                 else "no held-back check")
+        print(f"{mark} v{row['version']:<3d} {row['created']}  from v{row['parent']}, {row['labels']} classes, "
+              f"{row['examples']} examples, {check}")
+    return {"heads": rows, "current": current}
+
+
 def positive(kind: type):
     """An argparse type: a number of ``kind`` above zero."""
 
@@ -237,6 +290,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--budget", type=positive(float), default=2.0, help="seconds of timing (default 2)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
+
+    enroll = commands.add_parser("enroll", help="learn a new item (or more of a known one) from a few images, "
+                                                "and refit the head on the device")
+    enroll.add_argument("--bundle", type=Path, required=True)
+    enroll.add_argument("--store", type=Path, required=True,
+                        help="the station's store (SQLite file: examples and head versions; made if missing)")
+    enroll.add_argument("--label", required=True, help="the item's class name")
+    enroll.add_argument("images", nargs="+", type=Path,
+                        help="image files (one view each) or item folders (a recording's frames/<item>/)")
+    enroll.add_argument("--exit", type=int, help="the exit for this class (default: the safe exit)")
+    enroll.add_argument("--no-refit", action="store_true", help="only store the examples")
+    enroll.add_argument("--force", action="store_true", help="refit even if known classes lose held-back accuracy")
+    enroll.add_argument("--json", action="store_true")
+    enroll.set_defaults(handler=_enroll)
+
+    heads = commands.add_parser("heads", help="the head versions in a station's store")
+    heads_commands = heads.add_subparsers(dest="heads_command", required=True)
+    listing = heads_commands.add_parser("list", help="every head version; * marks the current one")
+    listing.add_argument("--store", type=Path, required=True)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_heads)
+    rollback = heads_commands.add_parser("rollback", help="make an earlier head current (default: the parent)")
+    rollback.add_argument("--store", type=Path, required=True)
+    rollback.add_argument("version", nargs="?", type=int, help="0 is the bundle's own head")
+    rollback.add_argument("--json", action="store_true")
+    rollback.set_defaults(handler=_heads)
 
     for entry in entry_points(group=COMMANDS_GROUP):  # the desktop's commands, when installed
         entry.load()(commands)

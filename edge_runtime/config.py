@@ -8,6 +8,8 @@
     runtime = "auto"                     # auto | onnxruntime | openvino (auto: measured at start)
     threads = 1                          # optional: intra-op threads (default: measured)
     event_log = "events.jsonl"           # serve: one JSON line per item (optional)
+    store = "enroll.sqlite"              # optional: enrolled items and head versions; serve runs
+                                         # the current head and swaps in a new one while it runs
 
     [controller]
     port = "/dev/serial/by-id/usb-FTDI_line3-if00-port0"   # any pyserial URL: /dev/tty*,
@@ -87,6 +89,7 @@ class _StationTable(_Table):
     bundle: Text | None = None
     event_log: Text | None = None
     public_key: Text | None = None
+    store: Text | None = None
     runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
     threads: Annotated[StrictInt, Field(ge=1, le=256)] | None = None
 
@@ -195,6 +198,7 @@ class StationFile:
     controller_baud: int = DEFAULT_BAUD
     sensor_baud: int = DEFAULT_BAUD
     public_key: Path | None = None
+    store: Path | None = None  # enrolled examples and head versions (edge_runtime/memory.py)
     limits: dict[str, tuple[float, float]] | None = None  # ReadingLimits fields; None: the defaults
     controller_exits: int | None = None  # the controller's exits are 0..N-1; None: any the protocol allows
     runtime: str = "auto"  # edge_runtime/runtimes.py
@@ -283,6 +287,7 @@ def load_station_file(path: str | Path) -> StationFile:
         tolerance_ms=model.rig.tolerance_ms, wait_ms=model.rig.wait_ms,
         bundle=relative(model.station.bundle), event_log=relative(model.station.event_log),
         controller_baud=model.controller.baud, sensor_baud=sensor.baud,
-        public_key=relative(model.station.public_key), limits=model.limits.model_dump(),
+        public_key=relative(model.station.public_key), store=relative(model.station.store),
+        limits=model.limits.model_dump(),
         controller_exits=model.controller.exits, runtime=model.station.runtime, threads=model.station.threads,
     )

@@ -155,16 +155,24 @@ class LabeledItem:
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # head regularisation, chosen by cross-validated MCC
 
 
+@dataclass(frozen=True)
+class FusionFit:
+    head: LogisticHead
+    fusion: FusionSpec  # completed with the training means for missing readings
+    features: np.ndarray  # N×F: the items' fused features, which the bundle keeps as its examples
+    targets: np.ndarray  # N class indices
+
+
 def fit_fusion_head(embedder: Embedder, items: Sequence[LabeledItem], labels: Sequence[str], fusion: FusionSpec,
-                    seed: int = 0) -> tuple[LogisticHead, FusionSpec]:
+                    seed: int = 0) -> FusionFit:
     """The head on ``embedder``'s embeddings (the exported model's own, quantized or not: the
     numbers the station will compute), and the fusion spec completed with the training means
-    for missing readings. Runs on the desktop and, for refits, on the device."""
+    for missing readings."""
     embeddings = [embedder.embed_views(item.views) for item in items]
     fusion = fusion.with_fill(np.stack([sensor_features(item.readings, fusion) for item in items]))
     features = np.stack([fuse(e, item.readings, fusion) for e, item in zip(embeddings, items)])
     targets = np.array([item.label for item in items])
-    return LogisticHead.fit(features, targets, labels, C=C_GRID, seed=seed), fusion
+    return FusionFit(LogisticHead.fit(features, targets, labels, C=C_GRID, seed=seed), fusion, features, targets)
 
 
 class Embedder(Protocol):

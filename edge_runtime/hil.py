@@ -98,9 +98,8 @@ def sort_on_line(
     finally:
         line.stop()
     truth = {i: label for i in line.item_ids if (label := line.truth(i)) is not None}
-    manifest = pipeline.manifest
     observed = station.observed_faults()
-    summary = summarize(decisions, truth, manifest.labels, manifest.decision, tally, station.stats, wall_s,
+    summary = summarize(decisions, truth, pipeline.labels, pipeline.policy, tally, station.stats, wall_s,
                         faults={k: v for k, v in observed.items() if k not in REPORTED_ONLY})
     summary["faults_injected"] = {kind: tally.injected.get(kind, 0) for kind in summary["faults"]}
     summary["rejected_input"] = {k: observed[k] for k in REPORTED_ONLY}  # hostile or broken devices
@@ -127,9 +126,9 @@ def sort_on_simulated_line(pipeline: ItemPipeline, line_config: LineConfig, scen
 def replay_recording(pipeline: ItemPipeline, recording: str | Path, speed: str = "realtime", **kwargs) -> LineRun:
     opened = Recording.open(recording)
     recorded = tuple(opened.meta.get("labels", ()))
-    if recorded and recorded != tuple(pipeline.manifest.labels):
+    if recorded and recorded != tuple(pipeline.labels):
         raise RecordingError(f"{recording}: its items are labeled {_short(recorded)}, the bundle predicts "
-                             f"{_short(pipeline.manifest.labels)}: a bundle for this scenario is needed")
+                             f"{_short(pipeline.labels)}: a bundle for this scenario is needed")
     return sort_on_line(pipeline, ReplayedLine(opened, speed=speed), **kwargs)
 
 

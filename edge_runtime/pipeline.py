@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +11,10 @@ import numpy as np
 
 from sortline.hardware.camera import ItemCapture
 
-from .bundle import Bundle, BundleError, Manifest, load_bundle
+from .bundle import Bundle, BundleError, DecisionPolicy, Manifest, load_bundle
 from .embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT, OnnxEmbedder
 from .fusion import Reading, fuse
-from .head import LogisticHead
+from .head import LogisticHead, OpenSet
 from .runtimes import AUTO, Embedder, RuntimeChoice, choose_runtime, load_check_set
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ LATE = "late"
 ERROR = "error"
 UNANNOUNCED = "unannounced"
 OVERLOAD = "overload"  # the station could not embed it before its decision time
+UNKNOWN = "unknown"  # far from every class the head knows (open-set rejection)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Decision:
     label: str | None = None  # the head's class, when the head ran
     confidence: float = 0.0
     probabilities: tuple[float, ...] = ()
+    head_version: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -46,25 +48,76 @@ class Decision:
             "label": self.label,
             "confidence": round(self.confidence, 4),
             "probabilities": [round(p, 4) for p in self.probabilities],
+            "head_version": self.head_version,
         }
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """What turns an item's features into a decision: a head, its exits, and (for heads fitted
+    on the device) the prototypes that tell an unknown item. The pipeline holds one and swaps it
+    whole, so every item is decided by one version from start to end."""
+
+    head: LogisticHead
+    policy: DecisionPolicy
+    openset: OpenSet | None = None
+    version: int = 0  # 0: the bundle's own head; otherwise a version in the station's store
+
+    def __post_init__(self) -> None:
+        if missing := set(self.head.labels) - set(self.policy.exits):
+            raise BundleError(f"head version {self.version}: labels without an exit: {sorted(missing)}")
+        if self.openset is not None and self.openset.means.shape != self.head.coef.shape:
+            raise BundleError(f"head version {self.version}: open-set means {self.openset.means.shape} "
+                              f"do not match the head {self.head.coef.shape}")
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.head.labels
 
 
 class ItemPipeline:
     """The runtime half of a bundle: everything needed to turn one item into a decision."""
 
     def __init__(self, bundle: Bundle, threads: int = 0, spin: bool = True, embedder: Embedder | None = None,
-                 runtime_choice: RuntimeChoice | None = None, head: LogisticHead | None = None) -> None:
+                 runtime_choice: RuntimeChoice | None = None, head: LogisticHead | None = None,
+                 classifier: Classifier | None = None) -> None:
         """Loads the bundle's model (ONNX Runtime at ``threads``, unless an ``embedder`` of any
-        runtime is given) and head and runs them once (:func:`check_runs`): a bundle whose model
-        cannot run, or does not produce what its manifest says, is refused here, before any item
-        depends on it."""
+        runtime is given) and head (or takes ``classifier``, a head fitted on the device) and
+        runs them once (:func:`check_runs`): a bundle whose model cannot run, or does not produce
+        what its manifest says, is refused here, before any item depends on it."""
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.embedder: Embedder = embedder or load_embedder(bundle, threads=threads, spin=spin)
         self.runtime_choice = runtime_choice
-        self.head = head or bundle.load_head()
-        self.policy = self.manifest.decision
-        check_runs(bundle, self.embedder, self.head)
+        self.listener: Callable[[int, np.ndarray, Decision], None] | None = None
+        classifier = classifier or Classifier(head or bundle.load_head(), self.manifest.decision)
+        check_runs(bundle, self.embedder, classifier.head)
+        self.classifier = classifier
+
+    @property
+    def head(self) -> LogisticHead:
+        return self.classifier.head
+
+    @property
+    def policy(self) -> DecisionPolicy:
+        return self.classifier.policy
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.classifier.labels
+
+    def swap(self, classifier: Classifier) -> Classifier:
+        """Put ``classifier`` in place of the current one, while items are being decided: it is
+        run once first (a head that cannot take this bundle's features is refused, and the old
+        one keeps serving); the swap itself is one assignment. Returns the previous one."""
+        probabilities = item_probabilities(np.full((self.manifest.input.views, self.manifest.embedding_dim), 0.5,
+                                                   np.float32), classifier.head, self.manifest)
+        if probabilities.shape != (1, len(classifier.labels)) or not np.isfinite(probabilities).all():
+            raise BundleError(f"head version {classifier.version} gives {probabilities.shape} probabilities")
+        previous, self.classifier = self.classifier, classifier
+        log.info("head version %d in place of %d (%d classes)", classifier.version, previous.version,
+                 len(classifier.labels))
+        return previous
 
     @classmethod
     def from_path(cls, path: str | Path, threads: int = 0, spin: bool = True,
@@ -73,22 +126,25 @@ class ItemPipeline:
 
     @classmethod
     def for_station(cls, path: str | Path | Bundle, threads: int | None = None, public_key: Path | None = None,
-                    runtime: str = AUTO, budget_s: float = 2.0) -> ItemPipeline:
+                    runtime: str = AUTO, budget_s: float = 2.0,
+                    classifier: Callable[[Bundle], Classifier | None] | None = None) -> ItemPipeline:
         """The station's runtime and thread policy (:func:`choose_runtime`): every installed
         runtime (or ``runtime``) at one and two threads (or ``threads``), measured on this
         bundle on this machine, idle threads never spinning; a runtime whose embeddings or head
         decisions on the bundle's check items (``check.npz``, else smooth noise) differ from ONNX
-        Runtime's is refused."""
+        Runtime's is refused. ``classifier`` gives the head to start with (the station store's
+        current version) for the bundle once it is loaded; None from it means the bundle's own."""
         bundle = path if isinstance(path, Bundle) else load_bundle(path, public_key=public_key)
         m = bundle.manifest
-        head = bundle.load_head()
+        start = (classifier(bundle) if classifier else None) or Classifier(bundle.load_head(), m.decision)
         try:
             choice = choose_runtime(bundle.backbone_path, m.input, runtime, threads, budget_s,
-                                    check=load_check_set(bundle), score=lambda e: item_probabilities(e, head, m))
+                                    check=load_check_set(bundle),
+                                    score=lambda e: item_probabilities(e, start.head, m))
         except ValueError as exc:  # a model that does not load or run: refused like any other fault
             raise BundleError(f"{bundle.backbone_path}: {exc}") from exc
         log.info("%s: embedding with %s", bundle.version, choice.summary())
-        return cls(bundle, embedder=choice.embedder, runtime_choice=choice, head=head)
+        return cls(bundle, embedder=choice.embedder, runtime_choice=choice, classifier=start)
 
     def embed(self, capture: ItemCapture) -> np.ndarray | None:
         """The present views' embeddings (``V×D``), or None when no view was captured."""
@@ -99,19 +155,27 @@ class ItemPipeline:
         if embeddings is None:
             return self.safe(item_id, NO_VIEWS)
         features = fuse(embeddings, readings, self.manifest.fusion)
-        probabilities = self.head.predict_proba(features)[0]
+        c = self.classifier  # one version decides the whole item, whatever is swapped meanwhile
+        probabilities = c.head.predict_proba(features)[0]
         best = int(probabilities.argmax())
-        label = self.head.labels[best]
+        label = c.head.labels[best]
         confidence = float(probabilities[best])
-        confident = confidence >= self.policy.min_confidence
-        return Decision(
+        if c.openset is not None and c.openset.unknown(features)[0]:
+            reason = UNKNOWN
+        else:
+            reason = CONFIDENT if confidence >= c.policy.min_confidence else UNSURE
+        decision = Decision(
             item_id=item_id,
-            exit=self.policy.exits[label] if confident else self.policy.safe_exit,
-            reason=CONFIDENT if confident else UNSURE,
+            exit=c.policy.exits[label] if reason == CONFIDENT else c.policy.safe_exit,
+            reason=reason,
             label=label,
             confidence=confidence,
             probabilities=tuple(float(p) for p in probabilities),
+            head_version=c.version,
         )
+        if self.listener is not None:  # enroll mode: the next items' features are examples
+            self.listener(item_id, features, decision)
+        return decision
 
     def classify(self, capture: ItemCapture, readings: Sequence[Reading]) -> Decision:
         return self.decide(capture.item_id, self.embed(capture), readings)
@@ -161,14 +225,14 @@ def check_runs(bundle: Bundle, embedder: Embedder | None = None, head: LogisticH
             raise BundleError(f"{bundle.backbone_path}: feature_map of shape {fmap.shape} for {spec.views} views "
                               "(expected views×C×h×w, finite)")
         checked["feature_map"] = list(fmap.shape)
-    if m.head is not None:
+    if head is not None or m.head is not None:
         head = head or bundle.load_head()
         try:
             probabilities = item_probabilities(embeddings, head, m)
         except ValueError as exc:
             raise BundleError(f"{bundle.root}: the head cannot take the fused features ({exc})") from exc
-        if probabilities.shape != (1, len(m.labels)) or not np.isfinite(probabilities).all():
+        if probabilities.shape != (1, len(head.labels)) or not np.isfinite(probabilities).all():
             raise BundleError(f"{bundle.root}: the head gives {probabilities.shape} probabilities for "
-                              f"{len(m.labels)} labels, or non-finite ones")
+                              f"{len(head.labels)} labels, or non-finite ones")
         checked["probabilities"] = list(probabilities.shape)
     return checked

@@ -35,7 +35,7 @@ def summarize(
     y_pred = [index.get(d.label, len(labels)) if d.label else len(labels) for d in judged]
     names = [*labels, NO_LABEL]
     cm = confusion_matrix(y_true, y_pred, labels=list(range(len(names)))) if judged else np.zeros((0, 0))
-    right_exit = sum(1 for d, t in zip(judged, y_true) if d.exit == policy.exits[labels[t]])
+    right_exit = sum(1 for d, t in zip(judged, y_true) if t < len(labels) and d.exit == policy.exits.get(labels[t]))
     safe = sum(1 for d in judged if d.exit == policy.safe_exit)
     return {
         "items": tally.items,

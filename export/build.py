@@ -20,6 +20,7 @@ from sklearn.model_selection import StratifiedKFold
 from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
 from sortline.edge_runtime.datasets import ImageSet
 from sortline.edge_runtime.embedder import PARITY_MIN_COSINE, OnnxEmbedder
+from sortline.edge_runtime.enroll import EXAMPLES_FILE, write_examples
 from sortline.edge_runtime.errors import SortlineError
 from sortline.edge_runtime.fusion import FusionSpec
 from sortline.edge_runtime.head import LogisticHead
@@ -163,7 +164,7 @@ def build_bundle(
     """
     with tempfile.TemporaryDirectory() as tmp:
         model = export_model(backbone, spec, calibration, Path(tmp), config)
-        head, labels = None, ()
+        head, labels, extra = None, (), {}
         if labeled is not None:
             x, images = labeled
             if images.labels is None:
@@ -172,6 +173,9 @@ def build_bundle(
             check_accuracy_drop(model.report, _embed(model.fp32, x), embeddings, images.labels, config)
             labels = images.class_names
             head = LogisticHead.fit(embeddings, images.labels, labels, C=config.probe_C)
+            # the head's examples travel with it: a station that enrolls new classes keeps these
+            extra[EXAMPLES_FILE] = write_examples(Path(tmp) / EXAMPLES_FILE, embeddings, images.labels, labels,
+                                                  seed=config.seed)
         pools = ("mean", "max") if spec.views > 1 else ("mean",)
         manifest = Manifest(
             name=name,
@@ -184,5 +188,5 @@ def build_bundle(
         )
         # a few real inputs travel with the bundle: runtimes are compared on them at the station
         check = write_check_set(Path(tmp) / CHECK_FILE, calibration[: CHECK_ITEMS * spec.views])
-        bundle = write_bundle(out, manifest, model.path, head, extra_files={CHECK_FILE: check})
+        bundle = write_bundle(out, manifest, model.path, head, extra_files={CHECK_FILE: check, **extra})
     return bundle, model.report

@@ -9,6 +9,7 @@ import pytest
 
 from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
 from sortline.edge_runtime.embedder import OnnxEmbedder
+from sortline.edge_runtime.enroll import EXAMPLES_FILE, write_examples
 from sortline.edge_runtime.fusion import FusionSpec, LabeledItem, fit_fusion_head
 from sortline.edge_runtime.preprocess import InputSpec, preprocess_views
 from sortline.edge_runtime.runtimes import CHECK_FILE, write_check_set
@@ -42,7 +43,8 @@ def make_tiny_bundle(out: Path, work: Path, labeled_fruit: int = 120) -> Bundle:
     for i in range(labeled_fruit):
         fruit = make_fruit(i, seed=77, label=i % 4 if i < 16 else None)  # every class present
         items.append(LabeledItem(fruit.label, render_views(fruit), tap_series(fruit)))
-    head, fusion = fit_fusion_head(embedder, items, CLASSES, FusionSpec.for_sensor("taps", TAPS_PER_ITEM))
+    fitted = fit_fusion_head(embedder, items, CLASSES, FusionSpec.for_sensor("taps", TAPS_PER_ITEM))
+    head, fusion = fitted.head, fitted.fusion
     manifest = Manifest(
         name="tiny-test",
         input=SPEC,
@@ -54,7 +56,8 @@ def make_tiny_bundle(out: Path, work: Path, labeled_fruit: int = 120) -> Bundle:
     )
     check = write_check_set(work / CHECK_FILE, np.concatenate([preprocess_views(item.views, SPEC)
                                                                for item in items[:8]]))
-    return write_bundle(out, manifest, onnx_path, head, extra_files={CHECK_FILE: check})
+    examples = write_examples(work / EXAMPLES_FILE, fitted.features, fitted.targets, CLASSES)
+    return write_bundle(out, manifest, onnx_path, head, extra_files={CHECK_FILE: check, EXAMPLES_FILE: examples})
 
 
 def make_tiny_checkout_bundle(out: Path, work: Path, labeled_items: int = 150, products: int = 6) -> Bundle:
@@ -65,8 +68,9 @@ def make_tiny_checkout_bundle(out: Path, work: Path, labeled_items: int = 150, p
     spec = InputSpec.for_channels(scenario.channels, 32, views=scenario.views)
     onnx_path = tiny_backbone_onnx(3)
     items = _items(scenario, labeled_items)
-    head, fusion = fit_fusion_head(OnnxEmbedder(onnx_path, spec), items, scenario.classes,
-                                   FusionSpec.for_sensor("scale", scenario.readings_expected))
+    fitted = fit_fusion_head(OnnxEmbedder(onnx_path, spec), items, scenario.classes,
+                             FusionSpec.for_sensor("scale", scenario.readings_expected))
+    head, fusion = fitted.head, fitted.fusion
     manifest = Manifest(
         name="tiny-checkout-test",
         input=spec,

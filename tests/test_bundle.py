@@ -27,7 +27,7 @@ def _edit_manifest(root: Path, edit) -> None:
 
 def test_written_bundle_verifies_and_lists_every_file(tiny_bundle):
     bundle = load_bundle(tiny_bundle.root)
-    assert set(bundle.manifest.files) == {"backbone.onnx", "head.npz", "check.npz"}
+    assert set(bundle.manifest.files) == {"backbone.onnx", "head.npz", "check.npz", "examples.npz"}
     assert bundle.load_head().labels == bundle.manifest.labels
 
 
@@ -111,7 +111,8 @@ def test_archive_round_trip(tiny_bundle, tmp_path, suffix):
     bundle = load_bundle(tiny_bundle.root)
     out = tmp_path / f"b{suffix}"
     written = write_bundle(out, dataclasses.replace(bundle.manifest, files={}), bundle.backbone_path,
-                           bundle.load_head(), extra_files={"check.npz": bundle.root / "check.npz"})
+                           bundle.load_head(), extra_files={name: bundle.root / name
+                                                            for name in ("check.npz", "examples.npz")})
     assert out.is_file() and written.manifest.files == bundle.manifest.files
     assert load_bundle(out).load_head().labels == bundle.manifest.labels
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]

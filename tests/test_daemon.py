@@ -110,25 +110,35 @@ def test_record_a_live_station_and_replay_it(tmp_path, tiny_bundle, capsys):
     assert summary["duplicates"] == 0 and summary["accuracy"] is None  # a real line has no ground truth
 
 
-def test_serve_sorts_every_item_once(tmp_path, tiny_bundle):
-    _camera_folders(tmp_path / "cams")
-    line = SimulatedLine(LineConfig(items=30, seed=4, pitch_ms=60))
-    stop = threading.Event()
+def serve_simulated_line(station_path, line, while_running=lambda: None) -> tuple:
+    """``serve`` on a thread against ``line`` from the moment it takes items until the line has
+    passed; ``while_running`` runs meanwhile. Returns the line's tally and serve's result."""
+    stop, ready = threading.Event(), threading.Event()
     result = {}
     try:
-        station = load_station_file(_station_file(tmp_path / "station.toml", line.port("controller"),
-                                                  line.port("taps"), bundle=tiny_bundle.root))
-        worker = threading.Thread(target=lambda: result.update(zip(("stats", "faults"), serve(station, stop))))
+        station = load_station_file(station_path)
+        worker = threading.Thread(target=lambda: result.update(zip(("stats", "faults"),
+                                                                   serve(station, stop, ready=ready))))
         worker.start()
-        threading.Event().wait(0.5)  # ports open, cameras streaming
+        assert ready.wait(30)  # ports open, model checked
         line.start()
+        while_running()
         tally = line.wait(grace_s=0.3)
     finally:
         stop.set()
         line.stop()
     worker.join(timeout=10)
-    assert tally.items == tally.gate_commands == 30 and tally.lost == 0 and tally.duplicates == 0
-    assert result["stats"].items == 30
+    assert tally.lost == 0 and tally.duplicates == 0 and tally.items == tally.gate_commands
+    return tally, result
+
+
+def test_serve_sorts_every_item_once(tmp_path, tiny_bundle):
+    _camera_folders(tmp_path / "cams")
+    line = SimulatedLine(LineConfig(items=30, seed=4, pitch_ms=60))
+    path = _station_file(tmp_path / "station.toml", line.port("controller"), line.port("taps"),
+                         bundle=tiny_bundle.root)
+    tally, result = serve_simulated_line(path, line)
+    assert tally.items == 30 and result["stats"].items == 30
     events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert sorted(e["item_id"] for e in events) == list(range(1, 31))
     assert all(e["views"] == 4 for e in events)

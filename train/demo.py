@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
+from sortline.edge_runtime.enroll import EXAMPLES_FILE, write_examples
 from sortline.edge_runtime.fusion import FusionSpec, fit_fusion_head
 from sortline.edge_runtime.hil import make_scenario, sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
@@ -144,7 +145,8 @@ def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) 
     labeled = list(sim_items(scenarios["labeled"], cfg.labeled_fruit,
                              desc="render labeled" if cfg.progress else None))
     fusion = FusionSpec.for_sensor(first.sensor, first.readings_expected)
-    head, fusion = fit_fusion_head(exported.embedder, labeled, classes, fusion, seed=cfg.seed)
+    fitted = fit_fusion_head(exported.embedder, labeled, classes, fusion, seed=cfg.seed)
+    head, fusion = fitted.head, fitted.fusion
     labeled_counts = np.bincount([item.label for item in labeled], minlength=len(classes))
     manifest = Manifest(
         name=f"{cfg.scenario}-{cfg.backbone}-simclr",
@@ -162,7 +164,9 @@ def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) 
     )
     check = write_check_set(out / CHECK_FILE, np.concatenate([preprocess_views(item.views, spec)
                                                               for item in labeled[:CHECK_ITEMS]]))
-    bundle = write_bundle(out / "bundle", manifest, exported.path, head, extra_files={CHECK_FILE: check})
+    examples = write_examples(out / EXAMPLES_FILE, fitted.features, fitted.targets, classes, seed=cfg.seed)
+    bundle = write_bundle(out / "bundle", manifest, exported.path, head,
+                          extra_files={CHECK_FILE: check, EXAMPLES_FILE: examples})
     _stage("head_and_bundle", timings, t)
     return TrainedStation(bundle, backbone, scenarios, manifest, exported.report)
 
