@@ -63,22 +63,37 @@ class DecisionPolicy:
     exits: dict[str, int]
     safe_exit: int
     min_confidence: float = 0.5
+    class_min_confidence: dict[str, float] = field(default_factory=dict)  # overrides, per class
+
+    def threshold(self, label: str) -> float:
+        return self.class_min_confidence.get(label, self.min_confidence)
 
     def to_dict(self) -> dict:
-        return {"exits": dict(self.exits), "safe_exit": self.safe_exit, "min_confidence": self.min_confidence}
+        data = {"exits": dict(self.exits), "safe_exit": self.safe_exit, "min_confidence": self.min_confidence}
+        if self.class_min_confidence:
+            data["class_min_confidence"] = dict(self.class_min_confidence)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> DecisionPolicy:
+        if unknown := set(data) - {"exits", "safe_exit", "min_confidence", "class_min_confidence"}:
+            raise BundleError(f"manifest decision has unknown fields {sorted(unknown)}")
         policy = cls(
             exits={str(k): _whole(v, "decision.exits") for k, v in data["exits"].items()},
             safe_exit=_whole(data["safe_exit"], "decision.safe_exit"),
             min_confidence=float(data["min_confidence"]),
+            class_min_confidence={str(k): float(v) for k, v in data.get("class_min_confidence", {}).items()},
         )
         for where, exit_ in [("safe_exit", policy.safe_exit), *((f"exits[{k!r}]", v) for k, v in policy.exits.items())]:
             if not 0 <= exit_ <= MAX_EXIT:
                 raise BundleError(f"manifest decision.{where} is {exit_}; the controller accepts exits 0..{MAX_EXIT}")
-        if not 0.0 <= policy.min_confidence <= 1.0:
-            raise BundleError(f"manifest decision.min_confidence is {policy.min_confidence}; it must be in 0..1")
+        for where, value in [("min_confidence", policy.min_confidence),
+                             *((f"class_min_confidence[{k!r}]", v) for k, v in policy.class_min_confidence.items())]:
+            if not 0.0 <= value <= 1.0:
+                raise BundleError(f"manifest decision.{where} is {value}; it must be in 0..1")
+        if unknown := set(policy.class_min_confidence) - set(policy.exits):
+            raise BundleError(f"manifest decision.class_min_confidence names classes without an exit: "
+                              f"{sorted(unknown)}")
         return policy
 
 
@@ -451,3 +466,16 @@ def _publish_archive(staging: Path, out: Path) -> None:
     finally:
         packed.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def with_policy(bundle: Bundle, policy: DecisionPolicy, out: Path, private_key: str | Path | None = None) -> Bundle:
+    """A new version of ``bundle`` at ``out`` with ``policy`` as its decision policy (every
+    other file as it was), signed with ``private_key`` when given."""
+    if missing := set(bundle.manifest.labels) - set(policy.exits):
+        raise BundleError(f"the policy gives no exit to {sorted(missing)}")
+    m = bundle.manifest
+    extra = {name: bundle.root / name for name in m.files if name not in (m.backbone, m.head)}
+    head = bundle.load_head() if m.head is not None else None
+    written = write_bundle(Path(out), dataclasses.replace(m, decision=policy, files={}, created=""),
+                           bundle.backbone_path, head, extra_files=extra)
+    return sign_bundle(out, private_key) if private_key is not None else written

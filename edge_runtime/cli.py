@@ -9,6 +9,7 @@ never imports the desktop one.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import json
@@ -136,6 +137,37 @@ def _bundle_sign(args: argparse.Namespace) -> dict:
     return {"ok": True, "bundle": str(args.bundle), "version": bundle.version}
 
 
+def _label(args: argparse.Namespace) -> dict:
+    from sortline.hardware.recording import Recording
+
+    from .labels import LabelBook
+
+    recording = Recording.open(args.recording)
+    book = LabelBook(recording.root)
+    if args.csv is not None:
+        frames = recording.root / "frames"
+        known = [int(p.name) for p in frames.iterdir() if p.name.isdigit()] if frames.is_dir() else []
+        given = book.import_csv(args.csv, known_items=known)
+        labels = book.labels
+        print(f"{args.recording}: {given} labels from {args.csv}; {len(labels)} of {len(known)} items labelled "
+              f"({', '.join(f'{k} {v}' for k, v in sorted(collections.Counter(labels.values()).items()))})")
+        return {"ok": True, "given": given, "labelled": len(labels), "items": len(known)}
+    from .label_page import LabelSession, serve_label_page
+
+    classes = [c.strip() for c in (args.classes or "").split(",") if c.strip()]
+    session = LabelSession(recording.root, classes or list(recording.meta.get("labels") or []))
+    server = serve_label_page(session, port=args.port)
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    print(f"labelling {len(session.order)} items of {args.recording} at {url} (Ctrl-C to stop; every label is "
+          f"saved in {book.path} as it is given)", flush=True)
+    with _until_signalled() as stop:
+        stop.wait()
+    server.shutdown()
+    labels = session.book.labels
+    print(f"{len(labels)} of {len(session.order)} items labelled")
+    return {"ok": True, "url": url, "labelled": len(labels), "items": len(session.order)}
+
+
 def _enroll(args: argparse.Namespace) -> dict:
     from .bundle import load_bundle
     from .enroll import Enroller, enroll_paths
@@ -186,6 +218,18 @@ def _heads(args: argparse.Namespace) -> dict:
         print(f"{mark} v{row['version']:<3d} {row['created']}  from v{row['parent']}, {row['labels']} classes, "
               f"{row['examples']} examples, {check}")
     return {"heads": rows, "current": current}
+
+
+def _bundle_policy(args: argparse.Namespace) -> dict:
+    from .bundle import load_bundle, with_policy
+    from .policy import load_policy
+
+    bundle = load_bundle(args.bundle)
+    policy = load_policy(args.policy, bundle.manifest.labels)
+    written = with_policy(bundle, policy, args.out, private_key=args.key)
+    signed = f", signed with {args.key}" if args.key else ""
+    print(f"{args.out}: {written.version} with the policy of {args.policy}{signed}")
+    return {"ok": True, "bundle": str(args.out), "version": written.version, "decision": policy.to_dict()}
 
 
 def positive(kind: type):
@@ -291,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 
+    label = commands.add_parser("label", help="label a recording's items: from a CSV file, or on a local page")
+    label.add_argument("recording", type=Path)
+    label.add_argument("--csv", type=Path, help="'item_id,label' lines")
+    label.add_argument("--classes", help="the page's classes, comma-separated (default: the recording's, and "
+                                         "those already given)")
+    label.add_argument("--port", type=int, default=0, help="the page's port on 127.0.0.1 (default: any free one)")
+    label.add_argument("--json", action="store_true")
+    label.set_defaults(handler=_label)
+
     enroll = commands.add_parser("enroll", help="learn a new item (or more of a known one) from a few images, "
                                                 "and refit the head on the device")
     enroll.add_argument("--bundle", type=Path, required=True)
@@ -336,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--key", type=Path, required=True, help="private key from 'sortline bundle keygen'")
     sign.add_argument("--json", action="store_true")
     sign.set_defaults(handler=_bundle_sign)
+    policy = bundle_commands.add_parser("policy", help="a new version of a bundle with another decision policy "
+                                                       "(class → exit, confidence, safe exit: docs/station.md)")
+    policy.add_argument("bundle", type=Path)
+    policy.add_argument("policy", type=Path, help="the policy file (TOML)")
+    policy.add_argument("--out", type=Path, required=True, help="the new bundle (folder or archive)")
+    policy.add_argument("--key", type=Path, help="sign the new bundle with this private key")
+    policy.add_argument("--json", action="store_true")
+    policy.set_defaults(handler=_bundle_policy)
     return parser
 
 

@@ -153,7 +153,20 @@ class _FileModel(_Table):
 _UNION_TAGS = frozenset({"int", "str", "float", "bool", "none"})
 
 
-def _explain(exc: ValidationError, path: Path) -> ConfigError:
+def read_toml(path: Path, what: str, max_bytes: int = 1 << 20) -> dict:
+    """A TOML file as a dict; :class:`ConfigError` (naming ``what``) when it is missing, too
+    large or not TOML."""
+    try:
+        if path.stat().st_size > max_bytes:
+            raise ConfigError(f"{path}: over {max_bytes} bytes; not a {what}")
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable TOML file ({exc})") from None
+
+
+def explain(exc: ValidationError, path: Path, root: type[BaseModel]) -> ConfigError:
     """The first error, as '<file>: <key>: <what is wrong>' (with a did-you-mean for typos)."""
     error = exc.errors()[0]
     loc = list(error["loc"])
@@ -161,7 +174,7 @@ def _explain(exc: ValidationError, path: Path) -> ConfigError:
         loc = [part for part in loc if isinstance(part, int) or not (part in _UNION_TAGS or "-" in part or "[" in part)]
     where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
     if error["type"] == "extra_forbidden":
-        model: type[BaseModel] = _FileModel
+        model: type[BaseModel] = root
         for part in loc[:-1]:
             if isinstance(part, str):
                 annotation = model.model_fields[part].annotation
@@ -260,16 +273,11 @@ class StationFile:
 
 def load_station_file(path: str | Path) -> StationFile:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such station file") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable TOML file ({exc})") from None
+    data = read_toml(path, "station file")
     try:
         model = _FileModel.model_validate(data)
     except ValidationError as exc:
-        raise _explain(exc, path) from None
+        raise explain(exc, path, _FileModel) from None
     sensor = model.sensor
     if sensor.kind != "none" and sensor.port is None:
         raise ConfigError(f"{path}: sensor.port is needed for a {sensor.kind} sensor")

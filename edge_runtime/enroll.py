@@ -220,7 +220,8 @@ class Enroller:
         if head.n_features != self.feature_count or head.labels != record.labels:
             raise StoreError(f"{self.store.path}: head version {version} takes {head.n_features} features; "
                              f"this bundle gives {self.feature_count}")
-        policy = DecisionPolicy(record.exits, m.decision.safe_exit, m.decision.min_confidence)
+        policy = DecisionPolicy(record.exits, m.decision.safe_exit, m.decision.min_confidence,
+                                {k: v for k, v in m.decision.class_min_confidence.items() if k in record.exits})
         return Classifier(head, policy, openset, version)
 
     def refit(self, exits: dict[str, int] | None = None, C: float = FEW_SHOT_C, target_frr: float = TARGET_FRR,
@@ -493,7 +494,7 @@ def _lookalikes(x: np.ndarray, label: str, current: Classifier | None) -> list[d
     for i, (row, far) in enumerate(zip(p, unknown)):
         best = int(row.argmax())
         other = current.labels[best]
-        if other != label and not far and row[best] >= current.policy.min_confidence:
+        if other != label and not far and row[best] >= current.policy.threshold(other):
             out.append({"example": i, "looks_like": other, "confidence": round(float(row[best]), 4)})
     return out
 

@@ -80,8 +80,11 @@ def sort_on_line(
     station_config: StationConfig = StationConfig(),
     event_log: Path | None = None,
     progress: bool = True,
+    truth_names: Sequence[str] | None = None,
 ) -> LineRun:
-    """Run a station on ``line`` until every item has passed; return what both sides saw."""
+    """Run a station on ``line`` until every item has passed; return what both sides saw.
+    ``truth_names`` names the line's class indices when they are not the bundle's labels in
+    order (a recording whose classes a bundle fitted elsewhere orders otherwise)."""
     decisions: list[Decision] = []
     ports = {"controller": line.port("controller"), line.sensor: line.port(line.sensor)}
     try:
@@ -98,6 +101,10 @@ def sort_on_line(
     finally:
         line.stop()
     truth = {i: label for i in line.item_ids if (label := line.truth(i)) is not None}
+    if truth_names is not None:  # by name; a class the head does not know counts as a wrong answer
+        labels = list(pipeline.labels)
+        position = [labels.index(name) if name in labels else len(labels) for name in truth_names]
+        truth = {i: position[label] for i, label in truth.items()}
     observed = station.observed_faults()
     summary = summarize(decisions, truth, pipeline.labels, pipeline.policy, tally, station.stats, wall_s,
                         faults={k: v for k, v in observed.items() if k not in REPORTED_ONLY})
@@ -126,10 +133,10 @@ def sort_on_simulated_line(pipeline: ItemPipeline, line_config: LineConfig, scen
 def replay_recording(pipeline: ItemPipeline, recording: str | Path, speed: str = "realtime", **kwargs) -> LineRun:
     opened = Recording.open(recording)
     recorded = tuple(opened.meta.get("labels", ()))
-    if recorded and recorded != tuple(pipeline.labels):
+    if recorded and not set(recorded) & set(pipeline.labels):
         raise RecordingError(f"{recording}: its items are labeled {_short(recorded)}, the bundle predicts "
                              f"{_short(pipeline.labels)}: a bundle for this scenario is needed")
-    return sort_on_line(pipeline, ReplayedLine(opened, speed=speed), **kwargs)
+    return sort_on_line(pipeline, ReplayedLine(opened, speed=speed), truth_names=recorded or None, **kwargs)
 
 
 def _short(labels: Sequence[str]) -> str:

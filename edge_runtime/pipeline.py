@@ -163,7 +163,7 @@ class ItemPipeline:
         if c.openset is not None and c.openset.unknown(features)[0]:
             reason = UNKNOWN
         else:
-            reason = CONFIDENT if confidence >= c.policy.min_confidence else UNSURE
+            reason = CONFIDENT if confidence >= c.policy.threshold(label) else UNSURE
         decision = Decision(
             item_id=item_id,
             exit=c.policy.exits[label] if reason == CONFIDENT else c.policy.safe_exit,

@@ -156,6 +156,7 @@ def build_bundle(
     labeled: tuple[np.ndarray, ImageSet] | None = None,
     name: str = "bundle",
     metrics: dict | None = None,
+    policy: DecisionPolicy | None = None,
 ) -> tuple[Bundle, dict]:
     """Export ``backbone`` into the bundle ``out``; return it and the export report.
 
@@ -182,7 +183,7 @@ def build_bundle(
             input=spec,
             embedding_dim=int(model.embedder.embed_batch(calibration[:1]).shape[1]),
             labels=tuple(labels),
-            decision=DecisionPolicy({label: i + 1 for i, label in enumerate(labels)}, safe_exit=0),
+            decision=policy or DecisionPolicy({label: i + 1 for i, label in enumerate(labels)}, safe_exit=0),
             fusion=FusionSpec.for_sensor("none", 0, view_pools=pools),
             metrics={**(metrics or {}), "export": model.report},
         )

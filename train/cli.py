@@ -116,6 +116,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     evaluate.set_defaults(handler=_desktop("evaluate"))
 
+    fit = commands.add_parser("fit", help="a station's own items (recordings, item folders) → a verified bundle")
+    fit.add_argument("--data", type=Path, nargs="+", required=True,
+                     help="recordings (labelled with 'sortline label') and item folder trees (ITEMS/<class>/<item>/)")
+    fit.add_argument("--out", type=Path, required=True, help="the bundle to write")
+    source = fit.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, help="take this backbone instead of pretraining one")
+    source.add_argument("--epochs", type=float, default=6.0, help="SimCLR epochs over every item's views (6)")
+    fit.add_argument("--policy", type=Path, help="decision policy file (TOML): class → exit, confidence, safe exit")
+    fit.add_argument("--backbone", default="resnet10")
+    fit.add_argument("--image-size", type=int, default=64)
+    fit.add_argument("--max-seconds", type=float, default=360.0, help="pretraining time budget (360)")
+    fit.add_argument("--name", help="bundle name (default: the output's file name)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--quiet", action="store_true")
+    fit.add_argument("--json", action="store_true")
+    fit.set_defaults(handler=_desktop("fit"))
+
     export = commands.add_parser("export", help="a trained backbone → ONNX (int8/fp16) → verified bundle")
     export.add_argument("--checkpoint", type=Path, required=True, help="a sortline backbone checkpoint")
     export.add_argument("--calibration", type=Path, required=True,
@@ -130,6 +147,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--force", action="store_true", help="export even when the accuracy drop is over the limit")
     export.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out, not stop")
     export.add_argument("--name", help="bundle name for the manifest (default: the checkpoint's file name)")
+    export.add_argument("--policy", type=Path, help="decision policy file (TOML) for the labelled classes")
     export.add_argument("--out", type=Path, required=True,
                         help="bundle to write: a folder, or an archive when it ends in .tar, .tar.gz or .tgz")
     export.add_argument("--json", action="store_true")

@@ -41,14 +41,52 @@ def export(args: argparse.Namespace) -> dict:
         labeled = preprocess_set(images, spec, skip_unreadable=args.skip_unreadable)
     else:  # the calibration images, when they carry labels
         labeled = (calibration, calibration_set) if calibration_set.labeled else None
+    policy = None
+    if args.policy is not None:
+        if labeled is None:
+            raise DatasetError("--policy needs labelled images (--labeled, or a labelled calibration set)")
+        from sortline.edge_runtime.policy import load_policy
+
+        policy = load_policy(args.policy, labeled[1].class_names)
     bundle, report = build_bundle(backbone, spec, calibration, args.out, config, labeled=labeled,
-                                  name=args.name or Path(args.checkpoint).stem, metrics={"checkpoint": meta})
+                                  name=args.name or Path(args.checkpoint).stem, metrics={"checkpoint": meta},
+                                  policy=policy)
     probe = report.get("probe")
     print(f"{bundle.root}: {config.precision} backbone, {len(bundle.manifest.labels)} classes, "
           f"parity cosine ≥ {report['onnx_parity_fp32']['min_cosine']:.5f}, "
           f"size {report['model_bytes'][config.precision] / 1e6:.1f} MB"
           + (f", probe {probe['accuracy_fp32']:.2%} → {probe[f'accuracy_{config.precision}']:.2%}" if probe else ""))
     return {"bundle": str(bundle.root), **report}
+
+
+def fit(args: argparse.Namespace) -> dict:
+    """A station's own labelled items → pretrain (or --checkpoint) → int8 → fusion head → bundle."""
+    import time
+
+    from tqdm import tqdm
+
+    from sortline.edge_runtime.labels import load_items
+    from sortline.edge_runtime.policy import load_policy
+
+    from .station_fit import FitConfig, fit_items
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    data = load_items(args.data, progress=None if args.quiet else lambda ids: tqdm(ids, desc="items", unit="item"))
+    timings["load"] = round(time.perf_counter() - started, 1)
+    labelled = [item.label for item in data.items if item.label is not None]
+    policy = load_policy(args.policy, sorted(set(labelled))) if args.policy else None
+    cfg = FitConfig(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs,
+                    max_pretrain_s=args.max_seconds, checkpoint=args.checkpoint, seed=args.seed,
+                    progress=not args.quiet)
+    fitted = fit_items(data, args.out, cfg, policy, timings, name=args.name or args.out.name)
+    m = fitted.manifest
+    print(f"{fitted.bundle.root}: {len(m.labels)} classes from {len(labelled)} labelled of {len(data.items)} items, "
+          f"{data.views} views × {''.join(m.input.channels).upper()}, sensor {data.sensor}"
+          f" ({data.readings_expected} readings an item); stages {timings} s")
+    return {"ok": True, "bundle": str(fitted.bundle.root), "version": fitted.bundle.version, "labels": list(m.labels),
+            "items": len(data.items), "labelled": len(labelled), "sensor": data.sensor, "views": data.views,
+            "channels": list(m.input.channels), "seconds": timings}
 
 
 def pretrain(args: argparse.Namespace) -> dict:

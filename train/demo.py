@@ -16,35 +16,25 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
-from sortline.edge_runtime.enroll import EXAMPLES_FILE, write_examples
-from sortline.edge_runtime.fusion import FusionSpec, fit_fusion_head
+from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest
+from sortline.edge_runtime.fusion import FusionSpec
 from sortline.edge_runtime.hil import make_scenario, sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
-from sortline.edge_runtime.preprocess import InputSpec, preprocess_views
+from sortline.edge_runtime.preprocess import InputSpec
 from sortline.edge_runtime.report import markdown
-from sortline.edge_runtime.runtimes import CHECK_FILE, CHECK_ITEMS, write_check_set
-from sortline.export.build import ExportConfig, export_model
 from sortline.hardware.sim.faults import FaultRates
 from sortline.hardware.sim.line import LineConfig, Scenario
 
-from .augment import MultiChannelAugment
-from .backbones import build_backbone
-from .checkpoint import save_checkpoint
-from .data import ViewsDataset, model_input
-from .loop import TrainConfig, train
-from .methods import build_method
-from .plots import confusion_png, latency_png, loss_png
+from .plots import confusion_png, latency_png
 from .sim_data import sim_items, unlabeled_views
+from .station_fit import SAFE_EXIT, FitConfig, fit_station_bundle, stage
 
 log = logging.getLogger(__name__)
 
 # Where each quality class leaves the line. Exit 0 is the safe exit (manual inspection).
 AVOCADO_EXITS = {"A": 1, "external": 2, "internal": 3, "both": 3}
-SAFE_EXIT = 0
 CHECKOUT_EXIT = 1  # a recognised product is billed; exit 0 calls the attendant
 
 
@@ -80,13 +70,6 @@ class DemoConfig:
     threads: int | None = None  # None: measured
 
 
-def _stage(name: str, timings: dict[str, float], start: float) -> float:
-    now = time.perf_counter()
-    timings[name] = round(now - start, 1)
-    log.info("%s done in %.1f s", name, now - start)
-    return now
-
-
 def worlds(seed: int) -> dict[str, int]:
     """The seeds of the demo's three worlds: pretraining pool, labeled items, the line."""
     return {"pool": seed * 10 + 1, "labeled": seed * 10 + 2, "line": seed * 10 + 3}
@@ -116,59 +99,20 @@ def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) 
 
     # 1. Unlabeled pool, the edge's preprocessing applied once and kept as uint8.
     pool = unlabeled_views(scenarios["pool"], cfg.pool_fruit, spec, desc="render pool" if cfg.progress else None)
-    t = _stage("render_pool", timings, t)
+    t = stage("render_pool", timings, t)
 
-    # 2. Pretrain.
-    torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.backbone, in_channels=len(spec.channels))
-    model = build_method("simclr", backbone)
-    result = train(
-        model,
-        ViewsDataset(pool, MultiChannelAugment(spec), seed=cfg.seed),
-        TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                    max_seconds=cfg.max_pretrain_s, log_path=out / "pretrain.csv"),
-        progress=cfg.progress,
-    )
-    backbone = model.backbone.cpu().to(memory_format=torch.contiguous_format).eval()
-    save_checkpoint(out / "backbone.ckpt", backbone, spec, method="simclr", train=result.to_dict())
-    if result.losses:
-        loss_png(result.losses, result.embedding_std, out / "pretrain.png", f"SimCLR {cfg.backbone}")
-    t = _stage("pretrain", timings, t)
-
-    # 3. Export (parity-checked against PyTorch), int8 with calibration views from the pool.
-    rng = np.random.default_rng(cfg.seed)
-    sample = model_input(pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)], spec)
-    exported = export_model(backbone, spec, sample, out, ExportConfig(precision="int8", seed=cfg.seed))
-    t = _stage("export", timings, t)
-
-    # 4. Fusion head on the int8 embeddings of the labeled set, then the bundle.
+    # 2-4. Pretrain, export int8, fit the fusion head on a labelled set, write the bundle: the
+    # same path as `sortline fit` on a station's own items.
     labeled = list(sim_items(scenarios["labeled"], cfg.labeled_fruit,
                              desc="render labeled" if cfg.progress else None))
-    fusion = FusionSpec.for_sensor(first.sensor, first.readings_expected)
-    fitted = fit_fusion_head(exported.embedder, labeled, classes, fusion, seed=cfg.seed)
-    head, fusion = fitted.head, fitted.fusion
-    labeled_counts = np.bincount([item.label for item in labeled], minlength=len(classes))
-    manifest = Manifest(
-        name=f"{cfg.scenario}-{cfg.backbone}-simclr",
-        input=spec,
-        embedding_dim=backbone.embedding_dim,
-        labels=classes,
-        decision=DecisionPolicy(exits_for(first), SAFE_EXIT, cfg.min_confidence),
-        fusion=fusion,
-        metrics={
-            "pretrain": {"method": "simclr" if result.steps else "none (random initialisation)",
-                         "pool_views": len(pool), **result.to_dict()},
-            "export": exported.report,
-            "head_training": {classes[i]: int(n) for i, n in enumerate(labeled_counts)},
-        },
-    )
-    check = write_check_set(out / CHECK_FILE, np.concatenate([preprocess_views(item.views, spec)
-                                                              for item in labeled[:CHECK_ITEMS]]))
-    examples = write_examples(out / EXAMPLES_FILE, fitted.features, fitted.targets, classes, seed=cfg.seed)
-    bundle = write_bundle(out / "bundle", manifest, exported.path, head,
-                          extra_files={CHECK_FILE: check, EXAMPLES_FILE: examples})
-    _stage("head_and_bundle", timings, t)
-    return TrainedStation(bundle, backbone, scenarios, manifest, exported.report)
+    fitted = fit_station_bundle(
+        pool, labeled, classes, spec, FusionSpec.for_sensor(first.sensor, first.readings_expected),
+        DecisionPolicy(exits_for(first), SAFE_EXIT, cfg.min_confidence),
+        FitConfig(backbone=cfg.backbone, image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                  max_pretrain_s=cfg.max_pretrain_s, seed=cfg.seed, progress=cfg.progress),
+        out, out / "bundle", f"{cfg.scenario}-{cfg.backbone}-simclr", timings)
+    bundle, backbone, manifest = fitted.bundle, fitted.backbone, fitted.manifest
+    return TrainedStation(bundle, backbone, scenarios, manifest, fitted.export_report)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -187,7 +131,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     pipeline = ItemPipeline.for_station(bundle, threads=cfg.threads, runtime=cfg.runtime)
     run = sort_on_simulated_line(pipeline, line, scenarios["line"], event_log=events,
                                  progress=cfg.progress)
-    t = _stage("sort", timings, t)
+    t = stage("sort", timings, t)
 
     summary = {
         **run.summary,

@@ -1,0 +1,164 @@
+"""A station's bundle from its own items: pretrain (or take a backbone) → export int8 → fit the
+fusion head on the labelled items → a verified bundle. ``sortline fit`` runs it on recordings
+and item folders; ``sortline demo`` on rendered items.
+
+The head is fitted on whatever the data has: the views (pooled by mean and max when there are
+several), NIR where every view has it, and the sensor's readings (taps or weights) matched to
+each item as the station matches them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
+from sortline.edge_runtime.enroll import EXAMPLES_FILE, write_examples
+from sortline.edge_runtime.fusion import FusionSpec, LabeledItem, fit_fusion_head
+from sortline.edge_runtime.labels import ItemData, LabelError
+from sortline.edge_runtime.preprocess import InputSpec, preprocess_views
+from sortline.edge_runtime.runtimes import CHECK_FILE, CHECK_ITEMS, write_check_set
+from sortline.export.build import ExportConfig, export_model
+
+from .augment import MultiChannelAugment
+from .backbones import build_backbone
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import ViewsDataset, model_input, views_to_uint8
+from .loop import TrainConfig, train
+from .methods import build_method
+from .plots import loss_png
+
+log = logging.getLogger(__name__)
+SAFE_EXIT = 0
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    backbone: str = "resnet10"
+    image_size: int = 64
+    epochs: float = 6.0  # SimCLR over every item's views (0: keep the random initialisation)
+    batch_size: int = 128
+    max_pretrain_s: float | None = 360.0
+    checkpoint: Path | None = None  # a backbone to take instead of pretraining one
+    min_confidence: float = 0.5
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class FittedStation:
+    bundle: Bundle
+    backbone: torch.nn.Module
+    manifest: Manifest
+    export_report: dict
+
+
+def stage(name: str, timings: dict[str, float], start: float) -> float:
+    now = time.perf_counter()
+    timings[name] = round(now - start, 1)
+    log.info("%s done in %.1f s", name, now - start)
+    return now
+
+
+def default_policy(classes: Sequence[str], min_confidence: float = 0.5) -> DecisionPolicy:
+    """Each class its own exit (1, 2, …), exit 0 the safe exit."""
+    return DecisionPolicy({c: i + 1 for i, c in enumerate(classes)}, SAFE_EXIT, min_confidence)
+
+
+def fit_station_bundle(pool: np.ndarray, labeled: Sequence[LabeledItem], classes: Sequence[str], spec: InputSpec,
+                       fusion: FusionSpec, policy: DecisionPolicy, cfg: FitConfig, work: Path, out: Path,
+                       name: str, timings: dict[str, float], metrics: dict | None = None) -> FittedStation:
+    """``pool``: every view to pretrain on (``N×C×S×S`` uint8, through the edge preprocessing);
+    ``labeled``: the items the head is fitted on. Writes ``work/backbone.ckpt`` (when it
+    pretrains), ``work/pretrain.{csv,png}`` and the bundle ``out``."""
+    work.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    if cfg.checkpoint is not None:
+        backbone, ckpt_spec, meta = load_checkpoint(cfg.checkpoint)
+        if tuple(ckpt_spec.channels) != tuple(spec.channels):
+            raise LabelError(f"{cfg.checkpoint}: a backbone for channels {ckpt_spec.channels}; the items have "
+                             f"{spec.channels}")
+        spec = dataclasses.replace(ckpt_spec, views=spec.views)
+        pretrain = {"method": "given", "checkpoint": str(cfg.checkpoint), **{k: meta.get(k) for k in ("method",)}}
+    else:
+        torch.manual_seed(cfg.seed)
+        backbone = build_backbone(cfg.backbone, in_channels=len(spec.channels))
+        model = build_method("simclr", backbone)
+        result = train(
+            model,
+            ViewsDataset(pool, MultiChannelAugment(spec), seed=cfg.seed),
+            TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                        max_seconds=cfg.max_pretrain_s, log_path=work / "pretrain.csv"),
+            progress=cfg.progress,
+        )
+        backbone = model.backbone.cpu().to(memory_format=torch.contiguous_format).eval()
+        save_checkpoint(work / "backbone.ckpt", backbone, spec, method="simclr", train=result.to_dict())
+        if result.losses:
+            loss_png(result.losses, result.embedding_std, work / "pretrain.png", f"SimCLR {cfg.backbone}")
+        pretrain = {"method": "simclr" if result.steps else "none (random initialisation)",
+                    "pool_views": len(pool), **result.to_dict()}
+    t = stage("pretrain", timings, t)
+
+    # Export (parity-checked against PyTorch), int8 with calibration views from the pool.
+    rng = np.random.default_rng(cfg.seed)
+    sample = model_input(pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)], spec)
+    exported = export_model(backbone, spec, sample, work, ExportConfig(precision="int8", seed=cfg.seed))
+    t = stage("export", timings, t)
+
+    # The fusion head on the int8 embeddings of the labelled items, then the bundle.
+    fitted = fit_fusion_head(exported.embedder, labeled, classes, fusion, seed=cfg.seed)
+    counts = np.bincount([item.label for item in labeled], minlength=len(classes))
+    manifest = Manifest(
+        name=name, input=spec, embedding_dim=backbone.embedding_dim, labels=tuple(classes), decision=policy,
+        fusion=fitted.fusion,
+        metrics={**(metrics or {}), "pretrain": pretrain, "export": exported.report,
+                 "head_training": {classes[i]: int(n) for i, n in enumerate(counts)}},
+    )
+    check = write_check_set(work / CHECK_FILE, np.concatenate([preprocess_views(item.views, spec)
+                                                               for item in _whole_items(labeled, spec)]))
+    examples = write_examples(work / EXAMPLES_FILE, fitted.features, fitted.targets, classes, seed=cfg.seed)
+    bundle = write_bundle(out, manifest, exported.path, fitted.head,
+                          extra_files={CHECK_FILE: check, EXAMPLES_FILE: examples})
+    stage("head_and_bundle", timings, t)
+    return FittedStation(bundle, backbone, manifest, exported.report)
+
+
+def _whole_items(items: Sequence[LabeledItem], spec: InputSpec) -> list[LabeledItem]:
+    """Up to CHECK_ITEMS items with every view, for the bundle's runtime check set."""
+    whole = [item for item in items if len(item.views) == spec.views]
+    if not whole:
+        raise LabelError(f"no item has all {spec.views} views; the bundle's check set needs some")
+    return whole[:CHECK_ITEMS]
+
+
+def fit_items(data: ItemData, out: Path, cfg: FitConfig, policy: DecisionPolicy | None = None,
+              timings: dict[str, float] | None = None, name: str = "station") -> FittedStation:
+    """``sortline fit``: every item's views pretrain the backbone; the labelled ones fit the head."""
+    labelled = [item for item in data.items if item.label is not None]
+    classes = tuple(policy.exits) if policy is not None else tuple(sorted({item.label for item in labelled}))
+    if unknown := sorted({item.label for item in labelled} - set(classes)):
+        raise LabelError(f"items are labelled {unknown}, which the policy gives no exit")
+    present = {item.label for item in labelled}
+    if len(present) < 2:
+        raise LabelError(f"{len(labelled)} labelled items of {len(present)} class(es): a head needs at least two "
+                         "classes (sortline label REC gives labels)")
+    if missing := [c for c in classes if c not in present]:
+        raise LabelError(f"the policy names {missing}, which no labelled item has")
+    size = load_checkpoint(cfg.checkpoint)[1].size if cfg.checkpoint is not None else cfg.image_size
+    spec = InputSpec.for_channels(data.channels, size, views=data.views)
+    pool = np.concatenate([views_to_uint8(item.views, spec) for item in data.items])
+    index = {c: i for i, c in enumerate(classes)}
+    labeled = [LabeledItem(index[item.label], item.views, item.readings) for item in labelled]
+    fusion = FusionSpec.for_sensor(data.sensor, data.readings_expected,
+                                   view_pools=("mean", "max") if data.views > 1 else ("mean",))
+    policy = policy or default_policy(classes, cfg.min_confidence)
+    return fit_station_bundle(pool, labeled, classes, spec, fusion, policy, cfg, out.parent / f"{out.name}.train",
+                              out, name, timings if timings is not None else {},
+                              metrics={"items": len(data.items), "labelled": len(labelled)})
