@@ -12,6 +12,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import datetime
 import json
 import logging
 import signal
@@ -285,6 +286,8 @@ def line_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sortline", description="Self-supervised recognition at the edge.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--log-json", action="store_true",
+                        help="log one JSON object per line (time, level, logger, message), for journald or a collector")
     commands = parser.add_subparsers(dest="command", required=True)
 
     simulate = commands.add_parser("simulate", help="run a simulated line and record what a station would see")
@@ -400,10 +403,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``t`` (UTC, ISO 8601), ``level``, ``logger``, ``msg`` (and
+    ``exc`` with a traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"t": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+                 "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_json:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     from .errors import SortlineError
 
     try:

@@ -8,8 +8,14 @@
     runtime = "auto"                     # auto | onnxruntime | openvino (auto: measured at start)
     threads = 1                          # optional: intra-op threads (default: measured)
     event_log = "events.jsonl"           # serve: one JSON line per item (optional)
+    event_log_max_mb = 64                # rotated past this size (events.jsonl.1 …), keeping
+    event_log_keep = 5                   # this many old files
     store = "enroll.sqlite"              # optional: enrolled items and head versions; serve runs
                                          # the current head and swaps in a new one while it runs
+    [api]                                # optional: the daemon's HTTP side (edge_runtime/api.py)
+    host = "127.0.0.1"                   # the default; another address only when set here
+    port = 8750                          # 0: any free port; enabled = false: no HTTP at all
+    token = "…at least 16 characters…"   # or SORTLINE_API_TOKEN; without one the API changes nothing
 
     [controller]
     port = "/dev/serial/by-id/usb-FTDI_line3-if00-port0"   # any pyserial URL: /dev/tty*,
@@ -47,12 +53,13 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
 from sortline.hardware.protocol import MAX_EXIT
 from sortline.hardware.serial_link import DEFAULT_BAUD
@@ -90,8 +97,17 @@ class _StationTable(_Table):
     event_log: Text | None = None
     public_key: Text | None = None
     store: Text | None = None
+    event_log_max_mb: Annotated[float, Field(gt=0, le=1 << 20, allow_inf_nan=False)] = 64.0
+    event_log_keep: Annotated[StrictInt, Field(ge=1, le=1000)] = 5
     runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
     threads: Annotated[StrictInt, Field(ge=1, le=256)] | None = None
+
+
+class _ApiTable(_Table):
+    enabled: StrictBool = True
+    host: Text = "127.0.0.1"  # another address only when set here
+    port: Annotated[StrictInt, Field(ge=0, le=65535)] = 8750  # 0: any free port
+    token: Annotated[StrictStr, Field(min_length=16, max_length=256)] | None = None
 
 
 class _ControllerTable(_Table):
@@ -147,6 +163,7 @@ class _FileModel(_Table):
     sensor: _SensorTable = _SensorTable()
     rig: _RigTable = _RigTable()
     limits: _LimitsTable = _LimitsTable()
+    api: _ApiTable = _ApiTable()
     views: Annotated[list[_ViewTable], Field(min_length=1, max_length=MAX_VIEWS)]
 
 
@@ -212,10 +229,17 @@ class StationFile:
     sensor_baud: int = DEFAULT_BAUD
     public_key: Path | None = None
     store: Path | None = None  # enrolled examples and head versions (edge_runtime/memory.py)
+    event_log_max_mb: float = 64.0  # rotated past this size
+    event_log_keep: int = 5
     limits: dict[str, tuple[float, float]] | None = None  # ReadingLimits fields; None: the defaults
     controller_exits: int | None = None  # the controller's exits are 0..N-1; None: any the protocol allows
     runtime: str = "auto"  # edge_runtime/runtimes.py
     threads: int | None = None  # None: measured
+    api_enabled: bool = True  # the daemon's HTTP side (edge_runtime/api.py)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8750
+    api_token: str | None = field(default=None, repr=False)  # else SORTLINE_API_TOKEN; without either, the
+    # API changes nothing
 
     def check_exits(self, exits: dict[str, int], safe_exit: int) -> None:
         """Refuse a bundle that names an exit this line's controller does not have."""
@@ -296,6 +320,9 @@ def load_station_file(path: str | Path) -> StationFile:
         bundle=relative(model.station.bundle), event_log=relative(model.station.event_log),
         controller_baud=model.controller.baud, sensor_baud=sensor.baud,
         public_key=relative(model.station.public_key), store=relative(model.station.store),
+        event_log_max_mb=model.station.event_log_max_mb, event_log_keep=model.station.event_log_keep,
         limits=model.limits.model_dump(),
         controller_exits=model.controller.exits, runtime=model.station.runtime, threads=model.station.threads,
+        api_enabled=model.api.enabled, api_host=model.api.host, api_port=model.api.port,
+        api_token=model.api.token or os.environ.get("SORTLINE_API_TOKEN") or None,
     )

@@ -4,18 +4,22 @@ configured by a station file (:mod:`sortline.edge_runtime.config`)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from sortline.hardware.recording import RecordingWriter, StreamRecorder
 
+from . import systemd
 from .bundle import Bundle
 from .config import ConfigError, StationFile
+from .control import StationControl
 from .enroll import Enroller, HeadWatcher
 from .pipeline import Classifier, ItemPipeline
 from .station import StationConfig, StationStats
@@ -34,6 +38,53 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
     bundle = bundle or station_file.bundle
     if bundle is None:
         raise ConfigError(f"{station_file.path}: no station.bundle, and none given")
+    pipeline, enroller, watcher = _load(station_file, bundle)
+    config = dataclasses.replace(config, limits=station_file.reading_limits(),
+                                 event_log_max_mb=station_file.event_log_max_mb,
+                                 event_log_keep=station_file.event_log_keep)
+    rig = station_file.build_rig()
+    api = None
+    ready = ready or threading.Event()
+    try:
+        with RunningStation(pipeline, station_file.ports, rig, config, event_log=station_file.event_log,
+                            bauds=station_file.bauds) as running:
+            control = StationControl(running, pipeline, enroller, watcher, ready, started=time.monotonic())
+            control.reload = functools.partial(_reload, control, station_file, bundle)
+            if station_file.api_enabled:
+                from .api import ApiSettings
+
+                api = ApiSettings(station_file.api_host, station_file.api_port, station_file.api_token).serve(control)
+            log.info("serving %s with bundle %s, head version %d", station_file.path, pipeline.version,
+                     pipeline.classifier.version)
+            ready.set()  # links open, model loaded and checked: items can come
+            systemd.notify(f"READY=1\nSTATUS=serving {pipeline.version}")
+            watchdog_s, pinged, steps = systemd.watchdog_interval_s(), time.monotonic(), -1
+            while not stop.is_set() and not running.stopped.is_set():
+                stop.wait(min(0.2, watchdog_s or 0.2))
+                if control.watcher is not None:
+                    with control.lock:
+                        control.watcher.poll()
+                # the watchdog is fed only while the station's loop moves: a stuck loop is restarted
+                if watchdog_s is not None and time.monotonic() - pinged >= watchdog_s \
+                        and running.station.steps != steps:
+                    systemd.notify("WATCHDOG=1")
+                    pinged, steps = time.monotonic(), running.station.steps
+            systemd.notify("STOPPING=1")
+            stats = running.stop()
+            return stats, running.station.observed_faults()
+    finally:
+        if api is not None:
+            api.stop()
+        rig.close()
+        if enroller is not None:
+            enroller.close()
+        if api is not None and control.enroller is not None and control.enroller is not enroller:
+            control.enroller.close()
+
+
+def _load(station_file: StationFile, bundle: Path) -> tuple[ItemPipeline, Enroller | None, HeadWatcher | None]:
+    """A bundle as the station runs it: verified (and its signature, if the station file names a
+    key), its runtime chosen, the store's current head in place, exits the controller has."""
     enrollers: list[Enroller] = []
 
     def store_head(loaded: Bundle) -> Classifier | None:  # the store's current head, if there is a store
@@ -42,31 +93,39 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
         enrollers.append(Enroller(loaded, station_file.store))
         return enrollers[0].classifier()
 
-    pipeline = ItemPipeline.for_station(bundle, public_key=station_file.public_key, runtime=station_file.runtime,
-                                        threads=station_file.threads, classifier=store_head)
-    station_file.check_exits(pipeline.policy.exits, pipeline.policy.safe_exit)
-    watcher = (HeadWatcher(enrollers[0], pipeline, lambda c: station_file.check_exits(c.policy.exits,
-                                                                                       c.policy.safe_exit))
-               if enrollers else None)
-    config = dataclasses.replace(config, limits=station_file.reading_limits())
-    rig = station_file.build_rig()
     try:
-        with RunningStation(pipeline, station_file.ports, rig, config, event_log=station_file.event_log,
-                            bauds=station_file.bauds) as running:
-            log.info("serving %s with bundle %s, head version %d", station_file.path, pipeline.bundle.version,
-                     pipeline.classifier.version)
-            if ready is not None:  # links open, model loaded and checked: items can come
-                ready.set()
-            while not stop.is_set() and not running.stopped.is_set():
-                stop.wait(0.2)
-                if watcher is not None:
-                    watcher.poll()
-            stats = running.stop()
-            return stats, running.station.observed_faults()
-    finally:
-        rig.close()
+        pipeline = ItemPipeline.for_station(bundle, public_key=station_file.public_key,
+                                            runtime=station_file.runtime, threads=station_file.threads,
+                                            classifier=store_head)
+        station_file.check_exits(pipeline.policy.exits, pipeline.policy.safe_exit)
+    except BaseException:
         for enroller in enrollers:
             enroller.close()
+        raise
+    enroller = enrollers[0] if enrollers else None
+    watcher = (HeadWatcher(enroller, pipeline, lambda c: station_file.check_exits(c.policy.exits,
+                                                                                   c.policy.safe_exit))
+               if enroller is not None else None)
+    return pipeline, enroller, watcher
+
+
+def _reload(control: StationControl, station_file: StationFile, default: Path, path: str | None) -> None:
+    """Hot reload: the new bundle is loaded, checked and run (warmed up) while the old one
+    serves; then items announced from then on are decided by it. Any fault leaves the old one."""
+    pipeline, enroller, watcher = _load(station_file, Path(path) if path else default)
+    try:
+        spec = pipeline.manifest.input
+        pipeline.embedder.embed_batch(np.zeros((spec.views, len(spec.channels), spec.size, spec.size), np.float32))
+        with control.lock:
+            control.running.station.reload(pipeline)
+            old = control.enroller
+            control.pipeline, control.enroller, control.watcher = pipeline, enroller, watcher
+    except BaseException:
+        if enroller is not None:
+            enroller.close()
+        raise
+    if old is not None and old is not enroller:
+        old.close()
 
 
 def record_station(station_file: StationFile, out: Path, items: int | None = None, seconds: float | None = None,

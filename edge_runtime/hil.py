@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tqdm import tqdm
 
@@ -22,11 +22,15 @@ from sortline.hardware.sim.referee import LineTally
 from sortline.hardware.sim.replay import ReplayedLine
 
 from .datasets import load_image_set
+from .enroll import Enroller, HeadWatcher
 from .pipeline import Decision, ItemPipeline
 from .report import summarize
 from .station import StationConfig, StationStats
 from .station.stats import REPORTED_ONLY
 from .station.wiring import RunningStation
+
+if TYPE_CHECKING:  # the HTTP side (FastAPI) is imported only when a run serves it
+    from .api import ApiServer, ApiSettings
 
 DISTINCT_ITEMS = 1000  # a simulated line renders at most this many distinct items, then repeats them
 
@@ -81,16 +85,24 @@ def sort_on_line(
     event_log: Path | None = None,
     progress: bool = True,
     truth_names: Sequence[str] | None = None,
+    api: ApiSettings | None = None,
+    enroller: Enroller | None = None,
 ) -> LineRun:
     """Run a station on ``line`` until every item has passed; return what both sides saw.
     ``truth_names`` names the line's class indices when they are not the bundle's labels in
-    order (a recording whose classes a bundle fitted elsewhere orders otherwise)."""
+    order (a recording whose classes a bundle fitted elsewhere orders otherwise). With ``api``,
+    the station's HTTP API runs beside it (``sortline demo --serve``), with ``enroller`` behind
+    its enrollment calls."""
     decisions: list[Decision] = []
+    server: ApiServer | None = None
     ports = {"controller": line.port("controller"), line.sensor: line.port(line.sensor)}
     try:
         # A simulated device waits REOPEN_S (0.3 s) after coming back before it talks: reopen well within it.
         with RunningStation(pipeline, ports, line.rig, station_config, event_log=event_log, reconnect_s=0.05,
                             on_decision=decisions.append) as running:
+            if api is not None:
+                watcher = HeadWatcher(enroller, pipeline) if enroller is not None else None
+                server = api.start(running, pipeline, enroller, watcher)
             start = time.monotonic()
             line.start()
             _follow(line, "sorting", progress)
@@ -99,6 +111,8 @@ def sort_on_line(
             running.stop()
             station = running.station
     finally:
+        if server is not None:
+            server.stop()
         line.stop()
     truth = {i: label for i in line.item_ids if (label := line.truth(i)) is not None}
     if truth_names is not None:  # by name; a class the head does not know counts as a wrong answer

@@ -28,6 +28,7 @@ ERROR = "error"
 UNANNOUNCED = "unannounced"
 OVERLOAD = "overload"  # the station could not embed it before its decision time
 UNKNOWN = "unknown"  # far from every class the head knows (open-set rejection)
+PAUSED = "paused"  # its lane was paused by an operator: not looked at
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class ItemPipeline:
         what its manifest says, is refused here, before any item depends on it."""
         self.bundle = bundle
         self.manifest = bundle.manifest
+        self.version = bundle.version  # name@manifest hash, computed once
         self.embedder: Embedder = embedder or load_embedder(bundle, threads=threads, spin=spin)
         self.runtime_choice = runtime_choice
         self.listener: Callable[[int, np.ndarray, Decision], None] | None = None

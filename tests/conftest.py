@@ -93,3 +93,24 @@ def tiny_checkout_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     work = tmp_path_factory.mktemp("tiny")
     return make_tiny_bundle(work / "bundle", work)
+
+
+def chromium_browser(width: int = 1100, height: int = 900):
+    """Debian's chromium, headless, driven by selenium; skipped where it is not installed (but
+    CI must have it: .ci/run installs it)."""
+    import os
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium and chromium-driver (.ci/run does)")
+        pytest.skip("Debian's chromium and chromium-driver are not installed")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import chromium_browser
 
 from sortline.edge_runtime.bundle import load_bundle
 from sortline.edge_runtime.cli import main
@@ -165,22 +166,6 @@ def test_record_label_fit_replay_end_to_end(tmp_path, capsys):
 # --- the labelling page in a real browser ----------------------------------------------------------
 
 
-def _browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium and chromium-driver (.ci/run does)")
-        pytest.skip("Debian's chromium and chromium-driver are not installed")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,900"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
 def test_the_labelling_page_labels_by_keyboard_and_keeps_labels(tmp_path, recorded):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -193,7 +178,7 @@ def test_the_labelling_page_labels_by_keyboard_and_keeps_labels(tmp_path, record
     try:
         line = process.stdout.readline()
         url = next(word for word in line.split() if word.startswith("http://127.0.0.1:"))
-        browser = _browser()
+        browser = chromium_browser()
         try:
             wait = WebDriverWait(browser, 20)
             browser.get(url)

@@ -49,6 +49,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="inject every fault kind on the simulated line at this rate (e.g. 0.01)")
     demo.add_argument("--seed", type=int, default=0)
     runtime_flags(demo)
+    demo.add_argument("--serve", action="store_true",
+                      help="keep the station's HTTP API and operator page up while it sorts (use a large --items)")
+    demo.add_argument("--port", type=int, default=8750, help="--serve: the port on 127.0.0.1 (8750)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     demo.set_defaults(handler=_desktop("demo"))

@@ -20,7 +20,8 @@ def demo(args: argparse.Namespace) -> dict:
                                   labeled_fruit=args.labeled_fruit, epochs=args.epochs, seed=args.seed,
                                   faults=args.faults, progress=not args.quiet, lanes=args.lanes,
                                   pitch_ms=1000 / args.rate, backbone=args.backbone, image_size=args.image_size,
-                                  runtime=args.runtime, threads=args.threads))
+                                  runtime=args.runtime, threads=args.threads,
+                                  serve_port=args.port if args.serve else None))
     print((Path(args.out) / "summary.md").read_text())
     print(f"bundle, event log, plots and summary.json are in {args.out}/")
     return summary

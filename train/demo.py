@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ class DemoConfig:
     progress: bool = True
     runtime: str = "auto"  # the station's inference runtime (edge_runtime/runtimes.py)
     threads: int | None = None  # None: measured
+    serve_port: int | None = None  # --serve: the station's HTTP API and page on this port while it sorts
 
 
 def worlds(seed: int) -> dict[str, int]:
@@ -129,8 +131,19 @@ def run_demo(cfg: DemoConfig) -> dict:
     events = out / "events.jsonl"
     events.unlink(missing_ok=True)
     pipeline = ItemPipeline.for_station(bundle, threads=cfg.threads, runtime=cfg.runtime)
-    run = sort_on_simulated_line(pipeline, line, scenarios["line"], event_log=events,
-                                 progress=cfg.progress)
+    if cfg.serve_port is None:
+        run = sort_on_simulated_line(pipeline, line, scenarios["line"], event_log=events, progress=cfg.progress)
+    else:  # the daemon's HTTP side beside the simulated line, enrollment into out/enroll.sqlite
+        from sortline.edge_runtime.api import ApiSettings
+        from sortline.edge_runtime.enroll import Enroller
+
+        api = ApiSettings(port=cfg.serve_port, token=os.environ.get("SORTLINE_API_TOKEN") or None)
+        print(f"station API and page on http://127.0.0.1:{cfg.serve_port}/ while {cfg.items} items pass "
+              f"(Ctrl-C stops; changes need SORTLINE_API_TOKEN{'' if api.token else ', which is not set'})",
+              flush=True)
+        with Enroller(bundle, out / "enroll.sqlite") as enroller:
+            run = sort_on_simulated_line(pipeline, line, scenarios["line"], event_log=events,
+                                         progress=cfg.progress, api=api, enroller=enroller)
     t = stage("sort", timings, t)
 
     summary = {

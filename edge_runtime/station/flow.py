@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
-from sortline.hardware.camera import CORRUPT, LOST, FrameError, FrameSource
+from sortline.hardware.camera import CORRUPT, LOST, FrameError, FrameSource, ViewFrame
 
 from ..preprocess import preprocess_views
 from ..runtimes import Embedder
@@ -41,6 +42,7 @@ class FlowResult:
     views_late: int = 0
     shed: bool = False  # not computed: it could not have been done before its decision time
     times_ms: dict[str, float] = field(default_factory=dict)  # queue, capture, embed
+    thumbnail: np.ndarray | None = None  # the first view, small (H×W×3 uint8), for the operator page
 
 
 @dataclass
@@ -52,6 +54,20 @@ class _Job:
     batch: np.ndarray | None = None  # preprocessed views
     errors: tuple[str, ...] = ()
     counts: tuple[int, int, int] = (0, 0, 0)  # lost, corrupt, late
+    thumbnail: np.ndarray | None = None
+    embedder: Embedder | None = None  # the model this item is embedded by (a reload changes the flow's)
+
+
+THUMBNAIL_PX = 64
+
+
+def thumbnail(view: ViewFrame) -> np.ndarray:
+    """A view's RGB frame, at most THUMBNAIL_PX on its longer side."""
+    h, w = view.rgb.shape[:2]
+    scale = THUMBNAIL_PX / max(h, w)
+    if scale >= 1:
+        return view.rgb
+    return cv2.resize(view.rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 class _Estimate:
@@ -118,10 +134,11 @@ class ItemFlow:
     def depth(self) -> int:
         return self._captures.qsize() + self._embeds.qsize()
 
-    def submit(self, item_id: int, decide_by: float) -> bool:
-        """Queue an item; False when the flow is full (the caller sheds it)."""
+    def submit(self, item_id: int, decide_by: float, embedder: Embedder | None = None) -> bool:
+        """Queue an item, to be embedded by ``embedder`` (default: the flow's); False when the
+        flow is full (the caller sheds it)."""
         try:
-            self._captures.put_nowait(_Job(item_id, decide_by, self.clock()))
+            self._captures.put_nowait(_Job(item_id, decide_by, self.clock(), embedder=embedder or self.embedder))
         except queue.Full:
             return False
         self.deepest = max(self.deepest, self.depth)
@@ -145,7 +162,7 @@ class ItemFlow:
         with self._lock:
             self._cancelled.discard(job.item_id)  # cancelled while its batch ran: nothing left to skip
         self.on_result(FlowResult(job.item_id, embeddings, (*job.errors, *errors), lost, corrupt, late, shed,
-                                  job.times_ms))
+                                  job.times_ms, job.thumbnail))
 
     def _embed_backlog_s(self, now: float) -> float:
         """How long until a new item would be embedded: the batch now running, the items
@@ -182,7 +199,9 @@ class ItemFlow:
             job.counts = (sum(e.kind == LOST for e in capture.errors), sum(e.kind == CORRUPT for e in capture.errors),
                           len(capture.late))
             views = capture.present
-            job.batch = preprocess_views(views, self.embedder.spec) if views else None
+            job.batch = preprocess_views(views, job.embedder.spec) if views else None
+            if views:
+                job.thumbnail = thumbnail(views[0])
         except (FrameError, ValueError, OSError) as exc:
             errors.append(str(exc))
         done = self.clock()
@@ -244,7 +263,9 @@ class ItemFlow:
         now = self.clock()
         per_item = self.embed_s.value * (1 + SLACK)
         jobs = [job for job in jobs if not self._take_cancel(job.item_id)]
-        later: list[_Job] = []
+        # one model a batch: items queued before a bundle reload finish on the model they began with
+        later = [job for job in jobs if jobs and job.embedder is not jobs[0].embedder]
+        jobs = [job for job in jobs if job.embedder is jobs[0].embedder]
         while jobs:
             jobs.sort(key=lambda job: job.decide_by)
             if now + per_item * len(jobs) <= jobs[0].decide_by:
@@ -261,7 +282,7 @@ class ItemFlow:
             return later
         self._busy_until = now + per_item * len(accepted)
         batch = np.concatenate([job.batch for job in accepted])
-        embeddings = self.embedder.embed_batch(batch)
+        embeddings = accepted[0].embedder.embed_batch(batch)
         done = self.clock()
         self._busy_until = 0.0
         self.embed_s.update((done - now) / len(accepted))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sortline.hardware.protocol import ItemArrival
 
 from ..fusion import Reading
-from ..pipeline import ERROR, LATE, OVERLOAD, Decision, ItemPipeline
+from ..pipeline import ERROR, LATE, OVERLOAD, PAUSED, Decision, ItemPipeline
 from .flow import FlowResult
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ class OpenItem:
     decide_by: float  # the latest decision that still reaches the gate in time
     sensor_until: float  # the longest wait for its sensor readings
     result: FlowResult | None = None  # embeddings back from the flow
+    pipeline: ItemPipeline | None = None  # the bundle that decides it (the station's at its announcement)
+    paused: bool = False  # its lane is paused: the safe exit, without looking
 
     def ready(self, now: float, readings_complete: bool) -> bool:
         if now >= self.decide_by:
@@ -75,6 +77,8 @@ def decide(pipeline: ItemPipeline, item: OpenItem, readings: Sequence[Reading], 
     """The item's one decision. Too late to steer, or not embedded in time: the safe exit. A
     decision that fails sends the item to the safe exit too; the line goes on."""
     item_id = item.arrival.item_id
+    if item.paused:
+        return Outcome(pipeline.safe(item_id, PAUSED))
     if now >= item.deadline_at:
         return Outcome(pipeline.safe(item_id, LATE), late=True)
     if item.result is None or item.result.shed:

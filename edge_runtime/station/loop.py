@@ -19,10 +19,12 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from sortline.hardware.camera import FrameSource
 from sortline.hardware.protocol import Ack, Heartbeat, ItemArrival, ScaleReading, TapReading
@@ -43,6 +45,7 @@ from .stats import StationStats, observed_faults
 log = logging.getLogger(__name__)
 _WAKE = object()  # put in the inbox by the flow: a result is waiting
 SHUTDOWN_GRACE_S = 2.0
+THUMBNAILS = 64  # the latest items whose first view the operator page can show
 
 
 class StationError(SortlineError, RuntimeError):
@@ -66,6 +69,8 @@ class StationConfig:
     max_batch_items: int = 8  # items embedded in one batch when the line is busy
     recent_decisions: int = 1000  # kept in Station.decisions
     limits: ReadingLimits = ReadingLimits()  # what the item sensor can physically report
+    event_log_max_mb: float = 64.0  # the event log is rotated past this size
+    event_log_keep: int = 5  # rotated event logs kept (events.jsonl.1 … .5)
 
 
 class Station:
@@ -91,6 +96,9 @@ class Station:
         self.controller = controller
         self.sensor = sensor
         self.decisions: deque[Decision] = deque(maxlen=c.recent_decisions)
+        self.thumbnails: OrderedDict[int, np.ndarray] = OrderedDict()  # the latest items' first views
+        self.steps = 0
+        self.paused_lanes: set[int] = set()  # lanes whose items go to the safe exit unseen (operator's pause)
         self.on_decision = on_decision
         self.ids = ItemIds(c.max_id_gap, c.remember_items, c.unannounced_wait_ms / 1000)
         self.readings = ReadingMatcher(fusion.sensor, fusion.readings_expected, c.orphan_tap_ttl_ms / 1000,
@@ -101,8 +109,7 @@ class Station:
         self._stats = StationStats()
         self._inbox = controller.inbox
         self._clock = clock
-        self._log = EventLog(event_log)
-        self._bundle = pipeline.bundle.version
+        self._log = EventLog(event_log, int(c.event_log_max_mb * (1 << 20)), c.event_log_keep)
         self._open: dict[int, OpenItem] = {}
         self._agenda = Agenda()
         self._results: deque[FlowResult] = deque()
@@ -124,6 +131,19 @@ class Station:
         s.link_over_capacity = self.links.over
         s.log_errors = self._log.errors
         return s
+
+    def reload(self, pipeline: ItemPipeline) -> ItemPipeline:
+        """Decide items announced from now on with ``pipeline`` (a new bundle, loaded, checked and
+        warmed up by the caller); items already announced finish with the one they began with.
+        It must fit this station: the same item sensor and readings. Returns the previous one."""
+        old, new = self.pipeline.manifest.fusion, pipeline.manifest.fusion
+        if (new.sensor, new.readings_expected) != (old.sensor, old.readings_expected):
+            raise ConfigError(f"the new bundle fuses {new.readings_expected} {new.sensor} readings, this station "
+                              f"{old.readings_expected} {old.sensor}: it cannot be swapped in while running")
+        previous, self.pipeline = self.pipeline, pipeline
+        self.flow.embedder = pipeline.embedder
+        log.info("bundle %s in place of %s", pipeline.version, previous.version)
+        return previous
 
     def observed_faults(self) -> dict[str, int]:
         """What this station saw go wrong, by kind (the names of hardware/sim/faults.py)."""
@@ -160,6 +180,7 @@ class Station:
 
     def step(self, timeout: float) -> None:
         """Handle what has come in (waiting up to ``timeout`` for it), then whatever is due."""
+        self.steps += 1  # the loop moves (systemd's watchdog is fed on it)
         try:
             received = self._inbox.get(timeout=timeout)
         except queue.Empty:
@@ -197,6 +218,10 @@ class Station:
         if item is None or item.result is not None:
             return  # decided without it already
         item.result = result
+        if result.thumbnail is not None:
+            self.thumbnails[result.item_id] = result.thumbnail
+            while len(self.thumbnails) > THUMBNAILS:
+                self.thumbnails.popitem(last=False)
         s = self._stats
         s.views_lost += result.views_lost
         s.views_corrupt += result.views_corrupt
@@ -234,13 +259,18 @@ class Station:
         deadline_at = announced_at + arrival.deadline_ms / 1000
         decide_by = deadline_at - c.decision_margin_ms / 1000
         item = OpenItem(arrival, at, announced_at, deadline_at, decide_by,
-                        sensor_until=min(at + c.sensor_wait_ms / 1000, decide_by))
+                        sensor_until=min(at + c.sensor_wait_ms / 1000, decide_by), pipeline=self.pipeline)
         item_id = arrival.item_id
         self._open[item_id] = item
         self._stats.items += 1
         self._agenda.touch(self.readings.open(item_id, announced_at))
         self._agenda.schedule(item_id, item.sensor_until, decide_by)
-        if decide_by <= at or not self.flow.submit(item_id, decide_by):
+        self._stats.lanes[arrival.lane] += 1
+        if arrival.lane in self.paused_lanes:  # an operator paused it: the safe exit, at once
+            item.paused = True
+            item.result = FlowResult(item_id, None, shed=True)
+            self._agenda.touch((item_id,))
+        elif decide_by <= at or not self.flow.submit(item_id, decide_by, item.pipeline.embedder):
             item.result = FlowResult(item_id, None, shed=True)  # no time, or no room: decide now
             self._agenda.touch((item_id,))
 
@@ -251,13 +281,14 @@ class Station:
         if item.result is None:
             self.flow.cancel(item_id)  # the flow did not make it in time: do not finish the work
         started = self._clock()
-        outcome = decide(self.pipeline, item, readings, now, self._clock)
+        outcome = decide(item.pipeline, item, readings, now, self._clock)
         self._stats.deadline_misses += outcome.late
         self._stats.overload += outcome.overload
         done = self._clock()
         sent = self.gate.send(item_id, outcome.decision.exit, done, item.deadline_at)
         self._book(outcome.decision)
-        record = event_record(outcome, item, len(readings), (done - started) * 1000, done, sent, self._bundle)
+        record = event_record(outcome, item, len(readings), (done - started) * 1000, done, sent,
+                              item.pipeline.version)
         if sensor_rejected:
             record["sensor_rejected"] = True  # decided on its views: a reading for it was garbage
         self._stats.latency_ms.add(record["latency_ms"])
@@ -271,10 +302,11 @@ class Station:
         decision = self.pipeline.safe(item_id, UNANNOUNCED)
         sent = self.gate.send(item_id, decision.exit, now, now + self.config.unannounced_deadline_ms / 1000)
         self._book(decision)
-        self._log.write({**decision.to_dict(), "sent": sent, "bundle": self._bundle})
+        self._log.write({**decision.to_dict(), "sent": sent, "bundle": self.pipeline.version})
 
     def _book(self, decision: Decision) -> None:
         self._stats.reasons[decision.reason] += 1
+        self._stats.exits[decision.exit] += 1
         self.decisions.append(decision)
         if self.on_decision is not None:
             self.on_decision(decision)

@@ -91,6 +91,8 @@ class StationStats:
     gate_commands: int = 0
     acks: int = 0
     reasons: Counter = field(default_factory=Counter)
+    exits: Counter = field(default_factory=Counter)  # items sent to each exit
+    lanes: Counter = field(default_factory=Counter)  # items announced on each lane
     latency_ms: StreamingHistogram = field(default_factory=StreamingHistogram)  # announcement → gate command
     compute_ms: StreamingHistogram = field(default_factory=StreamingHistogram)  # of which spent computing
     deadline_misses: int = 0
