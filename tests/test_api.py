@@ -182,11 +182,12 @@ def test_the_operator_page_shows_the_line_and_drives_enrollment(tmp_path, tiny_b
     """The page in headless chromium: live decisions with thumbnails, counts, latency; the
     enroll flow (start, present, keep, refit) and a rollback, all through the page."""
     from conftest import chromium_browser
+
+    browser = chromium_browser(1280, 1000)  # first: it skips where selenium or chromium is missing
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser = chromium_browser(1280, 1000)
     path, line, port = _station_with_api(tmp_path, tiny_bundle, 200)
     shot = tmp_path / "operator-page.png"
 
@@ -345,6 +346,7 @@ def test_the_sample_station_file_and_unit_are_valid():
 
 def test_demo_serve_keeps_the_api_up_while_it_sorts(tmp_path, capsys):
     """`sortline demo --serve`: the simulated line with the daemon's HTTP side, for anyone to try."""
+    pytest.importorskip("torch", reason="sortline demo trains its bundle: a desktop install")
     from sortline.edge_runtime.cli import main
 
     port = _free_port()
