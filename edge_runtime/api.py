@@ -113,8 +113,8 @@ class StationCollector:
         yield histogram
         queue = GaugeMetricFamily("sortline_queue_depth", "Items waiting in the station.", labels=["queue"])
         queue.add_metric(["flow"], station.flow.depth)
-        queue.add_metric(["open"], len(station._open))
-        queue.add_metric(["inbox"], station._inbox.qsize())
+        queue.add_metric(["open"], station.open_items)
+        queue.add_metric(["inbox"], station.inbox_depth)
         yield queue
         yield GaugeMetricFamily("sortline_head_version", "The head version deciding items (0: the bundle's).",
                                 value=c.pipeline.classifier.version)

@@ -188,17 +188,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def manifest_json(manifest: Manifest) -> str:
-    def finite(value: object) -> object:  # JSON has no NaN: write null instead
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [finite(v) for v in value]
-        return value
+def json_finite(value: object) -> object:
+    """``value`` with every NaN or infinity replaced by None: JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_finite(v) for v in value]
+    return value
 
-    return json.dumps(finite(manifest.to_dict()), indent=2, sort_keys=False) + "\n"
+
+def manifest_json(manifest: Manifest) -> str:
+    return json.dumps(json_finite(manifest.to_dict()), indent=2, sort_keys=False) + "\n"
 
 
 @dataclass(frozen=True)

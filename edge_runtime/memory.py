@@ -18,13 +18,13 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import math
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .bundle import json_finite
 from .errors import SortlineError
 
 SCHEMA = 1
@@ -231,7 +231,7 @@ class EmbeddingStore:
 
     def commit_head(self, record: HeadRecord, activate: bool = True) -> int:
         """Store a new head version (and make it current), in one transaction; returns its number."""
-        metrics = json.dumps(_finite(record.metrics))
+        metrics = json.dumps(json_finite(record.metrics))
         with self._write() as db:
             (last,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM heads").fetchone()
             version = int(last) + 1
@@ -292,13 +292,3 @@ def _record(row: tuple) -> HeadRecord:
                           json.loads(metrics), bytes(head), bytes(openset), bytes(check_head))
     except (ValueError, TypeError, AttributeError) as exc:
         raise StoreError(f"head version {version}: malformed record ({exc})") from exc
-
-
-def _finite(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value

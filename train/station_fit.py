@@ -74,14 +74,16 @@ def default_policy(classes: Sequence[str], min_confidence: float = 0.5) -> Decis
 
 def fit_station_bundle(pool: np.ndarray, labeled: Sequence[LabeledItem], classes: Sequence[str], spec: InputSpec,
                        fusion: FusionSpec, policy: DecisionPolicy, cfg: FitConfig, work: Path, out: Path,
-                       name: str, timings: dict[str, float], metrics: dict | None = None) -> FittedStation:
+                       name: str, timings: dict[str, float], metrics: dict | None = None,
+                       loaded: tuple | None = None) -> FittedStation:
     """``pool``: every view to pretrain on (``N×C×S×S`` uint8, through the edge preprocessing);
-    ``labeled``: the items the head is fitted on. Writes ``work/backbone.ckpt`` (when it
-    pretrains), ``work/pretrain.{csv,png}`` and the bundle ``out``."""
+    ``labeled``: the items the head is fitted on; ``loaded``: ``cfg.checkpoint`` already read.
+    Writes ``work/backbone.ckpt`` (when it pretrains), ``work/pretrain.{csv,png}`` and the bundle
+    ``out``."""
     work.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     if cfg.checkpoint is not None:
-        backbone, ckpt_spec, meta = load_checkpoint(cfg.checkpoint)
+        backbone, ckpt_spec, meta = loaded or load_checkpoint(cfg.checkpoint)
         if tuple(ckpt_spec.channels) != tuple(spec.channels):
             raise LabelError(f"{cfg.checkpoint}: a backbone for channels {ckpt_spec.channels}; the items have "
                              f"{spec.channels}")
@@ -151,8 +153,8 @@ def fit_items(data: ItemData, out: Path, cfg: FitConfig, policy: DecisionPolicy 
                          "classes (sortline label REC gives labels)")
     if missing := [c for c in classes if c not in present]:
         raise LabelError(f"the policy names {missing}, which no labelled item has")
-    size = load_checkpoint(cfg.checkpoint)[1].size if cfg.checkpoint is not None else cfg.image_size
-    spec = InputSpec.for_channels(data.channels, size, views=data.views)
+    loaded = load_checkpoint(cfg.checkpoint) if cfg.checkpoint is not None else None  # once: its size, its model
+    spec = InputSpec.for_channels(data.channels, loaded[1].size if loaded else cfg.image_size, views=data.views)
     pool = np.concatenate([views_to_uint8(item.views, spec) for item in data.items])
     index = {c: i for i, c in enumerate(classes)}
     labeled = [LabeledItem(index[item.label], item.views, item.readings) for item in labelled]
@@ -161,4 +163,4 @@ def fit_items(data: ItemData, out: Path, cfg: FitConfig, policy: DecisionPolicy 
     policy = policy or default_policy(classes, cfg.min_confidence)
     return fit_station_bundle(pool, labeled, classes, spec, fusion, policy, cfg, out.parent / f"{out.name}.train",
                               out, name, timings if timings is not None else {},
-                              metrics={"items": len(data.items), "labelled": len(labelled)})
+                              metrics={"items": len(data.items), "labelled": len(labelled)}, loaded=loaded)

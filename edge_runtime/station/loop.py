@@ -132,6 +132,16 @@ class Station:
         s.log_errors = self._log.errors
         return s
 
+    @property
+    def open_items(self) -> int:
+        """Items announced and not yet decided."""
+        return len(self._open)
+
+    @property
+    def inbox_depth(self) -> int:
+        """Messages from the devices waiting for the loop."""
+        return self._inbox.qsize()
+
     def reload(self, pipeline: ItemPipeline) -> ItemPipeline:
         """Decide items announced from now on with ``pipeline`` (a new bundle, loaded, checked and
         warmed up by the caller); items already announced finish with the one they began with.
