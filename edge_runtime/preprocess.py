@@ -64,19 +64,24 @@ class InputSpec:
         )
 
 
-def to_unit_chw(view: ViewFrame, spec: InputSpec) -> np.ndarray:
-    """One view as ``C×S×S`` float32 in 0..1, channels in the spec's order."""
-    size = (spec.size, spec.size)
-    interp = cv2.INTER_AREA if view.rgb.shape[0] >= spec.size else cv2.INTER_LINEAR
+def to_unit_chw(view: ViewFrame, spec: InputSpec, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One view as ``C×H×W`` float32 in 0..1, channels in the spec's order: ``S×S`` by default,
+    or ``size`` (width, height), which is how sliding-window detection feeds a whole frame."""
+    size = size or (spec.size, spec.size)
     planes = {}
     if {"r", "g", "b"} & set(spec.channels):
-        rgb = cv2.resize(view.rgb, size, interpolation=interp)
+        rgb = cv2.resize(view.rgb, size, interpolation=_interpolation(view.rgb.shape, size))
         planes.update(r=rgb[..., 0], g=rgb[..., 1], b=rgb[..., 2])
     if "nir" in spec.channels:
         if view.nir is None:
             raise FrameError("the model needs a NIR channel and this frame has none")
-        planes["nir"] = cv2.resize(view.nir, size, interpolation=interp)
+        planes["nir"] = cv2.resize(view.nir, size, interpolation=_interpolation(view.nir.shape, size))
     return np.stack([planes[c] for c in spec.channels]).astype(np.float32) * (1.0 / 255.0)
+
+
+def _interpolation(shape: tuple[int, ...], size: tuple[int, int]) -> int:
+    """Area averaging where the height shrinks (no aliasing), bilinear where it grows."""
+    return cv2.INTER_AREA if shape[0] >= size[1] else cv2.INTER_LINEAR
 
 
 def normalize(unit_chw: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -19,6 +19,7 @@ from sortline.edge_runtime.preprocess import InputSpec
 log = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OPSET = 18
+MIN_SIDE, MAX_SIDE = 32, 4096  # input sides the exported model accepts (a ResNet's stride is 32)
 
 
 class ParityError(SortlineError, RuntimeError):
@@ -34,13 +35,14 @@ class _WithFeatureMap(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmap = self.backbone.feature_map(x)
-        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(fmap, 1), 1), fmap
+        return self.backbone.pooling(fmap), fmap
 
 
 def export_backbone(model: torch.nn.Module, spec: InputSpec, path: Path) -> Path:
     """Write ``model`` as a single-file ONNX model at ``path``: input ``image`` (``N×C×S×S``),
     outputs ``embedding`` (``N×D``) and, where the model has ``feature_map``, ``feature_map``
-    (``N×D×h×w``). The batch dimension is dynamic."""
+    (``N×D×h×w``). The batch dimension is dynamic, and so are the height and width (from
+    ``MIN_SIDE`` px): the station feeds ``S×S`` views, sliding-window detection whole frames."""
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
     outputs = [EMBEDDING_OUTPUT]
     if hasattr(model, "feature_map"):
@@ -48,6 +50,8 @@ def export_backbone(model: torch.nn.Module, spec: InputSpec, path: Path) -> Path
         outputs.append(FEATURE_MAP_OUTPUT)
     example = torch.zeros(2, len(spec.channels), spec.size, spec.size)
     batch = torch.export.Dim("batch", min=1, max=4096)
+    height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
+    width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
     # The exporter narrates every pass on stdout; keep the user's terminal for our own output.
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -57,7 +61,7 @@ def export_backbone(model: torch.nn.Module, spec: InputSpec, path: Path) -> Path
             str(path),
             input_names=[INPUT_NAME],
             output_names=outputs,
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=({0: batch, 2: height, 3: width},),
             opset_version=OPSET,
             external_data=False,
             dynamo=True,

@@ -55,3 +55,25 @@ def test_bad_models_and_calibration_are_refused(tmp_path, exported):
         OnnxEmbedder(broken, SPEC)
     with pytest.raises(ValueError, match="calibration"):
         quantize_int8(exported[1], tmp_path / "x.onnx", np.zeros((0, 4, 32, 32), np.float32))
+
+
+@pytest.mark.parametrize("pool", ["avg", "lca"])
+def test_the_exported_model_takes_any_frame_size_and_pools_like_the_backbone(tmp_path, pool):
+    """Detection runs the model on whole frames: both outputs match PyTorch at sizes other than
+    the export's, and an LCA backbone's embedding is its LCA pooling (the edge's window pooling
+    reproduces it from the feature map)."""
+    from sortline.edge_runtime.detect import pool_window
+
+    torch.manual_seed(1)
+    spec = InputSpec.for_channels(("r", "g", "b"), size=64)
+    backbone = build_backbone("resnet10", in_channels=3, pool=pool).eval()
+    embedder = OnnxEmbedder(export_backbone(backbone, spec, tmp_path / "m.onnx"), spec)
+    for shape in [(2, 3, 64, 64), (1, 3, 160, 224), (1, 3, 97, 33)]:
+        x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+        out = embedder.run_all(x)
+        with torch.no_grad():
+            fmap = backbone.feature_map(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(out["feature_map"], fmap, atol=1e-4)
+        assert compare(torch_embeddings(backbone, x), out["embedding"]).min_cosine >= 0.9999
+        edge = np.stack([pool_window(m, pool) for m in out["feature_map"]])
+        np.testing.assert_allclose(edge, out["embedding"], rtol=1e-4, atol=1e-5)

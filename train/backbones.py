@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -44,28 +43,32 @@ BACKBONES = tuple(_FAMILIES)
 POOLS = ("avg", "lca")
 
 
-@lru_cache(maxsize=32)
-def lca_weights(h: int, w: int) -> torch.Tensor:
+def _interval_weight(n: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+    """For each of ``n`` positions, the sum over the intervals of ``0..n-1`` that contain it of
+    1/length (an interval of length ``L`` holds position ``i`` for
+    ``min(i, n-L) - max(0, i-L+1) + 1`` of its placements)."""
+    i = torch.arange(n, device=like.device, dtype=like.dtype)[:, None]
+    length = torch.arange(1, n + 1, device=like.device, dtype=like.dtype)[None, :]
+    placements = (torch.minimum(i, n - length) - torch.clamp(i - length + 1, min=0) + 1).clamp(min=0)
+    return (placements / length).sum(dim=1)
+
+
+def lca_weights(h: int, w: int, like: torch.Tensor | None = None) -> torch.Tensor:
     """The ``h×w`` weights that make LCA pooling one weighted sum over the map.
 
     LCA pooling averages the map over every axis-aligned rectangle of more than one cell and
     then averages those region vectors. A cell's weight is therefore the sum, over the
-    rectangles that contain it, of 1/area, divided by the number of rectangles. A 1×1 map has
-    no such rectangle and falls back to the cell itself.
+    rectangles that contain it, of 1/area, divided by the number of rectangles. A rectangle's
+    area is its height times its width, so that sum is the product of the row and the column
+    interval sums, less the 1×1 rectangle of the cell itself; written with tensor operations
+    only, it exports for any map size. A 1×1 map has no such rectangle and falls back to the
+    cell itself.
     """
-    weight = torch.zeros(h, w, dtype=torch.float64)
-    regions = 0
-    for top in range(h):
-        for bottom in range(top, h):
-            for left in range(w):
-                for right in range(left, w):
-                    area = (bottom - top + 1) * (right - left + 1)
-                    if area > 1:
-                        weight[top:bottom + 1, left:right + 1] += 1.0 / area
-                        regions += 1
-    if regions == 0:
-        return torch.ones(h, w)
-    return (weight / regions).float()
+    like = torch.zeros((), dtype=torch.float32) if like is None else like
+    rows, cols = _interval_weight(h, like), _interval_weight(w, like)
+    regions = (h * (h + 1) // 2) * (w * (w + 1) // 2) - h * w
+    weight = (rows[:, None] * cols[None, :] - 1.0) / max(regions, 1)
+    return weight if regions > 0 else torch.ones_like(weight)
 
 
 class LCAPool(nn.Module):
@@ -77,7 +80,7 @@ class LCAPool(nn.Module):
     """
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        weights = lca_weights(fmap.shape[-2], fmap.shape[-1]).to(fmap.device, fmap.dtype)
+        weights = lca_weights(fmap.shape[-2], fmap.shape[-1], fmap)
         return (fmap * weights).sum(dim=(-2, -1))
 
 
