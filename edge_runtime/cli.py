@@ -233,6 +233,88 @@ def _bundle_policy(args: argparse.Namespace) -> dict:
     return {"ok": True, "bundle": str(args.out), "version": written.version, "decision": policy.to_dict()}
 
 
+def _exemplar_arg(text: str) -> tuple[str, Path]:
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: an exemplar is NAME=IMAGE (a crop of the item)")
+    return label, Path(path)
+
+
+def _frames(paths: Sequence[Path]) -> list[Path]:
+    """Image files, and the images in folders, in order."""
+    from sortline.hardware.images import IMAGE_SUFFIXES
+
+    out = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(path)
+    return out
+
+
+def _detect(args: argparse.Namespace) -> dict:
+    import cv2
+
+    from sortline.hardware.camera import FrameError
+    from sortline.hardware.images import read_image
+
+    from .bundle import load_bundle
+    from .detect import DetectConfig, DetectError, bundle_detector, draw, store_features
+
+    def read(path: Path):
+        try:
+            return read_image(path).rgb
+        except FrameError as exc:
+            raise DetectError(str(exc)) from exc
+
+    from .memory import EmbeddingStore
+    from .runtimes import make_embedder
+
+    if not args.exemplar and not args.store:
+        raise DetectError("give the items to find: --exemplar NAME=CROP (one or more), or --store")
+    bundle = load_bundle(args.bundle)
+    exemplars: dict[str, list] = {}
+    for label, path in args.exemplar or ():
+        exemplars.setdefault(label, []).append(read(path))
+    features = None
+    if args.store:
+        with EmbeddingStore.open_existing(args.store) as store:
+            features = store_features(store, bundle.manifest.embedding_dim, args.store_labels)
+    config = DetectConfig(mode=args.mode, min_window=args.min_window, threshold=args.threshold)
+    embedder = make_embedder(args.runtime, bundle.backbone_path, bundle.manifest.input, threads=args.threads or 0)
+    started = time.perf_counter()
+    detector = bundle_detector(bundle, embedder, exemplars, config, features)
+    calibration = None
+    if args.background:
+        backgrounds = _frames(args.background)
+        calibration = detector.calibrate((read(p) for p in backgrounds), args.false_per_frame)
+        print(f"calibrated {len(detector.labels)} thresholds on {calibration['frames']} background frames "
+              f"for {args.false_per_frame} false detections per frame")
+    frame = read(args.image)
+    windows = detector.scores(frame)
+    found = detector.decide(windows)
+    seconds = round(time.perf_counter() - started, 3)
+    annotated = None
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        annotated = args.out / f"{args.image.stem}.detections.png"
+        if not cv2.imwrite(str(annotated), cv2.cvtColor(draw(frame, found), cv2.COLOR_RGB2BGR)):
+            raise DetectError(f"{annotated}: could not write the annotated image")
+    for d in found:
+        print(f"{d.label:24s} {d.score:6.3f}  box {list(d.box)}")
+    print(f"{len(found)} detections of {len(detector.labels)} classes in {args.image} ({frame.shape[1]}×"
+          f"{frame.shape[0]}, {len(windows)} windows, {config.mode} mode, {windows.seconds:.2f} s)"
+          + (f"; annotated: {annotated}" if annotated else ""))
+    if calibration is None:
+        print(f"warning: thresholds not calibrated (every class at {config.threshold}); give --background frames "
+              "without the items", file=sys.stderr)
+    return {"ok": True, "image": str(args.image), "detections": [d.to_dict() for d in found],
+            "mode": config.mode, "windows": len(windows), "seconds": seconds,
+            "search_seconds": round(windows.seconds, 3), "labels": list(detector.labels),
+            "calibration": calibration, "annotated": str(annotated) if annotated else None}
+
+
 def positive(kind: type):
     """An argparse type: a number of ``kind`` above zero."""
 
@@ -360,6 +442,31 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--force", action="store_true", help="refit even if known classes lose held-back accuracy")
     enroll.add_argument("--json", action="store_true")
     enroll.set_defaults(handler=_enroll)
+
+    detect = commands.add_parser("detect", help="find enrolled items in a wide frame by sliding windows")
+    detect.add_argument("--bundle", type=Path, required=True)
+    detect.add_argument("--image", type=Path, required=True, help="the frame to search")
+    detect.add_argument("--exemplar", type=_exemplar_arg, nargs="+", metavar="NAME=CROP",
+                        help="an item to find and a crop of it (repeat a NAME for more crops)")
+    detect.add_argument("--store", type=Path, help="also find the items of this enrollment store (its examples' "
+                                                   "embeddings are their exemplars)")
+    detect.add_argument("--store-labels", nargs="+", metavar="NAME", help="only these of the store's items")
+    detect.add_argument("--mode", choices=("crops", "dense"), default="crops",
+                        help="crops (default): embed every window on its own; dense: pool every window from one "
+                             "feature map per scale, 20-30× faster but less accurate (docs/detection.md)")
+    detect.add_argument("--background", type=Path, nargs="+", metavar="IMG",
+                        help="frames (or folders of them) without the items: thresholds for --false-per-frame")
+    detect.add_argument("--false-per-frame", type=float, default=0.1,
+                        help="false detections per frame the calibrated thresholds allow (default 0.1)")
+    detect.add_argument("--threshold", type=float, default=0.5,
+                        help="every class's cosine threshold when not calibrated (default 0.5)")
+    detect.add_argument("--min-window", type=positive(int), default=48, help="smallest window side in px (48)")
+    detect.add_argument("--out", type=Path, help="folder for the annotated frame (PNG)")
+    detect.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                        help="inference runtime (default onnxruntime)")
+    detect.add_argument("--threads", type=positive(int), default=None, help="intra-op threads (default: all cores)")
+    detect.add_argument("--json", action="store_true")
+    detect.set_defaults(handler=_detect)
 
     heads = commands.add_parser("heads", help="the head versions in a station's store")
     heads_commands = heads.add_subparsers(dest="heads_command", required=True)

@@ -83,6 +83,23 @@ def make_tiny_checkout_bundle(out: Path, work: Path, labeled_items: int = 150, p
     return write_bundle(out, manifest, onnx_path, head)
 
 
+DETECT_SPEC = InputSpec.for_channels(("r", "g", "b"), size=32)
+
+
+def make_tiny_detector_bundle(out: Path) -> Bundle:
+    """An RGB bundle without a head on the stride-8 tiny detector (both model outputs, any
+    input size): what ``sortline detect`` needs."""
+    manifest = Manifest(name="tiny-detector", input=DETECT_SPEC, embedding_dim=64, labels=(),
+                        decision=DecisionPolicy({}, safe_exit=0), fusion=FusionSpec.for_sensor("none", 0, ("mean",)),
+                        metrics={"note": "test fixture"})
+    return write_bundle(out, manifest, FIXTURES / "tiny-detector-3ch.onnx", None)
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return make_tiny_detector_bundle(tmp_path_factory.mktemp("detector") / "bundle")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkout_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     work = tmp_path_factory.mktemp("tiny-checkout")
