@@ -226,6 +226,31 @@ def test_every_method_runs_from_the_command_line(tmp_path, capsys):
             assert backbone.pool == ("lca" if name == "simclr" else "avg")
 
 
+def test_supcon_fine_tunes_on_exemplars_with_negatives(tmp_path, capsys):
+    """Detection's fine-tuning: a few exemplar crops per class, any turn (the exemplar recipe),
+    and images of none of the classes as negatives, each its own class."""
+    images = _image_folder(tmp_path / "images")
+    negatives = tmp_path / "negatives"
+    negatives.mkdir()
+    for p in list((images / "class0").iterdir())[:5]:
+        p.rename(negatives / p.name)
+    start = tmp_path / "start.ckpt"
+    common = ["--epochs", "2", "--batch-size", "8", "--image-size", "32", "--quiet", "--json"]
+    assert main(["pretrain", "--method", "simclr", "--data", str(images), "--out", str(start), *common]) == 0
+    capsys.readouterr()
+    out = tmp_path / "tuned.ckpt"
+    assert main(["pretrain", "--method", "supcon", "--data", str(images), "--weights", str(start), "--augment",
+                 "exemplar", "--negatives", str(negatives), "--out", str(out), *common]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    kept = sum(1 for _ in images.rglob("*.png"))
+    assert report["images"] == kept + 5
+    _, _, meta = load_checkpoint(out)
+    assert meta["augment"]["rotation"] == 180.0
+    assert main(["pretrain", "--method", "simclr", "--data", str(images), "--negatives", str(negatives),
+                 *common]) == 2
+    assert "--negatives is for supcon" in capsys.readouterr().err
+
+
 def test_multi_view_item_folders_are_training_data(tmp_path):
     from sortline.train.data import load_training_set
 

@@ -34,8 +34,9 @@ class AugmentConfig:
     channel_shuffle: float = 0.0  # CH-Rand: the RGB channels in random order
     tile_shuffle: float = 0.0  # 2×2 tiles of the view in random order
     vertical_flip: bool = True  # fruit and products on a belt have no "up"
+    rotation: float = 0.0  # degrees either way (corners filled with black)
 
-    RECIPES = ("colour-safe", "simclr")
+    RECIPES = ("colour-safe", "simclr", "exemplar")
 
     @classmethod
     def recipe(cls, name: str, **overrides: float) -> AugmentConfig:
@@ -43,6 +44,9 @@ class AugmentConfig:
             base = cls()
         elif name == "simclr":
             base = cls(strength=1.0, saturation=0.8, hue=0.2, min_scale=0.08, grayscale=0.2, vertical_flip=False)
+        elif name == "exemplar":
+            # an enrolled item as a sliding window meets it: any turn, loose or partial crops, other light
+            base = cls(min_scale=0.25, rotation=180.0)
         else:
             raise ValueError(f"unknown augmentation recipe {name!r}; choose from {cls.RECIPES}")
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
@@ -86,7 +90,8 @@ class MultiChannelAugment(nn.Module):
         self.config = cfg
         self.rgb = [spec.channels.index(c) for c in ("r", "g", "b") if c in spec.channels]
         self.nir = [spec.channels.index("nir")] if "nir" in spec.channels else []
-        geometric: list[nn.Module] = [
+        geometric: list[nn.Module] = [v2.RandomRotation(cfg.rotation)] if cfg.rotation > 0 else []
+        geometric += [
             v2.RandomResizedCrop(spec.size, scale=(cfg.min_scale, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
         ]

@@ -71,8 +71,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--image-size", type=int, default=64)
     pretrain.add_argument("--lr", type=float, default=2e-3)
     pretrain.add_argument("--max-seconds", type=float, help="stop at a step boundary past this time budget")
-    pretrain.add_argument("--augment", choices=["colour-safe", "simclr"], default="colour-safe",
-                          help="augmentation recipe (colour-safe keeps hue and saturation; simclr is the paper's)")
+    pretrain.add_argument("--augment", choices=["colour-safe", "simclr", "exemplar"], default="colour-safe",
+                          help="augmentation recipe (colour-safe keeps hue and saturation; simclr is the paper's; "
+                               "exemplar adds any turn and tighter crops, for fine-tuning on detection exemplars)")
     pretrain.add_argument("--solarize", type=float, help="probability of solarizing the RGB channels")
     pretrain.add_argument("--channel-shuffle", type=float, help="probability of CH-Rand (RGB channels permuted)")
     pretrain.add_argument("--tile-shuffle", type=float, help="probability of shuffling 2×2 tiles")
@@ -80,6 +81,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--pairs", type=Path, help="supcon/distill: 'image_a, image_b' lines instead of labels")
     pretrain.add_argument("--teacher", type=Path, help="distill: the teacher's checkpoint")
     pretrain.add_argument("--unlabeled", type=Path, help="distill: unlabeled images for the teacher's targets")
+    pretrain.add_argument("--negatives", type=Path,
+                          help="supcon: images of none of the classes (e.g. the empty line, shelves), each its "
+                               "own class, so the classes are pushed away from them")
     pretrain.add_argument("--hard-negatives", type=int, default=64,
                           help="supcon/distill: keep this many hardest negatives per anchor (0: all)")
     pretrain.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, up to 8 on GPU)")

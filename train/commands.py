@@ -99,7 +99,8 @@ def pretrain(args: argparse.Namespace) -> dict:
         epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, lr=args.lr,
         max_seconds=args.max_seconds, seed=args.seed, augment=args.augment, solarize=args.solarize,
         channel_shuffle=args.channel_shuffle, tile_shuffle=args.tile_shuffle, balanced=args.balanced,
-        pairs=args.pairs, teacher=args.teacher, unlabeled=args.unlabeled, hard_negatives=args.hard_negatives or None,
+        pairs=args.pairs, teacher=args.teacher, unlabeled=args.unlabeled, negatives=args.negatives,
+        hard_negatives=args.hard_negatives or None,
         workers=args.workers, skip_unreadable=args.skip_unreadable, out=args.out, resume=args.resume,
         progress=not args.quiet)
     report = run_pretrain(config)

@@ -52,6 +52,7 @@ class PretrainConfig:
     pairs: Path | None = None  # supcon/distill: "image_a, image_b" lines instead of labels
     teacher: Path | None = None  # distill: the teacher's checkpoint
     unlabeled: Path | None = None  # distill: extra images for the teacher's targets
+    negatives: Path | None = None  # supcon: images of none of the classes, each its own class
     hard_negatives: int | None = 64
     workers: int | None = None
     skip_unreadable: bool = False
@@ -75,6 +76,16 @@ def _training_set(cfg: PretrainConfig) -> TrainingSet:
     if cfg.method == "supcon" and (labels == UNLABELED).any():
         keep = labels != UNLABELED
         data = TrainingSet(data.images[keep], labels[keep], data.class_names, data.spec)
+        labels = data.labels
+    if cfg.negatives is not None:
+        if cfg.method != "supcon":
+            raise PretrainError("--negatives is for supcon")
+        extra = load_training_set(cfg.negatives, cfg.image_size, cfg.skip_unreadable, cfg.progress)
+        if extra.spec.channels != data.spec.channels:
+            raise DatasetError(f"{cfg.negatives} has channels {extra.spec.channels}, {cfg.data} {data.spec.channels}")
+        own = labels.max() + 1 + np.arange(len(extra))  # each negative its own class
+        data = TrainingSet(np.concatenate([data.images, extra.images]), np.concatenate([labels, own]),
+                           data.class_names, data.spec)
         labels = data.labels
     if cfg.unlabeled is not None:
         extra = load_training_set(cfg.unlabeled, cfg.image_size, cfg.skip_unreadable, cfg.progress)
