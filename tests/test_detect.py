@@ -281,8 +281,8 @@ def test_sortline_detect_gives_boxes_and_an_annotated_frame(tiny_detector_bundle
     for i in range(4):
         cv2.imwrite(str(backgrounds / f"{i}.png"), background(np.random.default_rng(200 + i)))
     run = _sortline("detect", "--bundle", str(tiny_detector_bundle.root), "--image", str(frame), "--exemplar", *crops,
-                    "--background", str(backgrounds), "--false-per-frame", "0.5", "--min-window", "40", "--mode", "dense",
-                    "--out", str(tmp_path / "out"), "--json")
+                    "--background", str(backgrounds), "--false-per-frame", "0.5", "--min-window", "40",
+                    "--mode", "dense", "--out", str(tmp_path / "out"), "--json")
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["ok"] and result["mode"] == "dense" and result["calibration"]["frames"] == 4
