@@ -261,6 +261,8 @@ def _detect(args: argparse.Namespace) -> dict:
 
     from .bundle import load_bundle
     from .detect import DetectConfig, DetectError, bundle_detector, draw, store_features
+    from .memory import EmbeddingStore
+    from .runtimes import make_embedder
 
     def read(path: Path):
         try:
@@ -268,11 +270,10 @@ def _detect(args: argparse.Namespace) -> dict:
         except FrameError as exc:
             raise DetectError(str(exc)) from exc
 
-    from .memory import EmbeddingStore
-    from .runtimes import make_embedder
-
     if not args.exemplar and not args.store:
         raise DetectError("give the items to find: --exemplar NAME=CROP (one or more), or --store")
+    config = DetectConfig(mode=args.mode, min_window=args.min_window, max_window=args.max_window,
+                          threshold=args.threshold)
     bundle = load_bundle(args.bundle)
     exemplars: dict[str, list] = {}
     for label, path in args.exemplar or ():
@@ -281,7 +282,6 @@ def _detect(args: argparse.Namespace) -> dict:
     if args.store:
         with EmbeddingStore.open_existing(args.store) as store:
             features = store_features(store, bundle.manifest.embedding_dim, args.store_labels)
-    config = DetectConfig(mode=args.mode, min_window=args.min_window, threshold=args.threshold)
     embedder = make_embedder(args.runtime, bundle.backbone_path, bundle.manifest.input, threads=args.threads or 0)
     started = time.perf_counter()
     detector = bundle_detector(bundle, embedder, exemplars, config, features)
@@ -461,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--threshold", type=float, default=0.5,
                         help="every class's cosine threshold when not calibrated (default 0.5)")
     detect.add_argument("--min-window", type=positive(int), default=48, help="smallest window side in px (48)")
+    detect.add_argument("--max-window", type=positive(float), default=1.0,
+                        help="largest base window, as a share of the frame's shorter side (1.0; windows up to "
+                             "2.5 times as long on one side)")
     detect.add_argument("--out", type=Path, help="folder for the annotated frame (PNG)")
     detect.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
                         help="inference runtime (default onnxruntime)")

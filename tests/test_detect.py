@@ -300,6 +300,7 @@ def test_sortline_detect_gives_boxes_and_an_annotated_frame(tiny_detector_bundle
 
 @pytest.mark.parametrize("args,message", [
     (["--exemplar", "no-equals-sign"], "NAME=IMAGE"),
+    (["--exemplar", "a=b.png", "--max-window", "1.5"], "max_window"),
     (["--exemplar", "a=/no/such/crop.png"], "no such image file"),
     ([], "give the items to find"),
 ])
