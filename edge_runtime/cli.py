@@ -242,15 +242,9 @@ def _exemplar_arg(text: str) -> tuple[str, Path]:
 
 def _frames(paths: Sequence[Path]) -> list[Path]:
     """Image files, and the images in folders, in order."""
-    from sortline.hardware.images import IMAGE_SUFFIXES
+    from .datasets import images_in
 
-    out = []
-    for path in paths:
-        if path.is_dir():
-            out += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(path)
-    return out
+    return [frame for path in paths for frame in (images_in(path) if path.is_dir() else [path])]
 
 
 def _detect(args: argparse.Namespace) -> dict:
@@ -260,7 +254,7 @@ def _detect(args: argparse.Namespace) -> dict:
     from sortline.hardware.images import read_image
 
     from .bundle import load_bundle
-    from .detect import DetectConfig, DetectError, bundle_detector, draw, store_features
+    from .detect import DetectConfig, DetectError, Detector, draw, store_features
     from .memory import EmbeddingStore
     from .runtimes import make_embedder
 
@@ -284,7 +278,7 @@ def _detect(args: argparse.Namespace) -> dict:
             features = store_features(store, bundle.manifest.embedding_dim, args.store_labels)
     embedder = make_embedder(args.runtime, bundle.backbone_path, bundle.manifest.input, threads=args.threads or 0)
     started = time.perf_counter()
-    detector = bundle_detector(bundle, embedder, exemplars, config, features)
+    detector = Detector.build(embedder, bundle.manifest.input, exemplars, config, features)
     calibration = None
     if args.background:
         backgrounds = _frames(args.background)

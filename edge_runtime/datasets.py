@@ -57,7 +57,8 @@ class ImageSet:
                     raise DatasetError(f"{exc} (pass skip_unreadable to leave such images out)") from exc
 
 
-def _images_in(folder: Path) -> list[Path]:
+def images_in(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, in name order."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -147,13 +148,13 @@ def load_image_set(source: str | Path) -> ImageSet:
     if classes:
         paths, labels = [], []
         for i, folder in enumerate(classes):
-            images = _images_in(folder)
+            images = images_in(folder)
             paths += images
             labels += [i] * len(images)
         if not paths:
             raise DatasetError(f"{source}: class folders hold no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return ImageSet(tuple(paths), np.array(labels), tuple(d.name for d in classes))
-    images = _images_in(source)
+    images = images_in(source)
     if not images:
         raise DatasetError(f"{source}: no images in this folder")
     return ImageSet(tuple(images), None)

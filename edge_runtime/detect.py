@@ -25,7 +25,6 @@ ONNX model.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,14 +35,11 @@ import numpy as np
 
 from sortline.hardware.camera import FrameError, ViewFrame
 
-from .bundle import Bundle, BundleError
 from .embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT
 from .errors import SortlineError
 from .memory import EmbeddingStore, check_label
-from .preprocess import InputSpec, normalize, to_unit_chw
+from .preprocess import InputSpec, interpolation_for, normalize, to_unit_chw
 from .runtimes import Embedder
-
-log = logging.getLogger(__name__)
 
 MODES = ("dense", "crops")
 POOLS = ("avg", "lca")
@@ -120,7 +116,6 @@ class WindowScores:
 
 @dataclass(frozen=True)
 class _Level:
-    scale: float  # frame px → input px
     size: tuple[int, int]  # the frame at this level in input px (width, height)
     grid: tuple[int, int]  # feature-map cells (rows, cols)
     cell: float  # frame px per cell
@@ -188,7 +183,7 @@ class Detector:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             grid = (math.ceil(size[1] / self.stride), math.ceil(size[0] / self.stride))
             if min(size) >= self.stride:
-                levels.append(_Level(scale, size, grid, cell))
+                levels.append(_Level(size, grid, cell))
             base_px *= cfg.level_ratio
         if not levels:
             raise DetectError(f"a {width}×{height} frame holds no window of {cfg.min_window} px or more")
@@ -248,23 +243,23 @@ class Detector:
         rotations = self.config.rotations
         keys = self.shapes if self.config.mode == "dense" else [(0, 0)]
         table: dict[tuple[int, int], np.ndarray] = {}
+        crops = {label: [_check_exemplar(label, c) for c in exemplars.get(label, ())] for label in self.labels}
+        stored = {label: _stored(features.get(label), label) for label in self.labels}
+        if self.config.grid != 1 and any(v is not None for v in stored.values()):
+            raise DetectError("stored examples are embeddings, one box each: use grid 1 with a store")
         for key in keys:
             rows = []
             for label in self.labels:
-                crops = [_check_exemplar(label, c) for c in exemplars.get(label, ())]
-                vectors = []
                 for k in rotations:
-                    turned = [np.ascontiguousarray(np.rot90(c, k // 90)) for c in crops]
-                    if key == (0, 0):
-                        embedded = self._crop_embeddings(turned) if turned else None
+                    turned = [np.ascontiguousarray(np.rot90(c, k // 90)) for c in crops[label]]
+                    if not turned:
+                        embedded = None
+                    elif key == (0, 0):
+                        embedded = self._crop_embeddings(turned)
                     else:
-                        embedded = np.stack([self._dense_prototype(c, key) for c in turned]) if turned else None
-                    stored = _stored(features.get(label), label)
-                    if stored is not None and self.config.grid != 1:
-                        raise DetectError("stored examples are embeddings, one box each: use grid 1 with a store")
-                    parts = [p for p in (embedded, stored) if p is not None and len(p)]
-                    vectors.append(_unit(np.concatenate(parts)).mean(axis=0))
-                rows.extend(vectors)
+                        embedded = np.stack([self._dense_prototype(c, key) for c in turned])
+                    parts = [p for p in (embedded, stored[label]) if p is not None]
+                    rows.append(_unit(np.concatenate(parts)).mean(axis=0))
             table[key] = _unit(np.stack(rows)).astype(np.float32)
         return table
 
@@ -276,8 +271,7 @@ class Detector:
         kh, kw = shape
         m = CONTEXT_CELLS if self.config.context else 0
         s = self.stride
-        item = cv2.resize(crop, (kw * s, kh * s), interpolation=cv2.INTER_AREA if crop.shape[0] >= kh * s
-                          else cv2.INTER_LINEAR)
+        item = cv2.resize(crop, (kw * s, kh * s), interpolation=interpolation_for(crop.shape, (kw * s, kh * s)))
         framed = cv2.copyMakeBorder(item, m * s, m * s, m * s, m * s, cv2.BORDER_REFLECT_101) if m else item
         fmap = self._feature_map(framed, (framed.shape[1], framed.shape[0]))
         return pool_window(fmap[:, m:m + kh, m:m + kw], self.config.pool, self.config.grid)
@@ -385,11 +379,10 @@ class Detector:
                 peaks[c].extend(column[top].tolist())
         if frames == 0:
             raise DetectError("calibration needs at least one background frame")
-        allowed = false_per_frame * frames / len(self.labels)
+        k = int(math.floor(false_per_frame * frames / len(self.labels)))  # false detections allowed per class
         thresholds = []
         for values in peaks:
             ranked = sorted(values, reverse=True)
-            k = int(math.floor(allowed))
             thresholds.append(ranked[k] if k < len(ranked) else (ranked[-1] if ranked else 0.0) - 1e-6)
         self.thresholds = np.asarray(thresholds, np.float32)
         self.calibration = {"frames": frames, "false_per_frame": false_per_frame,
@@ -564,16 +557,6 @@ def store_features(store: EmbeddingStore, embedding_dim: int, labels: Sequence[s
     if wanted and (missing := wanted - set(out)):
         raise DetectError(f"the store has no examples of {sorted(missing)}")
     return {label: np.stack(rows) for label, rows in out.items()}
-
-
-def bundle_detector(bundle: Bundle, embedder: Embedder, exemplars: Mapping[str, Sequence[np.ndarray]],
-                    config: DetectConfig = DetectConfig(),
-                    features: Mapping[str, np.ndarray] | None = None) -> Detector:
-    """A detector on ``bundle``'s backbone; :class:`DetectError` where it cannot detect."""
-    try:
-        return Detector.build(embedder, bundle.manifest.input, exemplars, config, features)
-    except BundleError as exc:
-        raise DetectError(str(exc)) from exc
 
 
 def draw(rgb: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:

@@ -70,16 +70,16 @@ def to_unit_chw(view: ViewFrame, spec: InputSpec, size: tuple[int, int] | None =
     size = size or (spec.size, spec.size)
     planes = {}
     if {"r", "g", "b"} & set(spec.channels):
-        rgb = cv2.resize(view.rgb, size, interpolation=_interpolation(view.rgb.shape, size))
+        rgb = cv2.resize(view.rgb, size, interpolation=interpolation_for(view.rgb.shape, size))
         planes.update(r=rgb[..., 0], g=rgb[..., 1], b=rgb[..., 2])
     if "nir" in spec.channels:
         if view.nir is None:
             raise FrameError("the model needs a NIR channel and this frame has none")
-        planes["nir"] = cv2.resize(view.nir, size, interpolation=_interpolation(view.nir.shape, size))
+        planes["nir"] = cv2.resize(view.nir, size, interpolation=interpolation_for(view.nir.shape, size))
     return np.stack([planes[c] for c in spec.channels]).astype(np.float32) * (1.0 / 255.0)
 
 
-def _interpolation(shape: tuple[int, ...], size: tuple[int, int]) -> int:
+def interpolation_for(shape: tuple[int, ...], size: tuple[int, int]) -> int:
     """Area averaging where the height shrinks (no aliasing), bilinear where it grows."""
     return cv2.INTER_AREA if shape[0] >= size[1] else cv2.INTER_LINEAR
 

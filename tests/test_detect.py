@@ -128,7 +128,7 @@ def test_both_modes_score_the_same_windows_inside_the_frame(embedder, exemplars)
 @pytest.mark.parametrize("mode,frames,min_ap", [("dense", 10, 0.7), ("crops", 4, 0.7)])
 def test_pasted_exemplars_are_found(embedder, exemplars, mode, frames, min_ap):
     """On clean pastes (no turn, relighting or occlusion), the random-weight tiny net finds them:
-    measured AP 0.85 (dense) and 0.99 (crops) on larger frames."""
+    measured AP 0.85 (dense, 10 frames) and 1.0 (crops, 4 frames; 0.91 on the dense frames)."""
     det = detector(embedder, exemplars, mode=mode)
     scenes = paste_scenes(exemplars, background, frames, seed=4, config=EASY)
     ranked = [det.decide(det.scores(s.image), -np.inf) for s in scenes]
