@@ -42,15 +42,18 @@ def test_replay_gives_every_item_one_command_and_counts_every_fault(recording, t
     assert (s["items"], s["gate_commands"], s["lost"], s["duplicates"]) == (120, 120, 0, 0)
     records = [json.loads(line) for line in events.read_text().splitlines()]
     assert len(records) == 120
-    # Every injected fault is observed, except the view faults of an item the station never
-    # captured: in realtime a stall of the test machine can make it give an item up (overload)
-    # or stop waiting for a reordered announcement (unannounced). Such items are few and named.
+    # Every injected fault is observed, except perhaps the view faults of an item the station
+    # gave up: in realtime a stall of the test machine can make it shed an item (overload), stop
+    # waiting for a reordered announcement (unannounced) or decide it late. Such items are few and
+    # named; a late one may have been captured (its view faults counted) or not (CI saw both).
     uncaptured = [r["item_id"] for r in records if r["reason"] in (OVERLOAD, UNANNOUNCED, LATE)]
-    expected = dict(s["faults_injected"])
+    at_least = dict(s["faults_injected"])
     for item in uncaptured:
         for kind, count in _recorded_view_faults(recording, item).items():
-            expected[kind] -= count
-    assert s["faults"] == expected
+            at_least[kind] -= count
+    assert set(s["faults"]) == set(s["faults_injected"])
+    for kind, injected in s["faults_injected"].items():
+        assert at_least[kind] <= s["faults"][kind] <= injected, (kind, s["faults"], s["faults_injected"])
     assert len(uncaptured) <= (3 if speed == "realtime" else 0) + s["faults_injected"]["dropped"]
 
 
