@@ -47,3 +47,21 @@ def test_bad_frames_and_specs_are_refused():
 def test_spec_round_trips_through_a_dict():
     spec = InputSpec(size=48, views=3)
     assert InputSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_colour_histogram_tells_colours_apart_and_checks_its_input():
+    from sortline.edge_runtime.descriptors import ColourHistogram
+
+    spec = InputSpec(size=16, channels=("nir", "r", "g", "b"))
+    arrays = np.stack([np.rint(to_unit_chw(_view(r, g, b), spec) * 255).astype(np.uint8)
+                       for r, g, b in ((200, 30, 30), (210, 40, 35), (30, 200, 30))])
+    h = ColourHistogram().of_arrays(arrays, spec)  # the NIR channel is left out, wherever it sits
+    assert h.shape == (3, 256) and h.dtype == np.float32
+    assert np.allclose((h ** 2).sum(axis=1), 1.0)  # square roots of fractions of the pixels
+    assert np.linalg.norm(h[0] - h[1]) < np.linalg.norm(h[0] - h[2])  # two reds closer than red and green
+    with pytest.raises(ValueError, match="r, g and b"):
+        ColourHistogram().of_arrays(arrays[:, :1], InputSpec.for_channels(("nir",), 16))
+    with pytest.raises(ValueError, match="uint8"):
+        ColourHistogram().of_arrays(arrays.astype(np.float32), spec)
+    with pytest.raises(ValueError, match="bins"):
+        ColourHistogram(hue_bins=0)

@@ -19,12 +19,14 @@ import torch
 
 from sortline.edge_runtime.bundle import load_bundle
 from sortline.edge_runtime.datasets import DatasetError, reference_images
+from sortline.edge_runtime.descriptors import ColourHistogram
 from sortline.edge_runtime.embedder import OnnxEmbedder
 
 from .backbones import build_backbone
 from .checkpoint import load_checkpoint
 from .data import UNLABELED, TrainingSet, image_set_arrays, load_training_set
 from .evaluate import (
+    DescriptorEncoder,
     Encoder,
     EvaluationError,
     OnnxEncoder,
@@ -60,6 +62,7 @@ class EvaluateConfig:
     neighbours: int = 20
     C: float = 1.0
     baselines: bool = False  # the same architecture at random init; scratch beside fine-tuning
+    colour_histogram: bool = False  # also a colour histogram alone, and fused with the embedding
     finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
     report: Path | None = None
     gradcam_samples: int = 16
@@ -147,6 +150,10 @@ def _frozen(name: str, k: int | None, encoder_x: dict[str, np.ndarray], train: T
     raise AssertionError(name)
 
 
+HISTOGRAM = "colour histogram"
+FUSED = "fused with colour histogram"
+
+
 def run_evaluation(cfg: EvaluateConfig) -> dict:
     started = time.perf_counter()
     protocols = [parse_protocol(p) for p in cfg.protocols]
@@ -174,18 +181,29 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
         tuned += [("scratch", k) for p, k in tuned if p == "finetune" and ("scratch", k) not in tuned]
 
     model_label = Path(model.name).name
-    encoders: dict[str, Encoder] = {"": model.encoder}
+    encoders: dict[str, Encoder | None] = {"": model.encoder}
     if cfg.baselines:
         torch.manual_seed(cfg.seed)
         b = model.backbone
         encoders["random init"] = TorchEncoder(build_backbone(b.name, in_channels=b.in_channels, pool=b.pool), spec)
+    if cfg.colour_histogram:
+        if not all(c in spec.channels for c in ("r", "g", "b")):
+            raise EvaluationError(f"a colour histogram needs r, g and b channels; the model takes {spec.channels}")
+        encoders[HISTOGRAM] = DescriptorEncoder(ColourHistogram(), spec)
+        encoders[FUSED] = None  # the model's embedding and the histogram side by side
     rows: list[dict] = []
     results: dict[str, ProtocolResult] = {}
+    features: dict[str, dict[str, np.ndarray]] = {}
     for variant, encoder in encoders.items():
         t = time.perf_counter()
-        x = {"train": encoder.embed(train.images), "test": encoder.embed(test.images)}
+        sets = {"train": train.images, "test": test.images}
         if refs is not None:
-            x["references"] = encoder.embed(refs.images)
+            sets["references"] = refs.images
+        if encoder is None:
+            x = {k: np.hstack([features[""][k], features[HISTOGRAM][k]]) for k in sets}
+        else:
+            x = {k: encoder.embed(images) for k, images in sets.items()}
+        features[variant] = x
         embed_s = time.perf_counter() - t
         if not variant:
             embeddings = x

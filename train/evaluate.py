@@ -39,6 +39,7 @@ from sklearn.metrics import (
 )
 from sklearn.neighbors import KNeighborsClassifier
 
+from sortline.edge_runtime.descriptors import ColourHistogram
 from sortline.edge_runtime.embedder import OnnxEmbedder
 from sortline.edge_runtime.errors import SortlineError
 from sortline.edge_runtime.head import LogisticHead
@@ -98,6 +99,18 @@ class OnnxEncoder:
         out = [self.embedder.embed_batch(model_input(images[i:i + self.batch_size], self.spec))
                for i in range(0, len(images), self.batch_size)]
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+
+@dataclass
+class DescriptorEncoder:
+    """A hand-made descriptor (e.g. a colour histogram) in the encoders' place, as a baseline
+    and as a second input a head may fuse with the embedding."""
+
+    descriptor: ColourHistogram
+    spec: InputSpec
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        return self.descriptor.of_arrays(images, self.spec)
 
 
 # ---------------------------------------------------------------- metrics
