@@ -90,16 +90,9 @@ class MultiChannelAugment(nn.Module):
         self.config = cfg
         self.rgb = [spec.channels.index(c) for c in ("r", "g", "b") if c in spec.channels]
         self.nir = [spec.channels.index("nir")] if "nir" in spec.channels else []
-        geometric: list[nn.Module] = [v2.RandomRotation(cfg.rotation)] if cfg.rotation > 0 else []
-        geometric += [
-            v2.RandomResizedCrop(spec.size, scale=(cfg.min_scale, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-        ]
-        if cfg.vertical_flip:
-            geometric.append(v2.RandomVerticalFlip())
-        if cfg.tile_shuffle > 0:
-            geometric.append(v2.RandomApply([TileShuffle(2)], p=cfg.tile_shuffle))
-        self.geometric = v2.Compose(geometric)
+        self.size = spec.size
+        self._geometric: dict[int, v2.Compose] = {}
+        self.geometric_at(spec.size)
         colour: list[nn.Module] = [v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, saturation, cfg.hue)], p=0.8)]
         if cfg.grayscale > 0:
             colour.append(v2.RandomGrayscale(p=cfg.grayscale))
@@ -114,8 +107,26 @@ class MultiChannelAugment(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(-1, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(-1, 1, 1))
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.geometric(image)
+    def geometric_at(self, size: int) -> v2.Compose:
+        """The geometric transforms ending in a ``size``-pixel view (a resolution schedule asks
+        for several sizes from one augmentation)."""
+        if size not in self._geometric:
+            cfg = self.config
+            geometric: list[nn.Module] = [v2.RandomRotation(cfg.rotation)] if cfg.rotation > 0 else []
+            geometric += [
+                v2.RandomResizedCrop(size, scale=(cfg.min_scale, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
+            if cfg.vertical_flip:
+                geometric.append(v2.RandomVerticalFlip())
+            if cfg.tile_shuffle > 0:
+                geometric.append(v2.RandomApply([TileShuffle(2)], p=cfg.tile_shuffle))
+            self._geometric[size] = v2.Compose(geometric)
+        return self._geometric[size]
+
+    def forward(self, image: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """``size``: the view's side in pixels (default: the input spec's)."""
+        x = self.geometric_at(size or self.size)(image)
         if len(self.rgb) == 3:
             x[self.rgb] = self.colour(x[self.rgb])
         if self.nir:

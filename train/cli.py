@@ -45,6 +45,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--labeled-fruit", "--labeled-items", type=int, default=600,
                       help="labeled items for the fusion head")
     demo.add_argument("--epochs", type=float, default=6.0, help="pretraining epochs over the pool (0: random init)")
+    demo.add_argument("--recipe", choices=["small-data"],
+                      help="pretrain with this recipe (its backbone and schedule, within 6 minutes) instead of "
+                           "--epochs of SimCLR on --backbone")
     demo.add_argument("--faults", type=float, default=0.0,
                       help="inject every fault kind on the simulated line at this rate (e.g. 0.01)")
     demo.add_argument("--seed", type=int, default=0)
@@ -57,21 +60,25 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.set_defaults(handler=_desktop("demo"))
 
     pretrain = commands.add_parser("pretrain", help="pretrain a backbone (self-supervised, supcon or distill)")
-    pretrain.add_argument("--method", required=True,
-                          choices=["simclr", "moco", "byol", "simsiam", "barlow", "rotnet", "jigsaw", "supcon",
-                                   "distill"])
+    how = pretrain.add_mutually_exclusive_group(required=True)
+    how.add_argument("--method",
+                     choices=["simclr", "moco", "byol", "simsiam", "barlow", "rotnet", "jigsaw", "supcon", "distill"])
+    how.add_argument("--recipe", choices=["small-data"],
+                     help="small-data: the settings that work on a few thousand real photos (docs/quality.md), "
+                          "fitted to --max-seconds (default 1800); the flags below override its choices")
     pretrain.add_argument("--data", type=Path, required=True,
                           help="a folder of images, a split file, a multi-view item folder or a recording")
-    pretrain.add_argument("--backbone", default="resnet10",
-                          help="resnet10, resnet18, resnet50, mobilenet_v3_small or mobilenet_v3_large")
-    pretrain.add_argument("--pool", choices=["avg", "lca"], default="avg", help="global average or LCA pooling")
+    pretrain.add_argument("--backbone",
+                          help="resnet10 (default), resnet18, resnet50, mobilenet_v3_small or mobilenet_v3_large")
+    pretrain.add_argument("--pool", choices=["avg", "lca"], help="global average (default) or LCA pooling")
     pretrain.add_argument("--weights", type=Path, help="start from a local weights file (never downloaded)")
-    pretrain.add_argument("--epochs", type=float, default=10.0)
-    pretrain.add_argument("--batch-size", type=int, default=128)
-    pretrain.add_argument("--image-size", type=int, default=64)
-    pretrain.add_argument("--lr", type=float, default=2e-3)
+    pretrain.add_argument("--epochs", type=float, help="passes over the data (default 10; a recipe fits them "
+                          "to --max-seconds)")
+    pretrain.add_argument("--batch-size", type=int, help="default 128")
+    pretrain.add_argument("--image-size", type=int, help="default 64 (a recipe: its last resolution)")
+    pretrain.add_argument("--lr", type=float, help="default 0.002")
     pretrain.add_argument("--max-seconds", type=float, help="stop at a step boundary past this time budget")
-    pretrain.add_argument("--augment", choices=["colour-safe", "simclr", "exemplar"], default="colour-safe",
+    pretrain.add_argument("--augment", choices=["colour-safe", "simclr", "exemplar"],
                           help="augmentation recipe (colour-safe keeps hue and saturation; simclr is the paper's; "
                                "exemplar adds any turn and tighter crops, for fine-tuning on detection exemplars)")
     pretrain.add_argument("--solarize", type=float, help="probability of solarizing the RGB channels")
@@ -112,6 +119,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--neighbours", type=int, default=20, help="knn: neighbours (20)")
     evaluate.add_argument("--baselines", action="store_true",
                           help="also the same architecture at random init, and scratch beside each finetune")
+    evaluate.add_argument("--colour-histogram", action="store_true",
+                          help="also an HSV colour histogram alone (the floor a learned feature must clear) and "
+                               "fused with the embedding, on every frozen protocol")
     evaluate.add_argument("--finetune-epochs", type=float, default=30.0)
     evaluate.add_argument("--finetune-lr", type=float, default=5e-4)
     evaluate.add_argument("--finetune-max-seconds", type=float, help="stop each fine-tuning run past this")
@@ -130,6 +140,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     source = fit.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help="take this backbone instead of pretraining one")
     source.add_argument("--epochs", type=float, default=6.0, help="SimCLR epochs over every item's views (6)")
+    source.add_argument("--recipe", choices=["small-data"],
+                        help="pretrain with this recipe (its backbone and schedule) within --max-seconds")
     fit.add_argument("--policy", type=Path, help="decision policy file (TOML): class → exit, confidence, safe exit")
     fit.add_argument("--backbone", default="resnet10")
     fit.add_argument("--image-size", type=int, default=64)

@@ -20,7 +20,7 @@ def demo(args: argparse.Namespace) -> dict:
                                   labeled_fruit=args.labeled_fruit, epochs=args.epochs, seed=args.seed,
                                   faults=args.faults, progress=not args.quiet, lanes=args.lanes,
                                   pitch_ms=1000 / args.rate, backbone=args.backbone, image_size=args.image_size,
-                                  runtime=args.runtime, threads=args.threads,
+                                  runtime=args.runtime, threads=args.threads, recipe=args.recipe,
                                   serve_port=args.port if args.serve else None))
     print((Path(args.out) / "summary.md").read_text())
     print(f"bundle, event log, plots and summary.json are in {args.out}/")
@@ -78,7 +78,7 @@ def fit(args: argparse.Namespace) -> dict:
     labelled = [item.label for item in data.items if item.label is not None]
     policy = load_policy(args.policy, sorted(set(labelled))) if args.policy else None
     cfg = FitConfig(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs,
-                    max_pretrain_s=args.max_seconds, checkpoint=args.checkpoint, seed=args.seed,
+                    max_pretrain_s=args.max_seconds, checkpoint=args.checkpoint, recipe=args.recipe, seed=args.seed,
                     progress=not args.quiet)
     fitted = fit_items(data, args.out, cfg, policy, timings, name=args.name or args.out.name)
     m = fitted.manifest
@@ -94,17 +94,21 @@ def pretrain(args: argparse.Namespace) -> dict:
     """Pretrain a backbone with any method on images, item folders or recordings."""
     from .pretraining import PretrainConfig, run_pretrain
 
-    config = PretrainConfig(
-        method=args.method, data=args.data, backbone=args.backbone, pool=args.pool, weights=args.weights,
-        epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, lr=args.lr,
-        max_seconds=args.max_seconds, seed=args.seed, augment=args.augment, solarize=args.solarize,
-        channel_shuffle=args.channel_shuffle, tile_shuffle=args.tile_shuffle, balanced=args.balanced,
-        pairs=args.pairs, teacher=args.teacher, unlabeled=args.unlabeled, negatives=args.negatives,
-        hard_negatives=args.hard_negatives or None,
-        workers=args.workers, skip_unreadable=args.skip_unreadable, out=args.out, resume=args.resume,
-        progress=not args.quiet)
+    tunable = dict(backbone=args.backbone, pool=args.pool, epochs=args.epochs, batch_size=args.batch_size,
+                   image_size=args.image_size, lr=args.lr, augment=args.augment, max_seconds=args.max_seconds)
+    rest = dict(weights=args.weights, seed=args.seed, solarize=args.solarize, channel_shuffle=args.channel_shuffle,
+                tile_shuffle=args.tile_shuffle, balanced=args.balanced, pairs=args.pairs, teacher=args.teacher,
+                unlabeled=args.unlabeled, negatives=args.negatives, hard_negatives=args.hard_negatives or None,
+                workers=args.workers, skip_unreadable=args.skip_unreadable, out=args.out, resume=args.resume,
+                progress=not args.quiet)
+    if args.recipe:
+        config = PretrainConfig.from_recipe(args.recipe, args.data, **tunable, **rest)
+    else:
+        config = PretrainConfig(method=args.method, data=args.data,
+                                **{k: v for k, v in tunable.items() if v is not None}, **rest)
     report = run_pretrain(config)
-    print(f"{report['checkpoint']}: {args.method} {args.backbone}, {report['steps']} steps on {report['images']} "
+    how = f"recipe {config.recipe} ({config.method})" if config.recipe else config.method
+    print(f"{report['checkpoint']}: {how} {config.backbone}, {report['steps']} steps on {report['images']} "
           f"images in {report['seconds']:.0f} s ({report['images_per_s']:.0f} images/s), "
           f"loss {report['first_loss']} → {report['final_loss']}, embedding std {report['final_embedding_std']}")
     return report
@@ -119,7 +123,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     config = EvaluateConfig(
         train=args.train, test=args.test, checkpoint=args.checkpoint, bundle=args.bundle,
         protocols=protocols or DEFAULT_PROTOCOLS, references=args.references, seeds=args.seeds,
-        neighbours=args.neighbours, baselines=args.baselines,
+        neighbours=args.neighbours, baselines=args.baselines, colour_histogram=args.colour_histogram,
         finetune=FineTuneConfig(epochs=args.finetune_epochs, lr=args.finetune_lr,
                                 max_seconds=args.finetune_max_seconds),
         report=args.report, gradcam_samples=args.gradcam_samples, skip_unreadable=args.skip_unreadable,

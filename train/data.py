@@ -69,14 +69,44 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch) * 10_000_019 + index
 
 
+@dataclass(frozen=True)
+class ResolutionSchedule:
+    """Views of ``size`` pixels from epoch ``start`` on, for each ``(start, size)`` in ``steps``:
+    low resolution early (cheap epochs, coarse features), higher late (detail), as in
+    progressive resizing (FixRes, Touvron et al. 2019; EfficientNetV2, Tan & Le 2021)."""
+
+    steps: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        if not self.steps or self.steps[0][0] != 0:
+            raise ValueError(f"a resolution schedule starts at epoch 0, got {self.steps}")
+        starts = [s for s, _ in self.steps]
+        if starts != sorted(set(starts)) or any(not 8 <= size <= 1024 for _, size in self.steps):
+            raise ValueError(f"resolution steps need increasing epochs and sizes in 8..1024 px, got {self.steps}")
+
+    @classmethod
+    def constant(cls, size: int) -> ResolutionSchedule:
+        return cls(((0, size),))
+
+    def size_at(self, epoch: int) -> int:
+        return [size for start, size in self.steps if start <= epoch][-1]
+
+    @property
+    def largest(self) -> int:
+        return max(size for _, size in self.steps)
+
+
 class ViewsDataset(Dataset):
     """``views`` independent augmentations of image ``i``, and its label.
 
-    Indices are ``epoch·N + i`` (see :class:`EpochSampler`): the epoch is part of the seed.
+    Indices are ``epoch·N + i`` (see :class:`EpochSampler`): the epoch is part of the seed, and
+    of the view size when a :class:`ResolutionSchedule` is given (every batch holds one epoch's
+    samples, so its views share one size).
     """
 
     def __init__(self, images: np.ndarray, augment: MultiChannelAugment, views: int = 2,
-                 labels: np.ndarray | None = None, seed: int = 0) -> None:
+                 labels: np.ndarray | None = None, seed: int = 0,
+                 resolution: ResolutionSchedule | None = None) -> None:
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"expected N×C×S×S uint8 images, got {images.shape} {images.dtype}")
         if labels is not None and len(labels) != len(images):
@@ -86,6 +116,7 @@ class ViewsDataset(Dataset):
         self.augment = augment
         self.views = views
         self.seed = seed
+        self.resolution = resolution
 
     def __len__(self) -> int:
         return len(self.images)
@@ -94,7 +125,8 @@ class ViewsDataset(Dataset):
         epoch, i = divmod(int(index), len(self.images))
         torch.random.default_generator.manual_seed(_sample_seed(self.seed, epoch, i))  # v2 draws from it
         image = torch.from_numpy(self.images[i]).float().div_(255)
-        views = torch.stack([self.augment(image.clone()) for _ in range(self.views)])
+        size = self.resolution.size_at(epoch) if self.resolution else None
+        views = torch.stack([self.augment(image.clone(), size) for _ in range(self.views)])
         return views, int(self.labels[i])
 
 

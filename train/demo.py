@@ -60,6 +60,7 @@ class DemoConfig:
     epochs: float = 6.0
     batch_size: int = 128
     max_pretrain_s: float | None = 360.0
+    recipe: str | None = None  # pretrain with a named recipe (small-data) instead of plain SimCLR
     pitch_ms: float = 100.0
     lanes: int = 1
     deadline_ms: int = 300
@@ -111,8 +112,8 @@ def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) 
         pool, labeled, classes, spec, FusionSpec.for_sensor(first.sensor, first.readings_expected),
         DecisionPolicy(exits_for(first), SAFE_EXIT, cfg.min_confidence),
         FitConfig(backbone=cfg.backbone, image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                  max_pretrain_s=cfg.max_pretrain_s, seed=cfg.seed, progress=cfg.progress),
-        out, out / "bundle", f"{cfg.scenario}-{cfg.backbone}-simclr", timings)
+                  max_pretrain_s=cfg.max_pretrain_s, seed=cfg.seed, progress=cfg.progress, recipe=cfg.recipe),
+        out, out / "bundle", f"{cfg.scenario}-{cfg.recipe or cfg.backbone + '-simclr'}", timings)
     bundle, backbone, manifest = fitted.bundle, fitted.backbone, fitted.manifest
     return TrainedStation(bundle, backbone, scenarios, manifest, fitted.export_report)
 

@@ -150,3 +150,46 @@ def labels_from_pairs(pairs: list[tuple[int, int]], count: int) -> torch.Tensor:
     roots = [root(i) for i in range(count)]
     ids = {r: k for k, r in enumerate(dict.fromkeys(roots))}
     return torch.tensor([ids[r] for r in roots])
+
+
+def colour_histogram(rgb: torch.Tensor, bins: int = 4) -> torch.Tensor:
+    """``N×3×H×W`` RGB in 0..1 → ``N×bins³`` joint histograms (fractions of the pixels).
+
+    >>> colour_histogram(torch.zeros(2, 3, 4, 4), bins=2)[0].tolist()
+    [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    """
+    q = (rgb.float().clamp(0, 1) * bins).long().clamp_(max=bins - 1)
+    index = ((q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]).flatten(1)
+    counts = torch.zeros(len(rgb), bins ** 3, device=rgb.device).scatter_add_(
+        1, index, torch.ones_like(index, dtype=torch.float32))
+    return counts / index.shape[1]
+
+
+class ColourPredictionLoss(nn.Module):
+    """A colour-aware objective beside a self-supervised one: a linear map from the embedding
+    must predict the view's joint RGB histogram (cross entropy with the histogram as a soft
+    target, less its entropy, i.e. KL(target ‖ prediction)).
+
+    Instance discrimination is free to ignore colour when augmentation keeps it nearly fixed
+    (colour then tells views apart no better than shape), yet colour is much of what tells
+    products apart. The target is computed from the augmented view itself, without labels, and
+    being linear the map asks the embedding to keep colour where a linear probe can read it.
+    """
+
+    def __init__(self, embedding_dim: int, rgb: list[int], mean: list[float], std: list[float],
+                 bins: int = 4) -> None:
+        super().__init__()
+        if len(rgb) != 3:
+            raise ValueError("the colour objective needs r, g and b channels")
+        self.rgb = list(rgb)
+        self.bins = bins
+        self.predict = nn.Linear(embedding_dim, bins ** 3)
+        self.register_buffer("mean", torch.tensor([mean[i] for i in rgb]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([std[i] for i in rgb]).view(1, 3, 1, 1))
+
+    def forward(self, embeddings: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """``embeddings`` ``N×D`` of ``views`` ``N×C×S×S`` (normalised as the backbone takes them)."""
+        target = colour_histogram(views[:, self.rgb].float() * self.std + self.mean, self.bins)
+        log_p = F.log_softmax(self.predict(embeddings).float(), dim=1)
+        entropy = -(target * target.clamp_min(1e-12).log()).sum(dim=1)
+        return (-(target * log_p).sum(dim=1) - entropy).mean()

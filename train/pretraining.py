@@ -7,6 +7,8 @@ loss, learning rate, embedding std, images/s), ``OUT.json`` (the run's summary) 
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,10 +22,11 @@ from sortline.edge_runtime.errors import SortlineError
 from .augment import AugmentConfig, MultiChannelAugment
 from .backbones import build_backbone
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import UNLABELED, TrainingSet, ViewsDataset, load_training_set, read_pairs
+from .data import UNLABELED, ResolutionSchedule, TrainingSet, ViewsDataset, load_training_set, read_pairs
 from .loop import TrainConfig, train
-from .losses import labels_from_pairs
+from .losses import ColourPredictionLoss, labels_from_pairs
 from .methods import METHODS, build_method
+from .recipes import Plan, get_recipe, plan_for
 
 
 class PretrainError(SortlineError, ValueError):
@@ -58,6 +61,23 @@ class PretrainConfig:
     skip_unreadable: bool = False
     resume: Path | None = None
     progress: bool = True
+    colour_weight: float = 0.0  # the colour-aware objective beside simclr's loss (0: none)
+    recipe: str | None = None  # a named recipe: its resolution phases, the epochs fitted to max_seconds
+    phases: tuple[tuple[float, int], ...] | None = None  # (time share, px) in place of the recipe's
+
+    @classmethod
+    def from_recipe(cls, name: str, data: Path, **overrides: object) -> PretrainConfig:
+        """The recipe's settings; ``overrides`` (None values ignored) replace any of them."""
+        try:
+            r = get_recipe(name)
+        except ValueError as exc:
+            raise PretrainError(str(exc)) from None
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "epochs" in given:
+            raise PretrainError(f"recipe {name} fits its epochs to the time budget: give --max-seconds, not --epochs")
+        base = dict(method=r.method, backbone=r.backbone, pool=r.pool, augment=r.augment, batch_size=r.batch_size,
+                    lr=r.lr, image_size=r.image_size, colour_weight=r.colour_weight, max_seconds=r.seconds)
+        return cls(data=Path(data), recipe=name, **{**base, **given})
 
     def paths(self) -> dict[str, Path]:
         out = Path(self.out)
@@ -96,12 +116,14 @@ def _training_set(cfg: PretrainConfig) -> TrainingSet:
     return TrainingSet(data.images, labels, data.class_names, data.spec)
 
 
-def run_pretrain(cfg: PretrainConfig) -> dict:
+def run_pretrain(cfg: PretrainConfig, data: TrainingSet | None = None) -> dict:
+    """Pretrain on ``cfg.data`` or, when given, on ``data`` already in memory (a station's pool
+    of views); write the checkpoint, its logs and state."""
     if cfg.method not in METHODS:
         raise PretrainError(f"unknown method {cfg.method!r}; choose from {sorted(METHODS)}")
     if cfg.method == "distill" and cfg.teacher is None:
         raise PretrainError("distill needs --teacher CKPT (for example a supcon checkpoint)")
-    data = _training_set(cfg)
+    data = _training_set(cfg) if data is None else data
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.backbone, in_channels=len(data.spec.channels), weights=cfg.weights, pool=cfg.pool)
     options: dict[str, object] = {}
@@ -113,6 +135,15 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
             raise DatasetError(f"teacher {cfg.teacher} takes {teacher_spec.channels}, "
                                f"the data has {data.spec.channels}")
         options["teacher"] = teacher
+    if cfg.colour_weight > 0:
+        if cfg.method != "simclr":
+            raise PretrainError("the colour-aware objective (colour_weight) goes with simclr")
+        rgb = [data.spec.channels.index(c) for c in ("r", "g", "b") if c in data.spec.channels]
+        if len(rgb) != 3:
+            raise DatasetError(f"the colour-aware objective needs r, g and b channels; the data has "
+                               f"{data.spec.channels}")
+        options["colour"] = ColourPredictionLoss(backbone.embedding_dim, rgb, list(data.spec.mean), list(data.spec.std))
+        options["colour_weight"] = cfg.colour_weight
     model = build_method(cfg.method, backbone, **options)
     recipe = AugmentConfig.recipe(cfg.augment, solarize=cfg.solarize, channel_shuffle=cfg.channel_shuffle,
                                   tile_shuffle=cfg.tile_shuffle)
@@ -121,17 +152,63 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     augment = MultiChannelAugment(data.spec, recipe)
     labels = data.labels if (model.needs_labels or cfg.balanced) else None
     dataset = ViewsDataset(data.images, augment, views=model.views, labels=labels, seed=cfg.seed)
+    epochs, plan, max_seconds = cfg.epochs, None, cfg.max_seconds
+    if cfg.recipe is not None:
+        started = time.perf_counter()
+        plan = _recipe_plan(cfg, model, dataset)
+        epochs, dataset.resolution = plan.epochs, plan.resolution
+        max_seconds = cfg.max_seconds - (time.perf_counter() - started)  # measuring is part of the budget
     paths = cfg.paths()
     paths["checkpoint"].parent.mkdir(parents=True, exist_ok=True)
     result = train(model, dataset,
-                   TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                               balanced=cfg.balanced, max_seconds=cfg.max_seconds, num_workers=cfg.workers,
+                   TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                               balanced=cfg.balanced, max_seconds=max_seconds, num_workers=cfg.workers,
                                log_path=paths["log"], state_path=paths["state"]),
                    progress=cfg.progress, resume=cfg.resume)
     if not dist.is_initialized() or dist.get_rank() == 0:
         save_checkpoint(paths["checkpoint"], model.backbone.cpu().to(memory_format=torch.contiguous_format).eval(),
                         data.spec, method=cfg.method, data=str(cfg.data), images=len(data),
                         labeled=data.labeled_count, augment=augment.config.__dict__,
-                        train=result.to_dict())
+                        recipe=cfg.recipe, colour_weight=cfg.colour_weight,
+                        plan=plan.to_dict() if plan else None, train=result.to_dict())
     return {"checkpoint": str(paths["checkpoint"]), "state": str(paths["state"]), "method": cfg.method,
-            "backbone": cfg.backbone, "pool": cfg.pool, "images": len(data), **result.to_dict()}
+            "backbone": cfg.backbone, "pool": cfg.pool, "images": len(data), "recipe": cfg.recipe,
+            **({"plan": plan.to_dict()} if plan else {}), **result.to_dict()}
+
+
+def _recipe_plan(cfg: PretrainConfig, model, dataset: ViewsDataset) -> Plan:
+    """The recipe's resolution phases (``cfg.phases`` if given), scaled so that the last is
+    ``cfg.image_size``, with the epochs of each measured to fit ``cfg.max_seconds``, measuring
+    included. The plan is saved as ``OUT.plan.json``; a resumed run takes it from there, so that
+    it steps through the same schedule."""
+    r = get_recipe(cfg.recipe)
+    if cfg.max_seconds is None or cfg.max_seconds <= 0:
+        raise PretrainError(f"recipe {cfg.recipe} needs a positive time budget (--max-seconds)")
+    if cfg.phases is not None:
+        phases = tuple((float(share), int(size)) for share, size in cfg.phases)
+        if phases[-1][1] != cfg.image_size:
+            raise PretrainError(f"the last phase's size ({phases[-1][1]} px) must be the image size "
+                                f"({cfg.image_size} px)")
+    else:  # the recipe's sizes, scaled so that the last is the image size
+        scale = cfg.image_size / r.image_size
+        phases = tuple((share, max(16, round(size * scale / 8) * 8)) for share, size in r.phases[:-1])
+        phases += ((r.phases[-1][0], cfg.image_size),)
+    if cfg.resume is not None:
+        saved = cfg.paths()["log"].with_suffix(".plan.json")
+        if saved.is_file():
+            try:
+                data = json.loads(saved.read_text())
+                return Plan(float(data["epochs"]), ResolutionSchedule(tuple(tuple(s) for s in data["resolution"])),
+                            {int(k): float(v) for k, v in data["views_per_s"].items()},
+                            float(data["planned_seconds"]), float(data.get("margin", 1.0)))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise PretrainError(f"{saved}: not a readable plan ({exc.__class__.__name__}: {exc}); the resumed "
+                                    "run must follow the plan it started with") from None
+    try:
+        plan = plan_for(model, dataset, phases, cfg.max_seconds, cfg.batch_size)
+    except ValueError as exc:
+        raise PretrainError(f"recipe {cfg.recipe}: {exc}") from None
+    saved = cfg.paths()["log"].with_suffix(".plan.json")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+    return plan

@@ -30,10 +30,11 @@ from sortline.export.build import ExportConfig, export_model
 from .augment import MultiChannelAugment
 from .backbones import build_backbone
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import ViewsDataset, model_input, views_to_uint8
+from .data import UNLABELED, TrainingSet, ViewsDataset, model_input, views_to_uint8
 from .loop import TrainConfig, train
 from .methods import build_method
 from .plots import loss_png
+from .pretraining import PretrainConfig, run_pretrain
 
 log = logging.getLogger(__name__)
 SAFE_EXIT = 0
@@ -47,6 +48,7 @@ class FitConfig:
     batch_size: int = 128
     max_pretrain_s: float | None = 360.0
     checkpoint: Path | None = None  # a backbone to take instead of pretraining one
+    recipe: str | None = None  # pretrain with this recipe (train/recipes.py) within max_pretrain_s
     min_confidence: float = 0.5
     seed: int = 0
     progress: bool = True
@@ -89,6 +91,14 @@ def fit_station_bundle(pool: np.ndarray, labeled: Sequence[LabeledItem], classes
                              f"{spec.channels}")
         spec = dataclasses.replace(ckpt_spec, views=spec.views)
         pretrain = {"method": "given", "checkpoint": str(cfg.checkpoint), **{k: meta.get(k) for k in ("method",)}}
+    elif cfg.recipe is not None:
+        recipe_cfg = PretrainConfig.from_recipe(cfg.recipe, work / "pool", out=work / "backbone.ckpt",
+                                                image_size=spec.size, max_seconds=cfg.max_pretrain_s,
+                                                seed=cfg.seed, progress=cfg.progress)
+        report = run_pretrain(recipe_cfg, TrainingSet(pool, np.full(len(pool), UNLABELED), (), spec))
+        backbone, _, _ = load_checkpoint(work / "backbone.ckpt")
+        pretrain = {**{k: v for k, v in report.items() if k not in ("checkpoint", "state")}, "pool_views": len(pool),
+                    "method": f"recipe {cfg.recipe} ({recipe_cfg.method}, {recipe_cfg.backbone})"}
     else:
         torch.manual_seed(cfg.seed)
         backbone = build_backbone(cfg.backbone, in_channels=len(spec.channels))

@@ -9,21 +9,28 @@ import torch.nn.functional as F
 
 from ..backbones import Backbone
 from ..heads import ProjectionHead
-from ..losses import NTXentLoss, QueueInfoNCELoss
+from ..losses import ColourPredictionLoss, NTXentLoss, QueueInfoNCELoss
 from .base import Method, StepOutput, ema_update, frozen_copy
 
 
 class SimCLR(Method):
     """Chen et al., ICML 2020: backbone + projection head + NT-Xent over two augmented views."""
 
-    def __init__(self, backbone: Backbone, proj_dim: int = 128, hidden_dim: int = 512, temperature: float = 0.2):
+    def __init__(self, backbone: Backbone, proj_dim: int = 128, hidden_dim: int = 512, temperature: float = 0.2,
+                 colour: ColourPredictionLoss | None = None, colour_weight: float = 1.0):
         super().__init__(backbone)
         self.projection = ProjectionHead(backbone.embedding_dim, hidden_dim, proj_dim)
         self.criterion = NTXentLoss(temperature)
+        self.colour = colour  # optional colour-aware objective beside NT-Xent
+        self.colour_weight = colour_weight
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        h1, h2 = self.backbone(views[:, 0]), self.backbone(views[:, 1])
-        return StepOutput(self.criterion(self.projection(h1), self.projection(h2)), h1)
+        x1, x2 = views[:, 0], views[:, 1]
+        h1, h2 = self.backbone(x1), self.backbone(x2)
+        loss = self.criterion(self.projection(h1), self.projection(h2))
+        if self.colour is not None:
+            loss = loss + self.colour_weight * 0.5 * (self.colour(h1, x1) + self.colour(h2, x2))
+        return StepOutput(loss, h1)
 
 
 class MoCo(Method):

@@ -1,0 +1,133 @@
+"""The small-data recipe: its time-fitted schedule, the resolution phases, the colour-aware
+objective, and the colour-histogram rows of `sortline evaluate`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_evaluate import store  # noqa: F401  (the drawn grocery-store-like data set)
+
+from sortline.edge_runtime.cli import main
+from sortline.edge_runtime.preprocess import InputSpec
+from sortline.train.augment import MultiChannelAugment
+from sortline.train.checkpoint import load_checkpoint
+from sortline.train.data import ResolutionSchedule, ViewsDataset
+from sortline.train.losses import ColourPredictionLoss, colour_histogram
+from sortline.train.pretraining import PretrainConfig, PretrainError, run_pretrain
+from sortline.train.recipes import RECIPES, plan_schedule
+
+
+def test_resolution_schedule_picks_the_size_of_each_epoch():
+    schedule = ResolutionSchedule(((0, 24), (3, 32)))
+    assert [schedule.size_at(e) for e in range(5)] == [24, 24, 24, 32, 32] and schedule.largest == 32
+    for bad in ((), ((1, 32),), ((0, 24), (0, 32)), ((0, 4),)):
+        with pytest.raises(ValueError):
+            ResolutionSchedule(bad)
+    images = np.random.default_rng(0).integers(0, 255, (6, 3, 40, 40), dtype=np.uint8)
+    data = ViewsDataset(images, MultiChannelAugment(InputSpec.for_channels(("r", "g", "b"), 32)),
+                        resolution=schedule)
+    assert data[0][0].shape == (2, 3, 24, 24)  # epoch 0
+    assert data[3 * 6 + 1][0].shape == (2, 3, 32, 32)  # epoch 3, image 1
+
+
+def test_plan_gives_each_phase_its_share_of_the_time_at_its_measured_speed():
+    rates = {48: 400.0, 64: 200.0}  # views/s
+    plan = plan_schedule(((0.5, 48), (0.5, 64)), images=1000, views=2, seconds=100, rate=rates.__getitem__)
+    # 50 s at 400 views/s is 10 epochs of 2000 views; 50 s at 200 views/s is 5
+    assert plan.resolution.steps == ((0, 48), (10, 64)) and plan.epochs == 15
+    assert plan.seconds == pytest.approx(100)
+    tiny = plan_schedule(((1, 32), (3, 48)), images=1000, views=2, seconds=1, rate=lambda s: 10.0)
+    assert tiny.epochs == 2  # never less than an epoch per phase; the hard stop guards the budget
+    with pytest.raises(ValueError):
+        plan_schedule(((1, 32),), images=10, views=2, seconds=0, rate=lambda s: 1.0)
+
+
+def test_colour_objective_is_zero_only_for_the_right_histogram_and_trains_the_embedding():
+    rgb = torch.zeros(2, 3, 8, 8)
+    rgb[1, 0] = 1.0  # pure red
+    hist = colour_histogram(rgb, bins=2)
+    assert hist[0, 0] == 1 and hist[1, 4] == 1 and torch.allclose(hist.sum(1), torch.ones(2))
+    loss = ColourPredictionLoss(4, [0, 1, 2], [0.5] * 3, [0.25] * 3, bins=2)
+    views = (rgb - 0.5) / 0.25  # as the backbone takes them
+    embeddings = torch.zeros(2, 4, requires_grad=True)
+    with torch.no_grad():
+        loss.predict.weight.fill_(0.1)  # (a zero embedding meets only the bias, but gets a gradient)
+        loss.predict.bias.copy_(torch.log(hist[1] + 1e-9))  # predicts pure red for everything
+    both = loss(embeddings, views)
+    assert both > 1.0  # the black view is badly predicted
+    assert loss(embeddings[1:], views[1:]) < 1e-6  # the red one exactly
+    both.backward()
+    assert embeddings.grad.abs().sum() > 0
+
+
+def test_recipe_settings_and_overrides():
+    r = RECIPES["small-data"]
+    cfg = PretrainConfig.from_recipe("small-data", "photos", image_size=32, backbone=None)
+    assert (cfg.method, cfg.backbone, cfg.colour_weight, cfg.max_seconds) == (r.method, r.backbone,
+                                                                             r.colour_weight, r.seconds)
+    assert cfg.image_size == 32 and cfg.recipe == "small-data"
+    with pytest.raises(PretrainError, match="--max-seconds, not --epochs"):
+        PretrainConfig.from_recipe("small-data", "photos", epochs=3)
+    with pytest.raises(PretrainError, match="unknown recipe"):
+        PretrainConfig.from_recipe("huge-data", "photos")
+
+
+def test_pretrain_recipe_fits_the_budget_and_evaluate_scores_the_histogram(store, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "recipe.ckpt"
+    assert main(["pretrain", "--recipe", "small-data", "--data", str(store / "train.txt"), "--backbone",
+                 "resnet10", "--image-size", "32", "--batch-size", "8", "--max-seconds", "12",
+                 "--out", str(out), "--quiet", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["plan"]["resolution"] == [[0, 32]]  # the recipe's 64 px, scaled to --image-size
+    assert report["steps"] == report["total_steps"] > 0  # the whole schedule ran inside the budget
+    assert report["seconds"] <= 12
+    backbone, spec, meta = load_checkpoint(out)
+    assert spec.size == 32 and meta["recipe"] == "small-data" and meta["colour_weight"] > 0
+    saved = json.loads((tmp_path / "recipe.plan.json").read_text())
+    assert saved["epochs"] == report["plan"]["epochs"] and 0 < saved["margin"] <= 1
+    (tmp_path / "recipe.plan.json").write_text('{"epochs": "many"}')  # a resumed run must follow its plan
+    assert main(["pretrain", "--recipe", "small-data", "--data", str(store / "train.txt"), "--backbone", "resnet10",
+                 "--image-size", "32", "--batch-size", "8", "--out", str(out), "--resume",
+                 str(tmp_path / "recipe.state.pt"), "--quiet"]) == 2
+    assert "not a readable plan" in capsys.readouterr().err
+
+    assert main(["evaluate", "--checkpoint", str(out), "--train", str(store / "train.txt"), "--test",
+                 str(store / "val.txt"), "--protocol", "linear,oneshot", "--colour-histogram", "--quiet",
+                 "--json"]) == 0
+    rows = {r["protocol"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["protocols"]}
+    assert set(rows) == {"linear", "oneshot", "linear (colour histogram)", "oneshot (colour histogram)",
+                         "linear (fused with colour histogram)", "oneshot (fused with colour histogram)"}
+    # the drawn products differ by colour: the histogram alone gets them
+    assert rows["linear (colour histogram)"]["accuracy"] == 1.0
+
+    phased = run_pretrain(PretrainConfig.from_recipe("small-data", store / "train.txt", backbone="resnet10",
+                                                     image_size=32, batch_size=8, max_seconds=8,
+                                                     phases=((0.5, 24), (0.5, 32)), out=tmp_path / "phased.ckpt",
+                                                     progress=False))
+    (start, low), (switch, high) = phased["plan"]["resolution"]
+    assert (start, low, high) == (0, 24, 32) and 1 <= switch < phased["plan"]["epochs"]
+    assert phased["steps"] == phased["total_steps"]
+
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--recipe", "small-data", "--method", "simclr", "--data", str(store / "train.txt")])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_a_station_pool_of_rgb_and_nir_views_pretrains_with_the_recipe(tmp_path):
+    """`sortline demo/fit --recipe`: the pool is RGB+NIR views in memory; the colour objective
+    reads the RGB channels, and the bundle records the recipe's plan."""
+    from sortline.edge_runtime.bundle import load_bundle
+    from sortline.train.demo import DemoConfig, train_station_bundle
+
+    trained = train_station_bundle(DemoConfig(seed=1, pool_fruit=16, labeled_fruit=40, image_size=32,
+                                              recipe="small-data", max_pretrain_s=10, progress=False),
+                                   tmp_path / "demo", {})
+    pretrain = load_bundle(trained.bundle.root).manifest.metrics["pretrain"]
+    assert pretrain["method"].startswith("recipe small-data (simclr")
+    assert pretrain["pool_views"] == 64 and pretrain["plan"]["resolution"] == [[0, 32]]
+    assert 0 < pretrain["steps"] <= pretrain["total_steps"]
+    _, spec, meta = load_checkpoint(tmp_path / "demo" / "backbone.ckpt")
+    assert spec.channels == ("r", "g", "b", "nir") and meta["colour_weight"] > 0

@@ -1,0 +1,146 @@
+"""Named pretraining recipes: the settings that work for a kind of data, and a schedule that
+fits a time budget.
+
+``sortline pretrain --recipe small-data --data D [--max-seconds S]`` is for a few thousand
+real photos or item views on a CPU or one GPU. Its choices come from the ablations in
+docs/quality.md (grocery-store photos, 2 CPU cores); each is a field below, so a flag given on
+the command line still overrides it.
+
+The budget is spent, not cut: the views/s of the model at each resolution of the schedule is
+measured on the data before training, and the number of epochs at each resolution is chosen
+so that the whole cosine schedule ends inside the budget (a hard stop past it still guards).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import ResolutionSchedule, ViewsDataset
+from .loop import TrainConfig, train
+from .methods import Method
+
+# A whole run trains slower than its short probe (2 CPU cores, ResNet-10 at 64 px: 269 against
+# 322 views/s), so plans assume this fraction of the probe's speed: a schedule that ends a little
+# early loses less than one that the hard stop cuts before its learning rate has come down.
+RATE_MARGIN = 0.8
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    method: str
+    backbone: str
+    pool: str
+    augment: str  # an AugmentConfig recipe
+    phases: tuple[tuple[float, int], ...]  # (share of the training time, view size in px), in order
+    colour_weight: float  # the colour-aware objective beside the method's loss (0: none)
+    batch_size: int
+    lr: float
+    seconds: float  # the budget when none is given
+    description: str
+
+    @property
+    def image_size(self) -> int:
+        """The size the checkpoint is used at: the last phase's."""
+        return self.phases[-1][1]
+
+
+RECIPES: dict[str, Recipe] = {
+    "small-data": Recipe(
+        name="small-data",
+        method="simclr",
+        backbone="resnet10",
+        pool="avg",
+        augment="colour-safe",
+        phases=((1.0, 64),),
+        colour_weight=1.0,
+        batch_size=128,
+        lr=2e-3,
+        seconds=1800.0,
+        description="SimCLR with colour-safe augmentation and a colour-aware objective, ResNet-10 at 64 px, "
+                    "the whole cosine schedule fitted to the time budget",
+    ),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+    return RECIPES[name]
+
+
+def measure_rate(model: Method, dataset: ViewsDataset, size: int, batch_size: int, steps: int = 8,
+                 warmup: int = 3) -> float:
+    """Steady training views per second of ``model`` at ``size`` px on ``dataset``'s images: the
+    rate over ``steps - warmup`` steps after ``warmup`` (the first steps of a run allocate and
+    pick kernels, and run a third slower here). It trains a copy; the model is untouched."""
+    probe = copy.deepcopy(model)
+    n = min(len(dataset), batch_size * steps)
+    batch = max(1, min(batch_size, n // steps))
+    sample = ViewsDataset(dataset.images[:n], dataset.augment, views=dataset.views, seed=dataset.seed + 1,
+                          resolution=ResolutionSchedule.constant(size))
+    with tempfile.TemporaryDirectory(prefix="sortline-rate-") as tmp:
+        log = Path(tmp) / "rate.csv"
+        train(probe, sample, TrainConfig(epochs=1, batch_size=batch, warmup_steps=1, log_path=log), progress=False)
+        with open(log, newline="") as f:
+            rows = list(csv.DictReader(f))
+    # the log's images/s is cumulative: step k ends at k·views·batch / rate_k seconds
+    ends = [int(r["step"]) * sample.views * batch / float(r["images_per_s"]) for r in rows]
+    first = min(warmup, len(ends) - 1) - 1
+    if first < 0:
+        return len(ends) * sample.views * batch / ends[-1]
+    return (len(ends) - 1 - first) * sample.views * batch / max(ends[-1] - ends[first], 1e-6)
+
+
+@dataclass(frozen=True)
+class Plan:
+    epochs: float
+    resolution: ResolutionSchedule
+    rates: dict[int, float]  # measured views/s per size
+    seconds: float  # the training time planned
+    margin: float = 1.0  # the fraction of the measured speed the plan assumed
+
+    def to_dict(self) -> dict:
+        return {"epochs": self.epochs, "resolution": [list(s) for s in self.resolution.steps],
+                "views_per_s": {str(k): round(v, 1) for k, v in self.rates.items()},
+                "margin": self.margin, "planned_seconds": round(self.seconds, 1)}
+
+
+def plan_schedule(phases: tuple[tuple[float, int], ...], images: int, views: int, seconds: float,
+                  rate: Callable[[int], float], margin: float = 1.0) -> Plan:
+    """Whole epochs per phase so that phase ``k`` takes about its share of ``seconds`` at
+    ``margin`` times the measured ``rate(size)`` views/s (at least one epoch each)."""
+    if seconds <= 0 or images <= 0:
+        raise ValueError("a schedule needs a positive time budget and at least one image")
+    shares = [share for share, _ in phases]
+    if any(s <= 0 for s in shares):
+        raise ValueError(f"phase shares must be positive, got {shares}")
+    rates = {size: rate(size) for _, size in phases}
+    steps, start, planned = [], 0, 0.0
+    for share, size in phases:
+        epoch_s = views * images / (rates[size] * margin)
+        n = max(1, math.floor(share / sum(shares) * seconds / epoch_s))
+        steps.append((start, size))
+        start += n
+        planned += n * epoch_s
+    return Plan(float(start), ResolutionSchedule(tuple(steps)), rates, planned, margin)
+
+
+def plan_for(model: Method, dataset: ViewsDataset, phases: tuple[tuple[float, int], ...], seconds: float,
+             batch_size: int) -> Plan:
+    """Measure the model's speed at each phase's size, then plan what is left of ``seconds``."""
+    started = time.perf_counter()
+    rates = {size: measure_rate(model, dataset, size, batch_size) for _, size in phases}
+    spent = time.perf_counter() - started
+    left = seconds - spent
+    if left <= 0:
+        raise ValueError(f"the time budget of {seconds:.0f} s was spent measuring the model's speed "
+                         f"({spent:.0f} s); give a larger one")
+    return plan_schedule(phases, len(dataset), dataset.views, left, rates.__getitem__, RATE_MARGIN)
