@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +32,9 @@ import torch
 from sortline.train.eval_report import FUSED, HISTOGRAM, EvaluateConfig, run_evaluation
 from sortline.train.pretraining import PretrainConfig, run_pretrain
 from sortline.train.recipes import get_recipe
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
 
 PROTOCOLS = ("linear", "knn", "kshot:5", "oneshot")
 LABELS = {"linear": "LR, all labels", "knn": "k-NN (20)", "kshot:5": "LR, 5 per class", "oneshot": "LR, 1 iconic"}
@@ -48,16 +51,6 @@ def parse_phases(text: str) -> tuple[tuple[float, int], ...]:
     if not phases or any(share <= 0 or size < 16 for share, size in phases):
         raise argparse.ArgumentTypeError(f"phases need positive shares and sizes of at least 16 px, got {text!r}")
     return phases
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict:

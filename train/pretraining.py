@@ -193,22 +193,20 @@ def _recipe_plan(cfg: PretrainConfig, model, dataset: ViewsDataset) -> Plan:
         scale = cfg.image_size / r.image_size
         phases = tuple((share, max(16, round(size * scale / 8) * 8)) for share, size in r.phases[:-1])
         phases += ((r.phases[-1][0], cfg.image_size),)
-    if cfg.resume is not None:
-        saved = cfg.paths()["log"].with_suffix(".plan.json")
-        if saved.is_file():
-            try:
-                data = json.loads(saved.read_text())
-                return Plan(float(data["epochs"]), ResolutionSchedule(tuple(tuple(s) for s in data["resolution"])),
-                            {int(k): float(v) for k, v in data["views_per_s"].items()},
-                            float(data["planned_seconds"]), float(data.get("margin", 1.0)))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise PretrainError(f"{saved}: not a readable plan ({exc.__class__.__name__}: {exc}); the resumed "
-                                    "run must follow the plan it started with") from None
+    saved = cfg.paths()["log"].with_suffix(".plan.json")
+    if cfg.resume is not None and saved.is_file():
+        try:
+            data = json.loads(saved.read_text())
+            return Plan(float(data["epochs"]), ResolutionSchedule(tuple(tuple(s) for s in data["resolution"])),
+                        {int(k): float(v) for k, v in data["views_per_s"].items()},
+                        float(data["planned_seconds"]), float(data.get("margin", 1.0)))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise PretrainError(f"{saved}: not a readable plan ({exc.__class__.__name__}: {exc}); the resumed "
+                                "run must follow the plan it started with") from None
     try:
         plan = plan_for(model, dataset, phases, cfg.max_seconds, cfg.batch_size)
     except ValueError as exc:
         raise PretrainError(f"recipe {cfg.recipe}: {exc}") from None
-    saved = cfg.paths()["log"].with_suffix(".plan.json")
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
     return plan

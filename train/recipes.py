@@ -26,9 +26,11 @@ from .data import ResolutionSchedule, ViewsDataset
 from .loop import TrainConfig, train
 from .methods import Method
 
-# A whole run trains slower than its short probe (2 CPU cores, ResNet-10 at 64 px: 269 against
-# 322 views/s), so plans assume this fraction of the probe's speed: a schedule that ends a little
-# early loses less than one that the hard stop cuts before its learning rate has come down.
+# A whole run trains up to a tenth slower than its short probe, and more with another job on the
+# machine (AMD EPYC, 2 cores, ResNet-10 at 64 px, views/s run/probe: 320/320, 314/341, 284/322
+# with a job beside it; the demo's RGB+NIR pool 272/297). Plans assume this fraction of the
+# probe's speed: a schedule that ends a little early loses less than one that the hard stop cuts
+# before its learning rate has come down.
 RATE_MARGIN = 0.8
 
 
@@ -44,7 +46,6 @@ class Recipe:
     batch_size: int
     lr: float
     seconds: float  # the budget when none is given
-    description: str
 
     @property
     def image_size(self) -> int:
@@ -64,8 +65,6 @@ RECIPES: dict[str, Recipe] = {
         batch_size=128,
         lr=2e-3,
         seconds=1800.0,
-        description="SimCLR with colour-safe augmentation and a colour-aware objective, ResNet-10 at 64 px, "
-                    "the whole cosine schedule fitted to the time budget",
     ),
 }
 
