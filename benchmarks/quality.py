@@ -1,11 +1,12 @@
 """Recognition quality of a pretraining recipe on real photos, beside a colour histogram.
 
     python benchmarks/quality.py [--budget-minutes 30] [--seeds 3] [--recipe small-data]
-        [--data ../shared/datasets/grocery-store] [--out benchmarks/results]
+        [--labels none|all|K] [--data ../shared/datasets/grocery-store] [--out benchmarks/results]
         [--backbone B] [--image-size PX] [--colour-weight W] [--phases 0.5:48,0.5:64] [--name N] [--keep DIR]
 
 For each seed: ``sortline pretrain --recipe`` on the train split's images without their labels,
-within the budget (measuring and planning included), then the frozen protocols of
+within the budget (measuring and planning included), or with ``--labels all`` (or K per class,
+the rest unlabeled) its label stage in the budget's second half; then the frozen protocols of
 ``sortline evaluate`` on the val split: logistic regression with all train labels, k-NN (k=20),
 logistic regression on 5 train images per class (5 draws), and on the one iconic photo per
 class. The HSV colour histogram is scored by the same protocols in the same run, alone and
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sortline.train.data import UNLABELED, TrainingSet, load_training_set
 from sortline.train.eval_report import FUSED, HISTOGRAM, EvaluateConfig, run_evaluation
 from sortline.train.pretraining import PretrainConfig, run_pretrain
 from sortline.train.recipes import get_recipe
@@ -40,6 +42,8 @@ PROTOCOLS = ("linear", "knn", "kshot:5", "oneshot")
 LABELS = {"linear": "LR, all labels", "knn": "k-NN (20)", "kshot:5": "LR, 5 per class", "oneshot": "LR, 1 iconic"}
 VARIANTS = (("", "learned features alone"), (HISTOGRAM, "colour histogram (baseline)"),
             (FUSED, "learned + colour histogram (fused)"))
+HOW = {"none": "without labels", "all": "with the train labels in the label stage (the second half)",
+       "k": "with {k} labels per class in the label stage (the rest pseudo-labeled)"}
 PUBLISHED = "on the test split: DenseNet-169 from scratch with all labels 67.3%; ImageNet features + softmax 71.7%"
 
 
@@ -53,6 +57,31 @@ def parse_phases(text: str) -> tuple[tuple[float, int], ...]:
     return phases
 
 
+def parse_labels(text: str) -> str | int:
+    if text in ("none", "all"):
+        return text
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"labels are none, all or K per class, got {text!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"K must be at least 1, got {k}")
+    return k
+
+
+def training_data(cfg: PretrainConfig, labels: str | int, seed: int) -> TrainingSet | None:
+    """The train split with ``labels`` per class kept (None: as the file gives it, all)."""
+    if labels == "all":
+        return None
+    data = load_training_set(cfg.data, cfg.image_size, progress=False)
+    keep = np.zeros(len(data), bool)
+    if labels != "none":
+        rng = np.random.default_rng(seed)
+        for c in np.unique(data.labels):
+            keep[rng.permutation(np.flatnonzero(data.labels == c))[:labels]] = True
+    return TrainingSet(data.images, np.where(keep, data.labels, UNLABELED), data.class_names, data.spec)
+
+
 def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict:
     data = args.data
     overrides = dict(backbone=args.backbone, image_size=args.image_size, colour_weight=args.colour_weight,
@@ -62,7 +91,7 @@ def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict:
     cfg = PretrainConfig.from_recipe(args.recipe, data / "train.txt", max_seconds=args.budget_minutes * 60,
                                      seed=seed, out=tmp / f"seed{seed}.ckpt", **overrides)
     started = time.perf_counter()
-    pretrain = run_pretrain(cfg)
+    pretrain = run_pretrain(cfg, training_data(cfg, args.labels, seed))
     pretrain["wall_seconds"] = round(time.perf_counter() - started, 1)
     print(f"seed {seed}: pretrained in {pretrain['wall_seconds']:.0f} s, plan {pretrain.get('plan')}", flush=True)
     summary = run_evaluation(EvaluateConfig(
@@ -83,6 +112,8 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="pretraining wall time per seed")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--recipe", default="small-data")
+    parser.add_argument("--labels", type=parse_labels, default="none",
+                        help="train labels the recipe may use: none (self-supervised only), all, or K per class")
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/grocery-store"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--backbone")
@@ -123,7 +154,8 @@ def write(args: argparse.Namespace, runs: list[dict], total_s: float) -> None:
         f"# Recognition quality: recipe {args.recipe}, {args.budget_minutes:g} min of pretraining per seed",
         "",
         f"{cfg['method']} + {cfg['backbone']} at {cfg['image_size']} px (colour weight {cfg['colour_weight']}), "
-        f"pretrained without labels on the {first['train_images']} grocery-store train photos; scored on the val "
+        f"pretrained {HOW[args.labels] if args.labels in HOW else HOW['k'].format(k=args.labels)} on the "
+        f"{first['train_images']} grocery-store train photos; scored on the val "
         f"split ({first['test_images']} photos, 81 classes). {len(runs)} seeds, mean ± std; k-shot and 5-shot "
         f"also average 5 draws per seed. Device: {device}. Everything took {total_s / 60:.1f} min.",
         "",
@@ -137,11 +169,24 @@ def write(args: argparse.Namespace, runs: list[dict], total_s: float) -> None:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     epochs = [r["pretrain"]["plan"]["epochs"] for r in runs]
     steps = [r["pretrain"]["steps"] for r in runs]
+    stages = [r["pretrain"]["label_stage"] for r in runs if "label_stage" in r["pretrain"]]
     lines += [
         "",
         f"Learned features alone, LR with all labels: {learned:.1%}, {100 * (learned - hist):+.1f} points against "
         f"the colour histogram (target: at least +10 points, and at least 44% on val).",
         "",
+    ]
+    if stages:
+        lines += [
+            f"Label stage per seed: {', '.join(str(st['given']) for st in stages)} labeled images, "
+            f"{', '.join(str(st['pseudo']) for st in stages)} pseudo-labeled "
+            f"({', '.join(str(st['unsure']) for st in stages)} left below the threshold), "
+            f"{', '.join(str(st.get('steps', 0)) for st in stages)} steps in "
+            f"{', '.join(str(st.get('seconds', 0)) for st in stages)} s after the teacher's "
+            f"{', '.join(str(st['teacher_seconds']) for st in stages)} s.",
+            "",
+        ]
+    lines += [
         f"Pretraining per seed: {', '.join(f'{e:g}' for e in epochs)} epochs planned, "
         f"{', '.join(str(s) for s in steps)} steps, resolution steps "
         f"{first['pretrain']['plan']['resolution']} (epoch, px), measured views/s "
@@ -152,7 +197,8 @@ def write(args: argparse.Namespace, runs: list[dict], total_s: float) -> None:
         "",
         f"Command: `python benchmarks/quality.py --budget-minutes {args.budget_minutes:g} --seeds {len(runs)}"
         + "".join(f" --{k.replace('_', '-')} {v}" for k, v in (
-            ("recipe", args.recipe if args.recipe != "small-data" else None), ("backbone", args.backbone),
+            ("recipe", args.recipe if args.recipe != "small-data" else None),
+            ("labels", args.labels if args.labels != "none" else None), ("backbone", args.backbone),
             ("image_size", args.image_size), ("colour_weight", args.colour_weight), ("augment", args.augment),
             ("phases", ",".join(f"{a:g}:{b}" for a, b in args.phases) if args.phases else None),
             ("name", args.name if args.name != "quality" else None)) if v is not None) + "`",
@@ -161,7 +207,7 @@ def write(args: argparse.Namespace, runs: list[dict], total_s: float) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text("\n".join(lines))
     (args.out / f"{args.name}.json").write_text(json.dumps(
-        {"recipe": args.recipe, "budget_minutes": args.budget_minutes, "device": device,
+        {"recipe": args.recipe, "labels": args.labels, "budget_minutes": args.budget_minutes, "device": device,
          "total_seconds": round(total_s, 1), "table": table, "runs": runs}, indent=2, default=str) + "\n")
     plot(args, table)
 
@@ -185,7 +231,8 @@ def plot(args: argparse.Namespace, table: dict) -> None:
     ax.set_xticks(x, [LABELS[p] for p in PROTOCOLS])
     ax.set_ylabel("val accuracy (%)")
     ax.set_ylim(0, 60)
-    ax.set_title(f"grocery-store val, recipe {args.recipe}, {args.budget_minutes:g} min")
+    labels = {"none": "", "all": ", all train labels"}.get(args.labels, f", {args.labels} train labels per class")
+    ax.set_title(f"grocery-store val, recipe {args.recipe}, {args.budget_minutes:g} min{labels}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(args.out / f"{args.name}.png", dpi=120)

@@ -131,3 +131,95 @@ def test_a_station_pool_of_rgb_and_nir_views_pretrains_with_the_recipe(tmp_path)
     assert 0 < pretrain["steps"] <= pretrain["total_steps"]
     _, spec, meta = load_checkpoint(tmp_path / "demo" / "backbone.ckpt")
     assert spec.channels == ("r", "g", "b", "nir") and meta["colour_weight"] > 0
+
+
+def test_simclr_label_stage_learns_from_labeled_rows_only():
+    from sortline.train.backbones import build_backbone
+    from sortline.train.methods import build_method
+
+    torch.manual_seed(0)
+    model = build_method("simclr", build_backbone("resnet10", in_channels=3))
+    views = torch.randn(6, 2, 3, 32, 32)
+    unlabeled = torch.full((6,), -1)
+    before = model(views, unlabeled).loss
+    model.attach_labels(3)
+    assert torch.allclose(model(views, unlabeled).loss, before)  # no labels: NT-Xent alone
+    labeled = torch.tensor([0, 1, 2, -1, -1, -1])
+    loss = model(views, labeled).loss
+    assert loss > before
+    loss.backward()
+    assert model.classifier.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        model.attach_labels(1)
+    model.attach_labels(3, weight=0, contrast=True)
+    assert model.classifier is None
+    # the supervised contrast with every image its own class is NT-Xent
+    assert torch.allclose(model(views, unlabeled).loss, before, atol=1e-5)
+    # same-label images become positives: a batch of one class has more of them, and another loss
+    assert not torch.allclose(model(views, torch.zeros(6, dtype=torch.long)).loss, before)
+
+
+def test_teacher_pseudo_labels_the_unlabeled_images(store):  # noqa: F811
+    """The drawn products differ by colour, so the teacher (LR on the embedding fused with the
+    colour histogram) labels them right even over an untrained backbone."""
+    from sortline.train.backbones import build_backbone
+    from sortline.train.data import UNLABELED, TrainingSet, load_training_set
+    from sortline.train.pseudolabels import can_label, pseudo_label
+
+    data = load_training_set(store / "train.txt", 32)
+    hidden = np.arange(len(data)) % 2 == 1
+    masked = TrainingSet(data.images, np.where(hidden, UNLABELED, data.labels), data.class_names, data.spec)
+    torch.manual_seed(0)
+    result = pseudo_label(build_backbone("resnet10", in_channels=3), masked, threshold=0.0)
+    assert result.fused and result.given == (~hidden).sum() and result.pseudo == hidden.sum() and result.unsure == 0
+    assert (result.labels[~hidden] == data.labels[~hidden]).all()  # given labels are kept
+    assert (result.labels[hidden] == data.labels[hidden]).mean() >= 0.75  # chance: 0.25
+    strict = pseudo_label(build_backbone("resnet10", in_channels=3), masked, threshold=1.01)
+    assert strict.pseudo == 0 and (strict.labels[hidden] == UNLABELED).all()
+    one_class = TrainingSet(data.images, np.where(data.labels == 0, 0, UNLABELED), data.class_names, data.spec)
+    assert not can_label(one_class)
+    with pytest.raises(ValueError):
+        pseudo_label(build_backbone("resnet10", in_channels=3), one_class)
+
+
+def test_recipe_label_stage_runs_inside_the_budget_where_labels_exist(store, tmp_path, capsys):  # noqa: F811
+    from sortline.train.data import UNLABELED, TrainingSet, load_training_set
+
+    data = load_training_set(store / "train.txt", 32)
+    masked = TrainingSet(data.images, np.where(np.arange(len(data)) % 2 == 1, UNLABELED, data.labels),
+                         data.class_names, data.spec)
+    cfg = PretrainConfig.from_recipe("small-data", store / "train.txt", image_size=32, batch_size=8, max_seconds=12,
+                                     out=tmp_path / "labels.ckpt", progress=False)
+    report = run_pretrain(cfg, masked)
+    stage = report["label_stage"]
+    assert stage["given"] == (masked.labels != UNLABELED).sum() and stage["pseudo"] + stage["unsure"] == len(data) // 2
+    assert stage["steps"] > 0 and stage["epochs"] >= 1
+    assert report["seconds"] + stage["teacher_seconds"] + stage["seconds"] <= 12 + 3  # a step past the hard stop
+    assert (tmp_path / "labels.labels.csv").is_file()
+    _, _, meta = load_checkpoint(tmp_path / "labels.ckpt")
+    assert meta["label_stage"]["given"] == stage["given"]
+
+    unlabeled = TrainingSet(data.images, np.full(len(data), UNLABELED), data.class_names, data.spec)
+    assert "label_stage" not in run_pretrain(cfg, unlabeled)  # nothing to learn from: self-supervised only
+    off = PretrainConfig.from_recipe("small-data", store / "train.txt", image_size=32, batch_size=8, max_seconds=4,
+                                     label_stage=0, out=tmp_path / "off.ckpt", progress=False)
+    assert "label_stage" not in run_pretrain(off, masked)
+
+    # the CLI: labeled --data and a folder of unlabeled images beside it for the teacher
+    assert main(["pretrain", "--recipe", "small-data", "--data", str(store / "train.txt"), "--unlabeled",
+                 str(store / "val"), "--image-size", "32", "--batch-size", "8", "--max-seconds", "8",
+                 "--out", str(tmp_path / "cli.ckpt"), "--quiet", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    stage = json.loads(out[-1])["label_stage"]
+    assert stage["given"] == len(data) and stage["pseudo"] + stage["unsure"] == len(load_training_set(store / "val"))
+    assert any(line.startswith("label stage: ") for line in out)
+
+    assert main(["pretrain", "--method", "simclr", "--data", str(store / "train.txt"), "--label-stage", "0.2",
+                 "--epochs", "1", "--out", str(tmp_path / "x.ckpt"), "--quiet"]) == 2
+    assert "belongs to a recipe" in capsys.readouterr().err
+    assert main(["pretrain", "--recipe", "small-data", "--data", str(store / "train.txt"), "--label-stage", "1",
+                 "--out", str(tmp_path / "x.ckpt"), "--quiet"]) == 2
+    assert "[0, 1)" in capsys.readouterr().err
+    assert main(["pretrain", "--recipe", "small-data", "--data", str(store / "train.txt"), "--resume",
+                 str(tmp_path / "labels.labels.state.pt"), "--out", str(tmp_path / "labels.ckpt"), "--quiet"]) == 2
+    assert "resume from the self-supervised stage" in capsys.readouterr().err

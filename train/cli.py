@@ -87,7 +87,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--balanced", action="store_true", help="class-balanced sampling (needs labels)")
     pretrain.add_argument("--pairs", type=Path, help="supcon/distill: 'image_a, image_b' lines instead of labels")
     pretrain.add_argument("--teacher", type=Path, help="distill: the teacher's checkpoint")
-    pretrain.add_argument("--unlabeled", type=Path, help="distill: unlabeled images for the teacher's targets")
+    pretrain.add_argument("--unlabeled", type=Path,
+                          help="distill, or a recipe with labeled --data: unlabeled images for the teacher to label")
+    pretrain.add_argument("--label-stage", type=float, metavar="SHARE",
+                          help="a recipe, where the data has labels: the share of the budget for the label stage "
+                               "(a teacher pseudo-labels the unlabeled images, then the backbone trains on the "
+                               "labels with a supervised contrast; small-data: 0.5; 0: none, self-supervised only)")
     pretrain.add_argument("--negatives", type=Path,
                           help="supcon: images of none of the classes (e.g. the empty line, shelves), each its "
                                "own class, so the classes are pushed away from them")

@@ -95,7 +95,8 @@ def pretrain(args: argparse.Namespace) -> dict:
     from .pretraining import PretrainConfig, run_pretrain
 
     tunable = dict(backbone=args.backbone, pool=args.pool, epochs=args.epochs, batch_size=args.batch_size,
-                   image_size=args.image_size, lr=args.lr, augment=args.augment, max_seconds=args.max_seconds)
+                   image_size=args.image_size, lr=args.lr, augment=args.augment, max_seconds=args.max_seconds,
+                   label_stage=args.label_stage)
     rest = dict(weights=args.weights, seed=args.seed, solarize=args.solarize, channel_shuffle=args.channel_shuffle,
                 tile_shuffle=args.tile_shuffle, balanced=args.balanced, pairs=args.pairs, teacher=args.teacher,
                 unlabeled=args.unlabeled, negatives=args.negatives, hard_negatives=args.hard_negatives or None,
@@ -107,6 +108,10 @@ def pretrain(args: argparse.Namespace) -> dict:
         config = PretrainConfig(method=args.method, data=args.data,
                                 **{k: v for k, v in tunable.items() if v is not None}, **rest)
     report = run_pretrain(config)
+    if "label_stage" in report:
+        stage = report["label_stage"]
+        print(f"label stage: {stage['given']} labeled images, {stage['pseudo']} pseudo-labeled by the teacher "
+              f"({stage['unsure']} left unlabeled), {stage.get('steps', 0)} steps in {stage.get('seconds', 0):.0f} s")
     how = f"recipe {config.recipe} ({config.method})" if config.recipe else config.method
     print(f"{report['checkpoint']}: {how} {config.backbone}, {report['steps']} steps on {report['images']} "
           f"images in {report['seconds']:.0f} s ({report['images_per_s']:.0f} images/s), "

@@ -165,6 +165,31 @@ def colour_histogram(rgb: torch.Tensor, bins: int = 4) -> torch.Tensor:
     return counts / index.shape[1]
 
 
+def hsv_histogram(rgb: torch.Tensor, bins: tuple[int, int, int] = (16, 4, 4)) -> torch.Tensor:
+    """``N×3×H×W`` RGB in 0..1 → ``N×(h·s·v)`` joint HSV histograms (fractions of the pixels),
+    binned as :class:`~sortline.edge_runtime.descriptors.ColourHistogram` bins OpenCV's HSV
+    (hue over the full circle, saturation and value over 0..1).
+
+    >>> red = torch.zeros(1, 3, 2, 2); red[:, 0] = 1
+    >>> int(hsv_histogram(red, (4, 2, 2)).argmax())  # hue 0, saturation 1, value 1
+    3
+    """
+    x = rgb.float().clamp(0, 1)
+    r, g, b = x.unbind(1)
+    top, bottom = x.max(dim=1).values, x.min(dim=1).values
+    spread = top - bottom
+    d = spread.clamp_min(1e-8)
+    hue = torch.where(top == r, ((g - b) / d) % 6, torch.where(top == g, (b - r) / d + 2, (r - g) / d + 4))
+    hue = torch.where(spread > 0, hue / 6, torch.zeros_like(hue))
+    saturation = torch.where(top > 0, spread / top.clamp_min(1e-8), torch.zeros_like(top))
+    nh, ns, nv = bins
+    q = [(c * n).long().clamp_(0, n - 1) for c, n in ((hue, nh), (saturation, ns), (top, nv))]
+    index = ((q[0] * ns + q[1]) * nv + q[2]).flatten(1)
+    counts = torch.zeros(len(rgb), nh * ns * nv, device=rgb.device).scatter_add_(
+        1, index, torch.ones_like(index, dtype=torch.float32))
+    return counts / index.shape[1]
+
+
 class ColourPredictionLoss(nn.Module):
     """A colour-aware objective beside a self-supervised one: a linear map from the embedding
     must predict the view's joint RGB histogram (cross entropy with the histogram as a soft
@@ -177,19 +202,23 @@ class ColourPredictionLoss(nn.Module):
     """
 
     def __init__(self, embedding_dim: int, rgb: list[int], mean: list[float], std: list[float],
-                 bins: int = 4) -> None:
+                 bins: int = 4, space: str = "rgb") -> None:
         super().__init__()
         if len(rgb) != 3:
             raise ValueError("the colour objective needs r, g and b channels")
+        if space not in ("rgb", "hsv"):
+            raise ValueError(f"colour space is rgb or hsv, got {space!r}")
         self.rgb = list(rgb)
         self.bins = bins
-        self.predict = nn.Linear(embedding_dim, bins ** 3)
+        self.space = space
+        self.predict = nn.Linear(embedding_dim, bins ** 3 if space == "rgb" else 16 * 4 * 4)
         self.register_buffer("mean", torch.tensor([mean[i] for i in rgb]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([std[i] for i in rgb]).view(1, 3, 1, 1))
 
     def forward(self, embeddings: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """``embeddings`` ``N×D`` of ``views`` ``N×C×S×S`` (normalised as the backbone takes them)."""
-        target = colour_histogram(views[:, self.rgb].float() * self.std + self.mean, self.bins)
+        rgb = views[:, self.rgb].float() * self.std + self.mean
+        target = colour_histogram(rgb, self.bins) if self.space == "rgb" else hsv_histogram(rgb)
         log_p = F.log_softmax(self.predict(embeddings).float(), dim=1)
         entropy = -(target * target.clamp_min(1e-12).log()).sum(dim=1)
         return (-(target * log_p).sum(dim=1) - entropy).mean()

@@ -9,6 +9,9 @@ the command line still overrides it.
 The budget is spent, not cut: the views/s of the model at each resolution of the schedule is
 measured on the data before training, and the number of epochs at each resolution is chosen
 so that the whole cosine schedule ends inside the budget (a hard stop past it still guards).
+Where some of the images have labels, the last ``label_stage`` share of the budget goes to the label
+stage (:mod:`sortline.train.pseudolabels`): a teacher fitted on the labeled images labels the
+rest, and the backbone trains on both beside its self-supervised loss.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Recipe:
     augment: str  # an AugmentConfig recipe
     phases: tuple[tuple[float, int], ...]  # (share of the training time, view size in px), in order
     colour_weight: float  # the colour-aware objective beside the method's loss (0: none)
+    label_stage: float  # the share of the budget for the label stage where the data has labels (0: none)
     batch_size: int
     lr: float
     seconds: float  # the budget when none is given
@@ -62,6 +66,7 @@ RECIPES: dict[str, Recipe] = {
         augment="colour-safe",
         phases=((1.0, 64),),
         colour_weight=1.0,
+        label_stage=0.5,
         batch_size=128,
         lr=2e-3,
         seconds=1800.0,

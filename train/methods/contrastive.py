@@ -6,10 +6,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..backbones import Backbone
 from ..heads import ProjectionHead
-from ..losses import ColourPredictionLoss, NTXentLoss, QueueInfoNCELoss
+from ..losses import ColourPredictionLoss, NTXentLoss, QueueInfoNCELoss, SupConLoss
 from .base import Method, StepOutput, ema_update, frozen_copy
 
 
@@ -23,13 +24,40 @@ class SimCLR(Method):
         self.criterion = NTXentLoss(temperature)
         self.colour = colour  # optional colour-aware objective beside NT-Xent
         self.colour_weight = colour_weight
+        self.classifier: nn.Linear | None = None  # a label stage's linear classifier (attach_labels)
+        self.label_weight = 0.0
+        self.label_smoothing = 0.0
+        self.supcon: SupConLoss | None = None  # a label stage's contrast: same-label images are positives
+
+    def attach_labels(self, classes: int, weight: float = 1.0, contrast: bool = False, smoothing: float = 0.1) -> None:
+        """Learn from labels (>= 0) from now on, for the recipe's label stage
+        (:mod:`sortline.train.pseudolabels`): a linear classifier on the embedding adds ``weight`` ×
+        its cross entropy on both views, and with ``contrast`` the contrastive loss becomes the
+        supervised one (Khosla et al., 2020) in which views of same-label images are positives.
+        Unlabeled images stay their own class, where it is NT-Xent again."""
+        if classes < 2:
+            raise ValueError(f"learning from labels needs at least two classes, got {classes}")
+        self.classifier = nn.Linear(self.backbone.embedding_dim, classes) if weight > 0 else None
+        self.label_weight, self.label_smoothing = float(weight), float(smoothing)
+        self.supcon = SupConLoss(self.criterion.temperature) if contrast else None
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         x1, x2 = views[:, 0], views[:, 1]
         h1, h2 = self.backbone(x1), self.backbone(x2)
-        loss = self.criterion(self.projection(h1), self.projection(h2))
+        known = labels >= 0
+        if self.supcon is not None:
+            own = int(labels.max()) + 1 + torch.arange(len(labels), device=labels.device)
+            loss = self.supcon(torch.stack([self.projection(h1), self.projection(h2)], 1),
+                               torch.where(known, labels, own))
+        else:
+            loss = self.criterion(self.projection(h1), self.projection(h2))
         if self.colour is not None:
             loss = loss + self.colour_weight * 0.5 * (self.colour(h1, x1) + self.colour(h2, x2))
+        if self.classifier is not None and known.any():
+            y = labels[known]
+            ce = sum(F.cross_entropy(self.classifier(h[known]).float(), y, label_smoothing=self.label_smoothing)
+                     for h in (h1, h2))
+            loss = loss + self.label_weight * 0.5 * ce * known.float().mean()
         return StepOutput(loss, h1)
 
 
