@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sortline.edge_runtime.descriptors import ColourHistogram
+
 
 def _check_temperature(temperature: float) -> float:
     if temperature <= 0:
@@ -165,7 +167,7 @@ def colour_histogram(rgb: torch.Tensor, bins: int = 4) -> torch.Tensor:
     return counts / index.shape[1]
 
 
-def hsv_histogram(rgb: torch.Tensor, bins: tuple[int, int, int] = (16, 4, 4)) -> torch.Tensor:
+def hsv_histogram(rgb: torch.Tensor, bins: tuple[int, int, int] | None = None) -> torch.Tensor:
     """``N×3×H×W`` RGB in 0..1 → ``N×(h·s·v)`` joint HSV histograms (fractions of the pixels),
     binned as :class:`~sortline.edge_runtime.descriptors.ColourHistogram` bins OpenCV's HSV
     (hue over the full circle, saturation and value over 0..1).
@@ -174,6 +176,9 @@ def hsv_histogram(rgb: torch.Tensor, bins: tuple[int, int, int] = (16, 4, 4)) ->
     >>> int(hsv_histogram(red, (4, 2, 2)).argmax())  # hue 0, saturation 1, value 1
     3
     """
+    if bins is None:  # the descriptor's own layout
+        d = ColourHistogram()
+        bins = (d.hue_bins, d.saturation_bins, d.value_bins)
     x = rgb.float().clamp(0, 1)
     r, g, b = x.unbind(1)
     top, bottom = x.max(dim=1).values, x.min(dim=1).values
@@ -211,7 +216,7 @@ class ColourPredictionLoss(nn.Module):
         self.rgb = list(rgb)
         self.bins = bins
         self.space = space
-        self.predict = nn.Linear(embedding_dim, bins ** 3 if space == "rgb" else 16 * 4 * 4)
+        self.predict = nn.Linear(embedding_dim, bins ** 3 if space == "rgb" else ColourHistogram().dim)
         self.register_buffer("mean", torch.tensor([mean[i] for i in rgb]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([std[i] for i in rgb]).view(1, 3, 1, 1))
 
