@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from sortline.edge_runtime import hil
 from sortline.edge_runtime.cli import main
 from sortline.edge_runtime.hil import make_scenario, sort_on_simulated_line
 from sortline.edge_runtime.pipeline import ItemPipeline
@@ -115,4 +116,19 @@ def test_faulty_live_checkout(tiny_checkout_bundle):
                                  make_scenario("checkout", 5, None, 6), progress=False)
     s = run.summary
     assert s["gate_commands"] == 120 and s["lost"] == 0 and s["duplicates"] == 0
+    assert s["faults"] == s["faults_injected"]
+
+
+def test_a_station_slow_to_reopen_a_replugged_port_loses_no_frames(checkout_recording, tiny_checkout_bundle,
+                                                                    monkeypatch):
+    """pyserial flushes a port's input when it opens it: a replugged device must not talk before the
+    station has reopened the port, however long a loaded station takes (here 0.6 s, twice the
+    recorded devices' wait), or its first frames vanish and count as dropped."""
+    assert json.loads((checkout_recording / "recording.json").read_text())["injected"]["sensor_disconnects"] > 0
+    running_station = hil.RunningStation
+    monkeypatch.setattr(hil, "RunningStation",
+                        lambda *args, **kwargs: running_station(*args, **{**kwargs, "reconnect_s": 0.6}))
+    s = hil.replay_recording(ItemPipeline(tiny_checkout_bundle, threads=1), checkout_recording, speed="max",
+                             progress=False).summary
+    assert s["gate_commands"] == 150 and s["lost"] == 0
     assert s["faults"] == s["faults_injected"]

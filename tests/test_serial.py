@@ -86,3 +86,25 @@ def test_link_reconnects_when_the_device_comes_back(tmp_path):
     finally:
         link.close()
         device.close()
+
+
+def test_a_device_knows_when_the_runtime_has_its_port_open_and_what_it_has_not_read(tmp_path):
+    device = PtyDevice(link=tmp_path / "scale")
+    try:
+        assert not device.reader_open() and not device.wait_reader(0.05)
+        assert device.receive(timeout_s=0.05) == []  # no reader: waits out the timeout, no error
+        device.send(Ack(item_id=1))  # before the open: pyserial flushes it, as on a real wire
+        assert device.unread() == 0
+        link = SerialLink(device.port, "scale", reconnect_s=0.05).open()
+        try:
+            assert device.wait_reader(2.0)
+            device.send(Ack(item_id=2))
+            assert _drain(link, 1) == [Ack(item_id=2)]
+            assert device.drain(2.0) and device.unread() == 0
+        finally:
+            link.close()
+        assert not device.reader_open()
+        device.disconnect()
+        assert not device.reader_open() and device.unread() == 0
+    finally:
+        device.close()

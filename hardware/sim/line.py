@@ -40,6 +40,7 @@ HEARTBEAT_S = 0.25
 LATE_VIEW_S = 0.02  # how late a late frame is (inside the rig's wait)
 DISCONNECT_S = 0.25  # how long an unplugged sensor stays away
 REOPEN_S = 0.3  # a reconnected sensor waits this long for the station to reopen the port
+REOPEN_WAIT_S = 5.0  # ... and, past that, at most this long more if the station has not yet
 QUIET_S = 0.05  # a sensor about to be unplugged goes quiet this long (its last bytes get read)
 SILENCE_S = 0.2  # how long a silent controller withholds acknowledgements
 
@@ -288,9 +289,14 @@ class SimulatedLine:
     def _replug_sensor(self) -> list:
         self.sensor_device.reconnect()
         # pyserial flushes its input on open: hold the backlog until the station has reopened.
-        return [(self._due + REOPEN_S, self._drain_sensor_backlog)]
+        return [(self._due + REOPEN_S, lambda: self._drain_sensor_backlog(self._due + REOPEN_WAIT_S))]
 
-    def _drain_sensor_backlog(self) -> None:
+    def _drain_sensor_backlog(self, give_up_at: float) -> list | None:
+        if not self.sensor_device.reader_open():  # a loaded station reopens late: wait for it
+            if self._due < give_up_at:
+                return [(self._due + 0.01, lambda: self._drain_sensor_backlog(give_up_at))]
+            log.warning("the station has not reopened the %s port in %.1f s: its readings go out anyway",
+                        self.sensor, REOPEN_S + REOPEN_WAIT_S)
         self._sensor_down = False
         backlog, self._sensor_backlog = self._sensor_backlog, []
         for reading in backlog:

@@ -4,6 +4,11 @@ A simulator holds the master side; the runtime opens :attr:`PtyDevice.port` with
 exactly as it opens a USB serial adapter. With ``link``, the port is a stable symlink to the
 current ``/dev/pts/N`` (as udev's ``/dev/serial/by-id/...`` names are), so a device can
 disconnect and come back as a new pseudo-terminal under the same name.
+
+The device keeps no slave descriptor of its own, so the master sees a hang-up (``POLLHUP``)
+exactly while no runtime has the port open: :meth:`PtyDevice.wait_reader` tells when one has.
+That matters because pyserial flushes the input when it opens a port: bytes written before the
+runtime has (re)opened it are lost, as they would be on a real wire.
 """
 
 from __future__ import annotations
@@ -33,32 +38,63 @@ class PtyDevice:
         self._open()
 
     def _open(self) -> None:
-        self._master, self._slave = os.openpty()
+        self._master, slave = os.openpty()
         # Raw mode before anyone opens the port: no echo, no CR/LF translation, no signals.
-        tty.setraw(self._slave)
+        # The settings outlive this descriptor: they belong to the pseudo-terminal.
+        tty.setraw(slave)
+        self._tty = os.ttyname(slave)
+        os.close(slave)
         self._closed = False
         if self.link is not None:
             tmp = self.link.with_name(f".{self.link.name}.new")
             tmp.unlink(missing_ok=True)
-            tmp.symlink_to(os.ttyname(self._slave))
+            tmp.symlink_to(self._tty)
             tmp.replace(self.link)  # atomic: the name always points somewhere or nowhere new
 
     @property
     def port(self) -> str:
-        return str(self.link) if self.link is not None else os.ttyname(self._slave)
+        return str(self.link) if self.link is not None else self._tty
 
     @property
     def connected(self) -> bool:
         return not self._closed
 
-    def unread(self) -> int:
-        """Bytes written to the wire that the runtime has not read yet (0 when unplugged)."""
+    def _reader_open(self) -> bool:
+        poll = select.poll()
+        poll.register(self._master, select.POLLHUP)
+        return not any(event & select.POLLHUP for _, event in poll.poll(0))
+
+    def reader_open(self) -> bool:
+        """Whether a runtime has the port open now."""
         with self._lock:
-            if self._closed:
+            return not self._closed and self._reader_open()
+
+    def wait_reader(self, timeout_s: float) -> bool:
+        """Wait until a runtime has the port open; False if none has within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not self.reader_open():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def unread(self) -> int:
+        """Bytes written to the wire that the runtime has not read yet (0 when unplugged, or
+        when no runtime has the port open: it would flush them when it opens it)."""
+        with self._lock:
+            if self._closed or not self._reader_open():
                 return 0
-            count = array.array("i", [0])
-            fcntl.ioctl(self._slave, termios.FIONREAD, count)
-            return count[0]
+            # The count needs a slave descriptor; the runtime's keeps the terminal alive meanwhile.
+            try:
+                slave = os.open(self._tty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            except OSError:
+                return 0
+            try:
+                count = array.array("i", [0])
+                fcntl.ioctl(slave, termios.FIONREAD, count)
+                return count[0]
+            finally:
+                os.close(slave)
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until the runtime has read everything written (a device goes quiet before it is
@@ -99,8 +135,13 @@ class PtyDevice:
         if self._closed:
             return []
         try:
-            ready, _, _ = select.select([self._master], [], [], timeout_s)
-            if not ready:
+            poll = select.poll()
+            poll.register(self._master, select.POLLIN)
+            events = poll.poll(timeout_s * 1000)
+            if not events:
+                return []
+            if not events[0][1] & select.POLLIN:  # no runtime has the port open: nothing to read
+                time.sleep(timeout_s)
                 return []
             data = os.read(self._master, 4096)
         except OSError:  # closed under us, or the slave side hung up
@@ -113,7 +154,6 @@ class PtyDevice:
                 return
             self._closed = True
             os.close(self._master)
-            os.close(self._slave)
 
     def __enter__(self) -> PtyDevice:
         return self

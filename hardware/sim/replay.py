@@ -4,6 +4,7 @@ refereed as the simulated line is (the recording format: ``docs/recording.md``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import queue
 import shutil
@@ -19,9 +20,11 @@ from ..camera import CORRUPT, LOST, FrameError, ItemCapture, ViewError, ViewFram
 from ..images import decode_image
 from ..protocol import Ack, GateCommand
 from ..recording import Recording
-from .line import QUIET_S, REOPEN_S  # replay mirrors how the recorded devices behaved
+from .line import QUIET_S, REOPEN_S, REOPEN_WAIT_S  # replay mirrors how the recorded devices behaved
 from .pty import PtyDevice
 from .referee import GateReferee, LineTally
+
+log = logging.getLogger(__name__)
 
 MAX_LAG_S = 0.05  # at speed=max, how far an item may be played behind the replay's lead
 DRAIN_S = 1.0  # at speed=max, the longest wait for the station to read a device's last bytes before its unplug
@@ -200,8 +203,11 @@ class ReplayedLine:
                 recorded_t, unplug_at = unplugged.pop(device, (t, now))
                 replug_at = unplug_at + (t - recorded_t) if self.speed == "max" else now  # outages keep their length
                 lines[device].submit(replug_at, self.devices[device].reconnect)
+                # The recorded device waited for the station to reopen the port (pyserial flushes
+                # its input on open); a loaded station may take longer than it did then.
+                lines[device].submit(replug_at + REOPEN_S, _wait_reader, self.devices[device], device, inline=False)
                 if self.speed == "max":
-                    held[device] = replug_at + REOPEN_S  # the recorded device waited for the reopen too
+                    held[device] = replug_at + REOPEN_S
             elif kind == "item":
                 self.referee.announce(payload, now, deadline_s)
             elif kind == "silence":
@@ -220,6 +226,12 @@ class ReplayedLine:
                     self.controller.send(Ack(item_id=message.item_id))
 
 
+def _wait_reader(device: PtyDevice, name: str) -> None:
+    if not device.wait_reader(REOPEN_WAIT_S):
+        log.warning("replay: the station has not reopened the %s port in %.1f s; its bytes go out anyway",
+                    name, REOPEN_S + REOPEN_WAIT_S)
+
+
 class _DeviceLine:
     """One replayed device's actions (writes, unplug, replug), each no earlier than its time and
     in the order given; an action that is due and has nothing queued before it runs at once."""
@@ -231,9 +243,11 @@ class _DeviceLine:
         self._thread = threading.Thread(target=self._run, name=f"replay-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, not_before: float, action, *args) -> None:
+    def submit(self, not_before: float, action, *args, inline: bool = True) -> None:
+        """Queue ``action(*args)``; with ``inline``, run it here and now if it is due and
+        nothing is queued before it (an action that may block is never run inline)."""
         with self._lock:
-            if self._queued == 0 and time.monotonic() >= not_before:
+            if inline and self._queued == 0 and time.monotonic() >= not_before:
                 action(*args)
                 return
             self._queued += 1
