@@ -45,6 +45,23 @@ def test_plan_gives_each_phase_its_share_of_the_time_at_its_measured_speed():
         plan_schedule(((1, 32),), images=10, views=2, seconds=0, rate=lambda s: 1.0)
 
 
+def test_logged_rate_reads_a_runs_speed_after_a_given_step(tmp_path):
+    from sortline.train.recipes import logged_rate
+
+    log, t = tmp_path / "run.csv", 0.0
+    rows = ["step,loss,lr,embedding_std,images_per_s"]
+    for step in range(1, 11):  # 100 views a step: the first 3 steps take 1 s each, the others 0.5 s
+        t += 1.0 if step <= 3 else 0.5
+        rows.append(f"{step},1.0,0.1,0.1,{100 * step / t:.4f}")
+    log.write_text("\n".join(rows) + "\n")
+    assert logged_rate(log, 100, from_step=3) == pytest.approx(200, rel=1e-3)
+    assert logged_rate(log, 100) == pytest.approx(1000 / 6.5, rel=1e-3)
+    assert logged_rate(log, 100, from_step=10) == logged_rate(log, 100)  # nothing after it: the whole run
+    log.write_text(rows[0] + "\n")
+    with pytest.raises(ValueError, match="no steps"):
+        logged_rate(log, 100)
+
+
 def test_colour_objective_is_zero_only_for_the_right_histogram_and_trains_the_embedding():
     rgb = torch.zeros(2, 3, 8, 8)
     rgb[1, 0] = 1.0  # pure red
@@ -184,6 +201,7 @@ def test_teacher_pseudo_labels_the_unlabeled_images(store):  # noqa: F811
 
 def test_recipe_label_stage_runs_inside_the_budget_where_labels_exist(store, tmp_path, capsys):  # noqa: F811
     from sortline.train.data import UNLABELED, TrainingSet, load_training_set
+    from sortline.train.recipes import RUN_RATE_MARGIN, logged_rate
 
     data = load_training_set(store / "train.txt", 32)
     masked = TrainingSet(data.images, np.where(np.arange(len(data)) % 2 == 1, UNLABELED, data.labels),
@@ -194,6 +212,9 @@ def test_recipe_label_stage_runs_inside_the_budget_where_labels_exist(store, tmp
     stage = report["label_stage"]
     assert stage["given"] == (masked.labels != UNLABELED).sum() and stage["pseudo"] + stage["unsure"] == len(data) // 2
     assert stage["steps"] > 0 and stage["epochs"] >= 1
+    # planned at the speed the first stage kept (its last phase, from its log), not the probe's
+    kept = logged_rate(tmp_path / "labels.csv", 2 * 8, from_step=report["plan"]["resolution"][-1][0] * (len(data) // 8))
+    assert stage["planned_views_per_s"] == pytest.approx(RUN_RATE_MARGIN * kept, abs=0.1)
     assert report["seconds"] + stage["teacher_seconds"] + stage["seconds"] <= 12 + 3  # a step past the hard stop
     assert (tmp_path / "labels.labels.csv").is_file()
     _, _, meta = load_checkpoint(tmp_path / "labels.ckpt")

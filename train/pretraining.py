@@ -27,12 +27,20 @@ from sortline.edge_runtime.errors import SortlineError
 from .augment import AugmentConfig, MultiChannelAugment
 from .backbones import build_backbone
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import UNLABELED, ResolutionSchedule, TrainingSet, ViewsDataset, load_training_set, read_pairs
+from .data import (
+    UNLABELED,
+    ResolutionSchedule,
+    TrainingSet,
+    ViewsDataset,
+    batches_per_epoch,
+    load_training_set,
+    read_pairs,
+)
 from .loop import TrainConfig, train
 from .losses import ColourPredictionLoss, labels_from_pairs
 from .methods import METHODS, build_method
 from .pseudolabels import can_label, pseudo_label
-from .recipes import Plan, get_recipe, plan_for
+from .recipes import RUN_RATE_MARGIN, Plan, get_recipe, logged_rate, plan_for
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +223,8 @@ PSEUDO_LABEL_THRESHOLD = 0.5  # the teacher's top probability an unlabeled image
 def _label_stage(cfg: PretrainConfig, model, data: TrainingSet, augment: MultiChannelAugment, plan: Plan,
                  deadline: float) -> dict:
     """The recipe's label stage (:mod:`sortline.train.pseudolabels`) in what is left of the
-    budget at the last resolution: whole epochs at the speed measured for the plan."""
+    budget at the last resolution: whole epochs at the speed the self-supervised stage kept in
+    its last phase (or, without its log, the plan's)."""
     t = time.perf_counter()
     labels = pseudo_label(model.backbone, data, threshold=PSEUDO_LABEL_THRESHOLD, seed=cfg.seed)
     teacher_s = time.perf_counter() - t
@@ -228,7 +237,8 @@ def _label_stage(cfg: PretrainConfig, model, data: TrainingSet, augment: MultiCh
     if left <= 0:
         log.warning("no time left for the label stage (the budget of %.0f s is spent)", cfg.max_seconds)
         return {**report, "skipped": "budget spent"}
-    epoch_s = dataset.views * len(dataset) / (plan.rates[cfg.image_size] * plan.margin)
+    rate = _last_phase_rate(cfg, plan, len(data), dataset.views)
+    epoch_s = dataset.views * len(dataset) / rate
     epochs = max(1, math.floor(left / epoch_s))
     paths = cfg.paths()
     result = train(model, dataset,
@@ -236,7 +246,20 @@ def _label_stage(cfg: PretrainConfig, model, data: TrainingSet, augment: MultiCh
                                seed=cfg.seed + 1, max_seconds=left, num_workers=cfg.workers,
                                log_path=paths["labels_log"], state_path=paths["labels_state"]),
                    progress=cfg.progress, desc="label stage")
-    return {**report, "epochs": epochs, **result.to_dict()}
+    return {**report, "epochs": epochs, "planned_views_per_s": round(rate, 1), **result.to_dict()}
+
+
+def _last_phase_rate(cfg: PretrainConfig, plan: Plan, images: int, views: int) -> float:
+    """Views/s the label stage can plan on: ``RUN_RATE_MARGIN`` times what the self-supervised
+    stage kept over its last phase (the same size), from its log; the plan's assumption if the
+    log cannot tell."""
+    first_step = int(plan.resolution.steps[-1][0]) * batches_per_epoch(images, cfg.batch_size, 1)
+    try:
+        per_step = views * min(cfg.batch_size, images)  # a set smaller than a batch is one batch
+        return RUN_RATE_MARGIN * logged_rate(cfg.paths()["log"], per_step, from_step=first_step)
+    except (OSError, ValueError, KeyError, ZeroDivisionError) as exc:
+        log.warning("planning the label stage at the probe's speed: the log does not tell the run's (%s)", exc)
+        return plan.rates[cfg.image_size] * plan.margin
 
 
 def _recipe_plan(cfg: PretrainConfig, model, dataset: ViewsDataset, seconds: float) -> Plan:

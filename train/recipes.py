@@ -35,6 +35,10 @@ from .methods import Method
 # probe's speed: a schedule that ends a little early loses less than one that the hard stop cuts
 # before its learning rate has come down.
 RATE_MARGIN = 0.8
+# A stage planned from the speed a run has itself kept so far (the label stage, after the
+# self-supervised stage at the same size) needs less margin: at 0.8 of a probe's, three 30-minute
+# runs used 1,452, 1,589 and 1,674 s of their 1,800 (docs/quality.md).
+RUN_RATE_MARGIN = 0.95
 
 
 @dataclass(frozen=True)
@@ -93,14 +97,21 @@ def measure_rate(model: Method, dataset: ViewsDataset, size: int, batch_size: in
     with tempfile.TemporaryDirectory(prefix="sortline-rate-") as tmp:
         log = Path(tmp) / "rate.csv"
         train(probe, sample, TrainConfig(epochs=1, batch_size=batch, warmup_steps=1, log_path=log), progress=False)
-        with open(log, newline="") as f:
-            rows = list(csv.DictReader(f))
-    # the log's images/s is cumulative: step k ends at k·views·batch / rate_k seconds
-    ends = [int(r["step"]) * sample.views * batch / float(r["images_per_s"]) for r in rows]
-    first = min(warmup, len(ends) - 1) - 1
-    if first < 0:
-        return len(ends) * sample.views * batch / ends[-1]
-    return (len(ends) - 1 - first) * sample.views * batch / max(ends[-1] - ends[first], 1e-6)
+        return logged_rate(log, sample.views * batch, from_step=warmup)
+
+
+def logged_rate(log: Path, views_per_step: int, from_step: int = 0) -> float:
+    """Training views per second over the steps after ``from_step`` of a run's log (train's CSV),
+    or over all of them when it has too few. The log's images/s is cumulative: step k ends at
+    k·views_per_step / rate_k seconds. Raises ``ValueError`` for a log without steps."""
+    with open(log, newline="") as f:
+        ends = {int(r["step"]): int(r["step"]) * views_per_step / float(r["images_per_s"]) for r in csv.DictReader(f)}
+    if not ends:
+        raise ValueError(f"{log}: no steps logged")
+    last = max(ends)
+    if not 0 < from_step < last or from_step not in ends:
+        return last * views_per_step / ends[last]
+    return (last - from_step) * views_per_step / max(ends[last] - ends[from_step], 1e-6)
 
 
 @dataclass(frozen=True)
