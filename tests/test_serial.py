@@ -5,6 +5,8 @@ from __future__ import annotations
 import queue
 import time
 
+import serial
+
 from sortline.hardware.protocol import Ack, GateCommand, ItemArrival
 from sortline.hardware.serial_link import SerialLink
 from sortline.hardware.sim.pty import PtyDevice
@@ -95,11 +97,20 @@ def test_a_device_knows_when_the_runtime_has_its_port_open_and_what_it_has_not_r
         assert device.receive(timeout_s=0.05) == []  # no reader: waits out the timeout, no error
         device.send(Ack(item_id=1))  # before the open: pyserial flushes it, as on a real wire
         assert device.unread() == 0
+        with serial.serial_for_url(device.port, timeout=1.0) as port:  # open, not reading yet
+            assert device.wait_reader(2.0) and port.in_waiting == 0  # flushed on open
+            device.send(Ack(item_id=2))
+            deadline = time.monotonic() + 2
+            while device.unread() == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            pending = device.unread()
+            assert pending > 0 and port.read(pending) and device.unread() == 0
+        assert not device.reader_open()
         link = SerialLink(device.port, "scale", reconnect_s=0.05).open()
         try:
             assert device.wait_reader(2.0)
-            device.send(Ack(item_id=2))
-            assert _drain(link, 1) == [Ack(item_id=2)]
+            device.send(Ack(item_id=3))
+            assert _drain(link, 1) == [Ack(item_id=3)]
             assert device.drain(2.0) and device.unread() == 0
         finally:
             link.close()

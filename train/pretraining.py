@@ -254,8 +254,8 @@ def _last_phase_rate(cfg: PretrainConfig, plan: Plan, images: int, views: int) -
     stage kept over its last phase (the same size), from its log; the plan's assumption if the
     log cannot tell."""
     first_step = int(plan.resolution.steps[-1][0]) * batches_per_epoch(images, cfg.batch_size, 1)
+    per_step = views * min(cfg.batch_size, images)  # a set smaller than a batch is one batch
     try:
-        per_step = views * min(cfg.batch_size, images)  # a set smaller than a batch is one batch
         return RUN_RATE_MARGIN * logged_rate(cfg.paths()["log"], per_step, from_step=first_step)
     except (OSError, ValueError, KeyError, ZeroDivisionError) as exc:
         log.warning("planning the label stage at the probe's speed: the log does not tell the run's (%s)", exc)

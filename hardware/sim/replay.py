@@ -154,7 +154,6 @@ class ReplayedLine:
         partial = {device: bytearray() for device in self.devices}
         start = time.monotonic() + 0.2
         lines = {device: _DeviceLine(device) for device in self.devices}  # each device's writes, in order
-        held: dict[str, float] = {}  # device -> its bytes wait until then (reopened after an outage)
         unplugged: dict[str, tuple[float, float]] = {}  # device -> (recorded, played) time of its unplug
         in_flight: deque[tuple[float, int]] = deque()  # (recorded time, item) played, not yet waited on
         lead = math.inf  # the least (played - recorded) time of any item so far (speed=max)
@@ -187,7 +186,7 @@ class ReplayedLine:
                 buffer += data
                 end = buffer.rfind(b"\n")
                 if end >= 0:
-                    lines[device].submit(held.get(device, 0.0), self.devices[device].write, bytes(buffer[: end + 1]))
+                    lines[device].submit(0.0, self.devices[device].write, bytes(buffer[: end + 1]))
                     del buffer[: end + 1]
             elif kind == "disconnect":
                 device = payload[0]
@@ -204,17 +203,16 @@ class ReplayedLine:
                 replug_at = unplug_at + (t - recorded_t) if self.speed == "max" else now  # outages keep their length
                 lines[device].submit(replug_at, self.devices[device].reconnect)
                 # The recorded device waited for the station to reopen the port (pyserial flushes
-                # its input on open); a loaded station may take longer than it did then.
+                # its input on open); a loaded station may take longer than it did then. Its later
+                # bytes queue behind this wait.
                 lines[device].submit(replug_at + REOPEN_S, _wait_reader, self.devices[device], device, inline=False)
-                if self.speed == "max":
-                    held[device] = replug_at + REOPEN_S
             elif kind == "item":
                 self.referee.announce(payload, now, deadline_s)
             elif kind == "silence":
                 self.referee.silence(now, float(self.meta.get("silence_ms", 0)) / 1000)
         for device, rest in partial.items():  # a stream may end inside a frame
             if rest:
-                lines[device].submit(held.get(device, 0.0), self.devices[device].write, bytes(rest))
+                lines[device].submit(0.0, self.devices[device].write, bytes(rest))
         for line in lines.values():
             line.close()
         self._played.set()
