@@ -255,6 +255,7 @@ def _detect(args: argparse.Namespace) -> dict:
 
     from .bundle import load_bundle
     from .detect import DetectConfig, DetectError, Detector, draw, store_features
+    from .keypoints import KeypointConfig
     from .memory import EmbeddingStore
     from .runtimes import make_embedder
 
@@ -266,8 +267,9 @@ def _detect(args: argparse.Namespace) -> dict:
 
     if not args.exemplar and not args.store:
         raise DetectError("give the items to find: --exemplar NAME=CROP (one or more), or --store")
+    keypoints = None if args.no_keypoints else KeypointConfig(min_inliers=args.min_inliers)
     config = DetectConfig(mode=args.mode, min_window=args.min_window, max_window=args.max_window,
-                          threshold=args.threshold)
+                          threshold=args.threshold, keypoints=keypoints, windows=not args.no_windows)
     bundle = load_bundle(args.bundle)
     exemplars: dict[str, list] = {}
     for label, path in args.exemplar or ():
@@ -296,17 +298,27 @@ def _detect(args: argparse.Namespace) -> dict:
         if not cv2.imwrite(str(annotated), cv2.cvtColor(draw(frame, found), cv2.COLOR_RGB2BGR)):
             raise DetectError(f"{annotated}: could not write the annotated image")
     for d in found:
-        print(f"{d.label:24s} {d.score:6.3f}  box {list(d.box)}")
+        found_by = f"{d.inliers} keypoints" if d.inliers else f"cosine {d.score:.3f}"
+        print(f"{d.label:24s} {found_by:>14s}  box {list(d.box)}")
     print(f"{len(found)} detections of {len(detector.labels)} classes in {args.image} ({frame.shape[1]}×"
-          f"{frame.shape[0]}, {len(windows)} windows, {config.mode} mode, {windows.seconds:.2f} s)"
+          f"{frame.shape[0]}, {windows.windows} windows, {config.mode} mode, "
+          f"{windows.placements} keypoint placements, {windows.seconds:.2f} s)"
           + (f"; annotated: {annotated}" if annotated else ""))
     if calibration is None:
         print(f"warning: thresholds not calibrated (every class at {config.threshold}); give --background frames "
               "without the items", file=sys.stderr)
     return {"ok": True, "image": str(args.image), "detections": [d.to_dict() for d in found],
-            "mode": config.mode, "windows": len(windows), "seconds": seconds,
+            "mode": config.mode, "windows": windows.windows, "keypoint_placements": windows.placements,
+            "seconds": seconds,
             "search_seconds": round(windows.seconds, 3), "labels": list(detector.labels),
             "calibration": calibration, "annotated": str(annotated) if annotated else None}
+
+
+def _min_inliers(text: str) -> int:
+    value = positive(int)(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"{value}: at least 3 matches fix a placement (rotation, scale, shift)")
+    return value
 
 
 def positive(kind: type):
@@ -445,9 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--store", type=Path, help="also find the items of this enrollment store (its examples' "
                                                    "embeddings are their exemplars)")
     detect.add_argument("--store-labels", nargs="+", metavar="NAME", help="only these of the store's items")
-    detect.add_argument("--mode", choices=("crops", "dense"), default="crops",
-                        help="crops (default): embed every window on its own; dense: pool every window from one "
-                             "feature map per scale, 20-30× faster but less accurate (docs/detection.md)")
+    detect.add_argument("--mode", choices=("crops", "dense"), default="dense",
+                        help="dense (default): pool every window from one feature map per scale; crops: embed every "
+                             "window on its own, 20-30× slower (docs/detection.md)")
     detect.add_argument("--background", type=Path, nargs="+", metavar="IMG",
                         help="frames (or folders of them) without the items: thresholds for --false-per-frame")
     detect.add_argument("--false-per-frame", type=float, default=0.1,
@@ -455,6 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--threshold", type=float, default=0.5,
                         help="every class's cosine threshold when not calibrated (default 0.5)")
     detect.add_argument("--min-window", type=positive(int), default=48, help="smallest window side in px (48)")
+    search = detect.add_mutually_exclusive_group()
+    search.add_argument("--no-keypoints", action="store_true",
+                        help="sliding windows only: do not also place the exemplars by their SIFT keypoints")
+    search.add_argument("--no-windows", action="store_true",
+                        help="keypoint placements only (items with print or texture: far fewer false detections)")
+    detect.add_argument("--min-inliers", type=_min_inliers, default=6,
+                        help="keypoint matches that must agree on an exemplar's placement (default 6, at least 3)")
     detect.add_argument("--max-window", type=positive(float), default=1.0,
                         help="largest base window, as a share of the frame's shorter side (1.0; windows up to "
                              "2.5 times as long on one side)")

@@ -37,6 +37,7 @@ from sortline.hardware.camera import FrameError, ViewFrame
 
 from .embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT
 from .errors import SortlineError
+from .keypoints import KeypointConfig, KeypointMatcher
 from .memory import EmbeddingStore, check_label
 from .preprocess import InputSpec, interpolation_for, normalize, to_unit_chw
 from .runtimes import Embedder
@@ -57,16 +58,18 @@ class DetectError(SortlineError, ValueError):
 @dataclass(frozen=True)
 class Detection:
     label: str
-    score: float
+    score: float  # a window's cosine to the item (at most 1), or a keypoint placement's inliers (6 or more)
     box: tuple[int, int, int, int]  # x1, y1, x2, y2 in frame pixels
+    inliers: int = 0  # keypoints that place the item's exemplar here (0: found by its window alone)
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "score": round(float(self.score), 4), "box": [int(v) for v in self.box]}
+        return {"label": self.label, "score": round(float(self.score), 4), "box": [int(v) for v in self.box],
+                "inliers": int(self.inliers)}
 
 
 @dataclass(frozen=True)
 class DetectConfig:
-    mode: str = "crops"  # dense is 20-30× faster, but loses AP on real photos (docs/detection.md)
+    mode: str = "dense"  # 20-30× the windows/s of crops, at the same AP with keypoints (docs/detection.md)
     min_window: int = 48  # px: the smallest window side
     max_window: float = 1.0  # the largest base window, as a share of the frame's shorter side
     level_ratio: float = math.sqrt(2.0)  # between the window sizes of two pyramid levels
@@ -79,6 +82,8 @@ class DetectConfig:
     context: bool = True  # dense prototypes: the exemplar in mirrored surroundings (see _dense_prototype)
     nms_iou: float = 0.3
     agnostic: bool = True  # one suppression over all classes (a place holds one item), or one per class
+    keypoints: KeypointConfig | None = KeypointConfig()  # place exemplars by their keypoints too (None: windows only)
+    windows: bool = True  # False: keypoint placements only (no sliding windows, no model run per frame)
     threshold: float = 0.5  # for classes without a calibrated threshold
     max_detections: int = 100
     batch: int = 64  # crops per backbone run
@@ -100,6 +105,8 @@ class DetectConfig:
             raise DetectError(f"grid {self.grid}: 1, or 2 with average pooling")
         if not (0 < self.nms_iou < 1 and 1 <= self.max_detections <= 10_000 and 1 <= self.batch <= 4096):
             raise DetectError("nms_iou is 0..1, max_detections 1..10000, batch 1..4096")
+        if not self.windows and self.keypoints is None:
+            raise DetectError("nothing to search with: turn on the windows or the keypoints")
 
 
 @dataclass
@@ -108,10 +115,17 @@ class WindowScores:
 
     boxes: np.ndarray  # N×4 float32, x1 y1 x2 y2
     scores: np.ndarray  # N×C float32
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole search
+    inliers: np.ndarray | None = None  # N: a keypoint placement's inliers, 0 for a sliding window
+    placements: int = 0  # the last rows are keypoint placements, the others sliding windows
+    keypoint_seconds: float = 0.0  # of ``seconds``, finding the keypoint placements
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+    @property
+    def windows(self) -> int:
+        return len(self.boxes) - self.placements
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,7 @@ class Detector:
     prototypes: dict[tuple[int, int], np.ndarray]  # (kh, kw) or (0, 0) for crops → (C·R)×D, unit rows
     thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     calibration: dict = field(default_factory=dict)
+    matcher: KeypointMatcher | None = None  # the exemplars' keypoints (config.keypoints)
 
     @classmethod
     def build(cls, embedder: Embedder, spec: InputSpec, exemplars: Mapping[str, Sequence[np.ndarray]],
@@ -156,6 +171,14 @@ class Detector:
             base = config.window_px // stride
         detector = cls(embedder, spec, labels, config, stride, base, {})
         detector.prototypes = detector._prototypes(exemplars, features or {})
+        if config.keypoints is not None and any(exemplars.get(label) for label in labels):
+            detector.matcher = KeypointMatcher({label: list(exemplars.get(label, ())) for label in labels},
+                                               config.keypoints)
+        if not config.windows:
+            unplaced = sorted(set(labels) - (detector.matcher.labels if detector.matcher else set()))
+            if unplaced:
+                raise DetectError(f"without windows every item needs an image exemplar with keypoints; {unplaced} "
+                                  "have none (a plain item, or a store's embeddings): keep the windows on")
         detector.thresholds = np.full(len(labels), config.threshold, np.float32)
         return detector
 
@@ -279,12 +302,15 @@ class Detector:
     # -- scoring ------------------------------------------------------------------------------
 
     def scores(self, rgb: np.ndarray) -> WindowScores:
-        """Every window of ``rgb`` (H×W×3 uint8) with its score for every class."""
+        """Every window of ``rgb`` (H×W×3 uint8) with its score for every class (its cosine),
+        then every keypoint placement of an exemplar (config.keypoints) as one more box that
+        scores its inlier count for its class and -1 for the others: at least ``min_inliers``,
+        so above every cosine."""
         rgb = check_frame(rgb)
         height, width = rgb.shape[:2]
         started = time.perf_counter()
         boxes, scores = [], []
-        for level in self.levels(height, width):
+        for level in self.levels(height, width) if self.config.windows else ():
             fmap = self._feature_map(rgb, level.size) if self.config.mode == "dense" else None
             integral = integral_image(fmap) if fmap is not None else None
             if fmap is not None and fmap.shape[1:] != level.grid:
@@ -302,7 +328,23 @@ class Detector:
                     protos = self.prototypes[(0, 0)]
                 boxes.append(level_boxes)
                 scores.append(self._similarity(emb, protos))
-        return WindowScores(np.concatenate(boxes), np.concatenate(scores), time.perf_counter() - started)
+        inliers = [np.zeros(sum(len(b) for b in boxes), np.int32)]
+        keypoint_seconds, placements = 0.0, 0
+        if self.matcher is not None:
+            placed = time.perf_counter()
+            finds = self.matcher.find(rgb)
+            keypoint_seconds = time.perf_counter() - placed
+            if finds:
+                rows = np.full((len(finds), len(self.labels)), -1.0, np.float32)
+                rows[np.arange(len(finds)), [self.labels.index(f.label) for f in finds]] = [f.inliers for f in finds]
+                boxes.append(np.asarray([f.box for f in finds], np.float32))
+                scores.append(rows)
+                inliers.append(np.asarray([f.inliers for f in finds], np.int32))
+                placements = len(finds)
+        if not boxes:  # keypoints only, and none placed
+            boxes, scores = [np.zeros((0, 4), np.float32)], [np.zeros((0, len(self.labels)), np.float32)]
+        return WindowScores(np.concatenate(boxes), np.concatenate(scores), time.perf_counter() - started,
+                            np.concatenate(inliers), placements, keypoint_seconds)
 
     def _similarity(self, emb: np.ndarray, protos: np.ndarray) -> np.ndarray:
         """Cosine of each window to each prototype, the best rotation per class. Centred, both
@@ -338,26 +380,34 @@ class Detector:
         first. Classes are compared by that margin, not by raw cosine: calibrated thresholds
         put every class at the same false-detection rate, so a class that looks like
         everything (a prototype close to the backdrop) does not win every window. The
-        detection's score is its cosine. ``min_margin=-inf`` gives every window's best class
-        (for precision-recall curves)."""
+        detection's score is its cosine (a keypoint placement's: its inliers). A placement that
+        clears its threshold explains its box: windows lying mostly inside it are dropped (a
+        small window on a placed item is that item, or a part of it seen as another one).
+        ``min_margin=-inf`` gives every window's best class (for precision-recall curves)."""
         margin = windows.scores - self.thresholds[None, :]
         top_k = max_detections or self.config.max_detections
         if not self.config.agnostic:  # each class on its own: a place may hold several labels
             found = []
-            for c, label in enumerate(self.labels):
+            for c in range(len(self.labels)):
                 keep = np.flatnonzero(margin[:, c] > min_margin)
                 for i in keep[nms(windows.boxes[keep], margin[keep, c], self.config.nms_iou, top_k)]:
-                    found.append((margin[i, c], Detection(label, float(windows.scores[i, c]),
-                                                          tuple(int(round(v)) for v in windows.boxes[i]))))
+                    found.append((margin[i, c], self._detection(windows, i, c)))
             return [d for _, d in sorted(found, key=lambda pair: -pair[0])[:top_k]]
         best = margin.argmax(axis=1)
         rows = np.arange(len(best))
         keep = np.flatnonzero(margin[rows, best] > min_margin)
+        placed = keep[keep >= windows.windows]
+        if len(placed):
+            keep = keep[~_inside(windows.boxes[keep], windows.boxes[placed]) | (keep >= windows.windows)]
         if not len(keep):
             return []
         picked = keep[nms(windows.boxes[keep], margin[keep, best[keep]], self.config.nms_iou, top_k)]
-        return [Detection(self.labels[best[i]], float(windows.scores[i, best[i]]),
-                          tuple(int(round(v)) for v in windows.boxes[i])) for i in picked]
+        return [self._detection(windows, i, best[i]) for i in picked]
+
+    def _detection(self, windows: WindowScores, i: int, c: int) -> Detection:
+        inliers = int(windows.inliers[i]) if windows.inliers is not None else 0
+        return Detection(self.labels[c], float(windows.scores[i, c]), tuple(int(round(v)) for v in windows.boxes[i]),
+                         inliers)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return self.decide(self.scores(rgb))
@@ -388,6 +438,16 @@ class Detector:
         self.calibration = {"frames": frames, "false_per_frame": false_per_frame,
                             "thresholds": {label: round(float(t), 4) for label, t in zip(self.labels, self.thresholds)}}
         return self.calibration
+
+
+def _inside(boxes: np.ndarray, regions: np.ndarray, share: float = 0.5) -> np.ndarray:
+    """For each of ``boxes`` (N×4), whether at least ``share`` of its area lies inside one of
+    ``regions`` (M×4)."""
+    b, r = boxes[:, None, :], regions[None, :, :]
+    w = np.clip(np.minimum(b[..., 2], r[..., 2]) - np.maximum(b[..., 0], r[..., 0]), 0, None)
+    h = np.clip(np.minimum(b[..., 3], r[..., 3]) - np.maximum(b[..., 1], r[..., 1]), 0, None)
+    area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
+    return ((w * h) / area[:, None] >= share).any(axis=1)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, top_k: int) -> np.ndarray:
@@ -560,7 +620,8 @@ def store_features(store: EmbeddingStore, embedding_dim: int, labels: Sequence[s
 
 
 def draw(rgb: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:
-    """The frame with each detection's box and ``label score`` drawn on it (RGB)."""
+    """The frame with each detection's box and ``label score`` (a placement: ``label N kp``,
+    its inliers) drawn on it (RGB)."""
     out = rgb.copy()
     thickness = max(1, round(min(rgb.shape[:2]) / 300))
     for i, d in enumerate(detections):
@@ -568,7 +629,7 @@ def draw(rgb: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:
         colour = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].tolist()
         x1, y1, x2, y2 = d.box
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        text = f"{d.label} {d.score:.2f}"
+        text = f"{d.label} {d.inliers} kp" if d.inliers else f"{d.label} {d.score:.2f}"
         scale = 0.4 * thickness
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = max(0, y1 - th - base - 2)

@@ -36,6 +36,7 @@ from sortline.edge_runtime.detect_eval import (
 )
 from sortline.edge_runtime.embedder import OnnxEmbedder
 from sortline.edge_runtime.fusion import FusionSpec
+from sortline.edge_runtime.keypoints import KeypointConfig, KeypointError, KeypointMatcher
 from sortline.edge_runtime.memory import EmbeddingStore
 from sortline.hardware.camera import FrameError
 
@@ -60,8 +61,9 @@ def exemplars() -> dict[str, np.ndarray]:
 
 
 def detector(embedder, exemplars, **config) -> Detector:
+    """A detector of the window stage alone (the keypoint stage has tests of its own)."""
     return Detector.build(embedder, DETECT_SPEC, {k: [v] for k, v in exemplars.items()},
-                          DetectConfig(**{"min_window": 40, "mode": "dense", **config}))
+                          DetectConfig(**{"min_window": 40, "mode": "dense", "keypoints": None, **config}))
 
 
 def test_avg_pooling_is_each_windows_mean():
@@ -164,7 +166,7 @@ def test_overlapping_windows_give_one_detection(embedder, exemplars):
     found = det.decide(WindowScores(boxes, scores))
     assert [(d.label, d.box) for d in found] == [(det.labels[1], (100, 100, 150, 150)),
                                                  (det.labels[0], (10, 10, 60, 60))]
-    assert found[1].to_dict() == {"label": det.labels[0], "score": 0.9, "box": [10, 10, 60, 60]}
+    assert found[1].to_dict() == {"label": det.labels[0], "score": 0.9, "box": [10, 10, 60, 60], "inliers": 0}
 
 
 def test_classes_compete_by_their_margin_over_their_threshold(embedder, exemplars):
@@ -228,7 +230,7 @@ def test_store_examples_are_exemplars(embedder, exemplars, tiny_detector_bundle,
                     str(tmp_path / "store.sqlite"), "--store-labels", *wanted, "--min-window", "40", "--json")
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.splitlines()[-1])
-    assert result["labels"] == wanted and result["mode"] == "crops" and "not calibrated" in run.stderr
+    assert result["labels"] == wanted and result["mode"] == "dense" and "not calibrated" in run.stderr  # the default
 
 
 def test_bad_input_is_refused_clearly(embedder, exemplars):
@@ -288,7 +290,7 @@ def test_sortline_detect_gives_boxes_and_an_annotated_frame(tiny_detector_bundle
     assert result["ok"] and result["mode"] == "dense" and result["calibration"]["frames"] == 4
     assert result["detections"], "nothing found"
     for d in result["detections"]:
-        assert set(d) == {"label", "score", "box"} and d["label"] in result["labels"]
+        assert set(d) == {"label", "score", "box", "inliers"} and d["label"] in result["labels"]
         x1, y1, x2, y2 = d["box"]
         assert all(isinstance(v, int) for v in d["box"]) and 0 <= x1 < x2 <= SIZE[1] and 0 <= y1 < y2 <= SIZE[0]
     truth = {label: box for label, box in scene.boxes}
@@ -302,6 +304,7 @@ def test_sortline_detect_gives_boxes_and_an_annotated_frame(tiny_detector_bundle
     (["--exemplar", "no-equals-sign"], "NAME=IMAGE"),
     (["--exemplar", "a=b.png", "--max-window", "1.5"], "max_window"),
     (["--exemplar", "a=/no/such/crop.png"], "no such image file"),
+    (["--exemplar", "a=b.png", "--min-inliers", "2"], "at least 3 matches"),
     ([], "give the items to find"),
 ])
 def test_sortline_detect_refuses_bad_arguments(tiny_detector_bundle, tmp_path, args, message):
@@ -310,3 +313,101 @@ def test_sortline_detect_refuses_bad_arguments(tiny_detector_bundle, tmp_path, a
     run = _sortline("detect", "--bundle", str(tiny_detector_bundle.root), "--image", str(frame), *args)
     assert run.returncode == 2 and message in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
+
+
+# -- the keypoint stage ---------------------------------------------------------------------------
+
+KEYPOINT_SIZE = (480, 640)  # SIFT wants items of 100 px or more
+
+
+@pytest.fixture(scope="module")
+def packages() -> dict[str, np.ndarray]:
+    """Printed packages: exemplars with texture of their own (clutter, as a print would have)."""
+    return {f"pack-{i}": procedural_background(np.random.default_rng(50 + i), (160, 120)) for i in range(4)}
+
+
+def test_keypoints_place_textured_exemplars_at_any_turn_light_and_cover(packages):
+    matcher = KeypointMatcher({k: [v] for k, v in packages.items()})
+    assert matcher.labels == set(packages)
+    config = PasteConfig(size=KEYPOINT_SIZE, items=(1, 3), scale=(0.25, 0.4))  # turned, relit, half covered
+    scenes = paste_scenes(packages, lambda r: procedural_background(r, KEYPOINT_SIZE), 6, seed=3, config=config)
+    for scene in scenes:
+        finds = matcher.find(scene.image)
+        assert len(finds) == len(scene.boxes), (finds, scene.boxes)
+        for label, box in scene.boxes:
+            (find,) = [f for f in finds if f.label == label]
+            assert iou(find.box, box) >= 0.9 and find.inliers >= 6
+    for i in range(4):  # clutter alone places nothing
+        assert matcher.find(procedural_background(np.random.default_rng(300 + i), KEYPOINT_SIZE)) == []
+
+
+def test_two_copies_of_an_item_are_both_placed(packages):
+    item = cv2.resize(packages["pack-1"], (120, 160))
+    frame = procedural_background(np.random.default_rng(9), KEYPOINT_SIZE)
+    frame[40:200, 60:180] = item
+    frame[250:410, 400:520] = np.ascontiguousarray(np.rot90(item, 2))[:160, :120]
+    finds = KeypointMatcher({"pack-1": [packages["pack-1"]]}).find(frame)
+    assert len(finds) == 2
+    np.testing.assert_allclose(sorted(f.box for f in finds), [(60, 40, 180, 200), (400, 250, 520, 410)], atol=3)
+
+
+def test_a_plain_exemplar_is_left_to_the_windows(embedder, packages):
+    plain = np.full((100, 80, 3), 180, np.uint8)
+    assert KeypointMatcher({"plain": [plain]}).labels == set()
+    with pytest.raises(KeypointError):
+        KeypointConfig(min_inliers=2)
+    with pytest.raises(DetectError, match="nothing to search with"):
+        DetectConfig(windows=False, keypoints=None)
+    with pytest.raises(DetectError, match=r"\['plain'\] have none"):
+        Detector.build(embedder, DETECT_SPEC, {"plain": [plain], "pack-0": [packages["pack-0"]]},
+                       DetectConfig(windows=False))
+
+
+def test_a_placement_outranks_the_windows_and_explains_its_box(embedder, packages):
+    det = Detector.build(embedder, DETECT_SPEC, {k: [v] for k, v in packages.items()},
+                         DetectConfig(min_window=64, mode="dense"))
+    scene = paste_scenes(packages, lambda r: procedural_background(r, KEYPOINT_SIZE), 1, seed=5,
+                         config=PasteConfig(size=KEYPOINT_SIZE, items=(2, 2), scale=(0.3, 0.4)))[0]
+    scored = det.scores(scene.image)
+    assert scored.placements == 2 and scored.windows == len(scored) - 2 > 1000
+    placed = scored.scores[scored.windows:]
+    assert (placed.max(axis=1) >= 6).all() and (np.sort(placed, axis=1)[:, :-1] == -1).all()
+    assert (scored.inliers[:scored.windows] == 0).all() and (scored.inliers[scored.windows:] >= 6).all()
+    found = det.decide(scored, -np.inf)  # every window's best class, as for a precision-recall curve
+    assert [d.inliers > 0 for d in found[:2]] == [True, True] and not any(d.inliers for d in found[2:])
+    truth = dict(scene.boxes)
+    for d in found[:2]:
+        assert iou(d.box, truth[d.label]) >= 0.9 and d.score == d.inliers
+        x1, y1, x2, y2 = d.box
+        for w in found[2:]:  # no window lies mostly inside a placed item
+            wx1, wy1, wx2, wy2 = w.box
+            inter = max(0, min(x2, wx2) - max(x1, wx1)) * max(0, min(y2, wy2) - max(y1, wy1))
+            assert inter < 0.5 * (wx2 - wx1) * (wy2 - wy1)
+    windows_only = Detector.build(embedder, DETECT_SPEC, {k: [v] for k, v in packages.items()},
+                                  DetectConfig(min_window=64, mode="dense", keypoints=None)).scores(scene.image)
+    assert windows_only.placements == 0 and len(windows_only) == scored.windows
+
+
+def test_sortline_detect_places_a_package_by_its_keypoints(tiny_detector_bundle, packages, tmp_path):
+    crops = []
+    for label, image in packages.items():
+        cv2.imwrite(str(tmp_path / f"{label}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        crops.append(f"{label}={tmp_path / f'{label}.png'}")
+    scene = paste_scenes(packages, lambda r: procedural_background(r, KEYPOINT_SIZE), 1, seed=8,
+                         config=PasteConfig(size=KEYPOINT_SIZE, items=(2, 2), scale=(0.3, 0.4)))[0]
+    frame = tmp_path / "frame.png"
+    cv2.imwrite(str(frame), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+    common = ["detect", "--bundle", str(tiny_detector_bundle.root), "--image", str(frame), "--exemplar", *crops,
+              "--mode", "dense", "--min-window", "96", "--json"]
+    result = json.loads(_sortline(*common).stdout.splitlines()[-1])
+    assert result["keypoint_placements"] == 2
+    placed = {d["label"]: d for d in result["detections"] if d["inliers"]}
+    assert set(placed) == {label for label, _ in scene.boxes}
+    for label, box in scene.boxes:
+        assert iou(placed[label]["box"], box) >= 0.9 and placed[label]["score"] == placed[label]["inliers"] >= 6
+    windows_only = json.loads(_sortline(*common, "--no-keypoints").stdout.splitlines()[-1])
+    assert windows_only["keypoint_placements"] == 0 and not any(d["inliers"] for d in windows_only["detections"])
+    placed_only = json.loads(_sortline(*common, "--no-windows").stdout.splitlines()[-1])
+    assert placed_only["windows"] == 0 and placed_only["keypoint_placements"] == 2
+    assert sorted(d["label"] for d in placed_only["detections"]) == sorted(label for label, _ in scene.boxes)
+    assert all(d["inliers"] >= 6 for d in placed_only["detections"])
