@@ -5,7 +5,7 @@ exemplar per class, pasted into frames made of store photos of other products, f
     python benchmarks/detection.py --bundle - --write-finetune-data DIR     # data for the fine-tuning
 
 Each bundle is an RGB bundle the repository's own recipe makes (``sortline pretrain`` on the
-train split's photos without labels, then ``sortline export``; the commands that made the
+train split's photos, then ``sortline export``; the commands that made the
 committed results are in docs/detection.md). The 81 classes are split by coarse class (all the
 apples on one side) into 40 classes to find and 41 whose photos are the backdrop, so no frame
 shows, behind the pasted items, another photo of an item searched for. For each bundle:
@@ -17,11 +17,12 @@ shows, behind the pasted items, another photo of an item searched for. For each 
   by clutter;
 - thresholds are calibrated on mosaics of other val photos (a third of them, kept apart) with
   nothing pasted, for 0.5 false detections per frame over all classes;
-- dense mode runs on every scene, crop mode on the first ``--crop-scenes`` (it is slow): AP at
-  IoU 0.5 (mean over the classes present), precision and recall at the calibrated thresholds,
-  windows per second and the frame's p50/p99 time. Dense is compared with crops on the frames
-  both ran;
-- an ablation of dense mode's choices on the first bundle.
+- dense mode runs on every scene, with the keypoint placements (the default) and without them
+  (windows only); crop mode, with them, on the first ``--crop-scenes`` (it is slow); the dense
+  run's placements are also scored alone: AP at IoU 0.5 (mean over the classes present),
+  precision and recall at the calibrated thresholds, the window stage's windows per second and
+  the frame's p50/p99 time. Dense is compared with crops on the frames both ran;
+- an ablation of dense mode's window choices (windows only) on the first bundle.
 
 Results: ``benchmarks/results/detection.{json,md}`` and an annotated frame per bundle (white:
 the truth; coloured: the detections at the calibrated thresholds).
@@ -41,9 +42,10 @@ import numpy as np
 from tqdm import tqdm
 
 from sortline.edge_runtime.bundle import load_bundle
-from sortline.edge_runtime.detect import DetectConfig, Detector, draw
+from sortline.edge_runtime.detect import DetectConfig, Detector, WindowScores, draw
 from sortline.edge_runtime.detect_eval import PasteConfig, paste_scenes, score_detections
 from sortline.edge_runtime.embedder import OnnxEmbedder
+from sortline.edge_runtime.keypoints import KeypointConfig
 from sortline.hardware.images import read_image
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -125,22 +127,33 @@ def mosaics(paths: list[Path]):
     return make
 
 
-def run_mode(detector: Detector, scenes, label: str) -> dict:
-    ranked, decided, times, windows = [], [], [], 0
+def run_mode(detector: Detector, scenes, label: str) -> tuple[dict, dict]:
+    """The detector's run on ``scenes``, and the same run's keypoint placements alone."""
+    runs = {"all": {}, "keypoints": {}}
+    for run in runs.values():
+        run.update(ranked=[], decided=[], times=[], window_times=[], windows=0)
     for scene in tqdm(scenes, desc=label, leave=False):
         scored = detector.scores(scene.image)
-        windows += len(scored)
-        times.append(scored.seconds)
-        ranked.append(detector.decide(scored, -np.inf))
-        decided.append(detector.decide(scored))
-    return {"ranked": ranked, "decided": decided, "times": times, "windows": windows}
+        placed = WindowScores(scored.boxes[scored.windows:], scored.scores[scored.windows:], scored.keypoint_seconds,
+                              scored.inliers[scored.windows:], scored.placements, scored.keypoint_seconds)
+        for run, part in ((runs["all"], scored), (runs["keypoints"], placed)):
+            run["windows"] += part.windows
+            run["times"].append(part.seconds)
+            run["window_times"].append(part.seconds - part.keypoint_seconds)
+            run["ranked"].append(detector.decide(part, -np.inf))
+            run["decided"].append(detector.decide(part))
+    return runs["all"], runs["keypoints"]
 
 
 def summary(run: dict, scenes) -> dict:
+    """AP, precision and recall; the window stage's windows per second (keypoint matching
+    not counted), and the whole search's time per frame."""
     score = score_detections(run["ranked"], scenes, run["decided"])
     t = np.asarray(run["times"])
+    window_s = float(np.sum(run["window_times"]))
     return {**{k: v for k, v in score.to_dict().items() if k != "per_class_ap50"}, "frames": len(scenes),
-            "windows_per_frame": run["windows"] // len(scenes), "windows_per_s": round(run["windows"] / t.sum()),
+            "windows_per_frame": run["windows"] // len(scenes),
+            "windows_per_s": round(run["windows"] / window_s) if window_s > 0 else 0,
             "frame_p50_s": round(float(np.percentile(t, 50)), 3), "frame_p99_s": round(float(np.percentile(t, 99)), 3)}
 
 
@@ -193,18 +206,19 @@ def main() -> None:
         embedder = OnnxEmbedder(bundle.backbone_path, bundle.manifest.input, threads=args.threads)
         entry: dict = {"bundle": str(path), "name": bundle.manifest.name, "version": bundle.version,
                        "input": bundle.manifest.input.size, "metrics": bundle.manifest.metrics.get("pretraining", {})}
-        for mode in ("dense", "crops"):
+        for mode, keypoints in (("dense", KeypointConfig()), ("dense_windows", None), ("crops", KeypointConfig())):
             started = time.perf_counter()
             detector = Detector.build(embedder, bundle.manifest.input, {k: [v] for k, v in exemplars.items()},
-                                      DetectConfig(mode=mode, min_window=args.min_window,
-                                                   max_window=args.max_window))
+                                      DetectConfig(mode=mode.split("_")[0], min_window=args.min_window,
+                                                   max_window=args.max_window, keypoints=keypoints))
             build_s = time.perf_counter() - started
             detector.calibrate(tqdm(backgrounds, desc=f"{path.name} {mode} calibration", leave=False),
                                FALSE_PER_FRAME)
-            on = scenes if mode == "dense" else crop_scenes
-            run = run_mode(detector, on, f"{path.name} {mode}")
+            on = crop_scenes if mode == "crops" else scenes
+            run, placed = run_mode(detector, on, f"{path.name} {mode}")
             entry[mode] = {**summary(run, on), "prototypes_s": round(build_s, 2)}
             if mode == "dense":
+                entry["keypoints"] = summary(placed, on)
                 dense_run = run
                 picture = draw(scenes[0].image, run["decided"][0])
                 for _, box in scenes[0].boxes:  # the truth, thin and white
@@ -212,8 +226,8 @@ def main() -> None:
                 png = args.out / f"detection-{bundle.manifest.name}.png"
                 cv2.imwrite(str(png), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
                 entry["example"] = png.name
-            else:
-                subset = {k: dense_run[k][: len(on)] for k in ("ranked", "decided", "times")}
+            elif mode == "crops":
+                subset = {k: dense_run[k][: len(on)] for k in ("ranked", "decided", "times", "window_times")}
                 subset["windows"] = entry["dense"]["windows_per_frame"] * len(on)
                 entry["dense_on_crop_scenes"] = summary(subset, on)
             print(f"{path.name} {mode}: {json.dumps(entry[mode])}", flush=True)
@@ -243,10 +257,11 @@ def ablation(bundle, exemplars, scenes, backgrounds, args) -> dict:
     embedder = OnnxEmbedder(bundle.backbone_path, bundle.manifest.input, threads=args.threads)
     out = {"bundle": bundle.manifest.name, "frames": len(scenes), "rows": {}}
     for name, change in ABLATION.items():
-        config = DetectConfig(mode="dense", min_window=args.min_window, max_window=args.max_window, **change)
+        config = DetectConfig(mode="dense", min_window=args.min_window, max_window=args.max_window, keypoints=None,
+                              **change)
         detector = Detector.build(embedder, bundle.manifest.input, {k: [v] for k, v in exemplars.items()}, config)
         detector.calibrate(backgrounds, FALSE_PER_FRAME)
-        out["rows"][name] = summary(run_mode(detector, scenes, name), scenes)
+        out["rows"][name] = summary(run_mode(detector, scenes, name)[0], scenes)
         print(f"ablation {name}: {json.dumps(out['rows'][name])}", flush=True)
     return out
 
@@ -258,13 +273,18 @@ def write_markdown(results: dict, args: argparse.Namespace) -> None:
              f"iconic image); {results['scenes']} frames of 480×640 with 1–3 pasted items each; thresholds "
              f"calibrated on {results['backgrounds']} frames without items for {results['false_per_frame']} false "
              "detections per frame. AP at IoU 0.5 (mean over the classes present); precision and recall at the "
-             "calibrated thresholds.",
+             "calibrated thresholds. Modes: the windows and the keypoint placements together (the default), the "
+             "windows alone (`--no-keypoints`), and the same run's keypoint placements alone. Windows/s counts the "
+             "window stage's time only; the frame times are the whole search's.",
              "",
              "| bundle | mode | frames | AP@0.5 | precision | recall | windows/frame | windows/s | frame p50 "
              "| frame p99 |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, e in results["bundles"].items():
-        for mode, key in (("dense", "dense"), ("dense (crop frames)", "dense_on_crop_scenes"), ("crops", "crops")):
+        for mode, key in (("dense + keypoints", "dense"), ("dense, windows only", "dense_windows"),
+                          ("keypoints only (`--no-windows`)", "keypoints"),
+                          ("dense + keypoints (crop frames)", "dense_on_crop_scenes"),
+                          ("crops + keypoints", "crops")):
             r = e[key]
             lines.append(f"| {name} | {mode} | {r['frames']} | {r['ap50']:.3f} | {r['precision']:.3f} | "
                          f"{r['recall']:.3f} | {r['windows_per_frame']} | {r['windows_per_s']:,} | "
@@ -274,7 +294,8 @@ def write_markdown(results: dict, args: argparse.Namespace) -> None:
         lines.append(f"| {name} | {e['speedup']}× | {e['ap_gap_points']:+.1f} points |")
     if "ablation" in results:
         a = results["ablation"]
-        lines += ["", f"Dense mode's choices, one changed at a time ({a['bundle']}, the first {a['frames']} frames):",
+        lines += ["", f"Dense mode's choices, one changed at a time, windows only ({a['bundle']}, the first "
+                      f"{a['frames']} frames):",
                   "", "| variant | AP@0.5 | precision | recall | windows/frame | windows/s |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, r in a["rows"].items():
