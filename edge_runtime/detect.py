@@ -9,14 +9,19 @@ OpenCV's non-maximum suppression keeps the best of overlapping boxes.
 
 Two ways to embed the windows, over the same window grid:
 
-* ``crops`` cuts every window out of the frame, resizes it to the bundle's input size and runs
-  the backbone on it: exact, and the cost grows with the number of windows.
-* ``dense`` runs the backbone once per pyramid level on the whole frame and pools every window
+* ``dense`` (the default) runs the backbone once per pyramid level on the whole frame and pools every window
   from the last feature map (``feature_map`` in the bundle): a window of ``kh×kw`` cells is the
   mean of those cells, read from an integral image in four look-ups (or the LCA layer's weighted
   sum of its region means). Prototypes are made the same way: the exemplar, resized to the
   window's shape in input pixels, pooled over its whole map. One backbone run serves every window
   shape at that level, which is where its speed comes from.
+* ``crops`` cuts every window out of the frame, resizes it to the bundle's input size and runs
+  the backbone on it: exact, and the cost grows with the number of windows.
+
+Beside the windows, each exemplar is placed by its SIFT keypoints where enough of them agree
+on one rotation, scale and shift (:mod:`.keypoints`): such a placement is one more box, scored
+by its inliers (above every cosine), and it explains the windows inside it. On items that show
+their exemplar's print, that is what finds them (docs/detection.md).
 
 Thresholds come from :meth:`Detector.calibrate` on frames with no enrolled item in them, for a
 target number of false detections per frame. No torch here: numpy, OpenCV and the bundle's
