@@ -129,20 +129,19 @@ def mosaics(paths: list[Path]):
 
 def run_mode(detector: Detector, scenes, label: str) -> tuple[dict, dict]:
     """The detector's run on ``scenes``, and the same run's keypoint placements alone."""
-    runs = {"all": {}, "keypoints": {}}
-    for run in runs.values():
-        run.update(ranked=[], decided=[], times=[], window_times=[], windows=0)
+    everything, placements = ({"ranked": [], "decided": [], "times": [], "window_times": [], "windows": 0}
+                              for _ in range(2))
     for scene in tqdm(scenes, desc=label, leave=False):
         scored = detector.scores(scene.image)
         placed = WindowScores(scored.boxes[scored.windows:], scored.scores[scored.windows:], scored.keypoint_seconds,
-                              scored.inliers[scored.windows:], scored.placements, scored.keypoint_seconds)
-        for run, part in ((runs["all"], scored), (runs["keypoints"], placed)):
+                              scored.placements, scored.keypoint_seconds)
+        for run, part in ((everything, scored), (placements, placed)):
             run["windows"] += part.windows
             run["times"].append(part.seconds)
             run["window_times"].append(part.seconds - part.keypoint_seconds)
             run["ranked"].append(detector.decide(part, -np.inf))
             run["decided"].append(detector.decide(part))
-    return runs["all"], runs["keypoints"]
+    return everything, placements
 
 
 def summary(run: dict, scenes) -> dict:

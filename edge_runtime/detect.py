@@ -63,7 +63,7 @@ class DetectError(SortlineError, ValueError):
 @dataclass(frozen=True)
 class Detection:
     label: str
-    score: float  # a window's cosine to the item (at most 1), or a keypoint placement's inliers (6 or more)
+    score: float  # a window's cosine to the item (at most 1), or a keypoint placement's inliers (min_inliers, 3+)
     box: tuple[int, int, int, int]  # x1, y1, x2, y2 in frame pixels
     inliers: int = 0  # keypoints that place the item's exemplar here (0: found by its window alone)
 
@@ -121,8 +121,7 @@ class WindowScores:
     boxes: np.ndarray  # N×4 float32, x1 y1 x2 y2
     scores: np.ndarray  # N×C float32
     seconds: float = 0.0  # the whole search
-    inliers: np.ndarray | None = None  # N: a keypoint placement's inliers, 0 for a sliding window
-    placements: int = 0  # the last rows are keypoint placements, the others sliding windows
+    placements: int = 0  # the last rows are keypoint placements (each scores its inliers), the others windows
     keypoint_seconds: float = 0.0  # of ``seconds``, finding the keypoint placements
 
     def __len__(self) -> int:
@@ -131,6 +130,14 @@ class WindowScores:
     @property
     def windows(self) -> int:
         return len(self.boxes) - self.placements
+
+    @property
+    def inliers(self) -> np.ndarray:
+        """Per row: a placement's inliers (its score for its class), 0 for a window."""
+        out = np.zeros(len(self.boxes), np.int32)
+        if self.placements:
+            out[self.windows:] = np.rint(self.scores[self.windows:].max(axis=1))
+        return out
 
 
 @dataclass(frozen=True)
@@ -175,10 +182,11 @@ class Detector:
                 raise DetectError(f"window_px {config.window_px} is not a multiple of the model's stride {stride}")
             base = config.window_px // stride
         detector = cls(embedder, spec, labels, config, stride, base, {})
-        detector.prototypes = detector._prototypes(exemplars, features or {})
-        if config.keypoints is not None and any(exemplars.get(label) for label in labels):
-            detector.matcher = KeypointMatcher({label: list(exemplars.get(label, ())) for label in labels},
-                                               config.keypoints)
+        crops = {label: [_check_exemplar(label, c) for c in exemplars.get(label, ())] for label in labels}
+        if config.windows:  # the keypoints alone need no prototype
+            detector.prototypes = detector._prototypes(crops, features or {})
+        if config.keypoints is not None and any(crops.values()):
+            detector.matcher = KeypointMatcher(crops, config.keypoints)
         if not config.windows:
             unplaced = sorted(set(labels) - (detector.matcher.labels if detector.matcher else set()))
             if unplaced:
@@ -264,14 +272,14 @@ class Detector:
             run()
         return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
-    def _prototypes(self, exemplars: Mapping[str, Sequence[np.ndarray]],
+    def _prototypes(self, crops: Mapping[str, list[np.ndarray]],
                     features: Mapping[str, np.ndarray]) -> dict[tuple[int, int], np.ndarray]:
         """Per window shape (dense) or one set (crops, key ``(0, 0)``): a unit row per class and
-        rotation (classes × rotations rows, rotation fastest)."""
+        rotation (classes × rotations rows, rotation fastest), from every label's checked image
+        crops (``crops``, possibly none) and stored embeddings."""
         rotations = self.config.rotations
         keys = self.shapes if self.config.mode == "dense" else [(0, 0)]
         table: dict[tuple[int, int], np.ndarray] = {}
-        crops = {label: [_check_exemplar(label, c) for c in exemplars.get(label, ())] for label in self.labels}
         stored = {label: _stored(features.get(label), label) for label in self.labels}
         if self.config.grid != 1 and any(v is not None for v in stored.values()):
             raise DetectError("stored examples are embeddings, one box each: use grid 1 with a store")
@@ -333,7 +341,6 @@ class Detector:
                     protos = self.prototypes[(0, 0)]
                 boxes.append(level_boxes)
                 scores.append(self._similarity(emb, protos))
-        inliers = [np.zeros(sum(len(b) for b in boxes), np.int32)]
         keypoint_seconds, placements = 0.0, 0
         if self.matcher is not None:
             placed = time.perf_counter()
@@ -344,12 +351,11 @@ class Detector:
                 rows[np.arange(len(finds)), [self.labels.index(f.label) for f in finds]] = [f.inliers for f in finds]
                 boxes.append(np.asarray([f.box for f in finds], np.float32))
                 scores.append(rows)
-                inliers.append(np.asarray([f.inliers for f in finds], np.int32))
                 placements = len(finds)
         if not boxes:  # keypoints only, and none placed
             boxes, scores = [np.zeros((0, 4), np.float32)], [np.zeros((0, len(self.labels)), np.float32)]
         return WindowScores(np.concatenate(boxes), np.concatenate(scores), time.perf_counter() - started,
-                            np.concatenate(inliers), placements, keypoint_seconds)
+                            placements, keypoint_seconds)
 
     def _similarity(self, emb: np.ndarray, protos: np.ndarray) -> np.ndarray:
         """Cosine of each window to each prototype, the best rotation per class. Centred, both
@@ -385,9 +391,10 @@ class Detector:
         first. Classes are compared by that margin, not by raw cosine: calibrated thresholds
         put every class at the same false-detection rate, so a class that looks like
         everything (a prototype close to the backdrop) does not win every window. The
-        detection's score is its cosine (a keypoint placement's: its inliers). A placement that
-        clears its threshold explains its box: windows lying mostly inside it are dropped (a
-        small window on a placed item is that item, or a part of it seen as another one).
+        detection's score is its cosine (a keypoint placement's: its inliers). With one
+        suppression over all classes, a placement that clears its threshold explains its box:
+        windows lying mostly inside it are dropped (a small window on a placed item is that
+        item, or a part of it seen as another one).
         ``min_margin=-inf`` gives every window's best class (for precision-recall curves)."""
         margin = windows.scores - self.thresholds[None, :]
         top_k = max_detections or self.config.max_detections
@@ -410,9 +417,9 @@ class Detector:
         return [self._detection(windows, i, best[i]) for i in picked]
 
     def _detection(self, windows: WindowScores, i: int, c: int) -> Detection:
-        inliers = int(windows.inliers[i]) if windows.inliers is not None else 0
-        return Detection(self.labels[c], float(windows.scores[i, c]), tuple(int(round(v)) for v in windows.boxes[i]),
-                         inliers)
+        score = float(windows.scores[i, c])
+        return Detection(self.labels[c], score, tuple(int(round(v)) for v in windows.boxes[i]),
+                         int(round(score)) if i >= windows.windows else 0)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return self.decide(self.scores(rgb))

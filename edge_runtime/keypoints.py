@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import SortlineError
+from .preprocess import interpolation_for
 
 
 class KeypointError(SortlineError, ValueError):
@@ -67,7 +68,7 @@ class KeypointMatcher:
             for crop in crops:
                 f = config.exemplar_side / max(crop.shape[:2])
                 size = (max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f)))
-                small = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+                small = cv2.resize(crop, size, interpolation=interpolation_for(crop.shape, size))
                 points, descriptors = self._describe(small)
                 if len(points) >= config.min_inliers:  # too plain to be found by its keypoints
                     self.exemplars.append(_Exemplar(label, points, descriptors, small.shape[:2]))
