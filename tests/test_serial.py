@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import termios
 import time
 
 import serial
 
-from sortline.hardware.protocol import Ack, GateCommand, ItemArrival
+from sortline.hardware.protocol import Ack, Encoder, GateCommand, ItemArrival
 from sortline.hardware.serial_link import SerialLink
 from sortline.hardware.sim.pty import PtyDevice
 
@@ -87,6 +89,33 @@ def test_link_reconnects_when_the_device_comes_back(tmp_path):
         assert link.send(GateCommand(item_id=2, exit=1))  # writing works again too
     finally:
         link.close()
+        device.close()
+
+
+def test_a_device_waits_for_the_runtimes_flush_not_just_its_open(tmp_path):
+    """pyserial flushes the input at the end of its open: bytes a device writes between the
+    runtime's open() and that flush are lost, so a device is only ready for it after the flush."""
+    device = PtyDevice(link=tmp_path / "sensor")
+    fd = os.open(device.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)  # opened, not yet flushed
+    try:
+        assert device.reader_open() and not device.reader_ready() and not device.wait_reader(0.05)
+        command = GateCommand(item_id=7, exit=1)
+        os.write(fd, Encoder().encode(command))  # the runtime talks before its flush
+        assert not device.wait_reader(0.05)  # (which reads the master)
+        termios.tcflush(fd, termios.TCIFLUSH)  # what pyserial's open does last
+        assert device.wait_reader(1.0) and device.reader_ready()
+        assert device.receive(1.0) == [command]  # the runtime's bytes read while waiting are kept
+        device.send(Ack(item_id=1))
+        deadline = time.monotonic() + 2
+        while device.unread() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert device.unread() > 0  # what is written now stays for the runtime to read
+        os.close(fd)
+        assert not device.reader_open() and not device.reader_ready()  # closed: the next open flushes again
+        fd = os.open(device.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        assert device.reader_open() and not device.reader_ready()
+    finally:
+        os.close(fd)
         device.close()
 
 

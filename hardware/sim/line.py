@@ -292,7 +292,7 @@ class SimulatedLine:
         return [(self._due + REOPEN_S, lambda: self._drain_sensor_backlog(self._due + REOPEN_WAIT_S))]
 
     def _drain_sensor_backlog(self, give_up_at: float) -> list | None:
-        if not self.sensor_device.reader_open():  # a loaded station reopens late: wait for it
+        if not self.sensor_device.reader_ready():  # a loaded station reopens late: wait for it
             if self._due < give_up_at:
                 return [(self._due + 0.01, lambda: self._drain_sensor_backlog(give_up_at))]
             log.warning("the station has not reopened the %s port in %.1f s: its readings go out anyway",

@@ -6,9 +6,12 @@ current ``/dev/pts/N`` (as udev's ``/dev/serial/by-id/...`` names are), so a dev
 disconnect and come back as a new pseudo-terminal under the same name.
 
 The device keeps no slave descriptor of its own, so the master sees a hang-up (``POLLHUP``)
-exactly while no runtime has the port open: :meth:`PtyDevice.wait_reader` tells when one has.
-That matters because pyserial flushes the input when it opens a port: bytes written before the
-runtime has (re)opened it are lost, as they would be on a real wire.
+exactly while no runtime has the port open. That matters because pyserial flushes the input
+when it opens a port: bytes written before the runtime has (re)opened it are lost, as they would
+be on a real wire, and so are bytes written after its ``open()`` but before its flush. The master
+runs in packet mode (``TIOCPKT``), so the kernel reports that flush to the device, and
+:meth:`PtyDevice.wait_reader` waits for it: only then does what the device writes reach the
+runtime.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import array
 import fcntl
 import os
 import select
+import struct
 import termios
 import threading
 import time
@@ -34,6 +38,8 @@ class PtyDevice:
         self.parser = Parser()
         self.encoder = Encoder()  # the device's own frame counter
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()  # one reader of the master at a time
+        self._pending = bytearray()  # runtime's bytes read while waiting for its flush
         self._closed = True
         self._open()
 
@@ -44,6 +50,11 @@ class PtyDevice:
         tty.setraw(slave)
         self._tty = os.ttyname(slave)
         os.close(slave)
+        # Packet mode (after setraw's own flush): each read of the master starts with a status
+        # byte, so the runtime's flush of its input (pyserial's, at the end of its open) is seen.
+        fcntl.ioctl(self._master, termios.TIOCPKT, struct.pack("i", 1))
+        self._flushed = False
+        self._pending.clear()
         self._closed = False
         if self.link is not None:
             tmp = self.link.with_name(f".{self.link.name}.new")
@@ -67,16 +78,55 @@ class PtyDevice:
     def reader_open(self) -> bool:
         """Whether a runtime has the port open now."""
         with self._lock:
-            return not self._closed and self._reader_open()
+            if self._closed:
+                return False
+            if not self._reader_open():
+                self._flushed = False  # the next open flushes again
+                return False
+            return True
+
+    def reader_ready(self) -> bool:
+        """Whether a runtime has the port open and has flushed its input since it opened it (as
+        pyserial does at the end of its open): bytes written now reach it. A reopen of the same
+        pseudo-terminal is seen if the device looked while the port was closed (any call of this,
+        :meth:`reader_open` or :meth:`receive`); a replug is always seen."""
+        if not self.reader_open():
+            return False
+        if not self._flushed:
+            self._read_master(block=False)
+        return self._flushed
 
     def wait_reader(self, timeout_s: float) -> bool:
-        """Wait until a runtime has the port open; False if none has within ``timeout_s``."""
+        """Wait until a runtime has the port open and flushed (:meth:`reader_ready`); False if
+        none has within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        while not self.reader_open():
+        while not self.reader_ready():
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.002)
         return True
+
+    def _read_master(self, block: bool, timeout_s: float = 0.0) -> None:
+        """Read what the master has: the runtime's bytes go to the pending buffer, a packet-mode
+        status byte is checked for the runtime's flush of its input."""
+        with self._read_lock:
+            if self._closed:
+                return
+            try:
+                poll = select.poll()
+                poll.register(self._master, select.POLLIN | select.POLLPRI)
+                events = poll.poll(timeout_s * 1000 if block else 0)
+                if not events or not events[0][1] & (select.POLLIN | select.POLLPRI):
+                    return
+                data = os.read(self._master, 4096)
+            except OSError:  # closed under us, or the slave side hung up
+                return
+            if not data:
+                return
+            if data[0] == termios.TIOCPKT_DATA:
+                self._pending += data[1:]
+            elif data[0] & termios.TIOCPKT_FLUSHREAD:
+                self._flushed = True
 
     def unread(self) -> int:
         """Bytes written to the wire that the runtime has not read yet (0 when unplugged, or
@@ -134,18 +184,13 @@ class PtyDevice:
         """Messages the runtime wrote, waiting up to ``timeout_s`` for the first bytes."""
         if self._closed:
             return []
-        try:
-            poll = select.poll()
-            poll.register(self._master, select.POLLIN)
-            events = poll.poll(timeout_s * 1000)
-            if not events:
-                return []
-            if not events[0][1] & select.POLLIN:  # no runtime has the port open: nothing to read
+        if not self._pending:
+            if not self.reader_open():  # no runtime has the port open: nothing to read
                 time.sleep(timeout_s)
                 return []
-            data = os.read(self._master, 4096)
-        except OSError:  # closed under us, or the slave side hung up
-            return []
+            self._read_master(block=True, timeout_s=timeout_s)
+        with self._read_lock:
+            data, self._pending = bytes(self._pending), bytearray()
         return self.parser.feed(data)
 
     def close(self) -> None:
