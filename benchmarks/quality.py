@@ -2,14 +2,15 @@
 
     python benchmarks/quality.py [--budget-minutes 30] [--seeds 3] [--recipe small-data]
         [--labels none|all|K] [--data ../shared/datasets/grocery-store] [--out benchmarks/results]
-        [--backbone B] [--image-size PX] [--colour-weight W] [--phases 0.5:48,0.5:64] [--name N] [--keep DIR]
+        [--backbone B] [--image-size PX] [--colour-weight W] [--phases 0.5:48,0.5:64] [--label-stage SHARE]
+        [--name N] [--keep DIR]
 
 For each seed: ``sortline pretrain --recipe`` on the train split's images without their labels,
 within the budget (measuring and planning included), or with ``--labels all`` (or K per class,
-the rest unlabeled) its label stage in the budget's second half; then the frozen protocols of
-``sortline evaluate`` on the val split: logistic regression with all train labels, k-NN (k=20),
-logistic regression on 5 train images per class (5 draws), and on the one iconic photo per
-class. The HSV colour histogram is scored by the same protocols in the same run, alone and
+the rest unlabeled) its label stage in the budget's second half (or ``--label-stage`` SHARE);
+then the frozen protocols of ``sortline evaluate`` on the val split: logistic regression with
+all train labels, k-NN (k=20), logistic regression on 5 train images per class (5 draws), and on
+the one iconic photo per class. The HSV colour histogram is scored by the same protocols in the same run, alone and
 fused with the embedding (reported apart: the target is for the learned features alone).
 
 Results are the mean ± standard deviation over the seeds (pretraining and evaluation seeds
@@ -42,8 +43,8 @@ PROTOCOLS = ("linear", "knn", "kshot:5", "oneshot")
 LABELS = {"linear": "LR, all labels", "knn": "k-NN (20)", "kshot:5": "LR, 5 per class", "oneshot": "LR, 1 iconic"}
 VARIANTS = (("", "learned features alone"), (HISTOGRAM, "colour histogram (baseline)"),
             (FUSED, "learned + colour histogram (fused)"))
-HOW = {"none": "without labels", "all": "with the train labels in the label stage (the second half)",
-       "k": "with {k} labels per class in the label stage (the rest pseudo-labeled)"}
+HOW = {"none": "without labels", "all": "with the train labels in the label stage ({share})",
+       "k": "with {k} labels per class in the label stage ({share}; the rest pseudo-labeled)"}
 PUBLISHED = "on the test split: DenseNet-169 from scratch with all labels 67.3%; ImageNet features + softmax 71.7%"
 
 
@@ -85,7 +86,7 @@ def training_data(cfg: PretrainConfig, labels: str | int, seed: int) -> Training
 def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict:
     data = args.data
     overrides = dict(backbone=args.backbone, image_size=args.image_size, colour_weight=args.colour_weight,
-                     phases=args.phases, augment=args.augment)
+                     phases=args.phases, augment=args.augment, label_stage=args.label_stage)
     if overrides["image_size"] is None and torch.cuda.is_available():
         overrides["image_size"] = 2 * get_recipe(args.recipe).image_size
     cfg = PretrainConfig.from_recipe(args.recipe, data / "train.txt", max_seconds=args.budget_minutes * 60,
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--colour-weight", type=float)
     parser.add_argument("--augment")
     parser.add_argument("--phases", type=parse_phases, help="SHARE:PX,... in place of the recipe's")
+    parser.add_argument("--label-stage", type=float, metavar="SHARE",
+                        help="the budget's share for the label stage, in place of the recipe's")
     parser.add_argument("--name", default="quality", help="file name of the results (quality)")
     parser.add_argument("--keep", type=Path, help="keep each seed's checkpoint and logs in this folder")
     args = parser.parse_args()
@@ -135,6 +138,15 @@ def main() -> None:
             runs.append(run_seed(args, seed, keep))
     write(args, runs, time.perf_counter() - started)
     print((args.out / f"{args.name}.md").read_text())
+
+
+def how(args: argparse.Namespace) -> str:
+    """How the runs used the labels, in words."""
+    share = args.label_stage if args.label_stage is not None else get_recipe(args.recipe).label_stage
+    words = {0.5: "the second half", 0.75: "the last three quarters"}.get(share, f"the last {share:g} of the budget")
+    if args.labels == "none":
+        return HOW["none"]
+    return HOW["all" if args.labels == "all" else "k"].format(share=words, k=args.labels)
 
 
 def _stats(runs: list[dict], key: str) -> tuple[float, float]:
@@ -154,7 +166,7 @@ def write(args: argparse.Namespace, runs: list[dict], total_s: float) -> None:
         f"# Recognition quality: recipe {args.recipe}, {args.budget_minutes:g} min of pretraining per seed",
         "",
         f"{cfg['method']} + {cfg['backbone']} at {cfg['image_size']} px (colour weight {cfg['colour_weight']}), "
-        f"pretrained {HOW[args.labels] if args.labels in HOW else HOW['k'].format(k=args.labels)} on the "
+        f"pretrained {how(args)} on the "
         f"{first['train_images']} grocery-store train photos; scored on the val "
         f"split ({first['test_images']} photos, 81 classes). {len(runs)} seeds, mean ± std; k-shot and 5-shot "
         f"also average 5 draws per seed. Device: {device}. Everything took {total_s / 60:.1f} min.",
@@ -201,13 +213,15 @@ def write(args: argparse.Namespace, runs: list[dict], total_s: float) -> None:
             ("labels", args.labels if args.labels != "none" else None), ("backbone", args.backbone),
             ("image_size", args.image_size), ("colour_weight", args.colour_weight), ("augment", args.augment),
             ("phases", ",".join(f"{a:g}:{b}" for a, b in args.phases) if args.phases else None),
+            ("label_stage", args.label_stage),
             ("name", args.name if args.name != "quality" else None)) if v is not None) + "`",
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text("\n".join(lines))
     (args.out / f"{args.name}.json").write_text(json.dumps(
-        {"recipe": args.recipe, "labels": args.labels, "budget_minutes": args.budget_minutes, "device": device,
+        {"recipe": args.recipe, "labels": args.labels, "label_stage": args.label_stage,
+         "budget_minutes": args.budget_minutes, "device": device,
          "total_seconds": round(total_s, 1), "table": table, "runs": runs}, indent=2, default=str) + "\n")
     plot(args, table)
 
