@@ -7,7 +7,7 @@
 
 For each seed: ``sortline pretrain --recipe`` on the train split's images without their labels,
 within the budget (measuring and planning included), or with ``--labels all`` (or K per class,
-the rest unlabeled) its label stage in the budget's second half (or ``--label-stage`` SHARE);
+the rest unlabeled) its label stage in the recipe's share of the budget (or ``--label-stage`` SHARE);
 then the frozen protocols of ``sortline evaluate`` on the val split: logistic regression with
 all train labels, k-NN (k=20), logistic regression on 5 train images per class (5 draws), and on
 the one iconic photo per class. The HSV colour histogram is scored by the same protocols in the same run, alone and

@@ -92,7 +92,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--label-stage", type=float, metavar="SHARE",
                           help="a recipe, where the data has labels: the share of the budget for the label stage "
                                "(a teacher pseudo-labels the unlabeled images, then the backbone trains on the "
-                               "labels with a supervised contrast; small-data: 0.5; 0: none, self-supervised only)")
+                               "labels with a supervised contrast; small-data: 0.75; 0: none, self-supervised only)")
     pretrain.add_argument("--negatives", type=Path,
                           help="supcon: images of none of the classes (e.g. the empty line, shelves), each its "
                                "own class, so the classes are pushed away from them")

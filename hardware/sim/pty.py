@@ -109,15 +109,12 @@ class PtyDevice:
     def _read_master(self, block: bool, timeout_s: float = 0.0) -> None:
         """Read what the master has: the runtime's bytes go to the pending buffer, a packet-mode
         status byte is checked for the runtime's flush of its input."""
+        if block and not self._readable(timeout_s):  # waits outside the lock
+            return
         with self._read_lock:
-            if self._closed:
+            if self._closed or not self._readable(0.0):  # another reader may have taken it
                 return
             try:
-                poll = select.poll()
-                poll.register(self._master, select.POLLIN | select.POLLPRI)
-                events = poll.poll(timeout_s * 1000 if block else 0)
-                if not events or not events[0][1] & (select.POLLIN | select.POLLPRI):
-                    return
                 data = os.read(self._master, 4096)
             except OSError:  # closed under us, or the slave side hung up
                 return
@@ -127,6 +124,17 @@ class PtyDevice:
                 self._pending += data[1:]
             elif data[0] & termios.TIOCPKT_FLUSHREAD:
                 self._flushed = True
+
+    def _readable(self, timeout_s: float) -> bool:
+        """Whether the master has the runtime's bytes or a status byte to read, waiting up to
+        ``timeout_s`` (a hang-up alone is not)."""
+        try:
+            poll = select.poll()
+            poll.register(self._master, select.POLLIN | select.POLLPRI)
+            events = poll.poll(timeout_s * 1000)
+        except (OSError, ValueError):  # closed under us
+            return False
+        return bool(events) and bool(events[0][1] & (select.POLLIN | select.POLLPRI))
 
     def unread(self) -> int:
         """Bytes written to the wire that the runtime has not read yet (0 when unplugged, or
