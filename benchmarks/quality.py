@@ -10,8 +10,8 @@ within the budget (measuring and planning included), or with ``--labels all`` (o
 the rest unlabeled) its label stage in the recipe's share of the budget (or ``--label-stage`` SHARE);
 then the frozen protocols of ``sortline evaluate`` on the val split: logistic regression with
 all train labels, k-NN (k=20), logistic regression on 5 train images per class (5 draws), and on
-the one iconic photo per class. The HSV colour histogram is scored by the same protocols in the same run, alone and
-fused with the embedding (reported apart: the target is for the learned features alone).
+the one iconic photo per class. The HSV colour histogram is scored by the same protocols in the
+same run, alone and fused with the embedding (reported apart: the target is for the learned features alone).
 
 Results are the mean ± standard deviation over the seeds (pretraining and evaluation seeds
 alike). On a machine with CUDA the recipe runs at twice its resolution unless --image-size is
@@ -140,12 +140,17 @@ def main() -> None:
     print((args.out / f"{args.name}.md").read_text())
 
 
+def label_share(args: argparse.Namespace) -> float:
+    """The budget's share the runs gave their label stage: ``--label-stage``, else the recipe's."""
+    return args.label_stage if args.label_stage is not None else get_recipe(args.recipe).label_stage
+
+
 def how(args: argparse.Namespace) -> str:
     """How the runs used the labels, in words."""
-    share = args.label_stage if args.label_stage is not None else get_recipe(args.recipe).label_stage
-    words = {0.5: "the second half", 0.75: "the last three quarters"}.get(share, f"the last {share:g} of the budget")
     if args.labels == "none":
         return HOW["none"]
+    share = label_share(args)
+    words = {0.5: "the second half", 0.75: "the last three quarters"}.get(share, f"the last {share:g} of the budget")
     return HOW["all" if args.labels == "all" else "k"].format(share=words, k=args.labels)
 
 
@@ -220,7 +225,7 @@ def write(args: argparse.Namespace, runs: list[dict], total_s: float) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text("\n".join(lines))
     (args.out / f"{args.name}.json").write_text(json.dumps(
-        {"recipe": args.recipe, "labels": args.labels, "label_stage": args.label_stage,
+        {"recipe": args.recipe, "labels": args.labels, "label_stage": label_share(args),
          "budget_minutes": args.budget_minutes, "device": device,
          "total_seconds": round(total_s, 1), "table": table, "runs": runs}, indent=2, default=str) + "\n")
     plot(args, table)

@@ -93,7 +93,7 @@ class PtyDevice:
         if not self.reader_open():
             return False
         if not self._flushed:
-            self._read_master(block=False)
+            self._read_master()
         return self._flushed
 
     def wait_reader(self, timeout_s: float) -> bool:
@@ -106,10 +106,10 @@ class PtyDevice:
             time.sleep(0.002)
         return True
 
-    def _read_master(self, block: bool, timeout_s: float = 0.0) -> None:
-        """Read what the master has: the runtime's bytes go to the pending buffer, a packet-mode
-        status byte is checked for the runtime's flush of its input."""
-        if block and not self._readable(timeout_s):  # waits outside the lock
+    def _read_master(self, timeout_s: float = 0.0) -> None:
+        """Read what the master has, waiting up to ``timeout_s`` for it: the runtime's bytes go to
+        the pending buffer, a packet-mode status byte is checked for the runtime's flush of its input."""
+        if not self._readable(timeout_s):  # waits outside the lock
             return
         with self._read_lock:
             if self._closed or not self._readable(0.0):  # another reader may have taken it
@@ -196,7 +196,7 @@ class PtyDevice:
             if not self.reader_open():  # no runtime has the port open: nothing to read
                 time.sleep(timeout_s)
                 return []
-            self._read_master(block=True, timeout_s=timeout_s)
+            self._read_master(timeout_s)
         with self._read_lock:
             data, self._pending = bytes(self._pending), bytearray()
         return self.parser.feed(data)
