@@ -41,11 +41,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sortline.edge_runtime.bundle import load_bundle
-from sortline.edge_runtime.detect import DetectConfig, Detector, WindowScores, draw
-from sortline.edge_runtime.detect_eval import PasteConfig, paste_scenes, score_detections
-from sortline.edge_runtime.embedder import OnnxEmbedder
-from sortline.edge_runtime.keypoints import KeypointConfig
+from sortline.edge_runtime.detection.detector import DetectConfig, Detector, WindowScores, draw
+from sortline.edge_runtime.detection.evaluation import PasteConfig, paste_scenes, score_detections
+from sortline.edge_runtime.detection.keypoints import KeypointConfig
+from sortline.edge_runtime.model.bundle import load_bundle
+from sortline.edge_runtime.model.embedder import OnnxEmbedder
 from sortline.hardware.images import read_image
 
 sys.path.insert(0, str(Path(__file__).parent))

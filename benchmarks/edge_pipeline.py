@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from machine import cpu_name  # benchmarks/machine.py
 
-from sortline.edge_runtime.fusion import fuse
-from sortline.edge_runtime.hil import sort_on_simulated_line
-from sortline.edge_runtime.pipeline import ItemPipeline
-from sortline.edge_runtime.preprocess import preprocess_views
-from sortline.edge_runtime.runtimes import choose_runtime
+from sortline.edge_runtime.hil.runs import sort_on_simulated_line
+from sortline.edge_runtime.model.choice import choose_runtime
+from sortline.edge_runtime.model.fusion import fuse
+from sortline.edge_runtime.model.pipeline import ItemPipeline
+from sortline.edge_runtime.model.preprocess import preprocess_views
 from sortline.edge_runtime.station import StationConfig
 from sortline.edge_runtime.station.links import item_bytes
 from sortline.hardware.camera import ItemCapture

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from sortline.edge_runtime.bundle import load_bundle
 from sortline.edge_runtime.datasets import ImageSet, load_image_set
-from sortline.edge_runtime.enroll import REFIT_TOL, Enroller, enroll_paths
-from sortline.edge_runtime.head import LogisticHead, OpenSet
+from sortline.edge_runtime.learning.enroll import REFIT_TOL, Enroller, enroll_paths
+from sortline.edge_runtime.model.bundle import load_bundle
+from sortline.edge_runtime.model.head import LogisticHead, OpenSet
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_name  # noqa: E402
@@ -52,7 +52,7 @@ def remap(images: ImageSet, classes: list[int]) -> ImageSet:
 
 
 def features_of(enroller: Enroller, images: ImageSet) -> np.ndarray:
-    from sortline.edge_runtime.enroll import read_item
+    from sortline.edge_runtime.learning.enroll import read_item
 
     return np.vstack([enroller.features([(read_item(p), [])]) for p in images.paths])
 

@@ -24,7 +24,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.export.onnx_export import INPUT_NAME, compare, export_backbone
 from sortline.export.quantize import convert_fp16, quantize_int8
 from sortline.hardware.sim.avocado import AvocadoScenario

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, matthews_corrcoef
 
-from sortline.edge_runtime.embedder import OnnxEmbedder
-from sortline.edge_runtime.fusion import FusionSpec, fit_fusion_head, fuse
+from sortline.edge_runtime.model.embedder import OnnxEmbedder
+from sortline.edge_runtime.model.fusion import FusionSpec, fit_fusion_head, fuse
 from sortline.train.demo import DemoConfig, train_station_bundle
 from sortline.train.sim_data import SimItem, sim_items
 

@@ -40,8 +40,8 @@ def _target(name: str):
     import atheris
 
     with atheris.instrument_imports(include=["sortline"]):
-        from sortline.edge_runtime.bundle import BundleError, load_bundle
-        from sortline.edge_runtime.config import ConfigError, load_station_file
+        from sortline.edge_runtime.daemon.config import ConfigError, load_station_file
+        from sortline.edge_runtime.model.bundle import BundleError, load_bundle
         from sortline.hardware.camera import FrameError
         from sortline.hardware.images import MAX_IMAGE_PIXELS, decode_image
         from sortline.hardware.protocol import FIELD_RANGES, Parser

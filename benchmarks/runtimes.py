@@ -7,7 +7,7 @@ For the default bundle (ResNet-10, 64 px) and a production-size one (ResNet-18, 
 speed), it times the int8 bundle on ONNX Runtime and OpenVINO at 1 and 2 threads, the fp32 ONNX
 on both, and the PyTorch fp32 eager model, interleaved round by round in one process (so every
 ratio is within one run on one CPU), at a batch of one item (4 views) and of two items (8
-views). It then asks ``auto`` (edge_runtime/runtimes.py) for its pick, and sorts the same
+views). It then asks ``auto`` (edge_runtime/model/runtimes.py) for its pick, and sorts the same
 simulated avocado line with the pick and with ONNX Runtime to show the decisions do not change
 (MCC). Writes ``runtimes.md`` and ``runtimes.json`` to ``--out``.
 """
@@ -27,9 +27,10 @@ import torch
 from machine import cpu_name  # benchmarks/machine.py
 from sklearn.metrics import matthews_corrcoef
 
-from sortline.edge_runtime.hil import sort_on_simulated_line
-from sortline.edge_runtime.pipeline import ItemPipeline, item_probabilities
-from sortline.edge_runtime.runtimes import installed_runtimes, load_check_set, make_embedder
+from sortline.edge_runtime.hil.runs import sort_on_simulated_line
+from sortline.edge_runtime.model.choice import load_check_set
+from sortline.edge_runtime.model.pipeline import ItemPipeline, item_probabilities
+from sortline.edge_runtime.model.runtimes import installed_runtimes, make_embedder
 from sortline.export.onnx_export import export_backbone
 from sortline.hardware.camera import ItemCapture
 from sortline.hardware.sim.line import LineConfig

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.train.augment import MultiChannelAugment
 from sortline.train.backbones import BACKBONES, build_backbone
 from sortline.train.data import ViewsDataset

@@ -17,15 +17,15 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
 from sortline.edge_runtime.datasets import ImageSet
-from sortline.edge_runtime.embedder import PARITY_MIN_COSINE, OnnxEmbedder
-from sortline.edge_runtime.enroll import EXAMPLES_FILE, write_examples
 from sortline.edge_runtime.errors import SortlineError
-from sortline.edge_runtime.fusion import FusionSpec
-from sortline.edge_runtime.head import LogisticHead
-from sortline.edge_runtime.preprocess import InputSpec, preprocess_views
-from sortline.edge_runtime.runtimes import CHECK_FILE, CHECK_ITEMS, write_check_set
+from sortline.edge_runtime.learning.enroll import EXAMPLES_FILE, write_examples
+from sortline.edge_runtime.model.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
+from sortline.edge_runtime.model.choice import CHECK_FILE, CHECK_ITEMS, write_check_set
+from sortline.edge_runtime.model.embedder import PARITY_MIN_COSINE, OnnxEmbedder
+from sortline.edge_runtime.model.fusion import FusionSpec
+from sortline.edge_runtime.model.head import LogisticHead
+from sortline.edge_runtime.model.preprocess import InputSpec, preprocess_views
 
 from .onnx_export import ParityError, compare, export_backbone, torch_embeddings
 from .quantize import convert_fp16, quantize_int8

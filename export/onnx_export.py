@@ -12,9 +12,9 @@ import numpy as np
 import onnx
 import torch
 
-from sortline.edge_runtime.embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT, Parity, compare  # noqa: F401
 from sortline.edge_runtime.errors import SortlineError
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.model.embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT, Parity, compare  # noqa: F401
+from sortline.edge_runtime.model.preprocess import InputSpec
 
 log = logging.getLogger(__name__)
 INPUT_NAME = "image"

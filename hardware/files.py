@@ -1,5 +1,8 @@
 """Publishing folders and files so that a reader never sees half of one, and cleaning up after
-processes that were killed while they wrote.
+processes that were killed while they wrote. The one way sortline writes a file or folder that
+someone may read or load while it is written (bundles, signatures, checkpoints, training states,
+recordings, stores' exports): :func:`staging_dir` + :func:`publish_dir` for a folder,
+:func:`atomic_file` (or :func:`publish_file`) for a file.
 
 Every writer (a bundle export, a head refit, a recording) assembles its output in a *staging*
 folder beside the destination, named ``.<name>.<kind>-<pid>-<random>``, and publishes it with
@@ -11,6 +14,7 @@ the next writer (or loader) of the same kind removes once its pid is no longer a
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -18,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -116,7 +121,42 @@ def publish_dir(staging: Path, out: Path) -> None:
 
 def publish_file(data_path: Path, out: Path) -> None:
     """Replace ``out`` with the finished file ``data_path`` (same folder) in one rename, after
-    flushing it to disk."""
+    flushing it to disk; the rename itself is flushed too (the folder's entry)."""
     with open(data_path, "rb") as f:
         os.fsync(f.fileno())
     os.replace(data_path, out)
+    _fsync_dir(Path(out).parent)
+
+
+@contextlib.contextmanager
+def atomic_file(out: Path, kind: str = "write") -> Iterator[Path]:
+    """A new path beside ``out`` to write the file to; when the block ends without an error it
+    replaces ``out`` in one rename (:func:`publish_file`), and otherwise it is removed. A writer
+    killed inside the block leaves ``.<name>.<kind>-<pid>-<random>``, which the next writer of the
+    same kind beside it removes::
+
+        with atomic_file(path, "checkpoint") as tmp:
+            torch.save(state, tmp)
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(out.parent, ".", marker=f".{kind}-")
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        publish_file(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return  # a system without directory handles: the rename is still atomic, only its flush is not ours
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

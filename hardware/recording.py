@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 
-from .camera import CORRUPT, FrameError, FrameSource, ItemCapture
+from .camera import CORRUPT, LOST, FrameError, FrameSource, ItemCapture, ViewError, ViewFrame
 from .errors import SortlineError
 from .files import publish_dir, staging_dir
+from .images import decode_image
 from .protocol import ItemArrival
 from .serial_link import DEFAULT_BAUD, Received, SerialLink
 
@@ -190,3 +192,38 @@ class Recording:
             except (ValueError, TypeError) as exc:  # a damaged log line is skipped, not fatal
                 log.warning("%s:%d: skipped an unreadable line (%s)", path, n, exc)
         return entries
+
+
+class RecordedRig:
+    """The rig of a recording: each announced item's views, read and decoded from disk (and, with
+    ``late_s``, as late as they were: the replay keeps it, a reader that only wants the views sets 0)."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.root = recording.root / "frames"
+        self.view_count = int(recording.meta.get("views", 1))
+        self.late_s = float(recording.meta.get("late_view_ms", 0)) / 1000
+
+    def capture(self, item_id: int) -> ItemCapture:
+        folder = self.root / f"{item_id:06d}"
+        try:
+            record = json.loads((folder / "capture.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FrameError(f"item {item_id}: no recorded capture ({exc})") from exc
+        views: list[ViewFrame | None] = []
+        errors: list[ViewError] = []
+        for k, entry in enumerate(record["views"]):
+            if "rgb" not in entry:
+                errors.append(ViewError(k, LOST, entry.get("lost", "no frame")))
+                views.append(None)
+                continue
+            try:
+                rgb = decode_image(np.fromfile(folder / entry["rgb"], np.uint8), what=f"view {k} rgb")
+                nir = (decode_image(np.fromfile(folder / entry["nir"], np.uint8), what=f"view {k} nir", gray=True)
+                       if "nir" in entry else None)
+                views.append(ViewFrame(rgb=rgb, nir=nir))
+            except (FrameError, OSError) as exc:
+                errors.append(ViewError(k, CORRUPT, str(exc)))
+                views.append(None)
+        if record.get("late"):
+            time.sleep(self.late_s)  # as late as it was
+        return ItemCapture(item_id, tuple(views), tuple(errors), tuple(record.get("late", ())))

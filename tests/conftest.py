@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
-from sortline.edge_runtime.embedder import OnnxEmbedder
-from sortline.edge_runtime.enroll import EXAMPLES_FILE, write_examples
-from sortline.edge_runtime.fusion import FusionSpec, LabeledItem, fit_fusion_head
-from sortline.edge_runtime.preprocess import InputSpec, preprocess_views
-from sortline.edge_runtime.runtimes import CHECK_FILE, write_check_set
+from sortline.edge_runtime.learning.enroll import EXAMPLES_FILE, write_examples
+from sortline.edge_runtime.model.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
+from sortline.edge_runtime.model.choice import CHECK_FILE, write_check_set
+from sortline.edge_runtime.model.embedder import OnnxEmbedder
+from sortline.edge_runtime.model.fusion import FusionSpec, LabeledItem, fit_fusion_head
+from sortline.edge_runtime.model.preprocess import InputSpec, preprocess_views
 from sortline.hardware.sim.avocado import CLASSES, TAPS_PER_ITEM, make_fruit, render_views, tap_series
 from sortline.hardware.sim.checkout import Catalog, CheckoutScenario
 
@@ -131,3 +131,21 @@ def chromium_browser(width: int = 1100, height: int = 900):
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)
+
+
+# Names that a CSV, a recording, a bundle or an operator may hand the pages: markup, quotes and
+# entities; each must be shown as the text it is, never run (tests/test_api.py, test_station_fit.py).
+HOSTILE_NAMES = (
+    '<img src=x id=injected onerror="document.body.dataset.pwned=1">',
+    '"><svg id=injected2 onload="document.body.dataset.pwned=2">',
+    "Tom & 'Jerry' &amp; </td></tr><b id=injected3>bold</b>",
+)
+
+
+def assert_nothing_injected(browser) -> None:
+    """No element the hostile names carry exists in the page, and none of their handlers ran."""
+    from selenium.webdriver.common.by import By
+
+    for marker in ("injected", "injected2", "injected3", "injected4"):
+        assert browser.find_elements(By.ID, marker) == [], f"#{marker} is in the page's DOM"
+    assert browser.execute_script("return document.body.dataset.pwned") is None

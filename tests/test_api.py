@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -19,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_daemon import _camera_folders, _station_file, serve_simulated_line
 
-from sortline.edge_runtime.enroll import Enroller
+from sortline.edge_runtime.learning.enroll import Enroller
 from sortline.hardware.sim.line import LineConfig, SimulatedLine
 
 TOKEN = "test-token-0123456789abcdef"
@@ -160,7 +162,7 @@ def test_without_a_token_the_api_changes_nothing(tmp_path, tiny_bundle, monkeypa
 @pytest.mark.parametrize("table, why", [('[api]\nhost = ""\n', "api.host"), ("[api]\nport = 70000\n", "api.port"),
                                         ('[api]\ntoken = "short"\n', "api.token"), ("[api]\nprot = 1\n", "port")])
 def test_api_settings_are_checked(tmp_path, table, why):
-    from sortline.edge_runtime.config import ConfigError, load_station_file
+    from sortline.edge_runtime.daemon.config import ConfigError, load_station_file
 
     path = _station_file(tmp_path / "station.toml", "loop://", "loop://")
     path.write_text(path.read_text() + table)
@@ -169,12 +171,12 @@ def test_api_settings_are_checked(tmp_path, table, why):
 
 
 def test_the_station_file_token_is_not_printed(tmp_path):
-    from sortline.edge_runtime.config import load_station_file
+    from sortline.edge_runtime.daemon.config import load_station_file
 
     path = _station_file(tmp_path / "station.toml", "loop://", "loop://")
     path.write_text(path.read_text() + f'[api]\ntoken = "{TOKEN}"\n')
     station = load_station_file(path)
-    assert station.api_token == TOKEN and TOKEN not in repr(station)
+    assert station.api.token == TOKEN and TOKEN not in repr(station)
 
 
 
@@ -244,7 +246,7 @@ def test_the_daemon_process_notifies_systemd_logs_json_and_stops_on_sigterm(tmp_
     import signal
     import sys
 
-    from sortline.edge_runtime.bundle import DecisionPolicy, with_policy
+    from sortline.edge_runtime.model.bundle import DecisionPolicy, with_policy
 
     store = tmp_path / "enroll.sqlite"
     Enroller(tiny_bundle, store).close()
@@ -333,11 +335,11 @@ def test_the_event_log_is_rotated_by_size(tmp_path):
 
 
 def test_the_sample_station_file_and_unit_are_valid():
-    from sortline.edge_runtime.config import load_station_file
+    from sortline.edge_runtime.daemon.config import load_station_file
 
     deploy = Path(__file__).resolve().parents[1] / "deploy"
     station = load_station_file(deploy / "station.toml")
-    assert station.api_host == "127.0.0.1" and len(station.views) == 4 and station.store is not None
+    assert station.api.host == "127.0.0.1" and len(station.views) == 4 and station.station.store is not None
     analyze = shutil.which("systemd-analyze")
     if analyze:
         done = subprocess.run([analyze, "verify", str(deploy / "sortline.service")], capture_output=True, text=True)
@@ -374,3 +376,98 @@ def test_demo_serve_keeps_the_api_up_while_it_sorts(tmp_path, capsys):
     assert result["code"] == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["items"] == 150 and summary["lost"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_demo_serve_stops_cleanly_on_a_signal_and_writes_its_summary(tmp_path, sig):
+    """A service manager stops `sortline demo --serve` with SIGTERM, a person with Ctrl-C: the
+    line ends early, every item announced by then gets its one gate command, and the summary
+    is written, as `sortline serve` stops."""
+    pytest.importorskip("torch", reason="sortline demo trains its bundle: a desktop install")
+    port, out = _free_port(), tmp_path / "demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "sortline.edge_runtime.cli", "demo", "--serve", "--port", str(port), "--items",
+         "100000", "--rate", "40", "--epochs", "0", "--pool-fruit", "16", "--labeled-fruit", "80", "--image-size",
+         "32", "--out", str(out), "--quiet", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and demo.poll() is None:
+            try:
+                status = _call(port, "/api/status")
+                if status[0] == 200 and status[1]["items"] >= 20:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert demo.poll() is None, demo.communicate()[1][-2000:]
+        demo.send_signal(sig)
+        stdout, stderr = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0, stderr[-2000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert 20 <= summary["items"] < 100000 and summary["lost"] == 0 and summary["duplicates"] == 0
+    assert summary["gate_commands"] >= summary["items"]
+    assert json.loads((out / "summary.json").read_text())["items"] == summary["items"]
+
+
+def _hostile_bundle(tiny_bundle, out: Path):
+    """The tiny bundle with hostile class names and a hostile bundle name."""
+    import dataclasses
+
+    from conftest import HOSTILE_NAMES
+
+    from sortline.edge_runtime.model.bundle import write_bundle
+    from sortline.edge_runtime.model.choice import CHECK_FILE
+    from sortline.edge_runtime.model.policy import DecisionPolicy
+
+    m = tiny_bundle.manifest
+    rename = dict(zip(m.labels, (*HOSTILE_NAMES, "plain")))
+    policy = DecisionPolicy({rename[k]: v for k, v in m.decision.exits.items()}, m.decision.safe_exit,
+                            m.decision.min_confidence)
+    head = dataclasses.replace(tiny_bundle.load_head(), labels=tuple(rename[k] for k in m.labels))
+    manifest = dataclasses.replace(m, name="tiny <i id=injected4>x</i>", labels=tuple(rename[k] for k in m.labels),
+                                   decision=policy, files={}, created="")
+    return write_bundle(out, manifest, tiny_bundle.backbone_path, head,
+                        extra_files={CHECK_FILE: tiny_bundle.root / CHECK_FILE})
+
+
+def test_the_operator_page_shows_hostile_names_as_text(tmp_path, tiny_bundle):
+    """Class names from the bundle (in decisions and the head), the bundle's name, and a label an
+    operator types for enrollment reach the page as text, never as markup."""
+    from conftest import HOSTILE_NAMES, assert_nothing_injected, chromium_browser
+
+    browser = chromium_browser(1280, 1000)  # first: it skips where selenium or chromium is missing
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bundle = _hostile_bundle(tiny_bundle, tmp_path / "hostile-bundle")
+    path, line, port = _station_with_api(tmp_path, bundle, 150)
+    seen: dict = {}
+
+    def use_the_page() -> None:
+        wait = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
+            assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+        browser.get(f"http://127.0.0.1:{port}/")
+        cells = "return [...document.querySelectorAll('#decisions td')].map(td => td.textContent)"
+        wait.until(lambda b: set(b.execute_script(cells)) & set(HOSTILE_NAMES))
+        assert "tiny <i id=injected4>x</i>@" in browser.find_element(By.ID, "bundle").get_property("textContent")
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        browser.find_element(By.ID, "label").send_keys(HOSTILE_NAMES[1])
+        browser.find_element(By.ID, "start").click()
+        wait.until(lambda b: b.find_element(By.ID, "enroll-state").get_property("textContent").startswith(
+            HOSTILE_NAMES[1] + ":"))
+        seen["decisions"] = browser.execute_script(cells)
+        assert_nothing_injected(browser)
+        browser.find_element(By.ID, "cancel").click()
+        wait.until(lambda b: b.find_element(By.ID, "message").text == "discarded")
+
+    try:
+        serve_simulated_line(path, line, use_the_page)
+    finally:
+        browser.quit()
+    assert set(seen["decisions"]) & set(HOSTILE_NAMES)

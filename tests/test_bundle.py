@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sortline.edge_runtime.bundle import MANIFEST, BundleError, load_bundle, write_bundle
 from sortline.edge_runtime.cli import main
+from sortline.edge_runtime.model.bundle import MANIFEST, BundleError, load_bundle, write_bundle
 
 
 @pytest.fixture

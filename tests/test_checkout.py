@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from sortline.edge_runtime import hil
 from sortline.edge_runtime.cli import main
-from sortline.edge_runtime.hil import make_scenario, sort_on_simulated_line
-from sortline.edge_runtime.pipeline import ItemPipeline
+from sortline.edge_runtime.hil import runs as hil
+from sortline.edge_runtime.hil.runs import make_scenario, sort_on_simulated_line
+from sortline.edge_runtime.model.pipeline import ItemPipeline
 from sortline.hardware.sim.checkout import Catalog, CheckoutScenario, draw_product, scale_series
 from sortline.hardware.sim.faults import FaultRates
 from sortline.hardware.sim.line import LineConfig

@@ -11,8 +11,8 @@ import cv2
 import pytest
 
 from sortline.edge_runtime.cli import main
-from sortline.edge_runtime.config import ConfigError, load_station_file
-from sortline.edge_runtime.daemon import serve
+from sortline.edge_runtime.daemon.config import ConfigError, load_station_file
+from sortline.edge_runtime.daemon.service import serve
 from sortline.hardware.recording import Recording
 from sortline.hardware.sim.avocado import make_fruit, render_views
 from sortline.hardware.sim.line import LineConfig, SimulatedLine
@@ -79,11 +79,20 @@ def test_baud_rates_are_per_device(tmp_path):
     assert load_station_file(path).bauds == {"controller": 115200, "taps": 921600}
 
 
-def test_station_file_limits_default_to_the_stations_own():
-    from sortline.edge_runtime.config import _LimitsTable
+def test_station_file_limits_and_event_log_are_the_stations_own(tmp_path):
+    """One model: the file's [limits] table is the station's ReadingLimits, and what the file does
+    not set keeps the station's own defaults."""
+    from sortline.edge_runtime.station import StationConfig
     from sortline.edge_runtime.station.readings import ReadingLimits
 
-    assert ReadingLimits(**_LimitsTable().model_dump()) == ReadingLimits()
+    path = tmp_path / "station.toml"
+    path.write_text('[controller]\nport = "loop://"\n[[views]]\nrgb = 0\n')
+    config = load_station_file(path).station_config()
+    assert config == StationConfig()
+    path.write_text('[controller]\nport = "loop://"\n[limits]\ntap_peak_n = [0, 90]\n[station]\nevent_log_keep = 2\n'
+                    '[[views]]\nrgb = 0\n')
+    config = load_station_file(path).station_config()
+    assert config.limits == ReadingLimits(tap_peak_n=(0.0, 90.0)) and config.event_log_keep == 2
 
 
 def test_record_a_live_station_and_replay_it(tmp_path, tiny_bundle, capsys):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sortline.edge_runtime.bundle import load_bundle
 from sortline.edge_runtime.cli import main
+from sortline.edge_runtime.model.bundle import load_bundle
 
 FIELDS = ("items", "gate_commands", "lost", "duplicates", "accuracy", "mcc", "latency_ms_p50",
           "latency_ms_p99", "deadline_misses", "items_per_s", "faults")

@@ -13,18 +13,15 @@ import numpy as np
 import pytest
 from conftest import DETECT_SPEC, FIXTURES
 
-from sortline.edge_runtime.bundle import DecisionPolicy, Manifest, write_bundle
-from sortline.edge_runtime.detect import (
+from sortline.edge_runtime.detection.detector import (
     DetectConfig,
     DetectError,
     Detection,
     Detector,
     WindowScores,
-    pool_window,
-    pool_windows,
     store_features,
 )
-from sortline.edge_runtime.detect_eval import (
+from sortline.edge_runtime.detection.evaluation import (
     PasteConfig,
     Scene,
     average_precision,
@@ -34,10 +31,12 @@ from sortline.edge_runtime.detect_eval import (
     procedural_exemplars,
     score_detections,
 )
-from sortline.edge_runtime.embedder import OnnxEmbedder
-from sortline.edge_runtime.fusion import FusionSpec
-from sortline.edge_runtime.keypoints import KeypointConfig, KeypointError, KeypointMatcher
-from sortline.edge_runtime.memory import EmbeddingStore
+from sortline.edge_runtime.detection.keypoints import KeypointConfig, KeypointError, KeypointMatcher
+from sortline.edge_runtime.detection.pooling import pool_window, pool_windows
+from sortline.edge_runtime.learning.store import EmbeddingStore
+from sortline.edge_runtime.model.bundle import DecisionPolicy, Manifest, write_bundle
+from sortline.edge_runtime.model.embedder import OnnxEmbedder
+from sortline.edge_runtime.model.fusion import FusionSpec
 from sortline.hardware.camera import FrameError
 
 SIZE = (192, 256)  # frame height, width
@@ -210,7 +209,7 @@ def test_paste_scenes_are_reproducible_and_inside_the_frame(exemplars):
 
 def test_store_examples_are_exemplars(embedder, exemplars, tiny_detector_bundle, tmp_path):
     det = detector(embedder, exemplars, mode="crops")
-    features = det._crop_embeddings(exemplars.values())
+    features = det.embedding.crop_embeddings(exemplars.values())
     with EmbeddingStore(tmp_path / "store.sqlite", tiny_detector_bundle.manifest.files["backbone.onnx"],
                         features.shape[1]) as store:
         store.add_groups({label: row[None] for label, row in zip(exemplars, features)}, source="test")

@@ -23,7 +23,7 @@ def test_edge_runs_with_torch_unimportable(tiny_bundle):
             for mod in pkgutil.iter_modules(pkg.__path__):
                 importlib.import_module(f"{{pkg.__name__}}.{{mod.name}}")
         from sortline.edge_runtime.cli import main
-        from sortline.edge_runtime.pipeline import ItemPipeline
+        from sortline.edge_runtime.model.pipeline import ItemPipeline
         from sortline.hardware.sim.avocado import make_fruit, render_views, tap_series
         from sortline.hardware.camera import ItemCapture
         pipeline = ItemPipeline.from_path({str(tiny_bundle.root)!r})

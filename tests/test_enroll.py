@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 from conftest import tiny_backbone_onnx
 
-from sortline.edge_runtime.bundle import DecisionPolicy, Manifest, write_bundle
 from sortline.edge_runtime.cli import main
-from sortline.edge_runtime.embedder import OnnxEmbedder
-from sortline.edge_runtime.enroll import EXAMPLES_FILE, Enroller, HeadWatcher, RefitRefused, write_examples
-from sortline.edge_runtime.fusion import FusionSpec, LabeledItem, fit_fusion_head
-from sortline.edge_runtime.head import LogisticHead
-from sortline.edge_runtime.memory import EmbeddingStore, StoreError
-from sortline.edge_runtime.pipeline import UNKNOWN, Classifier, ItemPipeline
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.learning.enroll import EXAMPLES_FILE, Enroller, HeadWatcher, RefitRefused, write_examples
+from sortline.edge_runtime.learning.store import EmbeddingStore, StoreError
+from sortline.edge_runtime.model.bundle import DecisionPolicy, Manifest, write_bundle
+from sortline.edge_runtime.model.embedder import OnnxEmbedder
+from sortline.edge_runtime.model.fusion import FusionSpec, LabeledItem, fit_fusion_head
+from sortline.edge_runtime.model.head import LogisticHead
+from sortline.edge_runtime.model.pipeline import UNKNOWN, Classifier, ItemPipeline
+from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.hardware.sim.checkout import Catalog, CheckoutScenario
 from sortline.hardware.sim.line import LineConfig
 
@@ -305,7 +305,7 @@ def _writer(path: str, seed: int) -> None:
             if len(names) >= 2:
                 y = np.array([names.index(n) for n in ex.labels])
                 head = LogisticHead.fit(ex.features, y, names, C=0.1)
-                from sortline.edge_runtime.memory import HeadRecord
+                from sortline.edge_runtime.learning.store import HeadRecord
 
                 store.commit_head(HeadRecord(0, "", store.current, tuple(names), {n: 1 for n in names}, len(ex),
                                              {"last_example": int(ex.ids.max())}, head.to_bytes()))
@@ -343,7 +343,7 @@ def test_kill_9_at_any_moment_leaves_a_loadable_store(tmp_path):
 
 
 def test_enroll_refit_and_swap_while_the_line_runs(tmp_path, six_products):
-    from sortline.edge_runtime.hil import sort_on_simulated_line
+    from sortline.edge_runtime.hil.runs import sort_on_simulated_line
 
     pipeline = ItemPipeline(six_products, threads=1)
     enroller = Enroller(six_products, tmp_path / "store.sqlite")

@@ -11,8 +11,8 @@ import torch
 
 from sortline.edge_runtime.cli import main
 from sortline.edge_runtime.datasets import load_image_set, reference_images
-from sortline.edge_runtime.head import LogisticHead
-from sortline.edge_runtime.preprocess import InputSpec, normalize
+from sortline.edge_runtime.model.head import LogisticHead
+from sortline.edge_runtime.model.preprocess import InputSpec, normalize
 from sortline.train.backbones import build_backbone
 from sortline.train.data import load_training_set
 from sortline.train.eval_report import align_classes

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sortline.edge_runtime.embedder import OnnxEmbedder
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.model.embedder import OnnxEmbedder
+from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.export.onnx_export import compare, export_backbone, torch_embeddings
 from sortline.export.quantize import quantize_int8
 from sortline.train.backbones import build_backbone
@@ -62,7 +62,7 @@ def test_the_exported_model_takes_any_frame_size_and_pools_like_the_backbone(tmp
     """Detection runs the model on whole frames: both outputs match PyTorch at sizes other than
     the export's, and an LCA backbone's embedding is its LCA pooling (the edge's window pooling
     reproduces it from the feature map)."""
-    from sortline.edge_runtime.detect import pool_window
+    from sortline.edge_runtime.detection.pooling import pool_window
 
     torch.manual_seed(1)
     spec = InputSpec.for_channels(("r", "g", "b"), size=64)

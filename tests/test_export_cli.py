@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sortline.edge_runtime.bundle import load_bundle
 from sortline.edge_runtime.cli import main
+from sortline.edge_runtime.model.bundle import load_bundle
 
 CLASSES = {"red-disc": (220, 40, 40), "green-square": (40, 200, 60), "blue-bar": (50, 60, 230)}
 

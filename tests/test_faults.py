@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from sortline.edge_runtime.hil import sort_on_simulated_line
-from sortline.edge_runtime.pipeline import ItemPipeline
+from sortline.edge_runtime.hil.runs import sort_on_simulated_line
+from sortline.edge_runtime.model.pipeline import ItemPipeline
 from sortline.hardware.sim.faults import FaultRates
 from sortline.hardware.sim.line import LineConfig
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sortline.edge_runtime.fusion import FusionSpec, fuse, sensor_features
+from sortline.edge_runtime.model.fusion import FusionSpec, fuse, sensor_features
 from sortline.hardware.protocol import ScaleReading, TapReading
 
 

@@ -5,7 +5,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from sortline.edge_runtime.head import HeadError, LogisticHead
+from sortline.edge_runtime.model.head import HeadError, LogisticHead
 
 
 def _blobs(n=300, d=6, k=3, seed=0):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sortline.edge_runtime.bundle import MANIFEST, BundleError, load_bundle, sha256_file
-from sortline.edge_runtime.config import ConfigError, load_station_file
-from sortline.edge_runtime.pipeline import ItemPipeline
+from sortline.edge_runtime.daemon.config import ConfigError, load_station_file
+from sortline.edge_runtime.model.bundle import MANIFEST, BundleError, load_bundle, sha256_file
+from sortline.edge_runtime.model.pipeline import ItemPipeline
 from sortline.edge_runtime.station.readings import ReadingLimits
 from sortline.hardware.camera import FrameError
 from sortline.hardware.images import decode_image

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sortline.edge_runtime.cli import main
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.hardware.sim.avocado import make_fruit, render_views
 from sortline.train.augment import AugmentConfig, MultiChannelAugment, TileShuffle
 from sortline.train.backbones import BACKBONES, LCAPool, build_backbone, lca_weights

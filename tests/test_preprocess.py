@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sortline.edge_runtime.preprocess import InputSpec, normalize, preprocess_views, to_unit_chw
+from sortline.edge_runtime.model.preprocess import InputSpec, normalize, preprocess_views, to_unit_chw
 from sortline.hardware.camera import FrameError, ViewFrame
 
 
@@ -50,7 +50,7 @@ def test_spec_round_trips_through_a_dict():
 
 
 def test_colour_histogram_tells_colours_apart_and_checks_its_input():
-    from sortline.edge_runtime.descriptors import ColourHistogram
+    from sortline.edge_runtime.model.descriptors import ColourHistogram
 
     spec = InputSpec(size=16, channels=("nir", "r", "g", "b"))
     arrays = np.stack([np.rint(to_unit_chw(_view(r, g, b), spec) * 255).astype(np.uint8)

@@ -11,7 +11,7 @@ import torch
 from test_evaluate import store  # noqa: F401  (the drawn grocery-store-like data set)
 
 from sortline.edge_runtime.cli import main
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.train.augment import MultiChannelAugment
 from sortline.train.checkpoint import load_checkpoint
 from sortline.train.data import ResolutionSchedule, ViewsDataset
@@ -136,7 +136,7 @@ def test_pretrain_recipe_fits_the_budget_and_evaluate_scores_the_histogram(store
 def test_a_station_pool_of_rgb_and_nir_views_pretrains_with_the_recipe(tmp_path):
     """`sortline demo/fit --recipe`: the pool is RGB+NIR views in memory; the colour objective
     reads the RGB channels, and the bundle records the recipe's plan."""
-    from sortline.edge_runtime.bundle import load_bundle
+    from sortline.edge_runtime.model.bundle import load_bundle
     from sortline.train.demo import DemoConfig, train_station_bundle
 
     trained = train_station_bundle(DemoConfig(seed=1, pool_fruit=16, labeled_fruit=40, image_size=32,

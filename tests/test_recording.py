@@ -8,7 +8,7 @@ import json
 import pytest
 
 from sortline.edge_runtime.cli import main
-from sortline.edge_runtime.pipeline import LATE, OVERLOAD, UNANNOUNCED
+from sortline.edge_runtime.model.pipeline import LATE, OVERLOAD, UNANNOUNCED
 from sortline.hardware.recording import Recording, RecordingError
 
 
@@ -86,7 +86,7 @@ def test_broken_recordings_are_clear_errors(tmp_path, tiny_bundle, capsys):
 
 def test_replay_fails_when_an_item_got_no_gate_command(recording, tiny_bundle, capsys, monkeypatch):
     """A run that lost an item exits non-zero (scripts and CI see it), its summary still printed."""
-    from sortline.edge_runtime import hil
+    from sortline.edge_runtime.hil import runs as hil
 
     real = hil.replay_recording
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sortline.edge_runtime.bundle import (
+from sortline.edge_runtime.cli import main
+from sortline.edge_runtime.model.bundle import (
     MANIFEST,
     SIGNATURE,
     BundleError,
@@ -25,9 +26,9 @@ from sortline.edge_runtime.bundle import (
     sign_bundle,
     write_bundle,
 )
-from sortline.edge_runtime.cli import main
-from sortline.edge_runtime.pipeline import ItemPipeline
-from sortline.hardware.files import publish_dir, staging_dir
+from sortline.edge_runtime.model.pipeline import ItemPipeline
+from sortline.hardware import files
+from sortline.hardware.files import atomic_file, publish_dir, staging_dir
 from sortline.hardware.recording import Recording, RecordingError, RecordingWriter
 
 
@@ -184,14 +185,69 @@ def test_killed_writers_never_leave_a_path_missing_or_half_written(tmp_path, tin
     assert leftovers == []
 
 
-def test_publish_replaces_a_folder_in_one_step(tmp_path):
+def _exchange_works(folder: Path) -> bool:
+    a, b = folder / "exchange-a", folder / "exchange-b"
+    a.mkdir()
+    b.mkdir()
+    try:
+        return files._exchange(a, b)
+    finally:
+        shutil.rmtree(a)
+        shutil.rmtree(b)
+
+
+def test_publish_replaces_a_folder_in_one_step(tmp_path, monkeypatch):
+    """The destination is never missing: the old folder is swapped for the new one by one
+    exchange, and never renamed away (which the two-rename fallback would do)."""
+    if not _exchange_works(tmp_path):
+        pytest.skip("this kernel or file system has no renameat2(RENAME_EXCHANGE): only the fallback can run")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old").write_text("1")
+    staging = staging_dir(out, "test")
+    (staging / "new").write_text("2")
+    renamed = []
+    real_rename = Path.rename
+
+    def rename(self: Path, target):
+        renamed.append(self)
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    publish_dir(staging, out)
+    assert out not in renamed, "the destination was renamed away: the folder was missing for a moment"
+    assert sorted(p.name for p in out.iterdir()) == ["new"] and not staging.exists()
+
+
+def test_publish_falls_back_to_two_renames_and_says_so(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)  # as on a system without the exchange
     out = tmp_path / "out"
     out.mkdir()
     (out / "old").write_text("1")
     staging = staging_dir(out, "test")
     (staging / "new").write_text("2")
     publish_dir(staging, out)
-    assert sorted(p.name for p in out.iterdir()) == ["new"] and not staging.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["new"] and "two renames" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left beside it
+
+
+def test_an_atomic_file_replaces_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "state.pt"
+    out.write_bytes(b"old")
+    with atomic_file(out, "state") as tmp:
+        assert tmp.parent == tmp_path and tmp != out
+        tmp.write_bytes(b"new")
+        assert out.read_bytes() == b"old"  # unchanged until the block ends
+    assert out.read_bytes() == b"new"
+    with pytest.raises(RuntimeError), atomic_file(out, "state") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed while writing")
+    assert out.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
+    left = tmp_path / f".state.pt.state-{_dead_pid()}-abc"  # a writer killed mid-way
+    left.write_bytes(b"x")
+    with atomic_file(out, "state") as tmp:
+        tmp.write_bytes(b"newer")
+    assert not left.exists() and out.read_bytes() == b"newer"
 
 
 def _dead_pid() -> int:

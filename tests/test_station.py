@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sortline.edge_runtime.hil import sort_on_simulated_line
-from sortline.edge_runtime.pipeline import CONFIDENT, LATE, NO_VIEWS, UNANNOUNCED, UNSURE, ItemPipeline
+from sortline.edge_runtime.hil.runs import sort_on_simulated_line
+from sortline.edge_runtime.model.pipeline import CONFIDENT, LATE, NO_VIEWS, UNANNOUNCED, UNSURE, ItemPipeline
 from sortline.edge_runtime.station import Station, StationConfig
 from sortline.hardware.camera import FrameError, ItemCapture
 from sortline.hardware.protocol import Ack, GateCommand, Heartbeat, ItemArrival
@@ -98,8 +98,8 @@ def test_bad_items_go_to_the_safe_exit_and_the_line_goes_on(harness):
     gates = _gates(controller, 3)
     gates += _gates(controller, 99, timeout_s=0.3)  # anything extra would arrive now
     assert sorted(g.item_id for g in gates) == [1, 2, 3]
-    assert _eventually(lambda: len(station.decisions) == 3)
-    by_item = {d.item_id: d for d in station.decisions}
+    assert _eventually(lambda: len(station.recent.decisions) == 3)
+    by_item = {d.item_id: d for d in station.recent.decisions}
     assert by_item[2].reason == NO_VIEWS and by_item[2].exit == 0
     assert by_item[1].reason in (CONFIDENT, UNSURE)
     assert station.stats.repeated_announcements == 1
@@ -112,8 +112,8 @@ def test_an_item_announced_too_late_goes_to_the_safe_exit(harness):
     controller.send(ItemArrival(item_id=9, lane=0, t_ms=0, deadline_ms=0))  # its gate is already here
     (gate,) = _gates(controller, 1)
     assert gate.exit == 0
-    assert _eventually(lambda: len(station.decisions) == 1)
-    assert station.decisions[-1].reason == LATE
+    assert _eventually(lambda: len(station.recent.decisions) == 1)
+    assert station.recent.decisions[-1].reason == LATE
     assert station.stats.deadline_misses == 1
 
 
@@ -124,7 +124,7 @@ def test_unacknowledged_command_is_resent_until_the_gate(harness):
     assert len(copies) >= 3 and {g.item_id for g in copies} == {5} and len({g.exit for g in copies}) == 1
     assert _eventually(lambda: station.stats.unacked == 1)
     assert station.stats.retransmissions == len(copies) - 1
-    assert len(station.decisions) == 1  # one decision, sent several times
+    assert len(station.recent.decisions) == 1  # one decision, sent several times
 
 
 def test_items_whose_announcement_was_lost_still_get_one_command(harness):
@@ -136,8 +136,8 @@ def test_items_whose_announcement_was_lost_still_get_one_command(harness):
     controller.send(Heartbeat(t_ms=0, last_item_id=15))  # and 15's announcement is lost too
     gates = _gates(controller, 5) + _gates(controller, 99, timeout_s=0.3)
     assert sorted(g.item_id for g in gates) == [11, 12, 13, 14, 15]
-    assert _eventually(lambda: len(station.decisions) == 5)
-    by_item = {d.item_id: d for d in station.decisions}
+    assert _eventually(lambda: len(station.recent.decisions) == 5)
+    by_item = {d.item_id: d for d in station.recent.decisions}
     assert by_item[13].reason == UNANNOUNCED and by_item[15].reason == UNANNOUNCED
     assert by_item[12].reason != UNANNOUNCED and station.stats.unannounced == 2
 
@@ -170,7 +170,7 @@ def test_the_hostile_serial_corpus_neither_stops_nor_misroutes_the_line(harness,
     gates += _gates(controller, 99, timeout_s=0.3)
     assert {g.item_id for g in gates} == set(range(1, 11))  # a late ack may bring a resend: the same exit
     assert all(len({g.exit for g in gates if g.item_id == item}) == 1 for item in range(1, 11))
-    assert _eventually(lambda: len(station.decisions) == 10)
+    assert _eventually(lambda: len(station.recent.decisions) == 10)
     events = {e["item_id"]: e for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())}
     assert events[5].get("sensor_rejected") is True and events[5]["exit"] in (0, 1, 2, 3)
     assert not any(events[i].get("sensor_rejected") for i in (1, 3, 4, 6, 7, 8, 9, 10))

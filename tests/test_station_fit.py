@@ -9,17 +9,19 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import chromium_browser
 
-from sortline.edge_runtime.bundle import load_bundle
 from sortline.edge_runtime.cli import main
-from sortline.edge_runtime.config import ConfigError
-from sortline.edge_runtime.labels import LabelBook, LabelError, folder_items, recording_items
-from sortline.edge_runtime.policy import load_policy, policy_toml
+from sortline.edge_runtime.daemon.config import ConfigError
+from sortline.edge_runtime.labelling.book import LabelBook, LabelError, folder_items, recording_items
+from sortline.edge_runtime.model.bundle import load_bundle
+from sortline.edge_runtime.model.policy import load_policy, policy_toml
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -223,13 +225,13 @@ def test_the_labelling_page_refuses_bad_requests(tmp_path, recorded):
     import urllib.error
     import urllib.request
 
-    from sortline.edge_runtime.label_page import LabelSession, serve_label_page
+    from sortline.edge_runtime.labelling.page import LabelSession, serve_label_page
 
     rec = tmp_path / "rec"
     shutil.copytree(recorded, rec)
     _strip_truth(rec)
     server = serve_label_page(LabelSession(rec, ["A", "external"]))
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    base = f"http://127.0.0.1:{server.port}"
 
     def call(path: str, body: bytes | None = None) -> tuple[int, dict | bytes]:
         request = urllib.request.Request(base + path, data=body, method="POST" if body is not None else "GET",
@@ -243,19 +245,21 @@ def test_the_labelling_page_refuses_bad_requests(tmp_path, recorded):
 
     try:
         assert call("/api/label", b'{"item_id": 1, "label": "A"}')[0] == 200
-        for body, why in [(b"{not json", "Expecting"), (b'{"item_id": 999, "label": "A"}', "not in the recording"),
-                          (b'{"item_id": 1, "label": "pear"}', "not one of the classes"),
-                          (b'{"item_id": "x", "label": "A"}', "invalid literal"), (b"[1, 2]", "indices"),
-                          (b"x" * 5000, "bytes")]:
-            status, reply = call("/api/label", body)
-            assert status == 400 and why in reply["error"], (body[:20], reply)
+        for body, status, why in [(b"{not json", 400, "JSON"), (b'{"item_id": 999, "label": "A"}', 400,
+                                                                 "not in the recording"),
+                                  (b'{"item_id": 1, "label": "pear"}', 400, "not one of the classes"),
+                                  (b'{"item_id": "x", "label": "A"}', 400, "item_id"), (b"[1, 2]", 400, "body"),
+                                  (b'{"item_id": 1, "label": "A", "x": 1}', 400, "x"),
+                                  (b"x" * 5000, 413, "bytes")]:
+            got, reply = call("/api/label", body)
+            assert got == status and why in reply["detail"], (body[:20], got, reply)
         assert call("/frames/1/v0.rgb.png")[0] == 200
         for path in ["/frames/1/../../recording.json", "/frames/999/v0.rgb.png", "/frames/1/v9.rgb.png",
-                     "/etc/passwd", "/api/item/999"]:
-            assert call(path)[0] == 404, path
+                     "/frames/1/v0.exe.png", "/etc/passwd", "/api/item/999", "/static/../labels.jsonl"]:
+            assert call(path)[0] in (400, 404), path  # refused, or not there
         assert LabelBook(rec).labels == {1: "A"}  # nothing else was written
     finally:
-        server.shutdown()
+        server.stop()
 
 
 def test_fit_without_labels_says_how_to_get_them(tmp_path, recorded, capsys):
@@ -265,3 +269,43 @@ def test_fit_without_labels_says_how_to_get_them(tmp_path, recorded, capsys):
     assert main(["fit", "--data", str(rec), "--out", str(tmp_path / "b"), "--quiet"]) == 2
     assert "sortline label REC" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_the_labelling_page_shows_hostile_class_and_recording_names_as_text(tmp_path, recorded):
+    """Class names from a CSV or a recording, and the recording's own folder name, reach the page
+    as text: markup in them is shown, never parsed or run; a label given with a key is stored as
+    exactly that text."""
+    from conftest import HOSTILE_NAMES, assert_nothing_injected, chromium_browser
+
+    browser = chromium_browser()  # first: it skips where selenium or chromium is missing
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from sortline.edge_runtime.labelling.page import LabelSession, serve_label_page
+
+    rec = tmp_path / "rec <b id=injected4>x</b>"
+    shutil.copytree(recorded, rec)
+    _strip_truth(rec)
+    server = serve_label_page(LabelSession(rec, list(HOSTILE_NAMES)))
+    try:
+        url = f"http://127.0.0.1:{server.port}/"
+        with urllib.request.urlopen(url, timeout=5) as page:
+            assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+        wait = WebDriverWait(browser, 20)
+        browser.get(url)
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        classes = browser.find_elements(By.CSS_SELECTOR, "#classes .cls")
+        assert [c.get_property("textContent") for c in classes] == [
+            f"{key}{name}" for key, name in zip("123", HOSTILE_NAMES)]
+        assert rec.name in browser.find_element(By.ID, "rec").get_property("textContent")
+        browser.find_element(By.TAG_NAME, "body").send_keys("1")  # item 1 gets the first hostile name
+        wait.until(lambda b: b.find_element(By.ID, "item-title").text.startswith("item 2 "))
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_LEFT)
+        wait.until(lambda b: b.find_element(By.ID, "item-title").text.startswith("item 1 "))
+        assert browser.find_element(By.ID, "label-now").get_property("textContent") == HOSTILE_NAMES[0]
+        assert_nothing_injected(browser)
+    finally:
+        browser.quit()
+        server.stop()
+    assert LabelBook(rec).labels == {1: HOSTILE_NAMES[0]}

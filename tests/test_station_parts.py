@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from sortline.edge_runtime.pipeline import CONFIDENT, LATE, OVERLOAD, UNANNOUNCED, UNSURE, ItemPipeline
+from sortline.edge_runtime.model.pipeline import CONFIDENT, LATE, OVERLOAD, UNANNOUNCED, UNSURE, ItemPipeline
 from sortline.edge_runtime.station import (
     FlowResult,
     GateChannel,
@@ -317,8 +317,8 @@ def test_an_item_whose_embeddings_are_back_waits_for_its_taps_then_is_decided(ti
     finally:
         station.flow.stop()
     (command,) = link.sent
-    assert station.decisions[-1].reason in (CONFIDENT, UNSURE)
-    assert command.exit == station.decisions[-1].exit
+    assert station.recent.decisions[-1].reason in (CONFIDENT, UNSURE)
+    assert command.exit == station.recent.decisions[-1].exit
 
 
 def test_late_and_unannounced_items_each_get_one_safe_command(tiny_bundle):
@@ -331,7 +331,7 @@ def test_late_and_unannounced_items_each_get_one_safe_command(tiny_bundle):
     station.step(0)
     clock.t += 0.1
     station.step(0)
-    by_item = {d.item_id: d.reason for d in station.decisions}
+    by_item = {d.item_id: d.reason for d in station.recent.decisions}
     assert by_item[1] == LATE and by_item[2] == UNANNOUNCED
 
 
@@ -362,7 +362,7 @@ def test_an_offered_rate_above_a_links_capacity_is_warned_once_a_minute(caplog):
 
 
 def test_one_thread_when_it_already_reaches_the_target_rate(tiny_bundle):
-    from sortline.edge_runtime.runtimes import choose_runtime
+    from sortline.edge_runtime.model.choice import choose_runtime
 
     choice = choose_runtime(tiny_bundle.backbone_path, tiny_bundle.manifest.input, "onnxruntime",
                             target_items_per_s=1.0, budget_s=0.1)
@@ -370,7 +370,7 @@ def test_one_thread_when_it_already_reaches_the_target_rate(tiny_bundle):
 
 
 def test_more_threads_only_when_short_of_the_target_and_they_pay(tiny_bundle, monkeypatch):
-    from sortline.edge_runtime import runtimes
+    from sortline.edge_runtime.model import choice as runtimes
 
     monkeypatch.setattr(runtimes.os, "cpu_count", lambda: 2)
     path, spec = tiny_bundle.backbone_path, tiny_bundle.manifest.input

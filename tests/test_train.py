@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.train.augment import MultiChannelAugment
 from sortline.train.backbones import build_backbone
 from sortline.train.data import ViewsDataset

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.model.preprocess import InputSpec
 
 
 @dataclass(frozen=True)

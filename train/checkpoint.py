@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from sortline.edge_runtime.errors import SortlineError
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.model.preprocess import InputSpec
+from sortline.hardware.files import atomic_file
 
 from .backbones import Backbone, build_backbone
 
@@ -19,15 +20,14 @@ class CheckpointError(SortlineError, ValueError):
 
 
 def save_checkpoint(path: Path, backbone: Backbone, spec: InputSpec, **meta: object) -> Path:
-    """Write atomically (temporary file, then rename): a crash never leaves half a checkpoint."""
+    """Write atomically (``hardware/files.py``): a crash never leaves half a checkpoint."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(
-        {"format": FORMAT, "backbone": backbone.name, "in_channels": backbone.in_channels, "pool": backbone.pool,
-         "input_spec": spec.to_dict(), "state_dict": backbone.state_dict(), "meta": meta},
-        tmp,
-    )
-    tmp.replace(path)
+    with atomic_file(path, "checkpoint") as tmp:
+        torch.save(
+            {"format": FORMAT, "backbone": backbone.name, "in_channels": backbone.in_channels, "pool": backbone.pool,
+             "input_spec": spec.to_dict(), "state_dict": backbone.state_dict(), "meta": meta},
+            tmp,
+        )
     return path
 
 

@@ -9,8 +9,12 @@ import argparse
 import importlib
 from pathlib import Path
 
-from sortline.edge_runtime.cli import line_flags, runtime_flags
+from sortline.edge_runtime.cli import flags
+from sortline.edge_runtime.daemon.config import API_PORT
 from sortline.edge_runtime.errors import SortlineError
+
+from .methods import METHODS
+from .recipe_book import RECIPES
 
 
 class DesktopMissing(SortlineError):
@@ -30,9 +34,10 @@ def _desktop(name: str):
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    demo = commands.add_parser("demo", help="the whole loop on a simulated avocado line")
+    report, quiet = flags.report(), flags.quiet()
+    demo = commands.add_parser("demo", parents=[flags.line(), flags.runtime(), quiet, report],
+                               help="the whole loop on a simulated avocado line")
     demo.add_argument("--items", type=int, default=500, help="items to sort (default 500)")
-    line_flags(demo)
     demo.add_argument("--backbone", default="resnet10", help="the backbone to pretrain (default resnet10)")
     demo.add_argument("--image-size", type=int, default=64, help="the model's input size in px (default 64)")
     demo.add_argument("--scenario", choices=["avocado", "checkout"], default="avocado",
@@ -45,25 +50,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--labeled-fruit", "--labeled-items", type=int, default=600,
                       help="labeled items for the fusion head")
     demo.add_argument("--epochs", type=float, default=6.0, help="pretraining epochs over the pool (0: random init)")
-    demo.add_argument("--recipe", choices=["small-data"],
+    demo.add_argument("--recipe", choices=sorted(RECIPES),
                       help="pretrain with this recipe (its backbone and schedule, within 6 minutes) instead of "
                            "--epochs of SimCLR on --backbone")
     demo.add_argument("--faults", type=float, default=0.0,
                       help="inject every fault kind on the simulated line at this rate (e.g. 0.01)")
     demo.add_argument("--seed", type=int, default=0)
-    runtime_flags(demo)
     demo.add_argument("--serve", action="store_true",
                       help="keep the station's HTTP API and operator page up while it sorts (use a large --items)")
-    demo.add_argument("--port", type=int, default=8750, help="--serve: the port on 127.0.0.1 (8750)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    demo.add_argument("--port", type=int, default=API_PORT, help=f"--serve: the port on 127.0.0.1 ({API_PORT})")
     demo.set_defaults(handler=_desktop("demo"))
 
-    pretrain = commands.add_parser("pretrain", help="pretrain a backbone (self-supervised, supcon or distill)")
+    pretrain = commands.add_parser(
+        "pretrain", parents=[quiet, report], help="pretrain a backbone (self-supervised, supcon or distill)")
     how = pretrain.add_mutually_exclusive_group(required=True)
-    how.add_argument("--method",
-                     choices=["simclr", "moco", "byol", "simsiam", "barlow", "rotnet", "jigsaw", "supcon", "distill"])
-    how.add_argument("--recipe", choices=["small-data"],
+    how.add_argument("--method", choices=list(METHODS))
+    how.add_argument("--recipe", choices=sorted(RECIPES),
                      help="small-data: the settings that work on a few thousand real photos (docs/quality.md), "
                           "fitted to --max-seconds (default 1800); the flags below override its choices")
     pretrain.add_argument("--data", type=Path, required=True,
@@ -103,11 +105,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out, not stop")
     pretrain.add_argument("--out", type=Path, default=Path("backbone.ckpt"))
-    pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
-    pretrain.add_argument("--json", action="store_true")
     pretrain.set_defaults(handler=_desktop("pretrain"))
 
-    evaluate = commands.add_parser("evaluate", help="judge a backbone's embeddings: probes, k-NN, retrieval, "
+    evaluate = commands.add_parser(
+        "evaluate", parents=[quiet, report], help="judge a backbone's embeddings: probes, k-NN, retrieval, "
                                    "few-shot, fine-tuning, with plots")
     model = evaluate.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", type=Path, help="a sortline backbone checkpoint")
@@ -134,18 +135,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--gradcam-samples", type=int, default=16)
     evaluate.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out, not stop")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
-    evaluate.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     evaluate.set_defaults(handler=_desktop("evaluate"))
 
-    fit = commands.add_parser("fit", help="a station's own items (recordings, item folders) → a verified bundle")
+    fit = commands.add_parser(
+        "fit", parents=[quiet, report], help="a station's own items (recordings, item folders) → a verified bundle")
     fit.add_argument("--data", type=Path, nargs="+", required=True,
                      help="recordings (labelled with 'sortline label') and item folder trees (ITEMS/<class>/<item>/)")
     fit.add_argument("--out", type=Path, required=True, help="the bundle to write")
     source = fit.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help="take this backbone instead of pretraining one")
     source.add_argument("--epochs", type=float, default=6.0, help="SimCLR epochs over every item's views (6)")
-    source.add_argument("--recipe", choices=["small-data"],
+    source.add_argument("--recipe", choices=sorted(RECIPES),
                         help="pretrain with this recipe (its backbone and schedule) within --max-seconds")
     fit.add_argument("--policy", type=Path, help="decision policy file (TOML): class → exit, confidence, safe exit")
     fit.add_argument("--backbone", default="resnet10")
@@ -153,11 +153,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--max-seconds", type=float, default=360.0, help="pretraining time budget (360)")
     fit.add_argument("--name", help="bundle name (default: the output's file name)")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--quiet", action="store_true")
-    fit.add_argument("--json", action="store_true")
     fit.set_defaults(handler=_desktop("fit"))
 
-    export = commands.add_parser("export", help="a trained backbone → ONNX (int8/fp16) → verified bundle")
+    export = commands.add_parser(
+        "export", parents=[report], help="a trained backbone → ONNX (int8/fp16) → verified bundle")
     export.add_argument("--checkpoint", type=Path, required=True, help="a sortline backbone checkpoint")
     export.add_argument("--calibration", type=Path, required=True,
                         help="images for parity and int8 ranges: a folder or a split file")
@@ -174,6 +173,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--policy", type=Path, help="decision policy file (TOML) for the labelled classes")
     export.add_argument("--out", type=Path, required=True,
                         help="bundle to write: a folder, or an archive when it ends in .tar, .tar.gz or .tgz")
-    export.add_argument("--json", action="store_true")
     export.set_defaults(handler=_desktop("export"))
 

@@ -46,7 +46,7 @@ def export(args: argparse.Namespace) -> dict:
     if args.policy is not None:
         if labeled is None:
             raise DatasetError("--policy needs labelled images (--labeled, or a labelled calibration set)")
-        from sortline.edge_runtime.policy import load_policy
+        from sortline.edge_runtime.model.policy import load_policy
 
         policy = load_policy(args.policy, labeled[1].class_names)
     bundle, report = build_bundle(backbone, spec, calibration, args.out, config, labeled=labeled,
@@ -66,8 +66,8 @@ def fit(args: argparse.Namespace) -> dict:
 
     from tqdm import tqdm
 
-    from sortline.edge_runtime.labels import load_items
-    from sortline.edge_runtime.policy import load_policy
+    from sortline.edge_runtime.labelling.book import load_items
+    from sortline.edge_runtime.model.policy import load_policy
 
     from .station_fit import FitConfig, fit_items
 

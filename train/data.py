@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from sortline.edge_runtime.datasets import DatasetError, ImageSet, load_image_set
-from sortline.edge_runtime.preprocess import InputSpec, normalize, to_unit_chw
+from sortline.edge_runtime.model.preprocess import InputSpec, normalize, to_unit_chw
 from sortline.hardware.camera import FrameError, ViewFrame
 from sortline.hardware.images import IMAGE_SUFFIXES, decode_image, read_image
 from sortline.hardware.recording import Recording

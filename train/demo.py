@@ -13,18 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest
-from sortline.edge_runtime.fusion import FusionSpec
-from sortline.edge_runtime.hil import make_scenario, sort_on_simulated_line
-from sortline.edge_runtime.pipeline import ItemPipeline
-from sortline.edge_runtime.preprocess import InputSpec
-from sortline.edge_runtime.report import markdown
+from sortline.edge_runtime.cli.flags import until_signalled
+from sortline.edge_runtime.hil.report import markdown
+from sortline.edge_runtime.hil.runs import LineRun, make_scenario, sort_on_simulated_line
+from sortline.edge_runtime.model.bundle import Bundle, DecisionPolicy, Manifest
+from sortline.edge_runtime.model.fusion import FusionSpec
+from sortline.edge_runtime.model.pipeline import ItemPipeline
+from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.hardware.sim.faults import FaultRates
 from sortline.hardware.sim.line import LineConfig, Scenario
 
@@ -68,7 +70,7 @@ class DemoConfig:
     faults: float = 0.0  # rate of every fault kind on the simulated line
     seed: int = 0
     progress: bool = True
-    runtime: str = "auto"  # the station's inference runtime (edge_runtime/runtimes.py)
+    runtime: str = "auto"  # the station's inference runtime (edge_runtime/model/runtimes.py)
     threads: int | None = None  # None: measured
     serve_port: int | None = None  # --serve: the station's HTTP API and page on this port while it sorts
 
@@ -118,6 +120,24 @@ def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) 
     return TrainedStation(bundle, backbone, scenarios, manifest, fitted.export_report)
 
 
+def _sort_and_serve(cfg: DemoConfig, bundle: Bundle, pipeline: ItemPipeline, line: LineConfig, scenario: Scenario,
+                    events: Path, out: Path, stop: threading.Event) -> LineRun:
+    from sortline.edge_runtime.daemon.api import start_api
+    from sortline.edge_runtime.daemon.config import ApiSettings
+    from sortline.edge_runtime.learning.enroll import Enroller, HeadWatcher
+
+    api = ApiSettings(port=cfg.serve_port, token=os.environ.get("SORTLINE_API_TOKEN") or None)
+    print(f"station API and page on http://127.0.0.1:{cfg.serve_port}/ while {cfg.items} items pass "
+          f"(Ctrl-C or SIGTERM stops; changes need SORTLINE_API_TOKEN{'' if api.token else ', which is not set'})",
+          flush=True)
+    with Enroller(bundle, out / "enroll.sqlite") as enroller:
+        def serve_beside(running):  # the API of the running station, with its enrollment
+            return start_api(api, running, pipeline, enroller, HeadWatcher(enroller, pipeline)).stop
+
+        return sort_on_simulated_line(pipeline, line, scenario, event_log=events, progress=cfg.progress,
+                                      beside=serve_beside, stop=stop)
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,19 +152,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     events = out / "events.jsonl"
     events.unlink(missing_ok=True)
     pipeline = ItemPipeline.for_station(bundle, threads=cfg.threads, runtime=cfg.runtime)
-    if cfg.serve_port is None:
-        run = sort_on_simulated_line(pipeline, line, scenarios["line"], event_log=events, progress=cfg.progress)
-    else:  # the daemon's HTTP side beside the simulated line, enrollment into out/enroll.sqlite
-        from sortline.edge_runtime.api import ApiSettings
-        from sortline.edge_runtime.enroll import Enroller
-
-        api = ApiSettings(port=cfg.serve_port, token=os.environ.get("SORTLINE_API_TOKEN") or None)
-        print(f"station API and page on http://127.0.0.1:{cfg.serve_port}/ while {cfg.items} items pass "
-              f"(Ctrl-C stops; changes need SORTLINE_API_TOKEN{'' if api.token else ', which is not set'})",
-              flush=True)
-        with Enroller(bundle, out / "enroll.sqlite") as enroller:
-            run = sort_on_simulated_line(pipeline, line, scenarios["line"], event_log=events,
-                                         progress=cfg.progress, api=api, enroller=enroller)
+    # SIGINT or SIGTERM (a service manager's stop) ends the line early, as `sortline serve` stops:
+    # the items already announced are decided, and the summary is written.
+    with until_signalled() as stop:
+        if cfg.serve_port is None:
+            run = sort_on_simulated_line(pipeline, line, scenarios["line"], event_log=events, progress=cfg.progress,
+                                         stop=stop)
+        else:  # the daemon's HTTP side beside the simulated line, enrollment into out/enroll.sqlite
+            run = _sort_and_serve(cfg, bundle, pipeline, line, scenarios["line"], events, out, stop)
     t = stage("sort", timings, t)
 
     summary = {

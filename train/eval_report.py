@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sortline.edge_runtime.bundle import load_bundle
 from sortline.edge_runtime.datasets import DatasetError, reference_images
-from sortline.edge_runtime.descriptors import ColourHistogram
-from sortline.edge_runtime.embedder import OnnxEmbedder
+from sortline.edge_runtime.model.bundle import load_bundle
+from sortline.edge_runtime.model.descriptors import ColourHistogram
+from sortline.edge_runtime.model.embedder import OnnxEmbedder
 
 from .backbones import build_backbone
 from .checkpoint import load_checkpoint

@@ -1,9 +1,9 @@
 """Judging embeddings the way the literature does.
 
-Embeddings are taken through the edge preprocessing (:func:`sortline.edge_runtime.preprocess.
+Embeddings are taken through the edge preprocessing (:func:`sortline.edge_runtime.model.preprocess.
 normalize` on the uint8 arrays :mod:`sortline.train.data` keeps), from a checkpoint
 (:class:`TorchEncoder`) or from a bundle's ONNX model (:class:`OnnxEncoder`), and classifiers
-are the edge's own :class:`~sortline.edge_runtime.head.LogisticHead`, so a number measured here
+are the edge's own :class:`~sortline.edge_runtime.model.head.LogisticHead`, so a number measured here
 is the number a station would see.
 
 Protocols on frozen embeddings (``train`` is the labeled gallery, ``test`` the queries):
@@ -39,11 +39,11 @@ from sklearn.metrics import (
 )
 from sklearn.neighbors import KNeighborsClassifier
 
-from sortline.edge_runtime.descriptors import ColourHistogram
-from sortline.edge_runtime.embedder import OnnxEmbedder
 from sortline.edge_runtime.errors import SortlineError
-from sortline.edge_runtime.head import LogisticHead
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.model.descriptors import ColourHistogram
+from sortline.edge_runtime.model.embedder import OnnxEmbedder
+from sortline.edge_runtime.model.head import LogisticHead
+from sortline.edge_runtime.model.preprocess import InputSpec
 
 from .backbones import Backbone
 from .data import model_input

@@ -10,8 +10,8 @@ import torch
 from scipy.cluster.hierarchy import leaves_list, linkage
 from sklearn.manifold import TSNE
 
-from sortline.edge_runtime.head import LogisticHead
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.model.head import LogisticHead
+from sortline.edge_runtime.model.preprocess import InputSpec
 
 from .backbones import Backbone
 from .data import model_input

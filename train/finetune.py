@@ -22,7 +22,7 @@ from .backbones import Backbone, build_backbone
 from .data import TrainingSet, ViewsDataset
 from .evaluate import Scores, embed, sample_per_class
 from .loop import TrainConfig, train
-from .methods import Method, StepOutput
+from .methods.base import Method, StepOutput
 
 
 class Classifier(Method):

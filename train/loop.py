@@ -31,8 +31,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from sortline.hardware.files import atomic_file
+
 from .data import EpochSampler, ViewsDataset, batches_per_epoch
-from .methods import Method
+from .methods.base import Method
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "sortline-train-state/1"
@@ -140,8 +142,7 @@ def _init_distributed() -> _Distributed:
 
 
 def _save_state(path: Path, model: Method, optimizer, scheduler, result: TrainResult, config: TrainConfig) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({
+    state = {
         "format": STATE_FORMAT,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -152,8 +153,9 @@ def _save_state(path: Path, model: Method, optimizer, scheduler, result: TrainRe
         "losses": result.losses,
         "embedding_std": result.embedding_std,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-    }, tmp)
-    tmp.replace(path)
+    }
+    with atomic_file(path, "state") as tmp:  # a stop at any moment leaves the last whole state
+        torch.save(state, tmp)
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -272,6 +274,7 @@ def train(model: Method, dataset: ViewsDataset, config: TrainConfig, progress: b
     if config.log_path and ddp.main:
         summary = {**result.to_dict(), "stopped_early": stopped_early, "bf16": use_bf16, "world_size": ddp.world,
                    "device": str(dev)}
-        Path(config.log_path).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+        with atomic_file(Path(config.log_path).with_suffix(".json"), "summary") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
     method.eval()
     return result

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sortline.edge_runtime.descriptors import ColourHistogram
+from sortline.edge_runtime.model.descriptors import ColourHistogram
 
 
 def _check_temperature(temperature: float) -> float:
@@ -169,7 +169,7 @@ def colour_histogram(rgb: torch.Tensor, bins: int = 4) -> torch.Tensor:
 
 def hsv_histogram(rgb: torch.Tensor, bins: tuple[int, int, int] | None = None) -> torch.Tensor:
     """``N×3×H×W`` RGB in 0..1 → ``N×(h·s·v)`` joint HSV histograms (fractions of the pixels),
-    binned as :class:`~sortline.edge_runtime.descriptors.ColourHistogram` bins OpenCV's HSV
+    binned as :class:`~sortline.edge_runtime.model.descriptors.ColourHistogram` bins OpenCV's HSV
     (hue over the full circle, saturation and value over 0..1).
 
     >>> red = torch.zeros(1, 3, 2, 2); red[:, 0] = 1

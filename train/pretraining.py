@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from sortline.edge_runtime.datasets import DatasetError
 from sortline.edge_runtime.errors import SortlineError
+from sortline.hardware.files import atomic_file
 
 from .augment import AugmentConfig, MultiChannelAugment
 from .backbones import build_backbone
@@ -293,6 +294,6 @@ def _recipe_plan(cfg: PretrainConfig, model, dataset: ViewsDataset, seconds: flo
         plan = plan_for(model, dataset, phases, seconds, cfg.batch_size)
     except ValueError as exc:
         raise PretrainError(f"recipe {cfg.recipe}: {exc}") from None
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+    with atomic_file(saved, "plan") as tmp:  # read again on --resume: whole or not there
+        tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
     return plan

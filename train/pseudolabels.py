@@ -2,7 +2,7 @@
 the backbone learns from both.
 
 After the self-supervised stage, the teacher is the station's own head, a logistic regression
-(:class:`~sortline.edge_runtime.head.LogisticHead`), on the frozen embedding fused with the
+(:class:`~sortline.edge_runtime.model.head.LogisticHead`), on the frozen embedding fused with the
 colour histogram where the images have RGB (docs/quality.md: the fused features beat either
 alone). It is fitted on the labeled images and labels every unlabeled one it is confident about
 (pseudo-labels, Lee 2013; the self-training student of Xie et al., "Noisy Student", 2020). The
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sortline.edge_runtime.descriptors import ColourHistogram
-from sortline.edge_runtime.head import LogisticHead
+from sortline.edge_runtime.model.descriptors import ColourHistogram
+from sortline.edge_runtime.model.head import LogisticHead
 
 from .backbones import Backbone
 from .data import UNLABELED, TrainingSet

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from .data import ResolutionSchedule, ViewsDataset
 from .loop import TrainConfig, train
-from .methods import Method
+from .methods.base import Method
+from .recipe_book import RECIPES, Recipe, get_recipe  # noqa: F401 (the recipes by name)
 
 # A whole run trains up to a tenth slower than its short probe, and more with another job on the
 # machine (AMD EPYC, 2 cores, ResNet-10 at 64 px, views/s run/probe: 320/320, 314/341, 284/322
@@ -39,49 +40,6 @@ RATE_MARGIN = 0.8
 # self-supervised stage at the same size) needs less margin: at 0.8 of a probe's, three 30-minute
 # runs used 1,452, 1,589 and 1,674 s of their 1,800 (docs/quality.md).
 RUN_RATE_MARGIN = 0.95
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    method: str
-    backbone: str
-    pool: str
-    augment: str  # an AugmentConfig recipe
-    phases: tuple[tuple[float, int], ...]  # (share of the training time, view size in px), in order
-    colour_weight: float  # the colour-aware objective beside the method's loss (0: none)
-    label_stage: float  # the share of the budget for the label stage where the data has labels (0: none)
-    batch_size: int
-    lr: float
-    seconds: float  # the budget when none is given
-
-    @property
-    def image_size(self) -> int:
-        """The size the checkpoint is used at: the last phase's."""
-        return self.phases[-1][1]
-
-
-RECIPES: dict[str, Recipe] = {
-    "small-data": Recipe(
-        name="small-data",
-        method="simclr",
-        backbone="resnet10",
-        pool="avg",
-        augment="colour-safe",
-        phases=((1.0, 64),),
-        colour_weight=1.0,
-        label_stage=0.75,  # 30 min x 3 seeds on grocery-store: 46.3% against 45.3% at 0.5 (docs/quality.md)
-        batch_size=128,
-        lr=2e-3,
-        seconds=1800.0,
-    ),
-}
-
-
-def get_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
-    return RECIPES[name]
 
 
 def measure_rate(model: Method, dataset: ViewsDataset, size: int, batch_size: int, steps: int = 8,

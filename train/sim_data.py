@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from sortline.edge_runtime.fusion import LabeledItem
-from sortline.edge_runtime.preprocess import InputSpec
+from sortline.edge_runtime.model.fusion import LabeledItem
+from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.hardware.sim.line import Scenario
 
 from .data import views_to_uint8

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sortline.edge_runtime.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
-from sortline.edge_runtime.enroll import EXAMPLES_FILE, write_examples
-from sortline.edge_runtime.fusion import FusionSpec, LabeledItem, fit_fusion_head
-from sortline.edge_runtime.labels import ItemData, LabelError
-from sortline.edge_runtime.preprocess import InputSpec, preprocess_views
-from sortline.edge_runtime.runtimes import CHECK_FILE, CHECK_ITEMS, write_check_set
+from sortline.edge_runtime.labelling.book import ItemData, LabelError
+from sortline.edge_runtime.learning.enroll import EXAMPLES_FILE, write_examples
+from sortline.edge_runtime.model.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
+from sortline.edge_runtime.model.choice import CHECK_FILE, CHECK_ITEMS, write_check_set
+from sortline.edge_runtime.model.fusion import FusionSpec, LabeledItem, fit_fusion_head
+from sortline.edge_runtime.model.preprocess import InputSpec, preprocess_views
 from sortline.export.build import ExportConfig, export_model
 
 from .augment import MultiChannelAugment

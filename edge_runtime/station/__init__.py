@@ -4,7 +4,14 @@
 - ``readings.py``: sensor readings matched to items on device clocks;
 - ``flow.py``: capture → preprocess → embed on worker threads, bounded, shedding overload;
 - ``gate.py``: each item's one command, resent until acknowledged;
-- ``stats.py``, ``events.py``: counters, streaming histograms, the event log.
+- ``items.py``: an open item's deadlines, and the decision and event record made of it;
+- ``outcomes.py``: each decided item's one gate command, event-log line and counters, and the
+  latest items kept for the operator;
+- ``links.py``: what the serial links can carry, checked against the line's rate;
+- ``stats.py``, ``events.py``: counters, streaming histograms, the event log;
+- ``loop.py``: :class:`Station`, the loop that ties them together;
+- ``wiring.py``: :class:`RunningStation`, the serial links and threads around a station, the one
+  place that demo, replay and serve start a station from.
 """
 
 from .events import EventLog

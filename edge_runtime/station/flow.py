@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from sortline.edge_runtime.model.preprocess import preprocess_views
+from sortline.edge_runtime.model.runtimes import Embedder
 from sortline.hardware.camera import CORRUPT, LOST, FrameError, FrameSource, ViewFrame
-
-from ..preprocess import preprocess_views
-from ..runtimes import Embedder
 
 log = logging.getLogger(__name__)
 SLACK = 0.1  # a batch is planned to take this much longer than its estimate, to be on time
@@ -81,7 +80,48 @@ class _Estimate:
         self.value += self.weight * (seconds - self.value)
 
 
+class _Cancellations:
+    """Items the loop decided without their embeddings, shared by the flow's threads."""
+
+    def __init__(self) -> None:
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+
+    def add(self, item_id: int) -> None:
+        with self._lock:
+            self._ids.add(item_id)
+
+    def take(self, item_id: int) -> bool:
+        """Whether the item was cancelled (and forget it)."""
+        with self._lock:
+            if item_id in self._ids:
+                self._ids.discard(item_id)
+                return True
+            return False
+
+
+def _read(rig: FrameSource, job: _Job) -> tuple[str, ...]:
+    """Capture the job's views and preprocess them into ``job.batch`` (None when none came);
+    returns what went wrong, view by view."""
+    errors: list[str] = []
+    try:
+        capture = rig.capture(job.item_id)
+        errors += [str(e) for e in capture.errors]
+        job.counts = (sum(e.kind == LOST for e in capture.errors), sum(e.kind == CORRUPT for e in capture.errors),
+                      len(capture.late))
+        views = capture.present
+        job.batch = preprocess_views(views, job.embedder.spec) if views else None
+        if views:
+            job.thumbnail = thumbnail(views[0])
+    except (FrameError, ValueError, OSError) as exc:
+        errors.append(str(exc))
+    return tuple(errors)
+
+
 class ItemFlow:
+    """Capture → preprocess → embed on worker threads: bounded queues, batches when the line is
+    busy, and items shed (never late) when their decision time would pass first."""
+
     def __init__(self, rig: FrameSource, embedder: Embedder, on_result: Callable[[FlowResult], None],
                  clock: Callable[[], float] = time.monotonic, workers: int = 1, queue_size: int = 64,
                  max_batch: int = 8) -> None:
@@ -93,8 +133,7 @@ class ItemFlow:
         self.max_batch = max_batch
         self._captures: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
         self._embeds: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
-        self._cancelled: set[int] = set()
-        self._lock = threading.Lock()
+        self._cancelled = _Cancellations()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.capture_s = _Estimate(0.002)
@@ -146,21 +185,15 @@ class ItemFlow:
 
     def cancel(self, item_id: int) -> None:
         """The loop decided without this item's embeddings: do not spend compute on it."""
-        with self._lock:
-            self._cancelled.add(item_id)
+        self._cancelled.add(item_id)
 
     def _take_cancel(self, item_id: int) -> bool:
-        with self._lock:
-            if item_id in self._cancelled:
-                self._cancelled.discard(item_id)
-                return True
-            return False
+        return self._cancelled.take(item_id)
 
     def _finish(self, job: _Job, embeddings: np.ndarray | None = None, shed: bool = False,
                 errors: tuple[str, ...] = ()) -> None:
         lost, corrupt, late = job.counts
-        with self._lock:
-            self._cancelled.discard(job.item_id)  # cancelled while its batch ran: nothing left to skip
+        self._cancelled.take(job.item_id)  # cancelled while its batch ran: nothing left to skip
         self.on_result(FlowResult(job.item_id, embeddings, (*job.errors, *errors), lost, corrupt, late, shed,
                                   job.times_ms, job.thumbnail))
 
@@ -192,22 +225,10 @@ class ItemFlow:
         if now + self.capture_s.value + self._embed_backlog_s(now) > job.decide_by:
             self._finish(job, shed=True)
             return
-        errors: list[str] = []
-        try:
-            capture = self.rig.capture(job.item_id)
-            errors += [str(e) for e in capture.errors]
-            job.counts = (sum(e.kind == LOST for e in capture.errors), sum(e.kind == CORRUPT for e in capture.errors),
-                          len(capture.late))
-            views = capture.present
-            job.batch = preprocess_views(views, job.embedder.spec) if views else None
-            if views:
-                job.thumbnail = thumbnail(views[0])
-        except (FrameError, ValueError, OSError) as exc:
-            errors.append(str(exc))
+        job.errors = _read(self.rig, job)
         done = self.clock()
         self.capture_s.update(done - now)
         job.times_ms["capture"] = (done - now) * 1000
-        job.errors = tuple(errors)
         if job.batch is None:
             self._finish(job)
             return

@@ -8,10 +8,10 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from sortline.edge_runtime.model.fusion import Reading
+from sortline.edge_runtime.model.pipeline import ERROR, LATE, OVERLOAD, PAUSED, Decision, ItemPipeline
 from sortline.hardware.protocol import ItemArrival
 
-from ..fusion import Reading
-from ..pipeline import ERROR, LATE, OVERLOAD, PAUSED, Decision, ItemPipeline
 from .flow import FlowResult
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,16 @@ class OpenItem:
     result: FlowResult | None = None  # embeddings back from the flow
     pipeline: ItemPipeline | None = None  # the bundle that decides it (the station's at its announcement)
     paused: bool = False  # its lane is paused: the safe exit, without looking
+
+    @classmethod
+    def announced(cls, arrival: ItemArrival, at: float, announced_at: float, margin_s: float, sensor_wait_s: float,
+                  pipeline: ItemPipeline) -> OpenItem:
+        """An item just announced: its gate and the latest decision that reaches it, on this
+        station's clock, and how long it may wait for its sensor readings."""
+        deadline_at = announced_at + arrival.deadline_ms / 1000
+        decide_by = deadline_at - margin_s
+        return cls(arrival, at, announced_at, deadline_at, decide_by,
+                   sensor_until=min(at + sensor_wait_s, decide_by), pipeline=pipeline)
 
     def ready(self, now: float, readings_complete: bool) -> bool:
         if now >= self.decide_by:

@@ -19,28 +19,26 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from sortline.edge_runtime.errors import ConfigError, SortlineError
+from sortline.edge_runtime.model.pipeline import Decision, ItemPipeline
 from sortline.hardware.camera import FrameSource
 from sortline.hardware.protocol import Ack, Heartbeat, ItemArrival, ScaleReading, TapReading
 from sortline.hardware.serial_link import Received, SerialLink
 
-from ..config import ConfigError
-from ..errors import SortlineError
-from ..pipeline import UNANNOUNCED, Decision, ItemPipeline
 from .events import EventLog
 from .flow import FlowResult, ItemFlow
 from .gate import GateChannel
 from .ids import REPEATED, ItemIds
-from .items import Agenda, OpenItem, decide, event_record
+from .items import Agenda, OpenItem, decide
 from .links import LinkBudget, item_bytes
+from .outcomes import Outcomes, Recent
 from .readings import DeviceClock, ReadingLimits, ReadingMatcher
-from .stats import StationStats, observed_faults
+from .stats import StationStats, gather, observed_faults
 
 log = logging.getLogger(__name__)
 _WAKE = object()  # put in the inbox by the flow: a result is waiting
@@ -67,39 +65,27 @@ class StationConfig:
     workers: int = 1  # embedding workers (each runs the model with the pipeline's threads)
     flow_queue: int = 64  # items waiting in each stage of the flow, at most
     max_batch_items: int = 8  # items embedded in one batch when the line is busy
-    recent_decisions: int = 1000  # kept in Station.decisions
+    recent_decisions: int = 1000  # kept in Station.recent.decisions
     limits: ReadingLimits = ReadingLimits()  # what the item sensor can physically report
     event_log_max_mb: float = 64.0  # the event log is rotated past this size
     event_log_keep: int = 5  # rotated event logs kept (events.jsonl.1 … .5)
 
 
 class Station:
-    def __init__(
-        self,
-        pipeline: ItemPipeline,
-        rig: FrameSource,
-        controller: SerialLink,
-        sensor: SerialLink | None,
-        config: StationConfig = StationConfig(),
-        event_log: Path | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        on_decision: Callable[[Decision], None] | None = None,
-    ) -> None:
-        if sensor is not None and controller.inbox is not sensor.inbox:
-            raise ValueError("the controller and sensor links must share one inbox")
+    """The loop over one line's devices (module docstring)."""
+
+    def __init__(self, pipeline: ItemPipeline, rig: FrameSource, controller: SerialLink, sensor: SerialLink | None,
+                 config: StationConfig = StationConfig(), event_log: Path | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_decision: Callable[[Decision], None] | None = None) -> None:
+        _check_links(pipeline, controller, sensor)
         fusion = pipeline.manifest.fusion
-        present = sensor.name if sensor is not None else "none"
-        if fusion.sensor not in ("none", present):
-            raise ConfigError(f"the bundle fuses a {fusion.sensor!r} sensor, the station has {present!r}")
         c = self.config = config
         self.pipeline = pipeline
         self.controller = controller
         self.sensor = sensor
-        self.decisions: deque[Decision] = deque(maxlen=c.recent_decisions)
-        self.thumbnails: OrderedDict[int, np.ndarray] = OrderedDict()  # the latest items' first views
         self.steps = 0
         self.paused_lanes: set[int] = set()  # lanes whose items go to the safe exit unseen (operator's pause)
-        self.on_decision = on_decision
         self.ids = ItemIds(c.max_id_gap, c.remember_items, c.unannounced_wait_ms / 1000)
         self.readings = ReadingMatcher(fusion.sensor, fusion.readings_expected, c.orphan_tap_ttl_ms / 1000,
                                        c.empty_plate_g, c.clock_tolerance_ms / 1000, c.limits)
@@ -110,6 +96,8 @@ class Station:
         self._inbox = controller.inbox
         self._clock = clock
         self._log = EventLog(event_log, int(c.event_log_max_mb * (1 << 20)), c.event_log_keep)
+        self.recent = Recent(c.recent_decisions, THUMBNAILS, on_decision)
+        self.outcomes = Outcomes(self.gate, self._log, self._stats, self.recent)
         self._open: dict[int, OpenItem] = {}
         self._agenda = Agenda()
         self._results: deque[FlowResult] = deque()
@@ -120,17 +108,8 @@ class Station:
     @property
     def stats(self) -> StationStats:
         """The counters of every part, as one record."""
-        s = self._stats
-        s.gate_commands, s.acks = self.gate.stats.gate_commands, self.gate.stats.acks
-        s.retransmissions, s.unacked = self.gate.stats.retransmissions, self.gate.stats.unacked
-        s.orphan_taps_expired = self.readings.stats.orphan_taps_expired
-        s.unmatched_weights = self.readings.stats.unmatched_weights
-        s.implausible_readings = self.readings.stats.implausible_readings
-        s.counter_resets = self.ids.resets
-        s.flow_queue_max = self.flow.deepest
-        s.link_over_capacity = self.links.over
-        s.log_errors = self._log.errors
-        return s
+        return gather(self._stats, self.gate.stats, self.readings.stats, self.ids.resets, self.flow.deepest,
+                      self.links.over, self._log.errors)
 
     @property
     def open_items(self) -> int:
@@ -229,14 +208,8 @@ class Station:
             return  # decided without it already
         item.result = result
         if result.thumbnail is not None:
-            self.thumbnails[result.item_id] = result.thumbnail
-            while len(self.thumbnails) > THUMBNAILS:
-                self.thumbnails.popitem(last=False)
-        s = self._stats
-        s.views_lost += result.views_lost
-        s.views_corrupt += result.views_corrupt
-        s.views_late += result.views_late
-        s.capture_errors += int(bool(result.errors))
+            self.recent.thumbnail(result.item_id, result.thumbnail)
+        self._stats.add_views(result.views_lost, result.views_corrupt, result.views_late, bool(result.errors))
         self._agenda.touch((result.item_id,))
 
     def _handle(self, received: Received) -> None:
@@ -262,26 +235,20 @@ class Station:
         if self.ids.announced(arrival.item_id, at) == REPEATED or arrival.item_id in self._open:
             self._stats.repeated_announcements += 1
             return
-        c = self.config
         # Times on the controller's clock: a frame read late cannot stretch the item's deadline,
         # nor shorten the latency this station reports for it.
         announced_at = self._controller_clock.station_time(arrival.t_ms)
-        deadline_at = announced_at + arrival.deadline_ms / 1000
-        decide_by = deadline_at - c.decision_margin_ms / 1000
-        item = OpenItem(arrival, at, announced_at, deadline_at, decide_by,
-                        sensor_until=min(at + c.sensor_wait_ms / 1000, decide_by), pipeline=self.pipeline)
-        item_id = arrival.item_id
+        item = OpenItem.announced(arrival, at, announced_at, self.config.decision_margin_ms / 1000,
+                                  self.config.sensor_wait_ms / 1000, self.pipeline)
+        item_id, decide_by = arrival.item_id, item.decide_by
         self._open[item_id] = item
         self._stats.items += 1
         self._agenda.touch(self.readings.open(item_id, announced_at))
         self._agenda.schedule(item_id, item.sensor_until, decide_by)
         self._stats.lanes[arrival.lane] += 1
-        if arrival.lane in self.paused_lanes:  # an operator paused it: the safe exit, at once
-            item.paused = True
-            item.result = FlowResult(item_id, None, shed=True)
-            self._agenda.touch((item_id,))
-        elif decide_by <= at or not self.flow.submit(item_id, decide_by, item.pipeline.embedder):
-            item.result = FlowResult(item_id, None, shed=True)  # no time, or no room: decide now
+        item.paused = arrival.lane in self.paused_lanes  # an operator paused it: the safe exit, at once
+        if item.paused or decide_by <= at or not self.flow.submit(item_id, decide_by, item.pipeline.embedder):
+            item.result = FlowResult(item_id, None, shed=True)  # paused, no time, or no room: decide now
             self._agenda.touch((item_id,))
 
     def _finish(self, item_id: int, now: float) -> None:
@@ -292,31 +259,18 @@ class Station:
             self.flow.cancel(item_id)  # the flow did not make it in time: do not finish the work
         started = self._clock()
         outcome = decide(item.pipeline, item, readings, now, self._clock)
-        self._stats.deadline_misses += outcome.late
-        self._stats.overload += outcome.overload
-        done = self._clock()
-        sent = self.gate.send(item_id, outcome.decision.exit, done, item.deadline_at)
-        self._book(outcome.decision)
-        record = event_record(outcome, item, len(readings), (done - started) * 1000, done, sent,
-                              item.pipeline.version)
-        if sensor_rejected:
-            record["sensor_rejected"] = True  # decided on its views: a reading for it was garbage
-        self._stats.latency_ms.add(record["latency_ms"])
-        self._stats.compute_ms.add(record["compute_ms"])
-        self._log.write(record)
+        self.outcomes.decided(item, outcome, len(readings), started, self._clock(), sensor_rejected)
 
     def _finish_unannounced(self, item_id: int, now: float) -> None:
         """An item whose announcement never came: its views were never triggered, so it can
         only go to the safe exit, but it must still get its one command."""
         self._stats.unannounced += 1
-        decision = self.pipeline.safe(item_id, UNANNOUNCED)
-        sent = self.gate.send(item_id, decision.exit, now, now + self.config.unannounced_deadline_ms / 1000)
-        self._book(decision)
-        self._log.write({**decision.to_dict(), "sent": sent, "bundle": self.pipeline.version})
+        self.outcomes.unannounced(self.pipeline, item_id, now, now + self.config.unannounced_deadline_ms / 1000)
 
-    def _book(self, decision: Decision) -> None:
-        self._stats.reasons[decision.reason] += 1
-        self._stats.exits[decision.exit] += 1
-        self.decisions.append(decision)
-        if self.on_decision is not None:
-            self.on_decision(decision)
+def _check_links(pipeline: ItemPipeline, controller: SerialLink, sensor: SerialLink | None) -> None:
+    if sensor is not None and controller.inbox is not sensor.inbox:
+        raise ValueError("the controller and sensor links must share one inbox")
+    fusion = pipeline.manifest.fusion
+    present = sensor.name if sensor is not None else "none"
+    if fusion.sensor not in ("none", present):
+        raise ConfigError(f"the bundle fuses a {fusion.sensor!r} sensor, the station has {present!r}")

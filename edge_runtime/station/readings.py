@@ -16,6 +16,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, field_validator
+
 from sortline.hardware.protocol import ScaleReading, TapReading
 
 log = logging.getLogger(__name__)
@@ -48,15 +50,33 @@ class DeviceClock:
         return (self.offset or 0.0) + t_ms / 1000
 
 
-@dataclass(frozen=True)
-class ReadingLimits:
-    """What a sensor can physically report. A reading outside these is garbage, whatever its
-    CRC says: it is counted, and its item is decided without its sensor (on its views alone)."""
+Range = tuple[float, float]
 
-    tap_peak_n: tuple[float, float] = (0.0, 500.0)  # newtons
-    tap_rebound: tuple[float, float] = (0.0, 1.0)
-    tap_decay_ms: tuple[float, float] = (0.0, 10_000.0)
-    scale_grams: tuple[float, float] = (-100.0, 100_000.0)  # a tared scale may read a little below zero
+
+class ReadingLimits(BaseModel):
+    """What a sensor can physically report. A reading outside these is garbage, whatever its
+    CRC says: it is counted, and its item is decided without its sensor (on its views alone).
+    The station file's ``[limits]`` table is this model (each a ``[low, high]`` array)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    tap_peak_n: Range = (0.0, 500.0)  # newtons
+    tap_rebound: Range = (0.0, 1.0)
+    tap_decay_ms: Range = (0.0, 10_000.0)
+    scale_grams: Range = (-100.0, 100_000.0)  # a tared scale may read a little below zero
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value  # TOML has arrays, not tuples
+
+    @field_validator("*")
+    @classmethod
+    def _ordered(cls, value: Range) -> Range:
+        lo, hi = value
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"must be [low, high] with finite low < high, not {list(value)}")
+        return value
 
     def check(self, reading: TapReading | ScaleReading, readings_expected: int) -> str | None:
         """None for a plausible reading, else what is wrong with it."""

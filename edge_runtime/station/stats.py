@@ -113,9 +113,30 @@ class StationStats:
     flow_queue_max: int = 0  # deepest the item flow's queues got
     link_over_capacity: int = 0  # warnings that the offered rate exceeded a serial link's capacity
 
+    def add_views(self, lost: int, corrupt: int, late: int, failed: bool) -> None:
+        """An item's views as its capture went: lost, corrupt and late ones, and whether it failed."""
+        self.views_lost += lost
+        self.views_corrupt += corrupt
+        self.views_late += late
+        self.capture_errors += int(failed)
+
 
 # Faults the station reports that the simulator does not inject (hostile or broken devices).
 REPORTED_ONLY = ("out_of_range", "implausible_readings", "inbox_overflow")
+
+
+def gather(stats: StationStats, gate, readings, counter_resets: int, flow_queue_max: int, link_over: int,
+           log_errors: int) -> StationStats:
+    """``stats`` with the counters the station's parts keep themselves (the gate's, the reading
+    matcher's, the ids', the flow's, the links', the event log's) copied in: one record."""
+    stats.gate_commands, stats.acks = gate.gate_commands, gate.acks
+    stats.retransmissions, stats.unacked = gate.retransmissions, gate.unacked
+    stats.orphan_taps_expired = readings.orphan_taps_expired
+    stats.unmatched_weights = readings.unmatched_weights
+    stats.implausible_readings = readings.implausible_readings
+    stats.counter_resets, stats.flow_queue_max = counter_resets, flow_queue_max
+    stats.link_over_capacity, stats.log_errors = link_over, log_errors
+    return stats
 
 
 def observed_faults(stats: StationStats, links: list[SerialLink]) -> dict[str, int]:

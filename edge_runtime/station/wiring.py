@@ -9,10 +9,10 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from sortline.edge_runtime.model.pipeline import Decision, ItemPipeline
 from sortline.hardware.camera import FrameSource
 from sortline.hardware.serial_link import DEFAULT_BAUD, Received, SerialLink
 
-from ..pipeline import Decision, ItemPipeline
 from .loop import Station, StationConfig, StationError
 from .stats import StationStats
 

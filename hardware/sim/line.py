@@ -148,6 +148,7 @@ class SimulatedLine:
         self._last_announced = config.first_item_id - 1
         self._due = 0.0
         self._stop = threading.Event()
+        self._halt_at: float | None = None  # end_early: nothing scheduled after this passes
         self._announced_all = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -193,6 +194,12 @@ class SimulatedLine:
     def announced(self) -> int:
         return self.referee.announced
 
+    def end_early(self) -> None:
+        """No item after this moment: those already announced still pass (their readings,
+        their gates); then the line ends as if it had been that long, and :meth:`wait` tallies
+        the items it had."""
+        self._halt_at = time.monotonic() + self.config.deadline_ms / 1000 + 1.0
+
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
@@ -230,6 +237,8 @@ class SimulatedLine:
             push(start + n * c.pitch_ms / 1000, lambda item_id=item_id: self._announce(item_id))
         while events and not self._stop.is_set():
             at, _, action = heapq.heappop(events)
+            if self._halt_at is not None and at > self._halt_at:
+                break  # ended early: what is left is items that never came
             delay = at - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 return
@@ -256,6 +265,8 @@ class SimulatedLine:
         sends late frames but never reorders what happened."""
         c = self.config
         now = self._due
+        if self._halt_at is not None:
+            return []  # ended early: this item never comes
         self.referee.announce(item_id, now, c.deadline_ms / 1000)
         self._last_announced = item_id
         if self._item_rng.random() < c.faults.controller_silences:

@@ -95,6 +95,8 @@ def _run_line(config: LineConfig, scenario: Scenario, conn, announced) -> None:
                 tally = line.wait()
                 announced.value = line.announced
                 conn.send(tally)
+            elif request == "end_early":
+                line.end_early()
             elif request == "stop":
                 break
     except (EOFError, KeyboardInterrupt):
@@ -163,6 +165,11 @@ class LineProcess:
             injected[kind] = injected.get(kind, 0) + n
         self._tally = dataclasses.replace(remote, injected=injected)
         return self._tally
+
+    def end_early(self) -> None:
+        """The line announces no more items (:meth:`SimulatedLine.end_early`)."""
+        with self._lock:
+            self._conn.send("end_early")
 
     def stop(self) -> None:
         try:

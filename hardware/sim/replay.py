@@ -3,7 +3,6 @@ refereed as the simulated line is (the recording format: ``docs/recording.md``).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import queue
@@ -14,12 +13,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-import numpy as np
-
-from ..camera import CORRUPT, LOST, FrameError, ItemCapture, ViewError, ViewFrame
-from ..images import decode_image
 from ..protocol import Ack, GateCommand
-from ..recording import Recording
+from ..recording import RecordedRig, Recording
 from .line import QUIET_S, REOPEN_S, REOPEN_WAIT_S  # replay mirrors how the recorded devices behaved
 from .pty import PtyDevice
 from .referee import GateReferee, LineTally
@@ -29,40 +24,6 @@ log = logging.getLogger(__name__)
 MAX_LAG_S = 0.05  # at speed=max, how far an item may be played behind the replay's lead
 DRAIN_S = 1.0  # at speed=max, the longest wait for the station to read a device's last bytes before its unplug
 SETTLE_S = 0.15  # at speed=max, recorded time after which an item's readings have all been played
-
-
-class ReplayRig:
-    """The rig of a recording: each announced item's views, read and decoded from disk."""
-
-    def __init__(self, recording: Recording) -> None:
-        self.root = recording.root / "frames"
-        self.view_count = int(recording.meta.get("views", 1))
-        self.late_s = float(recording.meta.get("late_view_ms", 0)) / 1000
-
-    def capture(self, item_id: int) -> ItemCapture:
-        folder = self.root / f"{item_id:06d}"
-        try:
-            record = json.loads((folder / "capture.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise FrameError(f"item {item_id}: no recorded capture ({exc})") from exc
-        views: list[ViewFrame | None] = []
-        errors: list[ViewError] = []
-        for k, entry in enumerate(record["views"]):
-            if "rgb" not in entry:
-                errors.append(ViewError(k, LOST, entry.get("lost", "no frame")))
-                views.append(None)
-                continue
-            try:
-                rgb = decode_image(np.fromfile(folder / entry["rgb"], np.uint8), what=f"view {k} rgb")
-                nir = (decode_image(np.fromfile(folder / entry["nir"], np.uint8), what=f"view {k} nir", gray=True)
-                       if "nir" in entry else None)
-                views.append(ViewFrame(rgb=rgb, nir=nir))
-            except (FrameError, OSError) as exc:
-                errors.append(ViewError(k, CORRUPT, str(exc)))
-                views.append(None)
-        if record.get("late"):
-            time.sleep(self.late_s)  # as late as it was
-        return ItemCapture(item_id, tuple(views), tuple(errors), tuple(record.get("late", ())))
 
 
 class ReplayedLine:
@@ -87,10 +48,11 @@ class ReplayedLine:
         self.controller = self.devices[self.meta["devices"][0]]
         # The item sensor: named in the metadata, or the one device beside the controller.
         self.sensor = self.meta.get("sensor") or (self.meta["devices"][1:] or ["none"])[0]
-        self.rig = ReplayRig(recording)
+        self.rig = RecordedRig(recording)
         self.referee = GateReferee()
         self._truth = {row["item_id"]: row for row in recording.truth}
         self._stop = threading.Event()
+        self._end_early = threading.Event()
         self._played = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -125,6 +87,11 @@ class ReplayedLine:
         time.sleep(float(self.meta.get("deadline_ms", 300)) / 1000 + grace_s)
         return self.referee.tally(dict(self.meta.get("injected", {})))
 
+    def end_early(self) -> None:
+        """Play no item after this moment; the items already played finish (their bytes up to
+        a deadline later in the recording)."""
+        self._end_early.set()
+
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
@@ -158,9 +125,14 @@ class ReplayedLine:
         in_flight: deque[tuple[float, int]] = deque()  # (recorded time, item) played, not yet waited on
         lead = math.inf  # the least (played - recorded) time of any item so far (speed=max)
         deadline_s = float(self.meta.get("deadline_ms", 300)) / 1000
+        halt_at = math.inf  # end_early: recorded time past which nothing is played
         for t, _, kind, payload in self._timeline():
             if self._stop.is_set():
                 return
+            if self._end_early.is_set() and halt_at == math.inf:
+                halt_at = t + deadline_s + 1.0
+            if t > halt_at:
+                break
             if self.speed == "realtime":
                 delay = start + t - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):

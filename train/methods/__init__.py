@@ -17,28 +17,44 @@ distill    supcon on pairs + a frozen teacher on unlabeled        2       some
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
-from ..backbones import Backbone
-from .base import Method, StepOutput
-from .contrastive import MoCo, SimCLR
-from .noncontrastive import BYOL, BarlowTwins, SimSiam
-from .pretext import Jigsaw, RotNet
-from .supervised import Distill, SupCon
+if TYPE_CHECKING:
+    from ..backbones import Backbone
+    from .base import Method
 
-METHODS: dict[str, Callable[..., Method]] = {
-    "simclr": SimCLR,
-    "moco": MoCo,
-    "byol": BYOL,
-    "simsiam": SimSiam,
-    "barlow": BarlowTwins,
-    "rotnet": RotNet,
-    "jigsaw": Jigsaw,
-    "supcon": SupCon,
-    "distill": Distill,
+# name → (module, class): the modules (and torch) are imported when a method is built, so the
+# command line lists the names without importing torch.
+_PLACES = {
+    "simclr": ("contrastive", "SimCLR"),
+    "moco": ("contrastive", "MoCo"),
+    "byol": ("noncontrastive", "BYOL"),
+    "simsiam": ("noncontrastive", "SimSiam"),
+    "barlow": ("noncontrastive", "BarlowTwins"),
+    "rotnet": ("pretext", "RotNet"),
+    "jigsaw": ("pretext", "Jigsaw"),
+    "supcon": ("supervised", "SupCon"),
+    "distill": ("supervised", "Distill"),
 }
 
-__all__ = ["METHODS", "Method", "StepOutput", "build_method"]
+
+class _Registry(Mapping[str, "Callable[..., Method]"]):
+    def __getitem__(self, name: str) -> Callable[..., Method]:
+        module, cls = _PLACES[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_PLACES)
+
+    def __len__(self) -> int:
+        return len(_PLACES)
+
+
+METHODS: Mapping[str, Callable[..., Method]] = _Registry()
+
+__all__ = ["METHODS", "build_method"]
 
 
 def build_method(name: str, backbone: Backbone, **options: object) -> Method:

@@ -1,0 +1,230 @@
+"""A station's configuration file (TOML), read by ``sortline serve`` and ``sortline record``.
+
+::
+
+    [station]
+    bundle = "bundles/avocado-line3"     # serve: the bundle to run
+    public_key = "keys/line3.pub"        # optional: run only bundles signed by its private key
+    runtime = "auto"                     # auto | onnxruntime | openvino (auto: measured at start)
+    threads = 1                          # optional: intra-op threads (default: measured)
+    event_log = "events.jsonl"           # serve: one JSON line per item (optional)
+    event_log_max_mb = 64                # rotated past this size (events.jsonl.1 …), keeping
+    event_log_keep = 5                   # this many old files
+    store = "enroll.sqlite"              # optional: enrolled items and head versions; serve runs
+                                         # the current head and swaps in a new one while it runs
+    [api]                                # optional: the daemon's HTTP side (daemon/api.py)
+    host = "127.0.0.1"                   # the default; another address only when set here
+    port = 8750                          # 0: any free port; enabled = false: no HTTP at all
+    token = "…at least 16 characters…"   # or SORTLINE_API_TOKEN; without one the API changes nothing
+
+    [controller]
+    port = "/dev/serial/by-id/usb-FTDI_line3-if00-port0"   # any pyserial URL: /dev/tty*,
+                                                           # socket://, rfc2217://, loop://
+    baud = 115200                        # optional, per device (default 115200); at 115200 a
+                                         # controller link carries ~127 items/s, a tap sensor ~41
+    exits = 4                            # optional: the controller's exits are 0..3; a bundle
+                                         # that sends an item elsewhere is refused at start
+    [sensor]
+    kind = "taps"                        # taps | scale | none
+    port = "/dev/serial/by-id/usb-Acme_tap-sensor-if00"
+    baud = 921600
+
+    [rig]
+    tolerance_ms = 40                    # a camera's frame must be this close to the trigger
+    wait_ms = 60                         # how long a capture waits for a late frame
+
+    [limits]                             # optional: what the sensor can physically report;
+    tap_peak_n = [0, 500]                # a reading outside is garbage (counted; the item is
+    tap_rebound = [0, 1]                 # decided on its views alone)
+    tap_decay_ms = [0, 10000]
+    scale_grams = [-100, 100000]
+
+    [[views]]                            # one table per view, in view order
+    rgb = 0                              # an OpenCV device index, a video file, an RTSP URL,
+    nir = 2                              # a GStreamer pipeline, or "folder:PATH" (images)
+
+Relative paths are relative to the file. The file is read into one typed model,
+:class:`StationFile` (pydantic), which is also what ``serve`` and ``record`` run with: there is no
+second copy of the settings. It refuses wrong types and out-of-range values; every mistake is a
+:class:`ConfigError` that names the file and the key. A key the format does not have is a mistake
+too (a typo must not silently change what the station does), reported with the nearest known key.
+Defaults that the station itself has (the reading limits, the event log's rotation) are taken
+from the station's own types, never written twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, StrictStr, ValidationError
+
+from sortline.edge_runtime.errors import ConfigError
+from sortline.edge_runtime.station import StationConfig
+from sortline.edge_runtime.station.readings import ReadingLimits
+from sortline.edge_runtime.tomlfile import explain, read_toml
+from sortline.hardware.protocol import MAX_EXIT
+from sortline.hardware.serial_link import DEFAULT_BAUD
+from sortline.hardware.sources import ImageFolderSource, MultiViewRig, OpenCVCamera, Source, ViewSources
+
+SENSOR_KINDS = ("taps", "scale", "none")
+FOLDER_PREFIX = "folder:"
+FOLDER_FPS = 30.0  # an image folder standing in for a camera streams at a camera's rate
+BAUD_RANGE = (300, 12_000_000)
+RIG_MS_MAX = 10_000.0
+MAX_VIEWS = 16
+API_HOST = "127.0.0.1"  # another address only when the station file sets one
+API_PORT = 8750
+_STATION = StationConfig()  # the station's own defaults
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+Baud = Annotated[StrictInt, Field(ge=BAUD_RANGE[0], le=BAUD_RANGE[1])]
+RigMs = Annotated[float, Field(ge=0, le=RIG_MS_MAX, allow_inf_nan=False)]
+Text = Annotated[StrictStr, Field(min_length=1, max_length=4096)]
+Camera = Annotated[StrictInt, Field(ge=0, le=255)] | Text
+Token = Annotated[StrictStr, Field(min_length=16, max_length=256)]
+
+
+class StationTable(_Table):
+    bundle: Text | None = None
+    event_log: Text | None = None
+    public_key: Text | None = None
+    store: Text | None = None  # enrolled examples and head versions (learning/store.py)
+    event_log_max_mb: Annotated[float, Field(gt=0, le=1 << 20, allow_inf_nan=False)] = _STATION.event_log_max_mb
+    event_log_keep: Annotated[StrictInt, Field(ge=1, le=1000)] = _STATION.event_log_keep
+    runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"  # model/runtimes.py
+    threads: Annotated[StrictInt, Field(ge=1, le=256)] | None = None  # None: measured
+
+
+class ApiSettings(_Table):
+    """The daemon's HTTP side (``[api]``; daemon/api.py serves it)."""
+
+    enabled: StrictBool = True
+    host: Text = API_HOST
+    port: Annotated[StrictInt, Field(ge=0, le=65535)] = API_PORT  # 0: any free port
+    # else SORTLINE_API_TOKEN; without either, the API changes nothing
+    token: Token | None = Field(default=None, repr=False)
+
+
+class ControllerTable(_Table):
+    port: Text
+    baud: Baud = DEFAULT_BAUD
+    exits: Annotated[StrictInt, Field(ge=1, le=MAX_EXIT + 1)] | None = None  # None: any the protocol allows
+
+
+class SensorTable(_Table):
+    kind: Literal["taps", "scale", "none"] = "none"
+    port: Text | None = None
+    baud: Baud = DEFAULT_BAUD
+
+
+class RigTable(_Table):
+    tolerance_ms: RigMs = 40.0
+    wait_ms: RigMs = 60.0
+
+
+class ViewTable(_Table):
+    rgb: Camera
+    nir: Camera | None = None
+
+
+class StationFile(_Table):
+    """A station file, checked; paths in it resolved against the file's folder (:attr:`path`)."""
+
+    station: StationTable = StationTable()
+    controller: ControllerTable
+    sensor: SensorTable = SensorTable()
+    rig: RigTable = RigTable()
+    limits: ReadingLimits = ReadingLimits()
+    api: ApiSettings = ApiSettings()
+    views: Annotated[list[ViewTable], Field(min_length=1, max_length=MAX_VIEWS)]
+    _path: Path = PrivateAttr(default=Path("station.toml"))
+
+    @property
+    def path(self) -> Path:
+        """The file this was read from."""
+        return self._path
+
+    def file(self, value: str | None) -> Path | None:
+        """A path from the file, relative to the file's folder."""
+        if value is None:
+            return None
+        p = Path(value)
+        return p if p.is_absolute() else self.path.parent / p
+
+    def station_config(self, base: StationConfig = _STATION) -> StationConfig:
+        """The station's settings with what this file sets."""
+        return dataclasses.replace(base, limits=self.limits, event_log_max_mb=self.station.event_log_max_mb,
+                                   event_log_keep=self.station.event_log_keep)
+
+    def check_exits(self, exits: dict[str, int], safe_exit: int) -> None:
+        """Refuse a bundle that names an exit this line's controller does not have."""
+        have = self.controller.exits
+        if have is None:
+            return
+        wrong = {label: e for label, e in {**exits, "(safe)": safe_exit}.items() if e >= have}
+        if wrong:
+            raise ConfigError(f"{self.path}: the controller has exits 0..{have - 1}, the bundle sends {wrong}")
+
+    @property
+    def bauds(self) -> dict[str, int]:
+        """Device name → baud rate, for the devices in :attr:`ports`."""
+        return {name: self.controller.baud if name == "controller" else self.sensor.baud for name in self.ports}
+
+    @property
+    def ports(self) -> dict[str, str]:
+        """Device name → pyserial URL, the controller first (as recordings want them)."""
+        ports = {"controller": self.controller.port}
+        if self.sensor.kind != "none" and self.sensor.port:
+            ports[self.sensor.kind] = self.sensor.port
+        return ports
+
+    def build_rig(self) -> MultiViewRig:
+        """Open every camera of every view. A camera that cannot be opened is an error now,
+        not a missing view on every item later."""
+        opened: list[Source] = []
+        try:
+            views = []
+            for view in self.views:
+                rgb = self._source(view.rgb, nir=False)
+                opened.append(rgb)
+                nir = None if view.nir is None else self._source(view.nir, nir=True)
+                if nir is not None:
+                    opened.append(nir)
+                views.append(ViewSources(rgb, nir))
+            return MultiViewRig(views, tolerance_ms=self.rig.tolerance_ms, wait_ms=self.rig.wait_ms)
+        except Exception:
+            for source in opened:
+                source.close()
+            raise
+
+    def _source(self, spec: int | str, nir: bool) -> Source:
+        if isinstance(spec, str) and spec.startswith(FOLDER_PREFIX):
+            return ImageFolderSource(self.file(spec[len(FOLDER_PREFIX):]), nir=nir, loop=True, fps=FOLDER_FPS)
+        return OpenCVCamera(spec, nir=nir)
+
+
+def load_station_file(path: str | Path) -> StationFile:
+    path = Path(path)
+    data = read_toml(path, "station file")
+    try:
+        model = StationFile.model_validate(data)
+    except ValidationError as exc:
+        raise explain(exc, path, StationFile) from None
+    if model.sensor.kind != "none" and model.sensor.port is None:
+        raise ConfigError(f"{path}: sensor.port is needed for a {model.sensor.kind} sensor")
+    api = model.api
+    if api.token is None and os.environ.get("SORTLINE_API_TOKEN"):
+        try:
+            api = ApiSettings.model_validate({**api.model_dump(), "token": os.environ["SORTLINE_API_TOKEN"]})
+        except ValidationError as exc:
+            raise ConfigError(f"SORTLINE_API_TOKEN: {exc.errors()[0]['msg']}") from None
+    model = model.model_copy(update={"api": api})
+    model._path = path
+    return model

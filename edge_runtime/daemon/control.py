@@ -1,0 +1,34 @@
+"""What the daemon's HTTP API acts on, kept apart from the HTTP code so that the daemon can hold
+it whether or not it serves HTTP."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sortline.edge_runtime.learning.enroll import Enroller, EnrollSession, HeadWatcher
+from sortline.edge_runtime.model.pipeline import ItemPipeline
+from sortline.edge_runtime.station.wiring import RunningStation
+
+
+@dataclass
+class StationControl:
+    """What the API acts on: the running station, its pipeline and (with a store) the
+    enrollment engine and the watcher that swaps its heads in."""
+
+    running: RunningStation
+    pipeline: ItemPipeline
+    enroller: Enroller | None = None
+    watcher: HeadWatcher | None = None
+    ready: threading.Event | None = None
+    started: float = 0.0
+    session: EnrollSession | None = None
+    reload: Callable[[str | None], None] | None = None  # load, check and swap in a bundle (serve only)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def is_ready(self) -> bool:
+        return (self.ready is None or self.ready.is_set()) and not self.running.stopped.is_set()
+
+

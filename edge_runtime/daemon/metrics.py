@@ -1,0 +1,123 @@
+"""``/healthz``, ``/readyz`` and ``/metrics``: Prometheus text under ``sortline_`` names, read from
+the station's own counters at each scrape (:class:`StationCollector`): nothing is counted twice."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+
+from .control import StationControl
+from .deps import control
+from .models import Health, Readiness
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+router = APIRouter(tags=["health"])
+Control = Annotated[StationControl, Depends(control)]
+
+
+@router.get("/healthz")
+def healthz() -> Health:
+    """The process answers."""
+    return Health()
+
+
+@router.get("/readyz", responses={503: {"model": Readiness}})
+def readyz(c: Control) -> JSONResponse:
+    """The station takes items (503 before its model is checked and its links are open, and
+    after its loop has stopped)."""
+    ready = c.is_ready
+    return JSONResponse(Readiness(ready=ready).model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus text exposition."""
+    return PlainTextResponse(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def registry(c: StationControl) -> CollectorRegistry:
+    """The registry that ``/metrics`` reads: the station's collector alone."""
+    found = CollectorRegistry(auto_describe=True)
+    found.register(StationCollector(c))
+    return found
+
+
+class StationCollector:
+    """Prometheus metrics from the station's counters, read when scraped."""
+
+    def __init__(self, control: StationControl) -> None:
+        self.control = control
+
+    def collect(self) -> Iterator:
+        c = self.control
+        station = c.running.station
+        if station is None:
+            return
+        stats = station.stats
+        yield _counter("sortline_items", "Items announced to the station.", stats.items)
+        yield _counter("sortline_gate_commands", "Gate commands sent (one per item).", stats.gate_commands)
+        yield _counter("sortline_deadline_misses", "Decisions that missed their gate.", stats.deadline_misses)
+        yield _counter("sortline_gate_retransmissions", "Gate commands sent again.", stats.retransmissions)
+        reasons = CounterMetricFamily("sortline_decisions", "Decisions, by why the item got its exit.",
+                                      labels=["reason"])
+        for reason, n in sorted(copy_counter(stats.reasons).items()):
+            reasons.add_metric([reason], n)
+        yield reasons
+        exits = CounterMetricFamily("sortline_exits", "Items sent to each exit.", labels=["exit"])
+        for exit_, n in sorted(copy_counter(stats.exits).items()):
+            exits.add_metric([str(exit_)], n)
+        yield exits
+        faults = CounterMetricFamily("sortline_faults", "Faults the station saw, by kind (rejected inputs "
+                                     "included: out_of_range, implausible_readings, inbox_overflow).",
+                                     labels=["kind"])
+        for kind, n in sorted(station.observed_faults().items()):
+            faults.add_metric([kind], n)
+        yield faults
+        latency = stats.latency_ms
+        counts = latency.cumulative([b * 1000 for b in LATENCY_BUCKETS_S])
+        buckets = [(str(b), n) for b, n in zip(LATENCY_BUCKETS_S, counts)] + [("+Inf", latency.count)]
+        histogram = HistogramMetricFamily("sortline_decision_latency_seconds",
+                                          "From an item's announcement to its gate command.")
+        histogram.add_metric([], buckets, sum_value=latency.sum / 1000)
+        yield histogram
+        queue = GaugeMetricFamily("sortline_queue_depth", "Items waiting in the station.", labels=["queue"])
+        queue.add_metric(["flow"], station.flow.depth)
+        queue.add_metric(["open"], station.open_items)
+        queue.add_metric(["inbox"], station.inbox_depth)
+        yield queue
+        yield GaugeMetricFamily("sortline_head_version", "The head version deciding items (0: the bundle's).",
+                                value=c.pipeline.classifier.version)
+        info = InfoMetricFamily("sortline_bundle", "The bundle the station runs.")
+        info.add_metric([], {"version": c.pipeline.version, "runtime": c.pipeline.embedder.name})
+        yield info
+        yield GaugeMetricFamily("sortline_ready", "1 while the station takes items.", value=float(c.is_ready))
+        yield GaugeMetricFamily("sortline_uptime_seconds", "Seconds since the daemon started.",
+                                value=time.monotonic() - c.started)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def copy_counter(counter: dict) -> dict:
+    """A snapshot of a counter the station's loop may be adding to."""
+    for _ in range(5):
+        try:
+            return dict(counter)
+        except RuntimeError:  # changed size during the copy
+            continue
+    return {}
+
+
+def histogram(latency) -> list[list[float]]:
+    """[upper bound ms, items in the bucket] over LATENCY_BUCKETS_S, and the overflow."""
+    bounds = [b * 1000 for b in LATENCY_BUCKETS_S]
+    cumulative = latency.cumulative(bounds) + [latency.count]
+    counts = [cumulative[0]] + [b - a for a, b in zip(cumulative, cumulative[1:])]
+    return [[bound, n] for bound, n in zip([*bounds, None], counts)]

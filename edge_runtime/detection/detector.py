@@ -1,0 +1,322 @@
+"""Sliding-window detection of enrolled exemplars in a wide frame (a checkout tray, a shelf, a
+belt camera that sees several items at once).
+
+Windows cover the frame at several scales (a pyramid whose levels are ``level_ratio`` apart) and
+in several shapes (sides of 1, 1.5, 2 and 2.5 base windows: aspect ratios up to 2.5:1). Each window
+is scored by the cosine similarity of its embedding to every class's prototypes (the mean
+embedding of the class's exemplars, at four rotations), each class has its own threshold, and
+OpenCV's non-maximum suppression keeps the best of overlapping boxes.
+
+Two ways to embed the windows, over the same window grid:
+
+* ``dense`` (the default) runs the backbone once per pyramid level on the whole frame and pools every window
+  from the last feature map (``feature_map`` in the bundle): a window of ``kh×kw`` cells is the
+  mean of those cells, read from an integral image in four look-ups (or the LCA layer's weighted
+  sum of its region means). Prototypes are made the same way: the exemplar, resized to the
+  window's shape in input pixels, pooled over its whole map. One backbone run serves every window
+  shape at that level, which is where its speed comes from.
+* ``crops`` cuts every window out of the frame, resizes it to the bundle's input size and runs
+  the backbone on it: exact, and the cost grows with the number of windows.
+
+Beside the windows, each exemplar is placed by its SIFT keypoints where enough of them agree
+on one rotation, scale and shift (:mod:`.keypoints`): such a placement is one more box, scored
+by its inliers (above every cosine), and it explains the windows inside it. On items that show
+their exemplar's print, that is what finds them (docs/detection.md).
+
+Thresholds come from :meth:`Detector.calibrate` on frames with no enrolled item in them, for a
+target number of false detections per frame. No torch here: numpy, OpenCV and the bundle's
+ONNX model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from sortline.edge_runtime.learning.store import EmbeddingStore, check_label
+from sortline.edge_runtime.model.embedder import FEATURE_MAP_OUTPUT
+from sortline.edge_runtime.model.preprocess import InputSpec
+from sortline.edge_runtime.model.runtimes import Embedder
+from sortline.hardware.camera import FrameError
+
+from .config import MAX_CLASSES, MIN_EXEMPLAR_PX, DetectConfig, DetectError, Detection, WindowScores
+from .keypoints import KeypointMatcher
+from .pooling import inside, integral_image, nms, pool_windows
+from .prototypes import WindowEmbedder
+from .windows import WindowGrid, crops
+
+__all__ = ["DetectConfig", "DetectError", "Detection", "Detector", "WindowScores", "draw", "store_features"]
+
+
+@dataclass
+class Detector:
+    """Finds the exemplars' classes in frames, with one bundle's backbone."""
+
+    embedder: Embedder
+    spec: InputSpec
+    labels: tuple[str, ...]
+    config: DetectConfig
+    grid: WindowGrid  # where the windows are
+    prototypes: dict[tuple[int, int], np.ndarray]  # (kh, kw) or (0, 0) for crops → (C·R)×D, unit rows
+    thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    calibration: dict = field(default_factory=dict)
+    matcher: KeypointMatcher | None = None  # the exemplars' keypoints (config.keypoints)
+
+    @classmethod
+    def build(cls, embedder: Embedder, spec: InputSpec, exemplars: Mapping[str, Sequence[np.ndarray]],
+              config: DetectConfig = DetectConfig(), features: Mapping[str, np.ndarray] | None = None) -> Detector:
+        """A detector for ``exemplars`` (label → RGB crops, H×W×3 uint8) and ``features`` (label
+        → embeddings from an enrollment store, each used as it is for every window shape)."""
+        if set(spec.channels) - {"r", "g", "b"}:
+            raise DetectError(f"detection reads RGB frames; this bundle's input is {spec.channels}")
+        labels = tuple(dict.fromkeys([*exemplars, *(features or {})]))
+        if not labels:
+            raise DetectError("no exemplars: give at least one crop (or a store with examples)")
+        if len(labels) > MAX_CLASSES:
+            raise DetectError(f"{len(labels)} classes; at most {MAX_CLASSES}")
+        for label in labels:
+            check_label(label)
+        stride, base = _geometry(embedder, spec, config.mode)
+        if config.window_px:
+            if config.window_px % stride:
+                raise DetectError(f"window_px {config.window_px} is not a multiple of the model's stride {stride}")
+            base = config.window_px // stride
+        detector = cls(embedder, spec, labels, config, WindowGrid(config, stride, base), {})
+        exemplar_crops = {label: [_check_exemplar(label, c) for c in exemplars.get(label, ())] for label in labels}
+        if config.windows:  # the keypoints alone need no prototype
+            detector.prototypes = detector.embedding.prototypes(labels, exemplar_crops, features or {})
+        if config.keypoints is not None and any(exemplar_crops.values()):
+            detector.matcher = KeypointMatcher(exemplar_crops, config.keypoints)
+        if not config.windows:
+            unplaced = sorted(set(labels) - (detector.matcher.labels if detector.matcher else set()))
+            if unplaced:
+                raise DetectError(f"without windows every item needs an image exemplar with keypoints; {unplaced} "
+                                  "have none (a plain item, or a store's embeddings): keep the windows on")
+        detector.thresholds = np.full(len(labels), config.threshold, np.float32)
+        return detector
+
+    @property
+    def embedding(self) -> WindowEmbedder:
+        """The backbone as the windows and prototypes use it."""
+        return WindowEmbedder(self.embedder, self.spec, self.config, self.grid)
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def scores(self, rgb: np.ndarray) -> WindowScores:
+        """Every window of ``rgb`` (H×W×3 uint8) with its score for every class (its cosine),
+        then every keypoint placement of an exemplar (config.keypoints) as one more box that
+        scores its inlier count for its class and -1 for the others: at least ``min_inliers``,
+        so above every cosine."""
+        rgb = check_frame(rgb)
+        height, width = rgb.shape[:2]
+        started = time.perf_counter()
+        boxes, scores = [], []
+        for level in self.grid.levels(height, width) if self.config.windows else ():
+            fmap = self.embedding.feature_map(rgb, level.size) if self.config.mode == "dense" else None
+            integral = integral_image(fmap) if fmap is not None else None
+            if fmap is not None and fmap.shape[1:] != level.grid:
+                raise DetectError(f"the backbone gave a {fmap.shape[1]}×{fmap.shape[2]} map for a "
+                                  f"{level.size[0]}×{level.size[1]} input; expected {level.grid[0]}×{level.grid[1]}")
+            for shape in self.grid.shapes:
+                level_boxes = self.grid.boxes(level, shape, height, width)
+                if not len(level_boxes):
+                    continue
+                if fmap is not None:
+                    emb = pool_windows(fmap, shape, self.config.pool, integral, self.config.grid)
+                    protos = self.prototypes[shape]
+                else:
+                    emb = self.embedding.crop_embeddings(crops(rgb, level_boxes))
+                    protos = self.prototypes[(0, 0)]
+                boxes.append(level_boxes)
+                scores.append(self._similarity(emb, protos))
+        keypoint_seconds, placements = 0.0, 0
+        if self.matcher is not None:
+            placed = time.perf_counter()
+            finds = self.matcher.find(rgb)
+            keypoint_seconds = time.perf_counter() - placed
+            if finds:
+                rows = np.full((len(finds), len(self.labels)), -1.0, np.float32)
+                rows[np.arange(len(finds)), [self.labels.index(f.label) for f in finds]] = [f.inliers for f in finds]
+                boxes.append(np.asarray([f.box for f in finds], np.float32))
+                scores.append(rows)
+                placements = len(finds)
+        if not boxes:  # keypoints only, and none placed
+            boxes, scores = [np.zeros((0, 4), np.float32)], [np.zeros((0, len(self.labels)), np.float32)]
+        return WindowScores(np.concatenate(boxes), np.concatenate(scores), time.perf_counter() - started,
+                            placements, keypoint_seconds)
+
+    def _similarity(self, emb: np.ndarray, protos: np.ndarray) -> np.ndarray:
+        """Cosine of each window to each prototype, the best rotation per class. Centred, both
+        sides are seen from the frame's mean (unit) window: what all windows share (the
+        backdrop, the lighting) stops counting as likeness. Written as products with the raw
+        embeddings, so no centred copy of the windows is ever made (this is the hot loop)."""
+        emb = np.ascontiguousarray(emb, np.float32)
+        inv = 1.0 / np.maximum(np.sqrt(np.einsum("ij,ij->i", emb, emb)), 1e-12)
+        cos = emb @ protos.T
+        if self.config.center and len(emb) > 1:
+            mean = (inv @ emb) / len(emb)  # the mean unit window
+            wm = (emb @ mean) * inv  # each unit window · mean
+            pm = protos @ mean
+            mm = float(mean @ mean)
+            window_norm = np.sqrt(np.maximum(1.0 - 2.0 * wm + mm, 1e-12))
+            proto_norm = np.sqrt(np.maximum(1.0 - 2.0 * pm + mm, 1e-12))
+            cos *= inv[:, None]  # unit windows · unit prototypes, then seen from the mean:
+            cos -= wm[:, None]
+            cos -= (pm - mm)[None, :]
+            cos /= window_norm[:, None]
+            cos /= proto_norm[None, :]
+        else:
+            cos *= inv[:, None]
+        r = len(self.config.rotations)
+        return cos.reshape(len(emb), -1, r).max(axis=2).astype(np.float32)
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def decide(self, windows: WindowScores, min_margin: float = 0.0,
+               max_detections: int | None = None) -> list[Detection]:
+        """Windows whose score clears their class's threshold by more than ``min_margin``; the
+        best of each overlapping group (one label per place: an item has one identity), best
+        first. Classes are compared by that margin, not by raw cosine: calibrated thresholds
+        put every class at the same false-detection rate, so a class that looks like
+        everything (a prototype close to the backdrop) does not win every window. The
+        detection's score is its cosine (a keypoint placement's: its inliers). With one
+        suppression over all classes, a placement that clears its threshold explains its box:
+        windows lying mostly inside it are dropped (a small window on a placed item is that
+        item, or a part of it seen as another one).
+        ``min_margin=-inf`` gives every window's best class (for precision-recall curves)."""
+        margin = windows.scores - self.thresholds[None, :]
+        top_k = max_detections or self.config.max_detections
+        if not self.config.agnostic:  # each class on its own: a place may hold several labels
+            found = []
+            for c in range(len(self.labels)):
+                keep = np.flatnonzero(margin[:, c] > min_margin)
+                for i in keep[nms(windows.boxes[keep], margin[keep, c], self.config.nms_iou, top_k)]:
+                    found.append((margin[i, c], self._detection(windows, i, c)))
+            return [d for _, d in sorted(found, key=lambda pair: -pair[0])[:top_k]]
+        best = margin.argmax(axis=1)
+        rows = np.arange(len(best))
+        keep = np.flatnonzero(margin[rows, best] > min_margin)
+        placed = keep[keep >= windows.windows]
+        if len(placed):
+            keep = keep[~inside(windows.boxes[keep], windows.boxes[placed]) | (keep >= windows.windows)]
+        if not len(keep):
+            return []
+        picked = keep[nms(windows.boxes[keep], margin[keep, best[keep]], self.config.nms_iou, top_k)]
+        return [self._detection(windows, i, best[i]) for i in picked]
+
+    def _detection(self, windows: WindowScores, i: int, c: int) -> Detection:
+        score = float(windows.scores[i, c])
+        return Detection(self.labels[c], score, tuple(int(round(v)) for v in windows.boxes[i]),
+                         int(round(score)) if i >= windows.windows else 0)
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        return self.decide(self.scores(rgb))
+
+    def calibrate(self, backgrounds: Iterable[np.ndarray], false_per_frame: float = 0.1) -> dict:
+        """Per-class thresholds from frames that hold none of the classes: each class may give
+        ``false_per_frame / classes`` detections per frame on them (at least the highest
+        background score stays below its threshold when that is under one)."""
+        if not 0 <= false_per_frame <= 100:
+            raise DetectError(f"false_per_frame {false_per_frame}: 0..100")
+        peaks: list[list[float]] = [[] for _ in self.labels]
+        frames = 0
+        for rgb in backgrounds:
+            windows = self.scores(rgb)
+            frames += 1
+            for c in range(len(self.labels)):  # each class's own peaks, as if it were the only one
+                column = windows.scores[:, c]
+                top = nms(windows.boxes, column, self.config.nms_iou, self.config.max_detections)
+                peaks[c].extend(column[top].tolist())
+        if frames == 0:
+            raise DetectError("calibration needs at least one background frame")
+        k = int(math.floor(false_per_frame * frames / len(self.labels)))  # false detections allowed per class
+        thresholds = []
+        for values in peaks:
+            ranked = sorted(values, reverse=True)
+            thresholds.append(ranked[k] if k < len(ranked) else (ranked[-1] if ranked else 0.0) - 1e-6)
+        self.thresholds = np.asarray(thresholds, np.float32)
+        self.calibration = {"frames": frames, "false_per_frame": false_per_frame,
+                            "thresholds": {label: round(float(t), 4) for label, t in zip(self.labels, self.thresholds)}}
+        return self.calibration
+
+
+def check_frame(rgb: object) -> np.ndarray:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise FrameError("a frame is an H×W×3 uint8 RGB array")
+    if min(rgb.shape[:2]) < MIN_EXEMPLAR_PX:
+        raise FrameError(f"a {rgb.shape[1]}×{rgb.shape[0]} frame is too small to search")
+    return rgb
+
+
+def _check_exemplar(label: str, crop: object) -> np.ndarray:
+    try:
+        crop = check_frame(crop)
+    except FrameError as exc:
+        raise DetectError(f"exemplar of {label!r}: {exc}") from exc
+    return crop
+
+
+def _geometry(embedder: Embedder, spec: InputSpec, mode: str) -> tuple[int, int]:
+    """The backbone's stride (input px per feature-map cell) and the cells across its input.
+    Dense mode needs a model that takes any input size; crops only the bundle's own."""
+    blank = np.zeros((1, len(spec.channels), spec.size, spec.size), np.float32)
+    outputs = embedder.run_all(blank)
+    if FEATURE_MAP_OUTPUT not in outputs:
+        if mode == "dense":
+            raise DetectError("this bundle's model has no feature_map output, which dense detection pools; "
+                              "re-export it, or use mode 'crops'")
+        return spec.size, 1
+    cells = int(np.asarray(outputs[FEATURE_MAP_OUTPUT]).shape[-1])
+    if cells < 1 or spec.size % cells:
+        raise DetectError(f"a {spec.size} px input gives a {cells}-cell map: no whole stride")
+    stride = spec.size // cells
+    if mode == "dense":
+        wider = np.zeros((1, len(spec.channels), spec.size, spec.size + 2 * stride), np.float32)
+        try:
+            got = np.asarray(embedder.run_all(wider)[FEATURE_MAP_OUTPUT]).shape[-1]
+        except Exception as exc:  # ONNX Runtime's own error for a fixed input size
+            raise DetectError(f"this bundle's model takes only {spec.size}×{spec.size} inputs, and dense "
+                              f"detection runs it on whole frames; re-export it, or use mode 'crops' ({exc})") from exc
+        if got != cells + 2:
+            raise DetectError(f"the feature map grew by {got - cells} cells for {2 * stride} more pixels: "
+                              f"not a stride-{stride} map")
+    return stride, cells
+
+
+def store_features(store: EmbeddingStore, embedding_dim: int, labels: Sequence[str] | None = None
+                   ) -> dict[str, np.ndarray]:
+    """The enrollment store's examples as detection prototypes: each example's first
+    ``embedding_dim`` features are its views' mean embedding (the fused layout's first block)."""
+    examples = store.examples()
+    wanted = set(labels) if labels else None
+    out: dict[str, list[np.ndarray]] = {}
+    for row, label in zip(examples.features, examples.labels):
+        if wanted is None or label in wanted:
+            out.setdefault(label, []).append(row[:embedding_dim])
+    if wanted and (missing := wanted - set(out)):
+        raise DetectError(f"the store has no examples of {sorted(missing)}")
+    return {label: np.stack(rows) for label, rows in out.items()}
+
+
+def draw(rgb: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:
+    """The frame with each detection's box and ``label score`` (a placement: ``label N kp``,
+    its inliers) drawn on it (RGB)."""
+    out = rgb.copy()
+    thickness = max(1, round(min(rgb.shape[:2]) / 300))
+    for i, d in enumerate(detections):
+        hue = (i * 47) % 180
+        colour = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].tolist()
+        x1, y1, x2, y2 = d.box
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        text = f"{d.label} {d.inliers} kp" if d.inliers else f"{d.label} {d.score:.2f}"
+        scale = 0.4 * thickness
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        top = max(0, y1 - th - base - 2)
+        cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 2), colour, -1)
+        cv2.putText(out, text, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return out

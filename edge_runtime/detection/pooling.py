@@ -1,0 +1,117 @@
+"""Window pooling over a feature map (integral images, the LCA layer's weighting) and OpenCV's
+non-maximum suppression: the numeric kernels of the detector, free of any model."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .config import DetectError
+
+
+def inside(boxes: np.ndarray, regions: np.ndarray, share: float = 0.5) -> np.ndarray:
+    """For each of ``boxes`` (N×4), whether at least ``share`` of its area lies inside one of
+    ``regions`` (M×4)."""
+    b, r = boxes[:, None, :], regions[None, :, :]
+    w = np.clip(np.minimum(b[..., 2], r[..., 2]) - np.maximum(b[..., 0], r[..., 0]), 0, None)
+    h = np.clip(np.minimum(b[..., 3], r[..., 3]) - np.maximum(b[..., 1], r[..., 1]), 0, None)
+    area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
+    return ((w * h) / area[:, None] >= share).any(axis=1)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, top_k: int) -> np.ndarray:
+    """Indices of the boxes (``N×4``, x1 y1 x2 y2) that OpenCV's non-maximum suppression keeps,
+    best first."""
+    if not len(boxes):
+        return np.zeros(0, int)
+    xywh = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
+    shifted = np.asarray(scores, np.float64)
+    shifted = shifted - shifted.min() + 1.0  # OpenCV keeps scores over 0; only their order matters here
+    kept = cv2.dnn.NMSBoxes(xywh.tolist(), shifted.tolist(), 0.0, iou, top_k=top_k)
+    return np.asarray(kept, int).reshape(-1)
+
+
+# -- pooling ----------------------------------------------------------------------------------
+
+
+def integral_image(fmap: np.ndarray) -> np.ndarray:
+    """``D×(h+1)×(w+1)`` sums of every top-left rectangle (summed in float64, kept in float32:
+    a window's sum is a difference of two such sums, exact to float32's 1e-7 of the map's total)."""
+    d, h, w = fmap.shape
+    table = np.zeros((d, h + 1, w + 1), np.float64)
+    table[:, 1:, 1:] = fmap.cumsum(axis=1, dtype=np.float64).cumsum(axis=2)
+    return table.astype(np.float32)
+
+
+def _box_sums(table: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    return table[:, kh:, kw:] - table[:, :-kh, kw:] - table[:, kh:, :-kw] + table[:, :-kh, :-kw]
+
+
+def _interval_weight(n: int) -> np.ndarray:
+    """Sum over the intervals of ``0..n-1`` that hold each position of 1/length (as in the LCA
+    layer, ``sortline.train.backbones``)."""
+    i = np.arange(n)[:, None]
+    length = np.arange(1, n + 1)[None, :]
+    placements = np.clip(np.minimum(i, n - length) - np.clip(i - length + 1, 0, None) + 1, 0, None)
+    return (placements / length).sum(axis=1)
+
+
+def pool_windows(fmap: np.ndarray, shape: tuple[int, int], pool: str = "avg",
+                 integral: np.ndarray | None = None, grid: int = 1) -> np.ndarray:
+    """Every ``kh×kw`` window of a ``D×h×w`` map, one cell apart, pooled: ``N×D`` in row-major
+    window order. ``avg`` is the window's mean (an integral image, four look-ups per window);
+    ``lca`` the LCA layer's mean of all region means inside the window, which is a weighted sum
+    whose weights factor into a row and a column part, less the 1×1 regions. ``integral`` is
+    the map's :func:`integral_image`, when the caller pools several shapes from one map.
+
+    ``grid=2`` keeps the window's layout: the means of its four quarters (top and bottom
+    halves, which share the middle row of an odd window; left and right likewise), each scaled
+    to unit length, side by side (``N×4D``)."""
+    kh, kw = shape
+    d, h, w = fmap.shape
+    if kh > h or kw > w:
+        return np.zeros((0, d * grid * grid), np.float32)
+    table = integral_image(fmap) if integral is None else integral
+    if grid == 2:
+        if pool != "avg":
+            raise DetectError("a 2×2 window layout is pooled by averages only")
+        rows = [(0, (kh + 1) // 2), (kh // 2, kh)]
+        cols = [(0, (kw + 1) // 2), (kw // 2, kw)]
+        parts = [unit(_offset_box_sums(table, kh, kw, r, c).reshape(d, -1).T) for r in rows for c in cols]
+        return np.concatenate(parts, axis=1)
+    sums = _box_sums(table, kh, kw)
+    if pool == "avg":
+        pooled = sums / (kh * kw)
+    else:
+        regions = (kh * (kh + 1) // 2) * (kw * (kw + 1) // 2) - kh * kw
+        if regions == 0:
+            pooled = sums
+        else:
+            rows = np.lib.stride_tricks.sliding_window_view(fmap, kh, axis=1) @ _interval_weight(kh)
+            both = np.lib.stride_tricks.sliding_window_view(rows, kw, axis=2) @ _interval_weight(kw)
+            pooled = (both - sums) / regions
+    return np.ascontiguousarray(pooled.reshape(d, -1).T, np.float32)
+
+
+def _offset_box_sums(table: np.ndarray, kh: int, kw: int, rows: tuple[int, int], cols: tuple[int, int]
+                     ) -> np.ndarray:
+    """For every ``kh×kw`` window position, the sum over its sub-box ``rows × cols``."""
+    n_rows, n_cols = table.shape[1] - kh, table.shape[2] - kw
+    (r0, r1), (c0, c1) = rows, cols
+
+    def at(r: int, c: int) -> np.ndarray:
+        return table[:, r:r + n_rows, c:c + n_cols]
+
+    return at(r1, c1) - at(r0, c1) - at(r1, c0) + at(r0, c0)
+
+
+def pool_window(fmap: np.ndarray, pool: str = "avg", grid: int = 1) -> np.ndarray:
+    """A whole ``D×h×w`` map pooled into one vector, as one window."""
+    return pool_windows(fmap, fmap.shape[1:], pool, grid=grid)[0]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -1,0 +1,17 @@
+"""The model and its bundle: what turns an item's views and readings into a decision, and the
+files that carry it from the desktop to the station. Depends on nothing else in the edge runtime.
+
+- ``bundle.py``: the bundle format (manifest, hashes, signatures, archives), read and written;
+  the decision policy as the manifest holds it;
+- ``policy.py``: a decision policy file (TOML) read and checked once, for ``fit``, ``export`` and
+  ``bundle policy``;
+- ``preprocess.py``: the one inference-time preprocessing, shared with training evaluation;
+- ``embedder.py``: ONNX Runtime on a bundle's backbone, and embedding parity;
+- ``runtimes.py``: the runtimes behind one :class:`Embedder` interface (ONNX Runtime, OpenVINO);
+- ``choice.py``: the runtime and thread count chosen by measurement, on the bundle's check inputs;
+- ``head.py``: the logistic-regression head as plain arrays, and the open-set test;
+- ``fusion.py``: views and sensor readings fused into one feature row;
+- ``descriptors.py``: the colour histogram, a descriptor without a model;
+- ``pipeline.py``: :class:`ItemPipeline`, one item from capture to decision;
+- ``bench.py``: ``sortline bench``.
+"""

@@ -1,0 +1,68 @@
+"""What comes of each decided item: its one gate command, its line in the event log, its place
+in the counters, and what the operator sees of the latest items."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+import numpy as np
+
+from sortline.edge_runtime.model.pipeline import UNANNOUNCED, Decision, ItemPipeline
+
+from .events import EventLog
+from .gate import GateChannel
+from .items import OpenItem, Outcome, event_record
+from .stats import StationStats
+
+
+class Outcomes:
+    """Sends and records each decision; the loop only decides when."""
+
+    def __init__(self, gate: GateChannel, log: EventLog, stats: StationStats, recent: Recent) -> None:
+        self.gate, self.log, self.stats, self.recent = gate, log, stats, recent
+
+    def decided(self, item: OpenItem, outcome: Outcome, readings: int, started: float, done: float,
+                sensor_rejected: bool) -> None:
+        self.stats.deadline_misses += outcome.late
+        self.stats.overload += outcome.overload
+        sent = self.gate.send(item.arrival.item_id, outcome.decision.exit, done, item.deadline_at)
+        self.book(outcome.decision)
+        record = event_record(outcome, item, readings, (done - started) * 1000, done, sent, item.pipeline.version)
+        if sensor_rejected:
+            record["sensor_rejected"] = True  # decided on its views: a reading for it was garbage
+        self.stats.latency_ms.add(record["latency_ms"])
+        self.stats.compute_ms.add(record["compute_ms"])
+        self.log.write(record)
+
+    def unannounced(self, pipeline: ItemPipeline, item_id: int, now: float, deadline_at: float) -> None:
+        decision = pipeline.safe(item_id, UNANNOUNCED)
+        sent = self.gate.send(item_id, decision.exit, now, deadline_at)
+        self.book(decision)
+        self.log.write({**decision.to_dict(), "sent": sent, "bundle": pipeline.version})
+
+    def book(self, decision: Decision) -> None:
+        self.stats.reasons[decision.reason] += 1
+        self.stats.exits[decision.exit] += 1
+        self.recent.add(decision)
+
+
+class Recent:
+    """What the station keeps of its latest items for the operator: decisions and first views;
+    and who hears of each decision as it is made (``on_decision``)."""
+
+    def __init__(self, decisions: int, thumbnails: int, on_decision: Callable[[Decision], None] | None) -> None:
+        self.decisions: deque[Decision] = deque(maxlen=decisions)
+        self.thumbnails: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.max_thumbnails = thumbnails
+        self.on_decision = on_decision
+
+    def add(self, decision: Decision) -> None:
+        self.decisions.append(decision)
+        if self.on_decision is not None:
+            self.on_decision(decision)
+
+    def thumbnail(self, item_id: int, image: np.ndarray) -> None:
+        self.thumbnails[item_id] = image
+        while len(self.thumbnails) > self.max_thumbnails:
+            self.thumbnails.popitem(last=False)
