@@ -80,7 +80,13 @@ def test_the_daemon_serves_health_metrics_and_a_guarded_api(tmp_path, tiny_bundl
     def operate() -> None:
         assert _call(port, "/healthz") == (200, {"ok": True})
         assert _call(port, "/readyz")[0] == 200
-        assert _call(port, "/openapi.json")[0] == 200
+        status, spec = _call(port, "/openapi.json")
+        assert status == 200
+        for path, method, model in [("/api/status", "get", "Status"), ("/api/heads", "get", "Heads"),
+                                    ("/api/lanes", "get", "Lanes"), ("/api/refit", "post", "Refitted"),
+                                    ("/api/lanes/{lane}/pause", "post", "LaneChanged"), ("/healthz", "get", "Health")]:
+            body = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+            assert body == {"$ref": f"#/components/schemas/{model}"}, (path, body)  # typed, not a bare dict
         # changes need the token
         for token in (None, "wrong-token-0123456789"):
             status, reply = _call(port, "/api/enroll", {"label": "new", "count": 5}, token=token)

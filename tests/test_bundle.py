@@ -138,3 +138,41 @@ def test_tampered_or_hostile_archives_are_refused(tiny_bundle, tmp_path):
     (tmp_path / "junk.tar.gz").write_bytes(b"not gzip")
     with pytest.raises(BundleError, match="not a readable bundle archive"):
         load_bundle(tmp_path / "junk.tar.gz")
+
+
+@pytest.mark.parametrize("label, ok", [
+    ("Granny-Smith", True), ("Tom & Jerry's <5 kg>", True), ('"quoted"', True), ("Äpfel 1,5 kg", True),
+    ("", False), (" padded", False), ("padded ", False), ("two\nlines", False), ("tab\there", False),
+    ("x" * 201, False), (7, False), (None, False),
+])
+def test_one_label_rule_for_every_source(label, ok, tmp_path, tiny_bundle):
+    """model/labels.py: printable text of 1..200 characters without outer spaces, markup allowed;
+    a manifest, a policy and the store refuse the same labels."""
+    import dataclasses
+
+    from sortline.edge_runtime.learning.store import StoreError
+    from sortline.edge_runtime.learning.store import check_label as store_check
+    from sortline.edge_runtime.model.labels import LabelRuleError, check_label
+    from sortline.edge_runtime.model.policy import DecisionPolicy, PolicyError
+
+    if ok:
+        assert check_label(label) == store_check(label) == label
+        assert DecisionPolicy.from_dict({"exits": {label: 1}, "safe_exit": 0}).exits == {label: 1}
+    else:
+        with pytest.raises(LabelRuleError):
+            check_label(label)
+        with pytest.raises(StoreError):
+            store_check(label)
+        with pytest.raises(PolicyError):
+            DecisionPolicy.from_dict({"exits": {label: 1}, "safe_exit": 0})
+    if isinstance(label, str) and label:  # a manifest carries it as written
+        m = tiny_bundle.manifest
+        labels = (label, *m.labels[1:])
+        policy = DecisionPolicy({**{k: v for k, v in m.decision.exits.items() if k != m.labels[0]}, label: 1}, 0)
+        manifest = dataclasses.replace(m, labels=labels, decision=policy, files={}, created="")
+        head = dataclasses.replace(tiny_bundle.load_head(), labels=labels)
+        if ok:
+            assert write_bundle(tmp_path / "b", manifest, tiny_bundle.backbone_path, head).manifest.labels == labels
+        else:
+            with pytest.raises(BundleError, match="label"):
+                write_bundle(tmp_path / "b", manifest, tiny_bundle.backbone_path, head)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from sortline.edge_runtime.learning.store import MAX_LABEL_CHARS
+from sortline.edge_runtime.model.labels import MAX_LABEL_CHARS
 from sortline.hardware.protocol import MAX_EXIT
 
 Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]

@@ -26,10 +26,10 @@ import numpy as np
 
 from sortline.edge_runtime.errors import SortlineError
 from sortline.edge_runtime.model.bundle import json_finite
+from sortline.edge_runtime.model.labels import label_problem
 
 SCHEMA = 1
 MAX_EXAMPLES = 200_000  # a station's memory, all classes together
-MAX_LABEL_CHARS = 200
 MAX_SOURCE_CHARS = 1000
 BUNDLE_VERSION = 0  # the head that came with the bundle
 
@@ -72,8 +72,9 @@ def _now() -> str:
 
 
 def check_label(label: object) -> str:
-    if not isinstance(label, str) or not 0 < len(label) <= MAX_LABEL_CHARS or not label.isprintable():
-        raise StoreError(f"a label is 1..{MAX_LABEL_CHARS} printable characters; got {label!r:.60}")
+    """``label`` if it keeps the label rule (``model/labels.py``); :class:`StoreError` otherwise."""
+    if (problem := label_problem(label)) is not None:
+        raise StoreError(f"{problem}; got {label!r:.60}")
     return label
 
 

@@ -3,8 +3,9 @@ files that carry it from the desktop to the station. Depends on nothing else in 
 
 - ``bundle.py``: the bundle format (manifest, hashes, signatures, archives), read and written;
   the decision policy as the manifest holds it;
-- ``policy.py``: a decision policy file (TOML) read and checked once, for ``fit``, ``export`` and
-  ``bundle policy``;
+- ``policy.py``: :class:`DecisionPolicy`, checked in one place for a manifest, a refit and a
+  policy file (TOML, for ``fit``, ``export`` and ``bundle policy``);
+- ``labels.py``: what a class label may contain, one rule for every source;
 - ``preprocess.py``: the one inference-time preprocessing, shared with training evaluation;
 - ``embedder.py``: ONNX Runtime on a bundle's backbone, and embedding parity;
 - ``runtimes.py``: the runtimes behind one :class:`Embedder` interface (ONNX Runtime, OpenVINO);

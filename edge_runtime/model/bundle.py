@@ -36,6 +36,7 @@ from sortline.hardware.files import atomic_file, private_tempdir, publish_dir, p
 
 from .fusion import FusionSpec
 from .head import HeadError, LogisticHead
+from .labels import label_problem
 from .policy import DecisionPolicy, PolicyError
 from .preprocess import InputSpec
 
@@ -61,6 +62,12 @@ def _decision(data: object) -> DecisionPolicy:
         return DecisionPolicy.from_dict(data, "manifest decision")
     except PolicyError as exc:
         raise BundleError(str(exc)) from None
+
+
+def _text(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise BundleError(f"manifest {where}: {value!r:.40} is not text")
+    return value
 
 
 def _whole(value: object, where: str) -> int:
@@ -116,11 +123,11 @@ class Manifest:
             raise BundleError(f"manifest lacks fields {sorted(missing)}")
         try:
             manifest = cls(
-                name=str(data["name"]),
+                name=_text(data["name"], "name"),
                 created=str(data["created"]),
                 input=InputSpec.from_dict(data["input"]),
                 embedding_dim=_whole(data["embedding_dim"], "embedding_dim"),
-                labels=tuple(str(x) for x in data["labels"]),
+                labels=tuple(_text(x, "labels") for x in data["labels"]),
                 decision=_decision(data["decision"]),
                 fusion=FusionSpec.from_dict(data["fusion"]),
                 backbone=str(data["backbone"]),
@@ -135,9 +142,11 @@ class Manifest:
         if not 0 < len(manifest.name) <= MAX_NAME_CHARS or len(manifest.labels) > MAX_LABELS:
             raise BundleError(f"manifest name of {len(manifest.name)} characters or {len(manifest.labels)} labels: "
                               f"names are 1..{MAX_NAME_CHARS} characters, at most {MAX_LABELS} labels")
-        if len(set(manifest.labels)) != len(manifest.labels) or any(
-                not 0 < len(label) <= MAX_NAME_CHARS for label in manifest.labels):
-            raise BundleError(f"manifest labels must be unique and 1..{MAX_NAME_CHARS} characters each")
+        if len(set(manifest.labels)) != len(manifest.labels):
+            raise BundleError("manifest labels must be unique")
+        for label in manifest.labels:
+            if (problem := label_problem(label)) is not None:
+                raise BundleError(f"manifest label {label!r:.60}: {problem}")
         if not 0 < manifest.embedding_dim <= MAX_EMBEDDING_DIM:
             raise BundleError(f"manifest embedding_dim {manifest.embedding_dim} is outside 1..{MAX_EMBEDDING_DIM}")
         for name in (manifest.backbone, manifest.head):

@@ -29,6 +29,8 @@ from sortline.edge_runtime.errors import ConfigError, SortlineError
 from sortline.edge_runtime.tomlfile import read_toml
 from sortline.hardware.protocol import MAX_EXIT
 
+from .labels import label_problem
+
 FIELDS = ("exits", "safe_exit", "min_confidence", "class_min_confidence")
 
 
@@ -91,8 +93,8 @@ def _table(value: object, where: str) -> dict:
 
 
 def _text(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise PolicyError(f"{where}: the class name {value!r:.40} is not text")
+    if (problem := label_problem(value)) is not None:
+        raise PolicyError(f"{where}: the class name {value!r:.40}: {problem}")
     return value
 
 
