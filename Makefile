@@ -31,7 +31,8 @@ edge-check:
 	$(EDGE_VENV)/bin/pip install --quiet -c constraints.txt .
 	cd /tmp && $(CURDIR)/$(EDGE_VENV)/bin/python -c "import importlib, pkgutil, importlib.util as u; \
 		import sortline.edge_runtime as e, sortline.hardware as h; \
-		mods = [importlib.import_module(m.name) for p in (e, h) for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')]; \
+		mods = [importlib.import_module(m.name) for p in (e, h) for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.') \
+		        if not m.name.endswith('.__main__')]; \
 		assert u.find_spec('torch') is None and u.find_spec('openvino') is None; \
 		print(f'edge install OK: no torch, no OpenVINO, {len(mods)} runtime modules import')"
 	$(EDGE_VENV)/bin/sortline --help > /dev/null

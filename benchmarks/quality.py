@@ -34,7 +34,7 @@ import torch
 from sortline.train.data import UNLABELED, TrainingSet, load_training_set
 from sortline.train.eval_report import FUSED, HISTOGRAM, EvaluateConfig, run_evaluation
 from sortline.train.pretraining import PretrainConfig, run_pretrain
-from sortline.train.recipes import get_recipe
+from sortline.train.recipe_book import get_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)

@@ -17,7 +17,8 @@ from sortline.train.checkpoint import load_checkpoint
 from sortline.train.data import ResolutionSchedule, ViewsDataset
 from sortline.train.losses import ColourPredictionLoss, colour_histogram
 from sortline.train.pretraining import PretrainConfig, PretrainError, run_pretrain
-from sortline.train.recipes import RECIPES, plan_schedule
+from sortline.train.recipe_book import RECIPES
+from sortline.train.recipes import plan_schedule
 
 
 def test_resolution_schedule_picks_the_size_of_each_epoch():

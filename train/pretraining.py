@@ -41,7 +41,8 @@ from .loop import TrainConfig, train
 from .losses import ColourPredictionLoss, labels_from_pairs
 from .methods import METHODS, build_method
 from .pseudolabels import can_label, pseudo_label
-from .recipes import RUN_RATE_MARGIN, Plan, get_recipe, logged_rate, plan_for
+from .recipe_book import get_recipe
+from .recipes import RUN_RATE_MARGIN, Plan, logged_rate, plan_for
 
 log = logging.getLogger(__name__)
 

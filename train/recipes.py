@@ -28,7 +28,6 @@ from pathlib import Path
 from .data import ResolutionSchedule, ViewsDataset
 from .loop import TrainConfig, train
 from .methods.base import Method
-from .recipe_book import RECIPES, Recipe, get_recipe  # noqa: F401 (the recipes by name)
 
 # A whole run trains up to a tenth slower than its short probe, and more with another job on the
 # machine (AMD EPYC, 2 cores, ResNet-10 at 64 px, views/s run/probe: 320/320, 314/341, 284/322
