@@ -30,3 +30,23 @@ def test_demo_end_to_end_prints_json_summary_last(tmp_path, capsys):
                  "pretrain.csv", "backbone.ckpt", "backbone.fp32.onnx", "backbone.int8.onnx"):
         assert (out / name).stat().st_size > 0, name
     assert len((out / "events.jsonl").read_text().splitlines()) == 40
+
+
+@pytest.mark.slow
+def test_demo_sorts_on_the_views_alone_with_sensor_none(tmp_path, capsys):
+    """`sortline demo --sensor none`: a station without a tap sensor. The item stage trains the
+    backbone on the labelled fruit, the head fuses no sensor, and items are decided as soon as
+    their views are embedded (the line's taps are left aside)."""
+    out = tmp_path / "demo"
+    code = main(["demo", "--items", "40", "--pool-fruit", "32", "--labeled-fruit", "120", "--epochs", "0",
+                 "--item-epochs", "2", "--image-size", "32", "--sensor", "none", "--out", str(out), "--quiet",
+                 "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["items"], summary["gate_commands"], summary["lost"], summary["duplicates"]) == (40, 40, 0, 0)
+    manifest = load_bundle(out / "bundle").manifest
+    assert manifest.fusion.sensor == "none" and manifest.fusion.sensor_features == ()
+    assert manifest.metrics["item_stage"]["ran"] and manifest.metrics["item_stage"]["items"] == 120
+    assert summary["latency_ms_p50"] < 40  # the fifth tap comes 42 ms after the announcement: not waited for
+    assert summary["rejected_input"]["implausible_readings"] == 0
+    assert (out / "items.csv").stat().st_size > 0

@@ -98,6 +98,18 @@ def test_a_jump_either_way_is_a_counter_reset_and_old_ids_are_new_items(jump_to)
 # --- readings -----------------------------------------------------------------------------------
 
 
+def test_a_bundle_that_fuses_no_sensor_leaves_the_sensors_readings_aside_quietly(caplog):
+    """A views-only bundle (sortline demo --sensor none) on a line with a tap sensor: its items
+    are complete at once, and the taps are counted as unused, not as implausible."""
+    m = ReadingMatcher("none", readings_expected=0)
+    m.open(7, announced_at=0.0)
+    assert m.complete(7)
+    for tap in tap_series(make_fruit(7, seed=1)):
+        assert m.tap(tap, at=0.01, decided=False) == set()
+    assert m.close(7) == [] and m.stats.unused_readings == 5 and m.stats.implausible_readings == 0
+    assert "implausible" not in caplog.text
+
+
 def test_taps_before_the_announcement_wait_for_it_and_complete_the_item():
     m = ReadingMatcher("taps", readings_expected=5)
     taps = tap_series(make_fruit(7, seed=1))

@@ -67,3 +67,57 @@ def test_simclr_lowers_its_loss_on_a_small_set():
 def test_embedding_std_detects_collapse():
     assert embedding_std(torch.ones(16, 32)) == pytest.approx(0.0, abs=1e-6)
     assert embedding_std(torch.randn(256, 32)) == pytest.approx(1 / math.sqrt(32), rel=0.15)
+
+
+def _items(n: int = 24, views: int = 4, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Items whose class is a dark square in one view's NIR only (class 1) or in none (class 0):
+    evidence that a global average over one view barely moves, and pooling over views must keep."""
+    rng = np.random.default_rng(seed)
+    items = rng.integers(90, 110, (n, views, 4, size, size), dtype=np.uint8)
+    labels = np.arange(n) % 2
+    for i in np.flatnonzero(labels):
+        view, y, x = rng.integers(views), *rng.integers(0, size - 8, 2)
+        items[i, view, 3, y:y + 8, x:x + 8] = 20
+    return items, labels
+
+
+def test_items_dataset_keeps_an_items_views_together_and_mirrors_them_alike():
+    from sortline.train.data import ItemsDataset
+
+    spec = InputSpec.for_channels(("r", "g", "b", "nir"), 32, views=4)
+    items, labels = _items(4)
+    data = ItemsDataset(items, labels, spec, seed=3)
+    seen = set()
+    for epoch in range(8):
+        views, label = data[epoch * len(data) + 1]
+        assert views.shape == (4, 4, 32, 32) and label == labels[1]
+        plain = (torch.from_numpy(items[1]).float() / 255 - torch.tensor(spec.mean).view(1, -1, 1, 1)) / \
+            torch.tensor(spec.std).view(1, -1, 1, 1)
+        mirrored = torch.allclose(views, plain.flip(-1))
+        assert mirrored or torch.allclose(views, plain)  # every view mirrored, or none
+        seen.add(mirrored)
+    assert seen == {True, False}
+    with pytest.raises(ValueError):
+        ItemsDataset(items, np.array([0, 1, -1, 0]), spec)  # an unlabelled item
+
+
+def test_the_item_stage_teaches_the_backbone_a_defect_one_view_shows(tmp_path):
+    """train_on_items: the backbone learns, from all of an item's views together, evidence that
+    one view's NIR holds (what it does on the avocado line: benchmarks/results/fusion_ablation.md)."""
+    from sortline.edge_runtime.model.fusion import LabeledItem
+    from sortline.hardware.camera import ViewFrame
+    from sortline.train.station_fit import FitConfig, train_on_items
+
+    spec = InputSpec.for_channels(("r", "g", "b", "nir"), 32, views=4)
+    items, labels = _items(48)
+    labeled = [LabeledItem(int(y), [ViewFrame(rgb=np.ascontiguousarray(v[:3].transpose(1, 2, 0)), nir=v[3])
+                                    for v in item], []) for item, y in zip(items, labels)]
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet10", in_channels=4)
+    before = [p.detach().clone() for p in backbone.parameters()]
+    report = train_on_items(backbone, labeled, 2, spec, FitConfig(item_epochs=6, seed=0, progress=False), tmp_path)
+    assert report["ran"] and report["items"] == 48 and (tmp_path / "items.csv").is_file()
+    assert report["final_loss"] < 0.5 * report["first_loss"]  # it learns the spot (ln 2 = 0.69 at chance)
+    assert any(not torch.equal(a, b) for a, b in zip(before, backbone.parameters())) and not backbone.training
+    off = train_on_items(backbone, labeled, 2, spec, FitConfig(item_epochs=0), tmp_path)
+    assert not off["ran"] and "off" in off["why"]

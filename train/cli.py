@@ -50,6 +50,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--labeled-fruit", "--labeled-items", type=int, default=600,
                       help="labeled items for the fusion head")
     demo.add_argument("--epochs", type=float, default=6.0, help="pretraining epochs over the pool (0: random init)")
+    demo.add_argument("--item-epochs", type=float,
+                      help="the item stage: epochs over the labelled fruit, all views of each together, at most "
+                           "2 minutes (default: 10 with --sensor none, else none; docs/defects.md)")
+    demo.add_argument("--sensor", choices=["none"],
+                      help="none: the head decides on the views alone (a station without a tap sensor or scale)")
     demo.add_argument("--recipe", choices=sorted(RECIPES),
                       help="pretrain with this recipe (its backbone and schedule, within 6 minutes) instead of "
                            "--epochs of SimCLR on --backbone")
@@ -147,6 +152,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--epochs", type=float, default=6.0, help="SimCLR epochs over every item's views (6)")
     source.add_argument("--recipe", choices=sorted(RECIPES),
                         help="pretrain with this recipe (its backbone and schedule) within --max-seconds")
+    fit.add_argument("--item-epochs", type=float,
+                     help="the item stage: epochs over the labelled items, all views of each together, at most "
+                          "2 minutes (default: 10 where the items have no sensor readings, else none; "
+                          "docs/defects.md)")
     fit.add_argument("--policy", type=Path, help="decision policy file (TOML): class → exit, confidence, safe exit")
     fit.add_argument("--backbone", default="resnet10")
     fit.add_argument("--image-size", type=int, default=64)

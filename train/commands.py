@@ -18,6 +18,7 @@ def demo(args: argparse.Namespace) -> dict:
     summary = run_demo(DemoConfig(items=args.items, out=args.out, scenario=args.scenario, products=args.products,
                                   product_count=args.product_count, pool_fruit=args.pool_fruit,
                                   labeled_fruit=args.labeled_fruit, epochs=args.epochs, seed=args.seed,
+                                  item_epochs=args.item_epochs, sensor=args.sensor,
                                   faults=args.faults, progress=not args.quiet, lanes=args.lanes,
                                   pitch_ms=1000 / args.rate, backbone=args.backbone, image_size=args.image_size,
                                   runtime=args.runtime, threads=args.threads, recipe=args.recipe,
@@ -78,7 +79,8 @@ def fit(args: argparse.Namespace) -> dict:
     labelled = [item.label for item in data.items if item.label is not None]
     policy = load_policy(args.policy, sorted(set(labelled))) if args.policy else None
     cfg = FitConfig(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs,
-                    max_pretrain_s=args.max_seconds, checkpoint=args.checkpoint, recipe=args.recipe, seed=args.seed,
+                    item_epochs=args.item_epochs, max_pretrain_s=args.max_seconds, checkpoint=args.checkpoint,
+                    recipe=args.recipe, seed=args.seed,
                     progress=not args.quiet)
     fitted = fit_items(data, args.out, cfg, policy, timings, name=args.name or args.out.name)
     m = fitted.manifest

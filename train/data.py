@@ -130,6 +130,37 @@ class ViewsDataset(Dataset):
         return views, int(self.labels[i])
 
 
+class ItemsDataset(Dataset):
+    """Whole items for a supervised stage: item ``i``'s ``V`` camera views (``N×V×C×S×S`` uint8,
+    through the edge preprocessing) normalised as the station normalises them, mirrored left to
+    right together half of the time, and its label.
+
+    Nothing else is augmented: a crop could cut away the very patch that makes an item a defect,
+    and colour jitter would wash out the darker NIR of a bruise. Indices are ``epoch·N + i``, as
+    in :class:`ViewsDataset`."""
+
+    def __init__(self, items: np.ndarray, labels: np.ndarray, spec: InputSpec, seed: int = 0) -> None:
+        if items.dtype != np.uint8 or items.ndim != 5:
+            raise ValueError(f"expected N×V×C×S×S uint8 items, got {items.shape} {items.dtype}")
+        if len(labels) != len(items) or (np.asarray(labels) < 0).any():
+            raise ValueError(f"{len(labels)} labels for {len(items)} items; every item needs one")
+        self.items = items
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.seed = seed
+        self.mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(spec.std).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        epoch, i = divmod(int(index), len(self.items))
+        views = (torch.from_numpy(self.items[i]).float().div_(255) - self.mean) / self.std
+        if np.random.default_rng(_sample_seed(self.seed, epoch, i)).random() < 0.5:
+            views = views.flip(-1)
+        return views, int(self.labels[i])
+
+
 class EpochSampler(Sampler[int]):
     """Epoch-keyed order of a data set, optionally class-balanced, sharded over processes.
 

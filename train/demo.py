@@ -60,6 +60,8 @@ class DemoConfig:
     channels: tuple[str, ...] | None = None  # the model's input channels (default: all the scenario's)
     image_size: int = 64
     epochs: float = 6.0
+    item_epochs: float | None = None  # the item stage (train/station_fit.py; None: on for a views-only head)
+    sensor: str | None = None  # the item sensor the head fuses: the scenario's (None), or "none" (views alone)
     batch_size: int = 128
     max_pretrain_s: float | None = 360.0
     recipe: str | None = None  # pretrain with a named recipe (small-data) instead of plain SimCLR
@@ -91,6 +93,16 @@ class TrainedStation:
     export_report: dict
 
 
+def _fusion(scenario: Scenario, sensor: str | None) -> FusionSpec:
+    """The scenario's sensor fused with the views, or (``sensor="none"``) the views alone: a
+    station without a tap sensor or scale, which decides as soon as its views are embedded."""
+    if sensor in (None, scenario.sensor):
+        return FusionSpec.for_sensor(scenario.sensor, scenario.readings_expected)
+    if sensor != "none":
+        raise ValueError(f"sensor {sensor!r}: the {scenario.name} line has a {scenario.sensor!r} sensor, or 'none'")
+    return FusionSpec.for_sensor("none", 0)
+
+
 def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> TrainedStation:
     """Render → pretrain → export (int8) → fusion head → bundle, in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -111,9 +123,10 @@ def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) 
     labeled = list(sim_items(scenarios["labeled"], cfg.labeled_fruit,
                              desc="render labeled" if cfg.progress else None))
     fitted = fit_station_bundle(
-        pool, labeled, classes, spec, FusionSpec.for_sensor(first.sensor, first.readings_expected),
+        pool, labeled, classes, spec, _fusion(first, cfg.sensor),
         DecisionPolicy(exits_for(first), SAFE_EXIT, cfg.min_confidence),
-        FitConfig(backbone=cfg.backbone, image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size,
+        FitConfig(backbone=cfg.backbone, image_size=cfg.image_size, epochs=cfg.epochs, item_epochs=cfg.item_epochs,
+                  batch_size=cfg.batch_size,
                   max_pretrain_s=cfg.max_pretrain_s, seed=cfg.seed, progress=cfg.progress, recipe=cfg.recipe),
         out, out / "bundle", f"{cfg.scenario}-{cfg.recipe or cfg.backbone + '-simclr'}", timings)
     bundle, backbone, manifest = fitted.bundle, fitted.backbone, fitted.manifest

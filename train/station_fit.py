@@ -28,16 +28,18 @@ from sortline.edge_runtime.model.preprocess import InputSpec, preprocess_views
 from sortline.export.build import ExportConfig, export_model
 
 from .augment import MultiChannelAugment
-from .backbones import build_backbone
+from .backbones import Backbone, build_backbone
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import UNLABELED, TrainingSet, ViewsDataset, model_input, views_to_uint8
+from .data import UNLABELED, ItemsDataset, TrainingSet, ViewsDataset, model_input, views_to_uint8
 from .loop import TrainConfig, train
 from .methods import build_method
+from .methods.supervised import ItemClassifier
 from .plots import loss_png
 from .pretraining import PretrainConfig, run_pretrain
 
 log = logging.getLogger(__name__)
 SAFE_EXIT = 0
+DEFAULT_ITEM_EPOCHS = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class FitConfig:
     epochs: float = 6.0  # SimCLR over every item's views (0: keep the random initialisation)
     batch_size: int = 128
     max_pretrain_s: float | None = 360.0
+    # The item stage: epochs over the labelled items (0: none). None: 10 where the head decides on
+    # the views alone, none where it fuses a sensor: a head fitted on the very items the stage
+    # trained on trusts their views too much and leaves the taps aside (docs/defects.md).
+    item_epochs: float | None = None
+    item_seconds: float | None = 120.0  # and at most this long
     checkpoint: Path | None = None  # a backbone to take instead of pretraining one
     recipe: str | None = None  # pretrain with this recipe (train/recipes.py) within max_pretrain_s
     min_confidence: float = 0.5
@@ -117,6 +124,13 @@ def fit_station_bundle(pool: np.ndarray, labeled: Sequence[LabeledItem], classes
         pretrain = {"method": "simclr" if result.steps else "none (random initialisation)",
                     "pool_views": len(pool), **result.to_dict()}
     t = stage("pretrain", timings, t)
+    if cfg.item_epochs is None and fusion.sensor != "none":
+        item_stage = {"ran": False, "why": f"off by default where the head fuses a {fusion.sensor} sensor"}
+    else:
+        epochs = DEFAULT_ITEM_EPOCHS if cfg.item_epochs is None else cfg.item_epochs
+        item_stage = train_on_items(backbone, labeled, len(classes), spec,
+                                    dataclasses.replace(cfg, item_epochs=epochs), work)
+    t = stage("item_stage", timings, t)
 
     # Export (parity-checked against PyTorch), int8 with calibration views from the pool.
     rng = np.random.default_rng(cfg.seed)
@@ -130,7 +144,7 @@ def fit_station_bundle(pool: np.ndarray, labeled: Sequence[LabeledItem], classes
     manifest = Manifest(
         name=name, input=spec, embedding_dim=backbone.embedding_dim, labels=tuple(classes), decision=policy,
         fusion=fitted.fusion,
-        metrics={**(metrics or {}), "pretrain": pretrain, "export": exported.report,
+        metrics={**(metrics or {}), "pretrain": pretrain, "item_stage": item_stage, "export": exported.report,
                  "head_training": {classes[i]: int(n) for i, n in enumerate(counts)}},
     )
     check = write_check_set(work / CHECK_FILE, np.concatenate([preprocess_views(item.views, spec)
@@ -140,6 +154,29 @@ def fit_station_bundle(pool: np.ndarray, labeled: Sequence[LabeledItem], classes
                           extra_files={CHECK_FILE: check, EXAMPLES_FILE: examples})
     stage("head_and_bundle", timings, t)
     return FittedStation(bundle, backbone, manifest, exported.report)
+
+
+def train_on_items(backbone: Backbone, labeled: Sequence[LabeledItem], classes: int, spec: InputSpec,
+                   cfg: FitConfig, work: Path) -> dict:
+    """The item stage: the backbone learns from the labelled items what tells their classes apart
+    (:class:`ItemClassifier`: all of an item's views, pooled as the station pools them), for
+    ``cfg.item_epochs`` over them (at most ``cfg.item_seconds``), classes sampled evenly. Changes
+    ``backbone`` in place; returns what it did."""
+    whole = [item for item in labeled if len(item.views) == spec.views]
+    present = {item.label for item in whole}
+    if not cfg.item_epochs or len(present) < 2:
+        return {"ran": False, "why": "off (item_epochs 0)" if not cfg.item_epochs else
+                f"{len(present)} class(es) among the {len(whole)} items with all {spec.views} views"}
+    items = np.stack([views_to_uint8(item.views, spec) for item in whole])
+    labels = np.array([item.label for item in whole])
+    torch.manual_seed(cfg.seed)
+    model = ItemClassifier(backbone, classes)
+    result = train(model, ItemsDataset(items, labels, spec, seed=cfg.seed + 7),
+                   TrainConfig(epochs=cfg.item_epochs, batch_size=min(32, len(items)), lr=1e-3, seed=cfg.seed,
+                               balanced=True, max_seconds=cfg.item_seconds, log_path=work / "items.csv"),
+                   progress=cfg.progress, desc="item stage")
+    backbone.cpu().to(memory_format=torch.contiguous_format).eval()
+    return {"ran": True, "items": len(items), "views": spec.views, **result.to_dict()}
 
 
 def _whole_items(items: Sequence[LabeledItem], spec: InputSpec) -> list[LabeledItem]:

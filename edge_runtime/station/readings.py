@@ -114,6 +114,7 @@ class MatchStats:
     orphan_taps_expired: int = 0
     unmatched_weights: int = 0
     implausible_readings: int = 0
+    unused_readings: int = 0  # from a sensor the bundle does not fuse (it decides on the views alone)
 
 
 class ReadingMatcher:
@@ -192,6 +193,9 @@ class ReadingMatcher:
         return True
 
     def tap(self, tap: TapReading, at: float, decided: bool) -> set[int]:
+        if self.sensor == "none":
+            self.stats.unused_readings += 1
+            return set()
         if self._implausible(tap):
             entry = self._open.get(tap.item_id)
             if entry is not None:
@@ -209,6 +213,9 @@ class ReadingMatcher:
         return set()
 
     def weight(self, reading: ScaleReading, at: float) -> set[int]:
+        if self.sensor == "none":
+            self.stats.unused_readings += 1
+            return set()
         if self._implausible(reading):
             return set()  # dropped: the item on the plate waits for its real weight, or goes without
         self.clock.update(reading.t_ms, at)

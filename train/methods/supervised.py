@@ -86,3 +86,28 @@ class Distill(Method):
             pred = self.regressor(h[unlabeled][:, 0]).float()
             loss = loss + self.distill_weight * F.smooth_l1_loss(pred, target)
         return StepOutput(loss, h[:, 0])
+
+
+class ItemClassifier(Method):
+    """A class for each whole item from all its camera views, pooled as the station pools them
+    (mean and max over the views, ``model/fusion.py``), through a linear layer with cross-entropy.
+
+    The stage that teaches a backbone what tells the classes apart where labels exist: a scab
+    seen by one view of four, a bruise as a darker region in NIR. The backbone keeps what it
+    learns; the linear layer is thrown away (the station fits its own head).
+    """
+
+    needs_labels = True
+    vertical_flip = False
+
+    def __init__(self, backbone: Backbone, classes: int) -> None:
+        super().__init__(backbone)
+        self.head = nn.Linear(2 * backbone.embedding_dim, classes)
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        if (labels < 0).any():
+            raise ValueError("the item stage needs a label for every item")
+        n, v = views.shape[:2]
+        h = self.backbone(views.flatten(0, 1)).view(n, v, -1)
+        logits = self.head(torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=1))
+        return StepOutput(F.cross_entropy(logits, labels), h[:, 0])
