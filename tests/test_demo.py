@@ -50,3 +50,6 @@ def test_demo_sorts_on_the_views_alone_with_sensor_none(tmp_path, capsys):
     assert summary["latency_ms_p50"] < 40  # the fifth tap comes 42 ms after the announcement: not waited for
     assert summary["rejected_input"]["implausible_readings"] == 0
     assert (out / "items.csv").stat().st_size > 0
+    from sortline.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "backbone.ckpt")[2]["method"].endswith("+ item stage")  # what the bundle holds

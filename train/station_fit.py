@@ -130,6 +130,9 @@ def fit_station_bundle(pool: np.ndarray, labeled: Sequence[LabeledItem], classes
         epochs = DEFAULT_ITEM_EPOCHS if cfg.item_epochs is None else cfg.item_epochs
         item_stage = train_on_items(backbone, labeled, len(classes), spec,
                                     dataclasses.replace(cfg, item_epochs=epochs), work)
+        if item_stage["ran"]:  # the checkpoint beside the bundle is the backbone the bundle holds
+            save_checkpoint(work / "backbone.ckpt", backbone, spec, method=f"{pretrain['method']} + item stage",
+                            item_stage=item_stage)
     t = stage("item_stage", timings, t)
 
     # Export (parity-checked against PyTorch), int8 with calibration views from the pool.
