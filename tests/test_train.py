@@ -11,7 +11,7 @@ import torch
 from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.train.augment import MultiChannelAugment
 from sortline.train.backbones import build_backbone
-from sortline.train.data import ViewsDataset
+from sortline.train.data import ViewsDataset, model_input
 from sortline.train.loop import TrainConfig, embedding_std, train
 from sortline.train.methods import build_method
 
@@ -91,8 +91,7 @@ def test_items_dataset_keeps_an_items_views_together_and_mirrors_them_alike():
     for epoch in range(8):
         views, label = data[epoch * len(data) + 1]
         assert views.shape == (4, 4, 32, 32) and label == labels[1]
-        plain = (torch.from_numpy(items[1]).float() / 255 - torch.tensor(spec.mean).view(1, -1, 1, 1)) / \
-            torch.tensor(spec.std).view(1, -1, 1, 1)
+        plain = torch.from_numpy(model_input(items[1], spec))  # the edge's normalisation
         mirrored = torch.allclose(views, plain.flip(-1))
         assert mirrored or torch.allclose(views, plain)  # every view mirrored, or none
         seen.add(mirrored)

@@ -147,15 +147,14 @@ class ItemsDataset(Dataset):
         self.items = items
         self.labels = np.asarray(labels, dtype=np.int64)
         self.seed = seed
-        self.mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(spec.std).view(1, -1, 1, 1)
+        self.spec = spec
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         epoch, i = divmod(int(index), len(self.items))
-        views = (torch.from_numpy(self.items[i]).float().div_(255) - self.mean) / self.std
+        views = torch.from_numpy(model_input(self.items[i], self.spec))
         if np.random.default_rng(_sample_seed(self.seed, epoch, i)).random() < 0.5:
             views = views.flip(-1)
         return views, int(self.labels[i])

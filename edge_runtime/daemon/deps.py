@@ -4,8 +4,9 @@ check for every route that changes the station, and the enrollment engine where 
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 
 from sortline.edge_runtime.learning.enroll import Enroller
 
@@ -34,3 +35,7 @@ def enroller(request: Request) -> Enroller:
     if engine is None:
         raise HTTPException(409, "this station has no store ([station] store in the station file)")
     return engine
+
+
+Control = Annotated[StationControl, Depends(control)]  # a route's parameter: the station's control
+Engine = Annotated[Enroller, Depends(enroller)]  # a route's parameter: the enrollment engine (409 without a store)

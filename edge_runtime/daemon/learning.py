@@ -4,15 +4,12 @@ changes the station needs the token."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Depends, HTTPException
 
-from sortline.edge_runtime.learning.enroll import Enroller
 from sortline.edge_runtime.learning.store import BUNDLE_VERSION
 
 from .control import StationControl
-from .deps import authorised, control, enroller
+from .deps import Control, Engine, authorised
 from .models import (
     Committed,
     Done,
@@ -32,8 +29,6 @@ from .status import session_out
 
 router = APIRouter(tags=["learning"])
 changes = APIRouter(tags=["learning"], dependencies=[Depends(authorised)])
-Control = Annotated[StationControl, Depends(control)]
-Engine = Annotated[Enroller, Depends(enroller)]
 
 
 def _swap(c: StationControl) -> bool:

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 
 from .control import StationControl
-from .deps import control
+from .deps import Control
 from .models import Health, Readiness
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 router = APIRouter(tags=["health"])
-Control = Annotated[StationControl, Depends(control)]
 
 
 @router.get("/healthz")

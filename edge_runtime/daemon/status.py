@@ -16,13 +16,12 @@ from sortline.edge_runtime.station.loop import THUMBNAILS
 from sortline.hardware.protocol import ITEM_ID_MAX, MAX_LANE
 
 from .control import StationControl
-from .deps import authorised, control
+from .deps import Control, authorised
 from .metrics import copy_counter, histogram
 from .models import DecisionOut, EnrollSessionOut, Lane, LaneChanged, Lanes, Status
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["station"])
-Control = Annotated[StationControl, Depends(control)]
 LaneNumber = Annotated[int, Path(ge=0, le=MAX_LANE)]
 
 

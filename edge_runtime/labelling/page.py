@@ -7,13 +7,12 @@ browser or this process is closed. Served by FastAPI, like the operator page, on
 only, with the page's files from ``web/assets`` (``label.html``, ``label.js``, the shared
 stylesheet). Every request's item id and view number are checked against the recording, and
 frames are read only from the recording's own ``frames/`` folder. Class names reach the page as
-text, whatever characters they hold (``learning/store.py``: what a label may contain).
+text, whatever characters they hold (``model/labels.py``: what a label may contain).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path as FilePath
 from typing import Annotated, Literal
 
@@ -28,7 +27,6 @@ from sortline.hardware.protocol import ITEM_ID_MAX, ScaleReading, TapReading
 
 from .book import LabelBook, LabelError, recording_items
 
-log = logging.getLogger(__name__)
 MAX_BODY = 4096
 MAX_CLASSES = 34  # keys 1-9, a-z without s and u (skip, undo), 0
 ItemId = Annotated[int, Path(ge=0, le=ITEM_ID_MAX)]

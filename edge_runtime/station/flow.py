@@ -187,9 +187,6 @@ class ItemFlow:
         """The loop decided without this item's embeddings: do not spend compute on it."""
         self._cancelled.add(item_id)
 
-    def _take_cancel(self, item_id: int) -> bool:
-        return self._cancelled.take(item_id)
-
     def _finish(self, job: _Job, embeddings: np.ndarray | None = None, shed: bool = False,
                 errors: tuple[str, ...] = ()) -> None:
         lost, corrupt, late = job.counts
@@ -220,7 +217,7 @@ class ItemFlow:
     def _capture(self, job: _Job) -> None:
         now = self.clock()
         job.times_ms["queue"] = (now - job.submitted_at) * 1000
-        if self._take_cancel(job.item_id):
+        if self._cancelled.take(job.item_id):
             return
         if now + self.capture_s.value + self._embed_backlog_s(now) > job.decide_by:
             self._finish(job, shed=True)
@@ -251,7 +248,7 @@ class ItemFlow:
                 job = self._embeds.get_nowait()
             except queue.Empty:
                 return None
-            if not self._take_cancel(job.item_id):
+            if not self._cancelled.take(job.item_id):
                 return job
 
     def _embed_loop(self) -> None:
@@ -283,7 +280,7 @@ class ItemFlow:
         the youngest item is left for the next batch, and nothing is given up."""
         now = self.clock()
         per_item = self.embed_s.value * (1 + SLACK)
-        jobs = [job for job in jobs if not self._take_cancel(job.item_id)]
+        jobs = [job for job in jobs if not self._cancelled.take(job.item_id)]
         # one model a batch: items queued before a bundle reload finish on the model they began with
         later = [job for job in jobs if jobs and job.embedder is not jobs[0].embedder]
         jobs = [job for job in jobs if job.embedder is jobs[0].embedder]
