@@ -29,6 +29,7 @@ import binascii
 import dataclasses
 import logging
 import math
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -45,6 +46,10 @@ MAX_EXIT = 255  # exits and lanes are one byte on every controller this protocol
 MAX_LANE = 255
 MAX_TAPS = 64
 MAX_INT_DIGITS = 20  # longer integers are refused (malformed) before they are converted
+# The fields' grammar, byte for byte: Python's int() and float() also take " 42 ", "1_000", "+7",
+# "٤٢" and "infinity", none of which a device on this protocol sends.
+_INT = re.compile(rf"-?[0-9]{{1,{MAX_INT_DIGITS}}}")
+_FLOAT = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 _START = ord("$")
 _END = ord("\n")
 
@@ -165,8 +170,12 @@ def _parse_field(text: str, kind: type) -> object:
     if kind is int:
         if len(text.lstrip("-")) > MAX_INT_DIGITS:
             raise OverflowError(f"{len(text)}-digit integer")
+        if not _INT.fullmatch(text):
+            raise ValueError(f"{text[:24]!r} is not an integer (digits, an optional leading '-')")
         return int(text)
     if kind is float:
+        if not _FLOAT.fullmatch(text):
+            raise ValueError(f"{text[:24]!r} is not a decimal number")
         value = float(text)
         if not math.isfinite(value):
             raise ValueError("non-finite number")

@@ -11,6 +11,7 @@ image decoder, the archive extractor) and ``benchmarks/fuzz.py`` starts from the
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import struct
@@ -63,6 +64,18 @@ SERIAL = {
     "non-ascii-body": (frame("1,1,ERR,3,\xff\xfe"), "bad_crc"),
     "no-end-300-bytes": (b"$" + b"A" * 300, "oversize"),
     "nested-start": (b"$1,1,ITEM,5$1,2,ACK,5*0000\n", "malformed"),
+    # the grammar is the protocol's, byte for byte, not what Python's int() and float() forgive
+    "item-id-underscore": (frame("1,1,ITEM,1_000,0,1500,250"), "malformed"),
+    "item-id-spaces": (frame("1,1,ITEM, 42 ,0,1500,250"), "malformed"),
+    "item-id-plus": (frame("1,1,ITEM,+42,0,1500,250"), "malformed"),
+    "hb-id-tab": (frame("1,1,HB,1500,\t7"), "malformed"),
+    "gate-exit-hex": (frame("1,1,GATE,5,0x1"), "malformed"),
+    "seq-underscore": (frame("1,1_0,ACK,5"), "malformed"),
+    "ack-id-empty": (frame("1,1,ACK,"), "malformed"),
+    "tap-peak-underscore": (frame("1,1,TAP,5,0,5,8_4.0,0.5,9.7,1512"), "malformed"),
+    "tap-peak-infinity-word": (frame("1,1,TAP,5,0,5,Infinity,0.5,9.7,1512"), "malformed"),
+    "weight-spaces": (frame("1,1,WT,1500, 300.0,1"), "malformed"),
+    "weight-hex-float": (frame("1,1,WT,1500,0x1p8,1"), "malformed"),
     "tap-peak-1e30": (frame("1,1,TAP,5,0,5,1e30,0.5,9.7,1512"), "implausible"),
     "tap-negative-decay": (frame("1,1,TAP,5,0,5,8.4,0.5,-3,1512"), "implausible"),
     "tap-rebound-2": (frame("1,1,TAP,5,0,5,8.4,2.0,9.7,1512"), "implausible"),
@@ -167,10 +180,10 @@ IMAGES = {
 
 def _tar(entries: list[tuple[tarfile.TarInfo, bytes | None]], gz: bool = False) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=tarfile.GNU_FORMAT) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for info, data in entries:
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buf.getvalue()
+    return gzip.compress(buf.getvalue(), mtime=0) if gz else buf.getvalue()  # the same bytes on every run
 
 
 def _file(name: str, data: bytes = b"x", **kw) -> tuple[tarfile.TarInfo, bytes]:
