@@ -82,8 +82,8 @@ def test_baud_rates_are_per_device(tmp_path):
 def test_station_file_limits_and_event_log_are_the_stations_own(tmp_path):
     """One model: the file's [limits] table is the station's ReadingLimits, and what the file does
     not set keeps the station's own defaults."""
+    from sortline.edge_runtime.model.fusion import ReadingLimits
     from sortline.edge_runtime.station import StationConfig
-    from sortline.edge_runtime.station.readings import ReadingLimits
 
     path = tmp_path / "station.toml"
     path.write_text('[controller]\nport = "loop://"\n[[views]]\nrgb = 0\n')

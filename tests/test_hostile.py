@@ -10,15 +10,16 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sortline.edge_runtime.daemon.config import ConfigError, load_station_file
 from sortline.edge_runtime.model.bundle import MANIFEST, BundleError, load_bundle, sha256_file
-from sortline.edge_runtime.model.pipeline import ItemPipeline
-from sortline.edge_runtime.station.readings import ReadingLimits
+from sortline.edge_runtime.model.fusion import ReadingLimits
+from sortline.edge_runtime.model.pipeline import ItemPipeline, PipelineInputError
 from sortline.hardware.camera import FrameError
 from sortline.hardware.images import decode_image
-from sortline.hardware.protocol import FIELD_RANGES, Parser
+from sortline.hardware.protocol import FIELD_RANGES, Parser, ScaleReading, TapReading
 
 CORPUS = Path(__file__).parent / "hostile"
 EXPECTED: dict[str, dict[str, str]] = json.loads((CORPUS / "expected.json").read_text())
@@ -124,9 +125,24 @@ def _archive(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
     raise Accepted("the archive loaded")
 
 
+def _pipeline(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
+    case = json.loads(path.read_text())
+    pipeline = ItemPipeline(load_bundle(bundle_root), threads=1)
+    shape = case.get("shape", [pipeline.manifest.input.views, pipeline.manifest.embedding_dim])
+    embeddings = np.full(shape, float(case.get("fill", 0.5)), np.float32)
+    good = [TapReading(7, i, 5, 8.4, 0.5, 9.7, 1500 + i) for i in range(5)]
+    types = {cls.TYPE: cls for cls in (TapReading, ScaleReading)}
+    readings = [types[kind](**fields) for kind, fields in case["readings"]] if "readings" in case else good
+    decision = pipeline.decide(7, embeddings, readings)
+    views_only = pipeline.decide(8, embeddings, [])
+    if expected != "left out" or pipeline.rejected_readings != 1 or decision.probabilities != views_only.probabilities:
+        raise Accepted(f"decided {decision.label} at {decision.confidence:.3f} on these readings")
+    return expected
+
+
 JUDGES = {"serial": _serial, "manifests": _manifest, "models": _model, "station_files": _station_file,
-          "images": _image, "archives": _archive}
-CLEAR = (BundleError, ConfigError, FrameError)
+          "images": _image, "archives": _archive, "pipeline": _pipeline}
+CLEAR = (BundleError, ConfigError, FrameError, PipelineInputError)
 
 
 def judge(kind: str, name: str, work: Path, bundle_root: Path) -> tuple[str, str]:

@@ -133,7 +133,8 @@ def test_items_whose_announcement_was_lost_still_get_one_command(harness):
     controller.send(ItemArrival(item_id=11, lane=0, t_ms=0, deadline_ms=400))
     controller.send(ItemArrival(item_id=14, lane=0, t_ms=0, deadline_ms=400))  # 12 and 13 never came
     controller.send(ItemArrival(item_id=12, lane=0, t_ms=0, deadline_ms=400))  # 12 was only late
-    controller.send(Heartbeat(t_ms=0, last_item_id=15))  # and 15's announcement is lost too
+    controller.send(Heartbeat(t_ms=0, last_item_id=15))  # and 15's announcement is lost too:
+    controller.send(Heartbeat(t_ms=0, last_item_id=15))  # the next heartbeat says so again
     gates = _gates(controller, 5) + _gates(controller, 99, timeout_s=0.3)
     assert sorted(g.item_id for g in gates) == [11, 12, 13, 14, 15]
     assert _eventually(lambda: len(station.recent.decisions) == 5)
@@ -149,6 +150,15 @@ def test_a_jump_in_item_ids_is_a_counter_reset_not_lost_items(harness):
     gates = _gates(controller, 2) + _gates(controller, 99, timeout_s=0.3)
     assert sorted(g.item_id for g in gates) == [1, 5000]
     assert station.stats.unannounced == 0
+
+
+def test_a_rejected_last_frame_is_not_a_negative_count_of_dropped_frames(harness):
+    station, controller, _ = harness
+    controller.send(ItemArrival(item_id=1, lane=0, t_ms=0, deadline_ms=400))
+    assert [g.item_id for g in _gates(controller, 1)] == [1]
+    controller.write((Path(__file__).parent / "hostile" / "serial" / "item-id-20-digits.bin").read_bytes())
+    assert _eventually(lambda: station.observed_faults()["out_of_range"] == 1)
+    assert station.observed_faults()["dropped"] == 0  # was -1: the rejected frame counted as a gap it left
 
 
 def test_the_hostile_serial_corpus_neither_stops_nor_misroutes_the_line(harness, tmp_path):

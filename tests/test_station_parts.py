@@ -7,6 +7,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sortline.edge_runtime.model.pipeline import CONFIDENT, LATE, OVERLOAD, UNANNOUNCED, UNSURE, ItemPipeline
 from sortline.edge_runtime.station import (
@@ -21,6 +23,7 @@ from sortline.edge_runtime.station import (
 )
 from sortline.edge_runtime.station.ids import NEW, REPEATED
 from sortline.edge_runtime.station.links import LinkBudget, item_bytes
+from sortline.edge_runtime.station.readings import DeviceClock
 from sortline.hardware.camera import ItemCapture
 from sortline.hardware.protocol import GateCommand, ItemArrival, ParserStats, ScaleReading
 from sortline.hardware.serial_link import Received
@@ -74,25 +77,106 @@ def test_skipped_ids_are_due_after_the_wait_unless_announced_late():
     assert ids.announced(12, at=0.09) == REPEATED  # too late: it has had its command
 
 
-def test_heartbeat_reveals_a_lost_last_announcement():
+def test_a_repeated_heartbeat_reveals_a_lost_last_announcement():
     ids = ItemIds()
     ids.announced(1, at=0.0)
     ids.heartbeat(2, at=0.1)
-    assert ids.due_unannounced(1.0) == [2]
+    assert ids.due_unannounced(1.0) == []  # one frame is not enough
+    ids.heartbeat(2, at=0.35)
+    assert ids.due_unannounced(0.40) == [2]
 
 
-@pytest.mark.parametrize("jump_to", [5000, 1, 10**18])
+def test_a_last_heartbeats_claim_is_due_at_shutdown():
+    ids = ItemIds()
+    ids.announced(1, at=0.0)
+    ids.heartbeat(2, at=0.1)
+    assert ids.all_skipped() == [2]
+
+
+def test_an_announcement_refutes_a_heartbeats_claim(caplog):
+    ids = ItemIds()
+    ids.announced(1, at=0.0)
+    ids.heartbeat(3, at=0.1)  # forged, or garbled into a valid CRC
+    assert ids.announced(2, at=0.5) == NEW and ids.announced(3, at=0.6) == NEW
+    ids.heartbeat(3, at=0.7)
+    assert ids.due_unannounced(5.0) == [] and ids.claims_refused == 1
+    assert "heartbeat claim #1 refused" in caplog.text
+
+
+def test_a_heartbeat_never_resets_the_counter():
+    ids = ItemIds(max_gap=32)
+    for i in range(100, 103):
+        ids.announced(i, at=0.0)
+    for at in (0.1, 0.2):
+        ids.heartbeat(5000, at=at)
+    assert ids.resets == 0 and ids.claims_refused == 2 and ids.announced(101, at=0.3) == REPEATED
+
+
+@pytest.mark.parametrize("jump_to", [5000, 1, 2**53 - 1])
 def test_a_jump_either_way_is_a_counter_reset_and_old_ids_are_new_items(jump_to):
     ids = ItemIds(max_gap=32)
     for i in range(100, 103):
         ids.announced(i, at=0.0)
-    if jump_to > 10**9:
-        ids.heartbeat(jump_to, at=0.1)
-    else:
-        ids.announced(jump_to, at=0.1)
+    ids.announced(jump_to, at=0.1)
     assert ids.resets == 1 and ids.due_unannounced(10.0) == []
     # After a reset, ids already used before it are new items that need commands.
     assert ids.announced(101, at=0.2) == NEW
+
+
+# Properties: one frame, inserted anywhere into a clean controller stream, cannot send a real,
+# announced item to the safe exit (its id given up as unannounced) nor make it late (the clock).
+
+@st.composite
+def _stream_and_one_frame(draw):
+    items = draw(st.integers(3, 30))
+    pitch = draw(st.floats(0.02, 1.0))
+    stream = []  # (at, kind, value, t_ms): announcements with heartbeats between them
+    for i in range(items):
+        at = 10.0 + i * pitch
+        stream.append((at, "item", 100 + i, int(at * 1000) - 3000))  # the controller's clock: 3 s behind
+        if draw(st.booleans()):
+            stream.append((at + pitch / 2, "hb", 100 + i, int((at + pitch / 2) * 1000) - 3000))
+    where = draw(st.integers(0, len(stream)))
+    at = stream[where - 1][0] + 1e-4 if where else 9.0
+    forged = (at, "hb", draw(st.integers(-1, 2**53 - 1) | st.integers(90, 140)),
+              draw(st.integers(0, 2**53 - 1) | st.integers(0, 20_000_000)))
+    return stream[:where] + [forged] + stream[where:], items
+
+
+@settings(max_examples=300, deadline=None)
+@given(_stream_and_one_frame())
+def test_one_heartbeat_cannot_give_up_a_real_item(case):
+    stream, items = case
+    ids = ItemIds(max_gap=32, unannounced_wait_s=0.06)
+    given_up = []
+    for at, kind, value, _ in stream:
+        given_up += ids.due_unannounced(at)
+        if kind == "item":
+            assert ids.announced(value, at) == NEW
+        else:
+            ids.heartbeat(value, at)
+    given_up += ids.due_unannounced(1e9)
+    assert not set(given_up) & set(range(100, 100 + items))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_stream_and_one_frame())
+def test_one_frame_cannot_make_an_announced_item_late(case):
+    stream, _ = case
+    clock = DeviceClock()
+    for at, kind, _, t_ms in stream:
+        clock.update(t_ms, at)
+        if kind == "item":  # when the item passed, on this station's clock: within the clock's tolerance
+            assert clock.station_time(t_ms) == pytest.approx(at, abs=clock.agree_s + 0.002)
+
+
+def test_a_device_clock_that_jumps_ahead_for_good_is_followed(caplog):
+    clock = DeviceClock()
+    clock.update(1000, at=1.0)
+    clock.update(1100, at=1.1)
+    assert not clock.update(61_200, at=1.2) and clock.station_time(61_200) == pytest.approx(61.2)
+    assert clock.update(61_300, at=1.3) and clock.station_time(61_300) == pytest.approx(1.3)
+    assert clock.refused == 1 and "refused, 60.000 s ahead" in caplog.text
 
 
 # --- readings -----------------------------------------------------------------------------------

@@ -62,8 +62,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, StrictStr, ValidationError
 
 from sortline.edge_runtime.errors import ConfigError
+from sortline.edge_runtime.model.fusion import ReadingLimits
 from sortline.edge_runtime.station import StationConfig
-from sortline.edge_runtime.station.readings import ReadingLimits
 from sortline.edge_runtime.tomlfile import explain, read_toml
 from sortline.hardware.protocol import MAX_EXIT
 from sortline.hardware.serial_link import DEFAULT_BAUD

@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 
+from sortline.edge_runtime.station.stats import REPORTED_ONLY
+
 from .control import StationControl
 from .deps import Control
 from .models import Health, Readiness
@@ -72,8 +74,7 @@ class StationCollector:
             exits.add_metric([str(exit_)], n)
         yield exits
         faults = CounterMetricFamily("sortline_faults", "Faults the station saw, by kind (rejected inputs "
-                                     "included: out_of_range, implausible_readings, inbox_overflow).",
-                                     labels=["kind"])
+                                     f"included: {', '.join(REPORTED_ONLY)}).", labels=["kind"])
         for kind, n in sorted(station.observed_faults().items()):
             faults.add_metric([kind], n)
         yield faults

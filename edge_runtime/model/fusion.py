@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from sortline.hardware.camera import ViewFrame
 from sortline.hardware.protocol import MAX_TAPS, ScaleReading, TapReading
@@ -141,6 +142,53 @@ def fuse(embeddings: np.ndarray, readings: Sequence[Reading], spec: FusionSpec) 
     if spec.sensor_fill:
         sensor = np.where(np.isnan(sensor), np.asarray(spec.sensor_fill, np.float32), sensor)
     return np.concatenate([*pooled, sensor]).astype(np.float32)
+
+
+Range = tuple[float, float]
+
+
+class ReadingLimits(BaseModel):
+    """What a sensor can physically report. A reading outside these is garbage, whatever its
+    CRC says: it is counted, and its item is decided without its sensor (on its views alone),
+    by the station's reading matcher and again by :meth:`ItemPipeline.decide`. The station
+    file's ``[limits]`` table is this model (each a ``[low, high]`` array)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    tap_peak_n: Range = (0.0, 500.0)  # newtons
+    tap_rebound: Range = (0.0, 1.0)
+    tap_decay_ms: Range = (0.0, 10_000.0)
+    scale_grams: Range = (-100.0, 100_000.0)  # a tared scale may read a little below zero
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value  # TOML has arrays, not tuples
+
+    @field_validator("*")
+    @classmethod
+    def _ordered(cls, value: Range) -> Range:
+        lo, hi = value
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"must be [low, high] with finite low < high, not {list(value)}")
+        return value
+
+    def check(self, reading: TapReading | ScaleReading, readings_expected: int) -> str | None:
+        """None for a plausible reading, else what is wrong with it."""
+        if isinstance(reading, TapReading):
+            if not (0 <= reading.index < reading.count == readings_expected):
+                return f"tap {reading.index} of {reading.count} (this sensor taps {readings_expected} times)"
+            for name, (lo, hi) in (("peak_n", self.tap_peak_n), ("rebound", self.tap_rebound),
+                                   ("decay_ms", self.tap_decay_ms)):
+                value = getattr(reading, name)
+                if not (math.isfinite(value) and lo <= value <= hi):
+                    return f"{name} {value!r} outside {lo}..{hi}"
+            return None
+        if not (math.isfinite(reading.grams) and self.scale_grams[0] <= reading.grams <= self.scale_grams[1]):
+            return f"grams {reading.grams!r} outside {self.scale_grams[0]}..{self.scale_grams[1]}"
+        if reading.stable not in (0, 1):
+            return f"stable {reading.stable!r} is not 0 or 1"
+        return None
 
 
 @dataclass(frozen=True)

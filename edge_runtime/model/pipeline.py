@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from sortline.hardware.camera import ItemCapture
+from sortline.hardware.protocol import ScaleReading, TapReading
 
 from .bundle import Bundle, BundleError, DecisionPolicy, Manifest, load_bundle
 from .choice import RuntimeChoice, choose_runtime, load_check_set
 from .embedder import EMBEDDING_OUTPUT, FEATURE_MAP_OUTPUT, OnnxEmbedder
-from .fusion import Reading, fuse
+from .fusion import Reading, ReadingLimits, fuse
 from .head import LogisticHead, OpenSet
 from .runtimes import AUTO, Embedder
 
@@ -30,6 +31,11 @@ UNANNOUNCED = "unannounced"
 OVERLOAD = "overload"  # the station could not embed it before its decision time
 UNKNOWN = "unknown"  # far from every class the head knows (open-set rejection)
 PAUSED = "paused"  # its lane was paused by an operator: not looked at
+DEFAULT_LIMITS = ReadingLimits()
+
+
+class PipelineInputError(ValueError):
+    """Embeddings that no camera of this bundle's could have given (wrong shape, not finite)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class ItemPipeline:
         self.embedder: Embedder = embedder or load_embedder(bundle, threads=threads, spin=spin)
         self.runtime_choice = runtime_choice
         self.listener: Callable[[int, np.ndarray, Decision], None] | None = None
+        self.rejected_readings = 0  # items whose readings were left out as implausible
         classifier = classifier or Classifier(head or bundle.load_head(), self.manifest.decision)
         check_runs(bundle, self.embedder, classifier.head)
         self.classifier = classifier
@@ -154,9 +161,17 @@ class ItemPipeline:
         views = capture.present
         return self.embedder.embed_views(views) if views else None
 
-    def decide(self, item_id: int, embeddings: np.ndarray | None, readings: Sequence[Reading]) -> Decision:
+    def decide(self, item_id: int, embeddings: np.ndarray | None, readings: Sequence[Reading],
+               limits: ReadingLimits = DEFAULT_LIMITS) -> Decision:
+        """The item's decision from its views' embeddings (``V×D``, 1 ≤ V ≤ the bundle's views)
+        and its sensor readings. Embeddings of the wrong shape, or not finite, raise
+        :class:`PipelineInputError`; readings outside ``limits`` (or of a sensor this bundle
+        does not fuse) are left out, all of them, and the item is decided on its views alone, as
+        the station does (``rejected_readings`` counts such items)."""
         if embeddings is None:
             return self.safe(item_id, NO_VIEWS)
+        self._check_embeddings(embeddings)
+        readings = self._plausible(item_id, readings, limits)
         features = fuse(embeddings, readings, self.manifest.fusion)
         c = self.classifier  # one version decides the whole item, whatever is swapped meanwhile
         probabilities = c.head.predict_proba(features)[0]
@@ -179,6 +194,32 @@ class ItemPipeline:
         if self.listener is not None:  # enroll mode: the next items' features are examples
             self.listener(item_id, features, decision)
         return decision
+
+    def _check_embeddings(self, embeddings: np.ndarray) -> None:
+        m = self.manifest
+        if not isinstance(embeddings, np.ndarray) or embeddings.ndim != 2 or \
+                not 1 <= embeddings.shape[0] <= m.input.views or embeddings.shape[1] != m.embedding_dim:
+            shape = getattr(embeddings, "shape", type(embeddings).__name__)
+            raise PipelineInputError(f"embeddings of shape {shape}; this bundle takes 1..{m.input.views} views × "
+                                     f"{m.embedding_dim}")
+        if not np.isfinite(embeddings).all():
+            raise PipelineInputError("embeddings hold NaN or infinity")
+
+    def _plausible(self, item_id: int, readings: Sequence[Reading], limits: ReadingLimits) -> Sequence[Reading]:
+        fusion = self.manifest.fusion
+        if fusion.sensor == "none":
+            return []  # a views-only bundle: a line's sensor readings are not its business
+        kind = {"taps": TapReading, "scale": ScaleReading}[fusion.sensor]
+        for reading in readings:
+            problem = (f"a {type(reading).__name__} for a bundle that fuses {fusion.sensor}"
+                       if not isinstance(reading, kind)
+                       else limits.check(reading, fusion.readings_expected))
+            if problem is not None:
+                self.rejected_readings += 1
+                if self.rejected_readings == 1 or self.rejected_readings % 1000 == 0:
+                    log.warning("item %s: readings left out (#%d): %s", item_id, self.rejected_readings, problem)
+                return []
+        return readings
 
     def classify(self, capture: ItemCapture, readings: Sequence[Reading]) -> Decision:
         return self.decide(capture.item_id, self.embed(capture), readings)

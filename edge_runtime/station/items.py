@@ -8,8 +8,8 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from sortline.edge_runtime.model.fusion import Reading
-from sortline.edge_runtime.model.pipeline import ERROR, LATE, OVERLOAD, PAUSED, Decision, ItemPipeline
+from sortline.edge_runtime.model.fusion import Reading, ReadingLimits
+from sortline.edge_runtime.model.pipeline import DEFAULT_LIMITS, ERROR, LATE, OVERLOAD, PAUSED, Decision, ItemPipeline
 from sortline.hardware.protocol import ItemArrival
 
 from .flow import FlowResult
@@ -83,7 +83,7 @@ class Outcome:
 
 
 def decide(pipeline: ItemPipeline, item: OpenItem, readings: Sequence[Reading], now: float,
-           clock: Callable[[], float]) -> Outcome:
+           clock: Callable[[], float], limits: ReadingLimits = DEFAULT_LIMITS) -> Outcome:
     """The item's one decision. Too late to steer, or not embedded in time: the safe exit. A
     decision that fails sends the item to the safe exit too; the line goes on."""
     item_id = item.arrival.item_id
@@ -94,7 +94,7 @@ def decide(pipeline: ItemPipeline, item: OpenItem, readings: Sequence[Reading], 
     if item.result is None or item.result.shed:
         return Outcome(pipeline.safe(item_id, OVERLOAD), overload=True)
     try:
-        decision = pipeline.decide(item_id, item.result.embeddings, readings)
+        decision = pipeline.decide(item_id, item.result.embeddings, readings, limits)
     except Exception:  # one bad item must not stop the line
         log.exception("item %s: decision failed; sending it to the safe exit", item_id)
         decision = pipeline.safe(item_id, ERROR)

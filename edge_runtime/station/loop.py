@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sortline.edge_runtime.errors import ConfigError, SortlineError
+from sortline.edge_runtime.model.fusion import ReadingLimits
 from sortline.edge_runtime.model.pipeline import Decision, ItemPipeline
 from sortline.hardware.camera import FrameSource
 from sortline.hardware.protocol import Ack, Heartbeat, ItemArrival, ScaleReading, TapReading
@@ -37,7 +38,7 @@ from .ids import REPEATED, ItemIds
 from .items import Agenda, OpenItem, decide
 from .links import LinkBudget, item_bytes
 from .outcomes import Outcomes, Recent
-from .readings import DeviceClock, ReadingLimits, ReadingMatcher
+from .readings import DeviceClock, ReadingMatcher
 from .stats import StationStats, gather, observed_faults
 
 log = logging.getLogger(__name__)
@@ -101,14 +102,15 @@ class Station:
         self._open: dict[int, OpenItem] = {}
         self._agenda = Agenda()
         self._results: deque[FlowResult] = deque()
-        self._controller_clock = DeviceClock()
+        self._controller_clock = DeviceClock(name="controller")
         links = {link.name: link.baudrate for link in (controller, sensor) if link is not None}
         self.links = LinkBudget(links, item_bytes(fusion.sensor, fusion.readings_expected))
 
     @property
     def stats(self) -> StationStats:
         """The counters of every part, as one record."""
-        return gather(self._stats, self.gate.stats, self.readings.stats, self.ids.resets, self.flow.deepest,
+        clock_refused = self._controller_clock.refused + self.readings.clock.refused
+        return gather(self._stats, self.gate.stats, self.readings.stats, self.ids, clock_refused, self.flow.deepest,
                       self.links.over, self._log.errors)
 
     @property
@@ -258,7 +260,7 @@ class Station:
         if item.result is None:
             self.flow.cancel(item_id)  # the flow did not make it in time: do not finish the work
         started = self._clock()
-        outcome = decide(item.pipeline, item, readings, now, self._clock)
+        outcome = decide(item.pipeline, item, readings, now, self._clock, self.config.limits)
         self.outcomes.decided(item, outcome, len(readings), started, self._clock(), sensor_rejected)
 
     def _finish_unannounced(self, item_id: int, now: float) -> None:

@@ -12,12 +12,10 @@ that item is decided on its views alone.
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, field_validator
-
+from sortline.edge_runtime.model.fusion import ReadingLimits
 from sortline.hardware.protocol import ScaleReading, TapReading
 
 log = logging.getLogger(__name__)
@@ -28,72 +26,43 @@ EXPIRE_EVERY_S = 0.1
 class DeviceClock:
     """A device's clock on this station's: the smallest (arrival - sent) of the last two
     seconds is the offset plus the least transfer time, so a frame that arrives late is known
-    to be late, while drift (or a replay running behind its recording) is followed."""
+    to be late, while drift (or a replay running behind its recording) is followed.
 
-    def __init__(self, window_s: float = CLOCK_WINDOW_S) -> None:
+    Only offsets that another frame of the window agrees with (within ``agree_s``) count: one
+    frame claiming a time far ahead would otherwise make every later item look late, and one
+    far behind, sent first, would stretch their deadlines past their gates. Such a frame is
+    counted in ``refused``; a clock that really jumped is followed from its second frame. With
+    no two frames agreeing yet (the first frames), the latest frame's offset is the clock."""
+
+    def __init__(self, window_s: float = CLOCK_WINDOW_S, agree_s: float = 0.02, name: str = "device") -> None:
         self.window_s = window_s
+        self.agree_s = agree_s
+        self.name = name
         self.offset: float | None = None  # station clock - device clock, seconds
-        # The window's candidates for its minimum, offsets increasing: a sample with a smaller
-        # offset than an older one makes the older one useless, so each update is O(1) amortised.
-        self._candidates: deque[tuple[float, float]] = deque()
+        self.refused = 0
+        self._window: deque[tuple[float, float]] = deque()  # (received at, offset), oldest first
+        self._max_window = 4096  # frames kept, at most (a babbling device cannot grow it)
 
-    def update(self, t_ms: int, at: float) -> None:
+    def update(self, t_ms: int, at: float) -> bool:
+        """Take a frame's time ``t_ms`` (device clock) received ``at`` (station clock); False
+        when no other frame agrees with it and it would have moved the clock ahead."""
         offset = at - t_ms / 1000
-        while self._candidates and self._candidates[-1][1] >= offset:
-            self._candidates.pop()
-        self._candidates.append((at, offset))
-        while at - self._candidates[0][0] > self.window_s:
-            self._candidates.popleft()
-        self.offset = self._candidates[0][1]
+        self._window.append((at, offset))
+        while len(self._window) > self._max_window or at - self._window[0][0] > self.window_s:
+            self._window.popleft()
+        offsets = sorted(o for _, o in self._window)
+        agreed = next((o for o, nxt in zip(offsets, offsets[1:]) if nxt - o <= self.agree_s), None)
+        before, self.offset = self.offset, offset if agreed is None else agreed
+        taken = not (before is not None and offset < before - self.agree_s and offset < self.offset - self.agree_s)
+        if not taken:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("%s clock: frame #%d refused, %.3f s ahead of the clock and no other frame agrees "
+                            "(t_ms %d)", self.name, self.refused, self.offset - offset, t_ms)
+        return taken
 
     def station_time(self, t_ms: int) -> float:
         return (self.offset or 0.0) + t_ms / 1000
-
-
-Range = tuple[float, float]
-
-
-class ReadingLimits(BaseModel):
-    """What a sensor can physically report. A reading outside these is garbage, whatever its
-    CRC says: it is counted, and its item is decided without its sensor (on its views alone).
-    The station file's ``[limits]`` table is this model (each a ``[low, high]`` array)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    tap_peak_n: Range = (0.0, 500.0)  # newtons
-    tap_rebound: Range = (0.0, 1.0)
-    tap_decay_ms: Range = (0.0, 10_000.0)
-    scale_grams: Range = (-100.0, 100_000.0)  # a tared scale may read a little below zero
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, value: object) -> object:
-        return tuple(value) if isinstance(value, list) else value  # TOML has arrays, not tuples
-
-    @field_validator("*")
-    @classmethod
-    def _ordered(cls, value: Range) -> Range:
-        lo, hi = value
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"must be [low, high] with finite low < high, not {list(value)}")
-        return value
-
-    def check(self, reading: TapReading | ScaleReading, readings_expected: int) -> str | None:
-        """None for a plausible reading, else what is wrong with it."""
-        if isinstance(reading, TapReading):
-            if not (0 <= reading.index < reading.count == readings_expected):
-                return f"tap {reading.index} of {reading.count} (this sensor taps {readings_expected} times)"
-            for name, (lo, hi) in (("peak_n", self.tap_peak_n), ("rebound", self.tap_rebound),
-                                   ("decay_ms", self.tap_decay_ms)):
-                value = getattr(reading, name)
-                if not (math.isfinite(value) and lo <= value <= hi):
-                    return f"{name} {value!r} outside {lo}..{hi}"
-            return None
-        if not (math.isfinite(reading.grams) and self.scale_grams[0] <= reading.grams <= self.scale_grams[1]):
-            return f"grams {reading.grams!r} outside {self.scale_grams[0]}..{self.scale_grams[1]}"
-        if reading.stable not in (0, 1):
-            return f"stable {reading.stable!r} is not 0 or 1"
-        return None
 
 
 @dataclass
@@ -130,7 +99,7 @@ class ReadingMatcher:
         self.orphan_ttl_s = orphan_ttl_s
         self.empty_plate_g = empty_plate_g
         self.clock_tolerance_s = clock_tolerance_s  # a weight this much "before" an announcement may be its item's
-        self.clock = DeviceClock()
+        self.clock = DeviceClock(name="sensor")
         self.stats = MatchStats()
         self._open: dict[int, _Open] = {}
         self._orphan_taps: dict[int, list[tuple[float, TapReading]]] = {}

@@ -99,6 +99,8 @@ class StationStats:
     overload: int = 0  # items sent to the safe exit because they could not be decided in time
     repeated_announcements: int = 0
     counter_resets: int = 0
+    claims_refused: int = 0  # heartbeat claims of ids never announced that no second frame confirmed
+    clock_refused: int = 0  # device times far ahead of the device's clock so far (one frame cannot move it)
     unannounced: int = 0  # items whose announcement never arrived (seen by their ids)
     orphan_taps_expired: int = 0
     unmatched_weights: int = 0  # scale readings with no item on the plate
@@ -122,10 +124,10 @@ class StationStats:
 
 
 # Faults the station reports that the simulator does not inject (hostile or broken devices).
-REPORTED_ONLY = ("out_of_range", "implausible_readings", "inbox_overflow")
+REPORTED_ONLY = ("out_of_range", "implausible_readings", "inbox_overflow", "claims_refused", "clock_refused")
 
 
-def gather(stats: StationStats, gate, readings, counter_resets: int, flow_queue_max: int, link_over: int,
+def gather(stats: StationStats, gate, readings, ids, clock_refused: int, flow_queue_max: int, link_over: int,
            log_errors: int) -> StationStats:
     """``stats`` with the counters the station's parts keep themselves (the gate's, the reading
     matcher's, the ids', the flow's, the links', the event log's) copied in: one record."""
@@ -134,7 +136,8 @@ def gather(stats: StationStats, gate, readings, counter_resets: int, flow_queue_
     stats.orphan_taps_expired = readings.orphan_taps_expired
     stats.unmatched_weights = readings.unmatched_weights
     stats.implausible_readings = readings.implausible_readings
-    stats.counter_resets, stats.flow_queue_max = counter_resets, flow_queue_max
+    stats.counter_resets, stats.claims_refused = ids.resets, ids.claims_refused
+    stats.clock_refused, stats.flow_queue_max = clock_refused, flow_queue_max
     stats.link_over_capacity, stats.log_errors = link_over, log_errors
     return stats
 
@@ -145,7 +148,8 @@ def observed_faults(stats: StationStats, links: list[SerialLink]) -> dict[str, i
     return {
         "garbled": sum(x.bad_crc for x in parsed),
         "truncated": sum(x.malformed for x in parsed),
-        "dropped": sum(x.seq_missing - x.rejected for x in parsed),
+        # a rejected frame leaves its number missing, unless it was the last: no gap after it
+        "dropped": sum(max(0, x.seq_missing - x.rejected) for x in parsed),
         "duplicated": sum(x.seq_duplicates for x in parsed),
         "reordered": sum(x.seq_reordered for x in parsed),
         "views_lost": stats.views_lost,
@@ -156,4 +160,6 @@ def observed_faults(stats: StationStats, links: list[SerialLink]) -> dict[str, i
         "out_of_range": sum(x.out_of_range for x in parsed),
         "implausible_readings": stats.implausible_readings,
         "inbox_overflow": sum(link.dropped for link in links),
+        "claims_refused": stats.claims_refused,
+        "clock_refused": stats.clock_refused,
     }

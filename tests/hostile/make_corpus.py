@@ -155,6 +155,31 @@ STATION_FILES = {
 }
 
 
+# pipeline: what ItemPipeline.decide is handed when called directly (the station checks first):
+# "embeddings" (4 views × 16 of 0.5 unless a shape or a fill is given), "readings" (five good
+# taps unless given: a list of [TYPE, fields]), and what must happen: a PipelineInputError
+# naming the fault, or "left out" (decided on the views alone, the readings counted as rejected)
+def _taps(**bad) -> list:
+    return [["TAP", {"item_id": 7, "index": i, "count": 5, "peak_n": 8.4, "rebound": 0.5, "decay_ms": 9.7,
+                     "t_ms": 1500 + i, **(bad if i == 2 else {})}] for i in range(5)]
+
+
+PIPELINE = {
+    "embeddings-nan": ({"fill": "nan"}, "NaN or infinity"),
+    "embeddings-inf": ({"fill": "inf"}, "NaN or infinity"),
+    "embeddings-9-views": ({"shape": [9, 16]}, "1..4 views"),
+    "embeddings-zero-views": ({"shape": [0, 16]}, "1..4 views"),
+    "embeddings-wrong-width": ({"shape": [4, 15]}, "1..4 views × 16"),
+    "embeddings-one-dimensional": ({"shape": [16]}, "shape"),
+    "tap-peak-1e30": ({"readings": _taps(peak_n=1e30)}, "left out"),
+    "tap-rebound-negative": ({"readings": _taps(rebound=-0.5)}, "left out"),
+    "tap-decay-nan": ({"readings": _taps(decay_ms=float("nan"))}, "left out"),
+    "tap-index-beyond-count": ({"readings": _taps(index=7)}, "left out"),
+    "tap-count-not-the-sensors": ({"readings": _taps(count=9)}, "left out"),
+    "weight-for-a-tap-bundle": ({"readings": [["WT", {"t_ms": 1500, "grams": 300.0, "stable": 1}]]}, "left out"),
+}
+
+
 def png(width: int, height: int, payload: bytes = b"") -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -225,7 +250,7 @@ ARCHIVES = {
 
 def main() -> None:
     expected: dict[str, dict[str, str]] = {"serial": {}, "manifests": {}, "models": {}, "station_files": {},
-                                           "images": {}, "archives": {}}
+                                           "images": {}, "archives": {}, "pipeline": {}}
     for kind in expected:
         (HERE / kind).mkdir(exist_ok=True)
         for old in (HERE / kind).iterdir():
@@ -256,6 +281,9 @@ def main() -> None:
     for name, (data, message) in ARCHIVES.items():
         (HERE / "archives" / name).write_bytes(data)
         expected["archives"][name] = message
+    for name, (case, outcome) in PIPELINE.items():
+        (HERE / "pipeline" / f"{name}.json").write_text(json.dumps(case) + "\n")
+        expected["pipeline"][f"{name}.json"] = outcome
     (HERE / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     print(f"{sum(len(v) for v in expected.values())} inputs in {HERE}")
 
