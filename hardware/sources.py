@@ -47,6 +47,9 @@ def _as_channels(bgr_or_gray: np.ndarray, nir: bool) -> np.ndarray:
     return cv2.cvtColor(bgr_or_gray, cv2.COLOR_BGR2RGB)
 
 
+OPEN_TIMEOUT_MS = 5000
+
+
 class OpenCVCamera:
     """``cv2.VideoCapture`` on a device index (``0``), a video file, an RTSP URL or a GStreamer
     pipeline (any string with ``!`` in it)."""
@@ -57,7 +60,9 @@ class OpenCVCamera:
         if isinstance(source, str) and source.isdigit():
             source = int(source)
         api = cv2.CAP_GSTREAMER if isinstance(source, str) and "!" in source else cv2.CAP_ANY
-        self._capture = cv2.VideoCapture(source, api)
+        # an unreachable stream gives up within the timeouts instead of hanging the station's start
+        self._capture = cv2.VideoCapture(source, api, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,
+                                                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, OPEN_TIMEOUT_MS])
         if not self._capture.isOpened():
             raise FrameError(f"camera {self.source!r}: cannot open it")
 

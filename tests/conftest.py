@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sortline.edge_runtime.learning.enroll import EXAMPLES_FILE, write_examples
-from sortline.edge_runtime.model.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
+from sortline.edge_runtime.model.bundle import SIGNING_KEY_ENV, Bundle, DecisionPolicy, Manifest, write_bundle
 from sortline.edge_runtime.model.choice import CHECK_FILE, write_check_set
 from sortline.edge_runtime.model.embedder import OnnxEmbedder
 from sortline.edge_runtime.model.fusion import FusionSpec, LabeledItem, fit_fusion_head
@@ -21,6 +22,13 @@ EXITS = {"A": 1, "external": 2, "internal": 3, "both": 3}
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _signing_key(tmp_path_factory: pytest.TempPathFactory):
+    """demo, fit and export sign with $SORTLINE_SIGNING_KEY: the tests' own key, never the user's."""
+    os.environ[SIGNING_KEY_ENV] = str(tmp_path_factory.mktemp("keys") / "signing.key")
+    yield
 
 
 def tiny_backbone_onnx(channels: int = 4) -> Path:

@@ -252,16 +252,19 @@ def test_the_daemon_process_notifies_systemd_logs_json_and_stops_on_sigterm(tmp_
     import signal
     import sys
 
-    from sortline.edge_runtime.model.bundle import DecisionPolicy, with_policy
+    from sortline.edge_runtime.model.bundle import DecisionPolicy, keygen, sign_bundle, with_policy
 
+    key, public_key = keygen(tmp_path / "keys" / "station.key")  # signed bundles, as serve wants by default
+    bundle = sign_bundle(shutil.copytree(tiny_bundle.root, tmp_path / "b1"), key)
     store = tmp_path / "enroll.sqlite"
-    Enroller(tiny_bundle, store).close()
-    decision = tiny_bundle.manifest.decision  # a new version of the bundle, stricter, to reload
-    reloaded = with_policy(tiny_bundle, DecisionPolicy(decision.exits, decision.safe_exit, 0.9), tmp_path / "b2")
+    Enroller(bundle, store).close()
+    decision = bundle.manifest.decision  # a new version of the bundle, stricter, to reload
+    reloaded = with_policy(bundle, DecisionPolicy(decision.exits, decision.safe_exit, 0.9), tmp_path / "b2",
+                           private_key=key)
     _camera_folders(tmp_path / "cams")
     line = SimulatedLine(LineConfig(items=60, seed=4, pitch_ms=60))
     path = _station_file(tmp_path / "station.toml", line.port("controller"), line.port("taps"),
-                         bundle=tiny_bundle.root)
+                         bundle=bundle.root, public_key=public_key)
     port = _free_port()
     path.write_text(path.read_text().replace("[station]\n", '[station]\nstore = "enroll.sqlite"\n')
                     + f"[api]\nport = {port}\n")
@@ -319,7 +322,7 @@ def test_the_daemon_process_notifies_systemd_logs_json_and_stops_on_sigterm(tmp_
     assert any("HTTP API on" in entry["msg"] for entry in logs)
     items = [s for f in text_string_to_metric_families(metrics) for s in f.samples if s.name == "sortline_items_total"]
     assert items[0].value == 60
-    assert 'sortline_head_version 1.0' in metrics
+    assert 'sortline_head_version 1.0' in metrics and "sortline_unsigned_bundles_allowed 0.0" in metrics
     events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert sorted(e["item_id"] for e in events) == list(range(1, 61))
     assert events[0]["bundle"] == tiny_bundle.version and events[-1]["bundle"] == reloaded.version

@@ -30,8 +30,10 @@ def _camera_folders(root, views=4, frames=3):
     return root
 
 
-def _station_file(path, controller, sensor, bundle=None, views=4):
-    lines = ["[station]", f'bundle = "{bundle}"' if bundle else "", 'event_log = "events.jsonl"',
+def _station_file(path, controller, sensor, bundle=None, views=4, public_key=None):
+    """A station file for the simulated line; its bundles unsigned unless ``public_key`` is given."""
+    signing = f'public_key = "{public_key}"' if public_key else "allow_unsigned = true"
+    lines = ["[station]", f'bundle = "{bundle}"' if bundle else "", 'event_log = "events.jsonl"', signing,
              "[controller]", f'port = "{controller}"', "[sensor]", 'kind = "taps"', f'port = "{sensor}"',
              "[rig]", "tolerance_ms = 200", "wait_ms = 60"]
     for v in range(views):
@@ -158,7 +160,17 @@ def test_serve_refuses_what_it_cannot_run_with_one_clear_line(tmp_path, tiny_bun
     station = _station_file(tmp_path / "station.toml", "/dev/ttyNOPE0", "/dev/ttyNOPE1", bundle=tiny_bundle.root)
     assert main(["serve", "--config", str(station)]) == 2
     assert "controller: cannot open '/dev/ttyNOPE0'" in capsys.readouterr().err
-    text = station.read_text().replace('port = "/dev/ttyNOPE0"', 'port = "/dev/ttyNOPE0"\nexits = 2')
+    original = station.read_text()
+    text = original.replace('port = "/dev/ttyNOPE0"', 'port = "/dev/ttyNOPE0"\nexits = 2')
     station.write_text(text)  # the bundle sends classes to exits 0..3
     assert main(["serve", "--config", str(station)]) == 2
     assert "the controller has exits 0..1" in capsys.readouterr().err
+    station.write_text(text.replace("allow_unsigned = true\n", ""))  # unsigned bundles are refused by default
+    assert main(["serve", "--config", str(station)]) == 2
+    assert "names no public_key, and serve runs only signed bundles" in capsys.readouterr().err
+    station.write_text(text.replace('[[views]]\nrgb = "folder:cams/v3-rgb"\nnir = "folder:cams/v3-nir"\n', ""))
+    assert main(["serve", "--config", str(station)]) == 2  # three views for a bundle that decides on four
+    assert "3 [[views]], the bundle decides on 4" in capsys.readouterr().err
+    station.write_text(original.replace('"folder:cams/v1-nir"', "250"))
+    assert main(["serve", "--config", str(station)]) == 2  # a camera this machine does not have
+    assert "views[1].nir = 250: the camera cannot be opened" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def test_demo_end_to_end_prints_json_summary_last(tmp_path, capsys):
     assert (summary["items"], summary["gate_commands"], summary["lost"], summary["duplicates"]) == (40, 40, 0, 0)
     assert summary["export"]["onnx_parity_fp32"]["min_cosine"] >= 0.999
     assert 0.0 <= summary["accuracy"] <= 1.0
-    manifest = load_bundle(out / "bundle").manifest
+    manifest = load_bundle(out / "bundle", public_key=summary["signed_with"]).manifest  # signed by default
     assert manifest.metrics["export"]["vs_fp32"]["mean_cosine"] > 0.95
     for name in ("summary.json", "summary.md", "events.jsonl", "confusion.png", "latency.png", "pretrain.png",
                  "pretrain.csv", "backbone.ckpt", "backbone.fp32.onnx", "backbone.int8.onnx"):

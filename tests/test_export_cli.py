@@ -55,7 +55,7 @@ def test_int8_export_writes_a_verified_bundle_with_a_probe_head(checkpoint, imag
     assert report["onnx_parity_fp32"]["min_cosine"] >= 0.999
     assert report["model_bytes"]["int8"] < report["model_bytes"]["fp32"] / 2
     assert report["probe"]["images"] == 24 and report["probe"]["classes"] == 3
-    bundle = load_bundle(out)
+    bundle = load_bundle(out, public_key=report["signed_with"])  # export signs with the default key
     assert bundle.manifest.labels == tuple(sorted(CLASSES))
     assert bundle.manifest.metrics["export"]["probe"]["drop_points"] == report["probe"]["drop_points"]
     assert bundle.load_head().n_features == bundle.manifest.embedding_dim

@@ -106,8 +106,15 @@ def _model(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
 
 
 def _station_file(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
-    load_station_file(path)
-    raise Accepted("the station file loaded")
+    """What serve checks before it takes items: the file, signing, the bundle's needs, the cameras."""
+    station = load_station_file(path)
+    station.check_signing()
+    if station.station.public_key is not None:  # a key it names must exist and be one
+        load_bundle(bundle_root, public_key=station.file(station.station.public_key))
+    manifest = load_bundle(bundle_root).manifest
+    station.check_bundle(manifest.input, manifest.decision.exits, manifest.decision.safe_exit)
+    station.build_rig()  # never reached in the corpus: its cameras are not on this machine
+    raise Accepted("the station would start")
 
 
 def _image(path: Path, expected: str, work: Path, bundle_root: Path) -> str:

@@ -20,7 +20,7 @@ from conftest import chromium_browser
 from sortline.edge_runtime.cli import main
 from sortline.edge_runtime.daemon.config import ConfigError
 from sortline.edge_runtime.labelling.book import LabelBook, LabelError, folder_items, recording_items
-from sortline.edge_runtime.model.bundle import load_bundle
+from sortline.edge_runtime.model.bundle import SIGNING_KEY_ENV, load_bundle
 from sortline.edge_runtime.model.policy import load_policy, policy_toml
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -149,6 +149,8 @@ def test_record_label_fit_replay_end_to_end(tmp_path, capsys):
                                                                                     "backbone.ckpt"),
                  "--quiet"]) == 0
     steps["fit"] = time.perf_counter() - t
+    key = os.environ[SIGNING_KEY_ENV]
+    load_bundle(out, public_key=f"{key}.pub")  # fit signs with the default key
     results = {}
     for name, bundle in (("fit", out), ("demo", demo.bundle.root)):
         t = time.perf_counter()

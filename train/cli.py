@@ -34,8 +34,8 @@ def _desktop(name: str):
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    report, quiet = flags.report(), flags.quiet()
-    demo = commands.add_parser("demo", parents=[flags.line(), flags.runtime(), quiet, report],
+    report, quiet, signing = flags.report(), flags.quiet(), flags.signing()
+    demo = commands.add_parser("demo", parents=[flags.line(), flags.runtime(), quiet, report, signing],
                                help="the whole loop on a simulated avocado line")
     demo.add_argument("--items", type=int, default=500, help="items to sort (default 500)")
     demo.add_argument("--backbone", default="resnet10", help="the backbone to pretrain (default resnet10)")
@@ -143,7 +143,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=_desktop("evaluate"))
 
     fit = commands.add_parser(
-        "fit", parents=[quiet, report], help="a station's own items (recordings, item folders) → a verified bundle")
+        "fit", parents=[quiet, report, signing],
+        help="a station's own items (recordings, item folders) → a verified, signed bundle")
     fit.add_argument("--data", type=Path, nargs="+", required=True,
                      help="recordings (labelled with 'sortline label') and item folder trees (ITEMS/<class>/<item>/)")
     fit.add_argument("--out", type=Path, required=True, help="the bundle to write")
@@ -165,7 +166,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     fit.set_defaults(handler=_desktop("fit"))
 
     export = commands.add_parser(
-        "export", parents=[report], help="a trained backbone → ONNX (int8/fp16) → verified bundle")
+        "export", parents=[report, signing], help="a trained backbone → ONNX (int8/fp16) → verified bundle")
     export.add_argument("--checkpoint", type=Path, required=True, help="a sortline backbone checkpoint")
     export.add_argument("--calibration", type=Path, required=True,
                         help="images for parity and int8 ranges: a folder or a split file")

@@ -7,9 +7,19 @@ import argparse
 from pathlib import Path
 
 from sortline.edge_runtime.datasets import DatasetError, load_image_set
+from sortline.edge_runtime.model.bundle import sign_bundle, signing_key
 from sortline.export.build import ExportConfig, build_bundle, preprocess_set
 
 from .checkpoint import load_checkpoint
+
+
+def _sign(bundle: Path, key: Path | None) -> str:
+    """Sign the bundle just written (with ``key``, else the default key); the public key's path."""
+    key = signing_key(key)
+    sign_bundle(bundle, key)
+    public = key.with_name(key.name + ".pub")
+    print(f"{bundle}: signed; a station runs it with [station] public_key = \"{public}\"")
+    return str(public)
 
 
 def demo(args: argparse.Namespace) -> dict:
@@ -21,7 +31,7 @@ def demo(args: argparse.Namespace) -> dict:
                                   item_epochs=args.item_epochs, sensor=args.sensor,
                                   faults=args.faults, progress=not args.quiet, lanes=args.lanes,
                                   pitch_ms=1000 / args.rate, backbone=args.backbone, image_size=args.image_size,
-                                  runtime=args.runtime, threads=args.threads, recipe=args.recipe,
+                                  runtime=args.runtime, threads=args.threads, recipe=args.recipe, key=args.key,
                                   serve_port=args.port if args.serve else None))
     print((Path(args.out) / "summary.md").read_text())
     print(f"bundle, event log, plots and summary.json are in {args.out}/")
@@ -53,6 +63,7 @@ def export(args: argparse.Namespace) -> dict:
     bundle, report = build_bundle(backbone, spec, calibration, args.out, config, labeled=labeled,
                                   name=args.name or Path(args.checkpoint).stem, metrics={"checkpoint": meta},
                                   policy=policy)
+    report["signed_with"] = _sign(bundle.root, args.key)
     probe = report.get("probe")
     print(f"{bundle.root}: {config.precision} backbone, {len(bundle.manifest.labels)} classes, "
           f"parity cosine ≥ {report['onnx_parity_fp32']['min_cosine']:.5f}, "
@@ -83,13 +94,14 @@ def fit(args: argparse.Namespace) -> dict:
                     recipe=args.recipe, seed=args.seed,
                     progress=not args.quiet)
     fitted = fit_items(data, args.out, cfg, policy, timings, name=args.name or args.out.name)
+    signed_with = _sign(args.out, args.key)
     m = fitted.manifest
     print(f"{fitted.bundle.root}: {len(m.labels)} classes from {len(labelled)} labelled of {len(data.items)} items, "
           f"{data.views} views × {''.join(m.input.channels).upper()}, sensor {data.sensor}"
           f" ({data.readings_expected} readings an item); stages {timings} s")
     return {"ok": True, "bundle": str(fitted.bundle.root), "version": fitted.bundle.version, "labels": list(m.labels),
             "items": len(data.items), "labelled": len(labelled), "sensor": data.sensor, "views": data.views,
-            "channels": list(m.input.channels), "seconds": timings}
+            "channels": list(m.input.channels), "seconds": timings, "signed_with": signed_with}
 
 
 def pretrain(args: argparse.Namespace) -> dict:

@@ -23,7 +23,7 @@ import torch
 from sortline.edge_runtime.cli.flags import until_signalled
 from sortline.edge_runtime.hil.report import markdown
 from sortline.edge_runtime.hil.runs import LineRun, make_scenario, sort_on_simulated_line
-from sortline.edge_runtime.model.bundle import Bundle, DecisionPolicy, Manifest
+from sortline.edge_runtime.model.bundle import Bundle, DecisionPolicy, Manifest, sign_bundle, signing_key
 from sortline.edge_runtime.model.fusion import FusionSpec
 from sortline.edge_runtime.model.pipeline import ItemPipeline
 from sortline.edge_runtime.model.preprocess import InputSpec
@@ -74,6 +74,7 @@ class DemoConfig:
     progress: bool = True
     runtime: str = "auto"  # the station's inference runtime (edge_runtime/model/runtimes.py)
     threads: int | None = None  # None: measured
+    key: Path | None = None  # sign the bundle with this private key (None: the default one, made if need be)
     serve_port: int | None = None  # --serve: the station's HTTP API and page on this port while it sorts
 
 
@@ -164,7 +165,11 @@ def run_demo(cfg: DemoConfig) -> dict:
                       deadline_ms=cfg.deadline_ms, lanes=cfg.lanes, faults=FaultRates.uniform(cfg.faults))
     events = out / "events.jsonl"
     events.unlink(missing_ok=True)
-    pipeline = ItemPipeline.for_station(bundle, threads=cfg.threads, runtime=cfg.runtime)
+    # The station runs the bundle as `sortline serve` does: signed, its signature checked.
+    key = signing_key(cfg.key)
+    bundle = sign_bundle(bundle.root, key)
+    public_key = key.with_name(key.name + ".pub")
+    pipeline = ItemPipeline.for_station(bundle, threads=cfg.threads, runtime=cfg.runtime, public_key=public_key)
     # SIGINT or SIGTERM (a service manager's stop) ends the line early, as `sortline serve` stops:
     # the items already announced are decided, and the summary is written.
     with until_signalled() as stop:
@@ -178,6 +183,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     summary = {
         **run.summary,
         "bundle": str(bundle.root),
+        "signed_with": str(public_key),
         "pretrain": manifest.metrics["pretrain"],
         "export": trained.export_report,
         "seconds": timings,

@@ -46,14 +46,14 @@ def _bundle_sign(args: argparse.Namespace) -> dict:
 
 
 def _bundle_policy(args: argparse.Namespace) -> dict:
-    from sortline.edge_runtime.model.bundle import load_bundle, with_policy
+    from sortline.edge_runtime.model.bundle import load_bundle, signing_key, with_policy
     from sortline.edge_runtime.model.policy import load_policy
 
     bundle = load_bundle(args.bundle)
     policy = load_policy(args.policy, bundle.manifest.labels)
-    written = with_policy(bundle, policy, args.out, private_key=args.key)
-    signed = f", signed with {args.key}" if args.key else ""
-    print(f"{args.out}: {written.version} with the policy of {args.policy}{signed}")
+    key = signing_key(args.key)
+    written = with_policy(bundle, policy, args.out, private_key=key)
+    print(f"{args.out}: {written.version} with the policy of {args.policy}, signed with {key}")
     return {"ok": True, "bundle": str(args.out), "version": written.version, "decision": policy.to_dict()}
 
 
@@ -127,13 +127,12 @@ def add(commands: argparse._SubParsersAction) -> None:
     sign.add_argument("bundle", type=Path)
     sign.add_argument("--key", type=Path, required=True, help="private key from 'sortline bundle keygen'")
     sign.set_defaults(handler=_bundle_sign)
-    policy = bundle_commands.add_parser("policy", parents=[report],
+    policy = bundle_commands.add_parser("policy", parents=[report, flags.signing()],
                                         help="a new version of a bundle with another decision policy "
                                              "(class → exit, confidence, safe exit: docs/station.md)")
     policy.add_argument("bundle", type=Path)
     policy.add_argument("policy", type=Path, help="the policy file (TOML)")
     policy.add_argument("--out", type=Path, required=True, help="the new bundle (folder or archive)")
-    policy.add_argument("--key", type=Path, help="sign the new bundle with this private key")
     policy.set_defaults(handler=_bundle_policy)
 
     enroll = commands.add_parser("enroll", parents=[report], help="learn a new item (or more of a known one) from "

@@ -8,6 +8,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from sortline.edge_runtime.model.runtimes import AUTO, RUNTIMES
 
@@ -35,6 +36,14 @@ def report() -> argparse.ArgumentParser:
     """``--json``: the command's summary as one JSON object on the last line of its output."""
     parser = _parent()
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    return parser
+
+
+def signing() -> argparse.ArgumentParser:
+    """``--key``: the private key a command signs the bundle it writes with."""
+    parser = _parent()
+    parser.add_argument("--key", type=Path, help="sign the bundle with this private key (default: "
+                        "$SORTLINE_SIGNING_KEY, else ~/.config/sortline/signing.key, made on first use)")
     return parser
 
 

@@ -55,19 +55,26 @@ from the station's own types, never written twice.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
+import cv2
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, StrictStr, ValidationError
 
 from sortline.edge_runtime.errors import ConfigError
+from sortline.edge_runtime.model.bundle import default_signing_key
 from sortline.edge_runtime.model.fusion import ReadingLimits
+from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.edge_runtime.station import StationConfig
 from sortline.edge_runtime.tomlfile import explain, read_toml
+from sortline.hardware.camera import FrameError
 from sortline.hardware.protocol import MAX_EXIT
 from sortline.hardware.serial_link import DEFAULT_BAUD
 from sortline.hardware.sources import ImageFolderSource, MultiViewRig, OpenCVCamera, Source, ViewSources
+
+log = logging.getLogger(__name__)
 
 SENSOR_KINDS = ("taps", "scale", "none")
 FOLDER_PREFIX = "folder:"
@@ -94,7 +101,8 @@ Token = Annotated[StrictStr, Field(min_length=16, max_length=256)]
 class StationTable(_Table):
     bundle: Text | None = None
     event_log: Text | None = None
-    public_key: Text | None = None
+    public_key: Text | None = None  # the key that signed the bundles this station runs
+    allow_unsigned: StrictBool = False  # run bundles without a signature (warned at start and on /metrics)
     store: Text | None = None  # enrolled examples and head versions (learning/store.py)
     event_log_max_mb: Annotated[float, Field(gt=0, le=1 << 20, allow_inf_nan=False)] = _STATION.event_log_max_mb
     event_log_keep: Annotated[StrictInt, Field(ge=1, le=1000)] = _STATION.event_log_keep
@@ -172,6 +180,32 @@ class StationFile(_Table):
         if wrong:
             raise ConfigError(f"{self.path}: the controller has exits 0..{have - 1}, the bundle sends {wrong}")
 
+    def check_bundle(self, spec: InputSpec, exits: dict[str, int], safe_exit: int) -> None:
+        """Refuse a bundle this station cannot feed: more views than its cameras give, NIR where
+        a view has no NIR camera, or an exit its controller does not have."""
+        if spec.views != len(self.views):
+            raise ConfigError(f"{self.path}: {len(self.views)} [[views]], the bundle decides on {spec.views}; "
+                              "a station feeds its bundle the views it was fitted on")
+        if "nir" in spec.channels and (blind := [i for i, v in enumerate(self.views) if v.nir is None]):
+            raise ConfigError(f"{self.path}: the bundle takes NIR; views {blind} name no nir camera")
+        self.check_exits(exits, safe_exit)
+
+    def check_signing(self) -> None:
+        """Only signed bundles run unless the file says otherwise: an unsigned manifest's hashes
+        authenticate nothing (anyone who can write the bundle can rehash it)."""
+        if self.station.public_key is None and not self.station.allow_unsigned:
+            raise ConfigError(f"{self.path}: [station] names no public_key, and serve runs only signed bundles. "
+                              "Name the key that signed them (sortline demo, fit and export sign with "
+                              f"{default_signing_key()}: public_key = \"{default_signing_key()}.pub\"), "
+                              "or set allow_unsigned = true to run unsigned ones")
+        if self.station.public_key is None:
+            log.warning("%s: allow_unsigned = true: bundles run without a signature; anyone who can write a bundle "
+                        "can change what this station does", self.path)
+
+    @property
+    def unsigned_allowed(self) -> bool:
+        return self.station.public_key is None and self.station.allow_unsigned
+
     @property
     def bauds(self) -> dict[str, int]:
         """Device name → baud rate, for the devices in :attr:`ports`."""
@@ -191,10 +225,10 @@ class StationFile(_Table):
         opened: list[Source] = []
         try:
             views = []
-            for view in self.views:
-                rgb = self._source(view.rgb, nir=False)
+            for i, view in enumerate(self.views):
+                rgb = self._source(view.rgb, nir=False, where=f"views[{i}].rgb")
                 opened.append(rgb)
-                nir = None if view.nir is None else self._source(view.nir, nir=True)
+                nir = None if view.nir is None else self._source(view.nir, nir=True, where=f"views[{i}].nir")
                 if nir is not None:
                     opened.append(nir)
                 views.append(ViewSources(rgb, nir))
@@ -204,10 +238,13 @@ class StationFile(_Table):
                 source.close()
             raise
 
-    def _source(self, spec: int | str, nir: bool) -> Source:
-        if isinstance(spec, str) and spec.startswith(FOLDER_PREFIX):
-            return ImageFolderSource(self.file(spec[len(FOLDER_PREFIX):]), nir=nir, loop=True, fps=FOLDER_FPS)
-        return OpenCVCamera(spec, nir=nir)
+    def _source(self, spec: int | str, nir: bool, where: str) -> Source:
+        try:
+            if isinstance(spec, str) and spec.startswith(FOLDER_PREFIX):
+                return ImageFolderSource(self.file(spec[len(FOLDER_PREFIX):]), nir=nir, loop=True, fps=FOLDER_FPS)
+            return OpenCVCamera(spec, nir=nir)
+        except (FrameError, OSError, cv2.error) as exc:
+            raise ConfigError(f"{self.path}: {where} = {spec!r}: the camera cannot be opened ({exc})") from None
 
 
 def load_station_file(path: str | Path) -> StationFile:

@@ -25,6 +25,7 @@ class StationControl:
     started: float = 0.0
     session: EnrollSession | None = None
     reload: Callable[[str | None], None] | None = None  # load, check and swap in a bundle (serve only)
+    unsigned_allowed: bool = False  # the station file lets unsigned bundles run (shown on /metrics)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property

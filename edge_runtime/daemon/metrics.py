@@ -96,6 +96,9 @@ class StationCollector:
         info.add_metric([], {"version": c.pipeline.version, "runtime": c.pipeline.embedder.name})
         yield info
         yield GaugeMetricFamily("sortline_ready", "1 while the station takes items.", value=float(c.is_ready))
+        yield GaugeMetricFamily("sortline_unsigned_bundles_allowed", "1 when the station file lets bundles run "
+                                "without a signature (allow_unsigned = true and no public_key).",
+                                value=float(c.unsigned_allowed))
         yield GaugeMetricFamily("sortline_uptime_seconds", "Seconds since the daemon started.",
                                 value=time.monotonic() - c.started)
 

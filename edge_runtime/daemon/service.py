@@ -36,6 +36,7 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
     bundle = bundle or station_file.file(station_file.station.bundle)
     if bundle is None:
         raise ConfigError(f"{station_file.path}: no station.bundle, and none given")
+    station_file.check_signing()
     pipeline, enroller, watcher = _load(station_file, bundle)
     config = station_file.station_config(config)
     rig = station_file.build_rig()
@@ -45,7 +46,8 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
         event_log = station_file.file(station_file.station.event_log)
         with RunningStation(pipeline, station_file.ports, rig, config, event_log=event_log,
                             bauds=station_file.bauds) as running:
-            control = StationControl(running, pipeline, enroller, watcher, ready, started=time.monotonic())
+            control = StationControl(running, pipeline, enroller, watcher, ready, started=time.monotonic(),
+                                     unsigned_allowed=station_file.unsigned_allowed)
             control.reload = functools.partial(_reload, control, station_file, bundle)
             if station_file.api.enabled:
                 from .api import serve_api
@@ -95,7 +97,7 @@ def _load(station_file: StationFile, bundle: Path) -> tuple[ItemPipeline, Enroll
                                             runtime=station_file.station.runtime,
                                             threads=station_file.station.threads,
                                             classifier=store_head)
-        station_file.check_exits(pipeline.policy.exits, pipeline.policy.safe_exit)
+        station_file.check_bundle(pipeline.manifest.input, pipeline.policy.exits, pipeline.policy.safe_exit)
     except BaseException:
         for enroller in enrollers:
             enroller.close()

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -40,6 +41,7 @@ from .labels import label_problem
 from .policy import DecisionPolicy, PolicyError
 from .preprocess import InputSpec
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -310,6 +312,33 @@ def _check_files(root: Path, manifest: Manifest) -> None:
 
 
 # --- signing --------------------------------------------------------------------------------
+
+
+SIGNING_KEY_ENV = "SORTLINE_SIGNING_KEY"
+
+
+def default_signing_key() -> Path:
+    """Where ``demo``, ``fit`` and ``export`` keep the key they sign with: ``$SORTLINE_SIGNING_KEY``,
+    else ``$XDG_CONFIG_HOME/sortline/signing.key`` (``~/.config/sortline/signing.key``)."""
+    if given := os.environ.get(SIGNING_KEY_ENV):
+        return Path(given)
+    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config) / "sortline" / "signing.key"
+
+
+def signing_key(path: Path | None = None) -> Path:
+    """The private key to sign with: ``path`` (which must exist), else the default one, made
+    (:func:`keygen`) the first time it is needed."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise BundleError(f"{path}: no such private key (sortline bundle keygen {path} makes one)")
+        return Path(path)
+    key = default_signing_key()
+    if not key.exists():
+        keygen(key)
+        log.warning("made a signing key %s; stations that run its bundles name %s.pub as [station] public_key",
+                    key, key)
+    return key
 
 
 def keygen(private_path: Path) -> tuple[Path, Path]:

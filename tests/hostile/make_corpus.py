@@ -120,6 +120,8 @@ MODELS = {
 }
 
 STATION = 'port = "loop://"\n'
+UNSIGNED = "[station]\nallow_unsigned = true\n"
+FOUR_VIEWS = "[[views]]\nrgb = 250\nnir = 251\n" * 4  # cameras this machine does not have
 STATION_FILES = {
     "unknown-top-key.toml": ("[controller]\n" + STATION + "[rigg]\n[[views]]\nrgb = 0\n", "did you mean 'rig'"),
     "typo-nri.toml": ("[controller]\n" + STATION + "[[views]]\nrgb = 0\nnri = 2\n", "did you mean 'nir'"),
@@ -150,6 +152,25 @@ STATION_FILES = {
                                 "unknown key '0sensor'; did you mean 'sensor'"),
     "fuzz-table-dashed.toml": ("[controller]\n" + STATION + '[oess-rn]\nkind = "taps"\n[[views]]\nrgb = 0\n',
                                "unknown key 'oess-rn'"),
+    # what serve checks at start, before an item comes: signing, the bundle's views, the cameras
+    "unsigned-by-default.toml": ("[controller]\n" + STATION + FOUR_VIEWS, "names no public_key"),
+    "allow-unsigned-string.toml": ('[station]\nallow_unsigned = "yes"\n[controller]\n' + STATION + FOUR_VIEWS,
+                                   "station.allow_unsigned"),
+    "public-key-missing-file.toml": ('[station]\npublic_key = "nope.pub"\n[controller]\n' + STATION + FOUR_VIEWS,
+                                     "no such public key file"),
+    "fewer-views.toml": (UNSIGNED + "[controller]\n" + STATION + "[[views]]\nrgb = 250\nnir = 251\n" * 2,
+                         "2 \\[\\[views\\]\\], the bundle decides on 4"),
+    "more-views.toml": (UNSIGNED + "[controller]\n" + STATION + "[[views]]\nrgb = 250\nnir = 251\n" * 6,
+                        "6 \\[\\[views\\]\\], the bundle decides on 4"),
+    "no-nir-camera.toml": (UNSIGNED + "[controller]\n" + STATION + "[[views]]\nrgb = 250\n" * 4, "takes NIR"),
+    "camera-index-absent.toml": (UNSIGNED + "[controller]\n" + STATION + FOUR_VIEWS,
+                                 "views\\[0\\].rgb = 250: the camera cannot be opened"),
+    "camera-rtsp-unreachable.toml": (UNSIGNED + "[controller]\n" + STATION
+                                     + '[[views]]\nrgb = "rtsp://127.0.0.1:9/line3"\nnir = 251\n' * 4,
+                                     "views\\[0\\].rgb = 'rtsp://127.0.0.1:9/line3': the camera cannot be opened"),
+    "camera-folder-missing.toml": (UNSIGNED + "[controller]\n" + STATION
+                                   + '[[views]]\nrgb = "folder:no/such/folder"\nnir = 251\n' * 4,
+                                   "views\\[0\\].rgb = 'folder:no/such/folder': the camera cannot be opened"),
     "not-toml.toml": ("[controller\nport=", "not a readable TOML"),
     "binary.toml": ("\x00\x01\x02garbage", "not a readable TOML"),
 }
