@@ -74,6 +74,12 @@ def staging_dir(out: Path, kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
 
 
+def sweep_temp() -> int:
+    """Remove every ``sortline-…`` folder in the system's temporary directory whose process was
+    killed (unpacked bundles, simulated lines' serial links, replays); every command starts so."""
+    return sweep_leftovers(Path(tempfile.gettempdir()), "sortline-")
+
+
 def private_tempdir(kind: str) -> Path:
     """A new folder in the system's temporary directory (``sortline-<kind>-<pid>-<random>``),
     after removing those left by killed processes."""

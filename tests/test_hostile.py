@@ -8,13 +8,16 @@ import json
 import re
 import shutil
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sortline.edge_runtime.daemon.config import ConfigError, load_station_file
+from sortline.edge_runtime.learning.enroll import bundle_examples
 from sortline.edge_runtime.model.bundle import MANIFEST, BundleError, load_bundle, sha256_file
+from sortline.edge_runtime.model.choice import load_check_set
 from sortline.edge_runtime.model.fusion import ReadingLimits
 from sortline.edge_runtime.model.pipeline import ItemPipeline, PipelineInputError
 from sortline.hardware.camera import FrameError
@@ -147,8 +150,44 @@ def _pipeline(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
     return expected
 
 
+def _bundle_file(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
+    target = {"head": "head.npz", "check": "check.npz", "examples": "examples.npz"}[path.name.split("-")[0]]
+    root = Path(shutil.copytree(bundle_root, work / "b", dirs_exist_ok=True))
+    shutil.copyfile(path, root / target)
+    data = json.loads((root / MANIFEST).read_text())
+    data["files"][target] = sha256_file(root / target)
+    (root / MANIFEST).write_text(json.dumps(data))
+    bundle = load_bundle(root)
+    bundle.load_head()
+    load_check_set(bundle)
+    bundle_examples(bundle)
+    raise Accepted(f"{target} loaded")
+
+
+def _bundle_archive(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
+    recipe = json.loads(path.read_text())
+    staging = work / "staging"
+    for copy in range(recipe.get("copies", 1)):
+        root = Path(shutil.copytree(bundle_root, staging / f"bundle{copy or ''}"))
+        for name, content in recipe.get("extra", {}).items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(bytes(content) if isinstance(content, int) else content.encode())
+    for name, content in recipe.get("outside", {}).items():
+        (staging / name).write_text(content)
+    if recipe.get("folder"):
+        load_bundle(staging / "bundle")
+        raise Accepted("the folder loaded")
+    archive = work / "bundle.tar"
+    with tarfile.open(archive, "w") as tar:
+        for entry in sorted(staging.iterdir()):
+            tar.add(entry, arcname=entry.name)
+    load_bundle(archive)
+    raise Accepted("the archive loaded")
+
+
 JUDGES = {"serial": _serial, "manifests": _manifest, "models": _model, "station_files": _station_file,
-          "images": _image, "archives": _archive, "pipeline": _pipeline}
+          "images": _image, "archives": _archive, "pipeline": _pipeline,
+          "bundle_files": _bundle_file, "bundle_archives": _bundle_archive}
 CLEAR = (BundleError, ConfigError, FrameError, PipelineInputError)
 
 

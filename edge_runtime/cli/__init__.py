@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from sortline.edge_runtime.errors import SortlineError
+from sortline.hardware.files import sweep_temp
 
 from . import bundles, flags, station, tools
 
@@ -63,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_json:
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
+    sweep_temp()  # what killed runs left in the temporary folder
     try:
         result = args.handler(args)
     except (SortlineError, FileNotFoundError) as exc:

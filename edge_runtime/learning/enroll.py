@@ -30,6 +30,7 @@ from scipy.stats import binomtest
 from threadpoolctl import threadpool_limits
 
 from sortline.edge_runtime.errors import SortlineError
+from sortline.edge_runtime.model.arrays import read_npz
 from sortline.edge_runtime.model.bundle import Bundle, BundleError, DecisionPolicy, sha256_file
 from sortline.edge_runtime.model.fusion import Reading, fuse
 from sortline.edge_runtime.model.head import HeadError, LogisticHead, OpenSet
@@ -87,12 +88,14 @@ def bundle_examples(bundle: Bundle) -> tuple[np.ndarray, list[str]] | None:
     if EXAMPLES_FILE not in bundle.manifest.files:
         return None
     path = bundle.root / EXAMPLES_FILE
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            features, targets, labels = data["features"], data["targets"], [str(s) for s in data["labels"]]
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise BundleError(f"{path}: unreadable examples ({exc})") from exc
     width = bundle.manifest.fusion.feature_count(bundle.manifest.embedding_dim)
+    rows = EXAMPLES_PER_CLASS * len(bundle.manifest.labels)  # what write_examples keeps, at most
+    try:
+        data = read_npz(path, {"features": rows * width, "targets": rows, "labels": len(bundle.manifest.labels)},
+                        what=str(path))
+        features, targets, labels = data["features"], data["targets"], [str(s) for s in data["labels"]]
+    except (ValueError, KeyError) as exc:
+        raise BundleError(f"{path}: unreadable examples ({exc})") from exc
     targets_ok = not len(targets) or 0 <= targets.min() <= targets.max() < len(labels)
     if (features.ndim != 2 or features.shape[1] != width or targets.shape != (len(features),)
             or not np.isfinite(features).all() or not targets_ok):

@@ -11,6 +11,7 @@ files that carry it from the desktop to the station. Depends on nothing else in 
 - ``runtimes.py``: the runtimes behind one :class:`Embedder` interface (ONNX Runtime, OpenVINO);
 - ``choice.py``: the runtime and thread count chosen by measurement, on the bundle's check inputs;
 - ``head.py``: the logistic-regression head as plain arrays, and the open-set test;
+- ``arrays.py``: ``.npz`` files read with every array's header checked before allocating;
 - ``fusion.py``: views and sensor readings fused into one feature row;
 - ``descriptors.py``: the colour histogram, a descriptor without a model;
 - ``pipeline.py``: :class:`ItemPipeline`, one item from capture to decision;

@@ -18,6 +18,7 @@ import base64
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_BUNDLE_BYTES = 4 << 30  # all files together, also when an archive is unpacked
 MAX_ARCHIVE_MEMBERS = 256
+KEEP_FREE_BYTES = 256 << 20  # an archive is not unpacked into the last 256 MiB of a disk
 MAX_LABELS = 10_000
 MAX_NAME_CHARS = 200
 MAX_EMBEDDING_DIM = 65_536
@@ -200,11 +202,11 @@ class Bundle:
     def load_head(self) -> LogisticHead:
         if self.manifest.head is None:
             raise BundleError(f"{self.root}: this bundle has no head yet (embeddings only); enroll items first")
+        expected = self.manifest.fusion.feature_count(self.manifest.embedding_dim)
         try:
-            head = LogisticHead.load(self.root / self.manifest.head)
+            head = LogisticHead.load(self.root / self.manifest.head, len(self.manifest.labels), expected)
         except HeadError as exc:
             raise BundleError(str(exc)) from exc
-        expected = self.manifest.fusion.feature_count(self.manifest.embedding_dim)
         if head.n_features != expected or head.labels != self.manifest.labels:
             raise BundleError(
                 f"head does not match the manifest: {head.n_features} features for {head.labels}, "
@@ -231,6 +233,11 @@ def _extract(archive: Path) -> Path:
                 if len(members) > MAX_ARCHIVE_MEMBERS or total > MAX_BUNDLE_BYTES:
                     raise BundleError(f"{archive}: more than {MAX_ARCHIVE_MEMBERS} entries or "
                                       f"{MAX_BUNDLE_BYTES >> 20} MiB unpacked; not a bundle")
+            _check_members(archive, members)
+            free = shutil.disk_usage(target).free - KEEP_FREE_BYTES  # one extraction never fills the disk
+            if total > free:
+                raise BundleError(f"{archive}: unpacks to {total >> 20} MiB, and {target.parent} has "
+                                  f"{max(0, free) >> 20} MiB to spare")
             # The "data" filter refuses absolute paths, "..", links out of the folder and devices.
             tar.extractall(target, members=members, filter="data")
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
@@ -239,10 +246,23 @@ def _extract(archive: Path) -> Path:
     except BundleError:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    for root in [target, *sorted(d for d in target.iterdir() if d.is_dir())]:
-        if (root / MANIFEST).is_file():
-            return root
-    raise BundleError(f"{archive}: the archive holds no {MANIFEST}")
+    roots = [root for root in [target, *sorted(d for d in target.iterdir() if d.is_dir())]
+             if (root / MANIFEST).is_file()]
+    if not roots:
+        raise BundleError(f"{archive}: the archive holds no {MANIFEST}")
+    return roots[0]
+
+
+def _check_members(archive: Path, members: list[tarfile.TarInfo]) -> None:
+    """One bundle an archive: one manifest, at its top or in one folder, nothing beside it."""
+    manifests = [m.name for m in members if Path(m.name).name == MANIFEST]
+    if len(manifests) > 1:
+        raise BundleError(f"{archive}: {len(manifests)} manifests ({', '.join(manifests[:4])}); an archive holds "
+                          "one bundle")
+    if manifests:
+        top = Path(manifests[0]).parent
+        if outside := [m.name for m in members if top not in Path(m.name).parents and Path(m.name) != top]:
+            raise BundleError(f"{archive}: {outside[:4]} lie outside the bundle's folder {str(top) or '.'}")
 
 
 def _refuse_constant(name: str) -> float:
@@ -296,6 +316,17 @@ def _changed(path: Path, raw: bytes) -> bool:
 
 
 def _check_files(root: Path, manifest: Manifest) -> None:
+    listed = {Path(name) for name in manifest.files} | {Path(MANIFEST), Path(SIGNATURE)}
+    folders = {parent for name in listed for parent in name.parents}
+    try:
+        present = [p.relative_to(root) for p in itertools.islice(root.rglob("*"), 4 * MAX_ARCHIVE_MEMBERS)]
+    except OSError as exc:
+        raise BundleError(f"{root}: unreadable ({exc})") from exc
+    if len(present) == 4 * MAX_ARCHIVE_MEMBERS:
+        raise BundleError(f"{root}: {len(present)} entries or more; a bundle holds a few files")
+    if unlisted := sorted(str(p) for p in present if p not in listed and p not in folders):
+        raise BundleError(f"{root}: {unlisted[:4]} not listed in the manifest; a bundle holds only the files its "
+                          "manifest hashes (an ONNX model's external data among them)")
     total = 0
     for name, expected in manifest.files.items():
         if Path(name).is_absolute() or ".." in Path(name).parts or name in (MANIFEST, SIGNATURE):

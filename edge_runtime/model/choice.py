@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .arrays import read_npz
 from .bundle import BundleError
 from .embedder import PARITY_MIN_COSINE, compare
 from .preprocess import InputSpec
@@ -84,10 +85,10 @@ def load_check_set(bundle) -> np.ndarray | None:
     if CHECK_FILE not in bundle.manifest.files:
         return None
     spec = bundle.manifest.input
+    most = 64 * spec.views * len(spec.channels) * spec.size * spec.size
     try:
-        with np.load(bundle.root / CHECK_FILE, allow_pickle=False) as data:
-            inputs = data["inputs"]
-    except (OSError, ValueError, KeyError) as exc:
+        inputs = read_npz(bundle.root / CHECK_FILE, {"inputs": most}, what=str(bundle.root / CHECK_FILE))["inputs"]
+    except (ValueError, KeyError) as exc:
         raise BundleError(f"{bundle.root / CHECK_FILE}: unreadable check inputs ({exc})") from exc
     expected = (len(spec.channels), spec.size, spec.size)
     if (inputs.ndim != 4 or inputs.shape[1:] != expected or not 0 < len(inputs) <= 64 * spec.views

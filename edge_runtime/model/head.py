@@ -19,6 +19,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
+from .arrays import ArrayFileError, read_npz
+
 _ARRAYS = ("labels", "mean", "scale", "coef", "intercept")
 ABSENT_LOGIT = -30.0  # the intercept of a label the head saw no example of
 
@@ -135,12 +137,18 @@ class LogisticHead:
                  intercept=self.intercept)
 
     @classmethod
-    def load(cls, path: Path | typing.BinaryIO) -> LogisticHead:
+    def load(cls, path: Path | typing.BinaryIO, classes: int | None = None,
+             features: int | None = None) -> LogisticHead:
+        """A head file; with ``classes`` and ``features`` (what a manifest says), its arrays'
+        headers may declare no more than that (arrays.py reads them before allocating)."""
+        limits = {} if classes is None or features is None else {
+            "labels": classes, "mean": features, "scale": features, "coef": classes * features,
+            "intercept": classes}
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in _ARRAYS if name in data.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise HeadError(f"{path}: not a readable head file ({exc})") from exc
+            data = read_npz(path, limits, what=f"{path} (head)")
+        except ArrayFileError as exc:
+            raise HeadError(str(exc)) from exc
+        arrays = {name: data[name] for name in _ARRAYS if name in data}
         missing = [name for name in _ARRAYS if name not in arrays]
         if missing:
             raise HeadError(f"{path}: head file lacks {missing}")
@@ -242,11 +250,11 @@ class OpenSet:
     @classmethod
     def from_bytes(cls, data: bytes) -> OpenSet:
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as a:
-                return cls(a["center"].astype(np.float32), a["scale"].astype(np.float32),
-                           a["means"].astype(np.float32), a["thresholds"].astype(np.float32),
-                           float(a["target_frr"]), int(a["calibration_examples"]))
-        except (OSError, ValueError, KeyError, EOFError) as exc:
+            a = read_npz(data, what="open-set arrays")
+            return cls(a["center"].astype(np.float32), a["scale"].astype(np.float32),
+                       a["means"].astype(np.float32), a["thresholds"].astype(np.float32),
+                       float(a["target_frr"]), int(a["calibration_examples"]))
+        except (ValueError, KeyError, TypeError) as exc:
             raise HeadError(f"unreadable open-set arrays ({exc})") from exc
 
 

@@ -17,17 +17,17 @@ from __future__ import annotations
 import heapq
 import logging
 import random
-import tempfile
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import cv2
 
 from ..camera import CORRUPT, LOST, FrameError, ItemCapture, ViewError, ViewFrame
+from ..files import private_tempdir
 from ..images import decode_image
 from ..protocol import Ack, GateCommand, Heartbeat, ItemArrival, Message
 from .avocado import AvocadoScenario
@@ -132,9 +132,10 @@ class SimulatedLine:
         self.scenario = scenario if scenario is not None else AvocadoScenario(config.seed)
         self.sensor = self.scenario.sensor
         self.injected = FaultCounter()
-        self._links_dir = tempfile.TemporaryDirectory(prefix="sortline-line-")
-        self.controller = PtyDevice(Path(self._links_dir.name) / "controller")
-        self.sensor_device = PtyDevice(Path(self._links_dir.name) / self.sensor)
+        # its own folder, swept by the next start when this process is killed (hardware/files.py)
+        self._links_dir = private_tempdir("line")
+        self.controller = PtyDevice(self._links_dir / "controller")
+        self.sensor_device = PtyDevice(self._links_dir / self.sensor)
         rng = random.Random(config.seed)
         self._controller_wire = FaultyWire(self.controller, config.faults, random.Random(rng.random()), self.injected)
         self._sensor_wire = FaultyWire(self.sensor_device, config.faults, random.Random(rng.random()), self.injected)
@@ -206,7 +207,7 @@ class SimulatedLine:
             thread.join(timeout=2)
         self.controller.close()
         self.sensor_device.close()
-        self._links_dir.cleanup()
+        shutil.rmtree(self._links_dir, ignore_errors=True)
 
     def __enter__(self) -> SimulatedLine:
         return self.start()

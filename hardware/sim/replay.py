@@ -7,12 +7,11 @@ import logging
 import math
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from collections import deque
-from pathlib import Path
 
+from ..files import private_tempdir
 from ..protocol import Ack, GateCommand
 from ..recording import RecordedRig, Recording
 from .line import QUIET_S, REOPEN_S, REOPEN_WAIT_S  # replay mirrors how the recorded devices behaved
@@ -43,8 +42,8 @@ class ReplayedLine:
         self.recording = recording
         self.speed = speed
         self.meta = recording.meta
-        self._links = tempfile.mkdtemp(prefix="sortline-replay-")
-        self.devices = {d: PtyDevice(Path(self._links) / d) for d in self.meta["devices"]}
+        self._links = private_tempdir("replay")  # swept by the next start when this process is killed
+        self.devices = {d: PtyDevice(self._links / d) for d in self.meta["devices"]}
         self.controller = self.devices[self.meta["devices"][0]]
         # The item sensor: named in the metadata, or the one device beside the controller.
         self.sensor = self.meta.get("sensor") or (self.meta["devices"][1:] or ["none"])[0]

