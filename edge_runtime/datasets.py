@@ -62,14 +62,35 @@ def images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+MAX_LIST_BYTES = 64 << 20  # a split file or class table: millions of lines, not a disk image
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """A UTF-8 text file's lines; :class:`DatasetError` naming the line of a byte that is not
+    UTF-8 (a file saved in Latin-1 or UTF-16, a binary file given by mistake)."""
+    try:
+        if path.stat().st_size > MAX_LIST_BYTES:
+            raise DatasetError(f"{path}: {path.stat().st_size >> 20} MiB; a list of images is under "
+                               f"{MAX_LIST_BYTES >> 20} MiB")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DatasetError(f"{path}:{line}: byte 0x{data[exc.start]:02x} at column {column} is not UTF-8 text; "
+                           "save the file as UTF-8") from None
+
+
 def _class_table(split_file: Path) -> tuple[Path, list[str], list[list[str]]]:
     """The ``classes.csv`` beside a split file: its path, lower-cased header and rows (empty
     when there is no such file)."""
     table = split_file.parent / "classes.csv"
     if not table.is_file():
         return table, [], []
-    with open(table, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    rows = list(csv.reader(read_text_lines(table)))
     return table, [h.strip().lower() for h in rows[0]] if rows else [], rows[1:]
 
 
@@ -112,7 +133,7 @@ def reference_images(split_file: str | Path) -> ImageSet | None:
 
 def _load_split_file(path: Path) -> ImageSet:
     paths, label_texts = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text_lines(path), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         fields = [f.strip() for f in line.split(",")]

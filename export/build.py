@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,10 +129,19 @@ def export_model(backbone: torch.nn.Module, spec: InputSpec, calibration: np.nda
 
 
 def check_accuracy_drop(report: dict, fp32: np.ndarray, exported: np.ndarray, labels: np.ndarray,
-                        config: ExportConfig) -> dict:
+                        config: ExportConfig, class_names: Sequence[str] = ()) -> dict:
     """Probe accuracy on the fp32 and on the exported model's embeddings of the same images,
     into ``report``; :class:`ExportRefused` when the exported model loses more than
-    ``config.max_drop_points`` (unless forced)."""
+    ``config.max_drop_points`` (unless forced). Where a class has a single image the probe
+    cannot be cross-validated: the export goes on, and the report says why it was not checked."""
+    counts = np.bincount(labels)
+    if lonely := [int(c) for c in np.flatnonzero(counts == 1)]:
+        names = [class_names[c] if c < len(class_names) else str(c) for c in lonely]
+        reason = (f"not run: {len(lonely)} class(es) have a single labelled image ({', '.join(names[:5])}); "
+                  "the probe needs two of every class")
+        log.warning("accuracy probe %s; the exported model's accuracy is not checked", reason)
+        report["probe"] = {"skipped": reason}
+        return report["probe"]
     acc32 = probe_accuracy(fp32, labels, config.probe_folds, config.probe_C, config.seed)
     accq = probe_accuracy(exported, labels, config.probe_folds, config.probe_C, config.seed)
     drop = round(100 * (acc32 - accq), 2)
@@ -171,7 +181,8 @@ def build_bundle(
             if images.labels is None:
                 raise ValueError("the labeled set has no labels")
             embeddings = _embed(model.embedder, x)
-            check_accuracy_drop(model.report, _embed(model.fp32, x), embeddings, images.labels, config)
+            check_accuracy_drop(model.report, _embed(model.fp32, x), embeddings, images.labels, config,
+                                images.class_names)
             labels = images.class_names
             head = LogisticHead.fit(embeddings, images.labels, labels, C=config.probe_C)
             # the head's examples travel with it: a station that enrolls new classes keeps these

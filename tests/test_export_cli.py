@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -108,3 +109,28 @@ def test_unreadable_calibration_image_is_named_or_skipped(checkpoint, image_fold
     assert "zz-corrupt.png" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
     assert main([*args, "--skip-unreadable"]) == 0
+
+
+def test_a_class_with_one_image_exports_without_the_probe_and_says_so(checkpoint, image_folder, tmp_path, capsys):
+    labeled = tmp_path / "labeled"
+    shutil.copytree(image_folder, labeled)
+    for path in sorted((labeled / "red-disc").glob("*.png"))[1:]:
+        path.unlink()  # red-disc keeps one image
+    out = tmp_path / "b"
+    assert main(["export", "--checkpoint", str(checkpoint), "--calibration", str(labeled), "--int8",
+                 "--out", str(out), "--json"]) == 0
+    report = _last_json(capsys)
+    assert "single labelled image (red-disc)" in report["probe"]["skipped"]
+    assert load_bundle(out, public_key=report["signed_with"]).manifest.labels == tuple(sorted(CLASSES))
+
+
+def test_a_split_file_that_is_not_utf8_names_its_line(checkpoint, image_folder, tmp_path, capsys):
+    split = tmp_path / "train.txt"
+    lines = [f"{p.relative_to(image_folder.parent)}, {p.parent.name}" for p in sorted(image_folder.glob("*/*.png"))]
+    split.write_bytes("\n".join(lines[:2]).encode() + "\nstr\xe4wberry.png, 1\n".encode("latin-1"))
+    for command in (["export", "--checkpoint", str(checkpoint), "--calibration", str(split), "--out",
+                     str(tmp_path / "b")],
+                    ["pretrain", "--method", "simclr", "--data", str(split), "--epochs", "1", "--out",
+                     str(tmp_path / "c.ckpt")]):
+        assert main(command) == 2
+        assert f"{split}:3: byte 0xe4 at column 4 is not UTF-8 text" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sortline.edge_runtime.daemon.config import ConfigError, load_station_file
+from sortline.edge_runtime.datasets import DatasetError, load_image_set
 from sortline.edge_runtime.learning.enroll import bundle_examples
 from sortline.edge_runtime.model.bundle import MANIFEST, BundleError, load_bundle, sha256_file
 from sortline.edge_runtime.model.choice import load_check_set
@@ -185,10 +186,15 @@ def _bundle_archive(path: Path, expected: str, work: Path, bundle_root: Path) ->
     raise Accepted("the archive loaded")
 
 
+def _dataset(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
+    images = load_image_set(path)
+    raise Accepted(f"{len(images)} images listed")
+
+
 JUDGES = {"serial": _serial, "manifests": _manifest, "models": _model, "station_files": _station_file,
           "images": _image, "archives": _archive, "pipeline": _pipeline,
-          "bundle_files": _bundle_file, "bundle_archives": _bundle_archive}
-CLEAR = (BundleError, ConfigError, FrameError, PipelineInputError)
+          "bundle_files": _bundle_file, "bundle_archives": _bundle_archive, "datasets": _dataset}
+CLEAR = (BundleError, ConfigError, FrameError, PipelineInputError, DatasetError)
 
 
 def judge(kind: str, name: str, work: Path, bundle_root: Path) -> tuple[str, str]:

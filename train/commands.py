@@ -68,7 +68,8 @@ def export(args: argparse.Namespace) -> dict:
     print(f"{bundle.root}: {config.precision} backbone, {len(bundle.manifest.labels)} classes, "
           f"parity cosine ≥ {report['onnx_parity_fp32']['min_cosine']:.5f}, "
           f"size {report['model_bytes'][config.precision] / 1e6:.1f} MB"
-          + (f", probe {probe['accuracy_fp32']:.2%} → {probe[f'accuracy_{config.precision}']:.2%}" if probe else ""))
+          + (f", probe {probe['accuracy_fp32']:.2%} → {probe[f'accuracy_{config.precision}']:.2%}"
+             if probe and "skipped" not in probe else f", probe {probe['skipped']}" if probe else ""))
     return {"bundle": str(bundle.root), **report}
 
 

@@ -248,6 +248,16 @@ BUNDLE_ARCHIVES = {
 }
 
 
+# datasets: split files as people save them by mistake, and what load_image_set must say
+DATASETS = {
+    "split-latin1.txt": ("a.png, 1\nstr\xe4wberry.png, 2\n".encode("latin-1"), "2: byte 0xe4 at column 4 is not UTF-8"),
+    "split-utf16.txt": ("a.png, 1\n".encode("utf-16"), "1: byte 0xff at column 1 is not UTF-8"),
+    "split-binary.txt": (bytes(range(256)), "not UTF-8 text"),
+    "split-no-label.txt": (b"a.png\n", "expected 'path, label"),
+    "split-empty.txt": (b"# nothing\n", "no images listed"),
+}
+
+
 def png(width: int, height: int, payload: bytes = b"") -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -319,7 +329,7 @@ ARCHIVES = {
 def main() -> None:
     expected: dict[str, dict[str, str]] = {"serial": {}, "manifests": {}, "models": {}, "station_files": {},
                                            "images": {}, "archives": {}, "pipeline": {}, "bundle_files": {},
-                                           "bundle_archives": {}}
+                                           "bundle_archives": {}, "datasets": {}}
     for kind in expected:
         (HERE / kind).mkdir(exist_ok=True)
         for old in (HERE / kind).iterdir():
@@ -359,6 +369,9 @@ def main() -> None:
     for name, (recipe, message) in BUNDLE_ARCHIVES.items():
         (HERE / "bundle_archives" / name).write_text(json.dumps(recipe) + "\n")
         expected["bundle_archives"][name] = message
+    for name, (data, message) in DATASETS.items():
+        (HERE / "datasets" / name).write_bytes(data)
+        expected["datasets"][name] = message
     (HERE / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     print(f"{sum(len(v) for v in expected.values())} inputs in {HERE}")
 
