@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import tarfile
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,21 @@ def _text(value: object, where: str) -> str:
     if not isinstance(value, str):
         raise BundleError(f"manifest {where}: {value!r:.40} is not text")
     return value
+
+
+def _typed(value: object, kind: type, where: str) -> typing.Any:
+    if not isinstance(value, kind):
+        raise BundleError(f"manifest {where}: {type(value).__name__} {value!r:.40}, not a JSON "
+                          f"{ {dict: 'object', list: 'array'}.get(kind, kind.__name__)}")
+    return value
+
+
+def _hashes(value: object) -> dict[str, str]:
+    files = _typed(value, dict, "files")
+    for name, digest in files.items():
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise BundleError(f"manifest files.{name!s:.60}: {digest!r:.40} is not a sha256 in hex")
+    return dict(files)
 
 
 def _whole(value: object, where: str) -> int:
@@ -128,16 +144,16 @@ class Manifest:
         try:
             manifest = cls(
                 name=_text(data["name"], "name"),
-                created=str(data["created"]),
-                input=InputSpec.from_dict(data["input"]),
+                created=_text(data["created"], "created"),
+                input=InputSpec.from_dict(_typed(data["input"], dict, "input")),
                 embedding_dim=_whole(data["embedding_dim"], "embedding_dim"),
-                labels=tuple(_text(x, "labels") for x in data["labels"]),
-                decision=_decision(data["decision"]),
-                fusion=FusionSpec.from_dict(data["fusion"]),
-                backbone=str(data["backbone"]),
-                head=None if data["head"] is None else str(data["head"]),
-                metrics=dict(data["metrics"]),
-                files={str(k): str(v) for k, v in data["files"].items()},
+                labels=tuple(_text(x, "labels") for x in _typed(data["labels"], list, "labels")),
+                decision=_decision(_typed(data["decision"], dict, "decision")),
+                fusion=FusionSpec.from_dict(_typed(data["fusion"], dict, "fusion")),
+                backbone=_text(data["backbone"], "backbone"),
+                head=None if data["head"] is None else _text(data["head"], "head"),
+                metrics=_typed(data["metrics"], dict, "metrics"),
+                files=_hashes(data["files"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"manifest field is malformed: {exc!r}") from exc
