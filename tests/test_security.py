@@ -271,6 +271,39 @@ def test_an_extraction_left_by_a_killed_station_is_removed_at_the_next_load(tmp_
     assert not left.exists() and alive.exists()
 
 
+def test_every_command_sweeps_what_killed_runs_left_in_the_temporary_folder(tmp_path, tiny_bundle, monkeypatch):
+    """A killed station leaves its unpacked bundle, a killed simulation its lines' serial links:
+    the next command of any kind removes them (those of live processes stay)."""
+    from sortline.edge_runtime.cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    dead = _dead_pid()
+    left = [tmp_path / "tmp" / f"sortline-{kind}-{dead}-x1y2z3" for kind in ("bundle", "line", "replay")]
+    for folder in left:
+        folder.mkdir()
+        (folder / "controller").write_bytes(b"\0" * 1000)
+    alive = tmp_path / "tmp" / f"sortline-line-{os.getpid()}-mine"
+    alive.mkdir()
+    assert main(["bundle", "verify", str(tiny_bundle.root)]) == 0
+    assert not any(folder.exists() for folder in left) and alive.exists()
+
+
+def test_an_archive_is_not_unpacked_into_the_last_of_a_disk(tmp_path, tiny_bundle, monkeypatch):
+    import collections
+
+    from sortline.edge_runtime.model import bundle as bundle_module
+
+    archive = tmp_path / "b.tar"
+    write_bundle(archive, tiny_bundle.manifest, tiny_bundle.backbone_path, tiny_bundle.load_head())
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(bundle_module.shutil, "disk_usage", lambda path: usage(1 << 40, 1 << 40, 200 << 20))
+    before = set(Path(tempfile.gettempdir()).glob(f"sortline-bundle-{os.getpid()}-*"))
+    with pytest.raises(BundleError, match="MiB to spare"):
+        load_bundle(archive)
+    assert set(Path(tempfile.gettempdir()).glob(f"sortline-bundle-{os.getpid()}-*")) == before  # nothing left
+
+
 def test_a_full_inbox_drops_the_oldest_message_counted():
     import queue
 
