@@ -17,11 +17,9 @@ writes the input to crash-<sha1>):
 - ``npz``: an ``.npz`` file of these bytes is read or raises ArrayFileError, never allocates
   past its limits (a header's claims are checked first: edge_runtime/model/arrays.py).
 - ``heartbeat``: these bytes, parsed as serial frames, arrive in the middle of a clean line
-  (items announced at a steady pitch, heartbeats between them, the controller's clock 3 s
-  behind the station's): no real, announced item is given up as unannounced (sent to the safe
-  exit unseen), and every item's time on the station's clock stays within the clock's
-  tolerance of when it arrived (not made late). The property tests in
-  tests/test_station_parts.py hold this for one heartbeat; this target for any frames.
+  (tests/hostile/line_check.py, which also judges the ``streams`` corpus): no real, announced
+  item is given up as unannounced (sent to the safe exit unseen), and every item's time on the
+  station's clock stays within the clock's tolerance of when it arrived (not made late).
 
 The summary line (executions, crashes, new coverage) is libFuzzer's own; results go to
 ``benchmarks/results/fuzz.md`` when ``--results`` is given.
@@ -51,11 +49,9 @@ def _target(name: str):
         from sortline.edge_runtime.daemon.config import ConfigError, load_station_file
         from sortline.edge_runtime.model.arrays import ArrayFileError, read_npz
         from sortline.edge_runtime.model.bundle import BundleError, load_bundle
-        from sortline.edge_runtime.station.ids import NEW, ItemIds
-        from sortline.edge_runtime.station.readings import DeviceClock
         from sortline.hardware.camera import FrameError
         from sortline.hardware.images import MAX_IMAGE_PIXELS, decode_image
-        from sortline.hardware.protocol import FIELD_RANGES, Heartbeat, ItemArrival, Parser
+        from sortline.hardware.protocol import FIELD_RANGES, Parser
 
     work = Path(tempfile.mkdtemp(prefix="sortline-fuzz-"))
     bundle_dir = work / "bundle"
@@ -113,28 +109,15 @@ def _target(name: str):
             if "coef" in arrays and arrays["coef"].size > 1000:
                 raise AssertionError(f"coef of {arrays['coef'].shape} passed a limit of 1000 elements")
 
+    sys.path.insert(0, str(CORPUS))
+    from line_check import clean_line_with  # tests/hostile/line_check.py, as the corpus is judged
+
     def heartbeat(data: bytes) -> None:
-        forged = Parser("fuzz").feed(data[1:] + b"\n")
-        ids, clock, given_up = ItemIds(max_gap=32, unannounced_wait_s=0.06), DeviceClock(), []
-        pitch, at, where = 0.02 + data[0] / 255 if data else 0.1, 10.0, (data[0] % 16 if data else 0)
-        for i in range(16):
-            if i == where:  # the frames arrive between two real announcements
-                for message in forged:
-                    if isinstance(message, Heartbeat):
-                        clock.update(message.t_ms, at + 1e-4)
-                        ids.heartbeat(message.last_item_id, at + 1e-4)
-                    elif isinstance(message, ItemArrival):
-                        clock.update(message.t_ms, at + 1e-4)
-            at += pitch
-            given_up += ids.due_unannounced(at)
-            t_ms = int(at * 1000) - 3000
-            clock.update(t_ms, at)
-            if ids.announced(100 + i, at) != NEW:
-                return  # the frames announced this id first: a forged announcement, not this target's
-            if abs(clock.station_time(t_ms) - at) > clock.agree_s + 0.002:
-                raise AssertionError(f"item {100 + i} placed {clock.station_time(t_ms) - at:+.3f} s off by {forged}")
-        if real := set(given_up + ids.due_unannounced(at + 60)) & set(range(100, 116)):
-            raise AssertionError(f"real items {sorted(real)} given up as unannounced after {forged}")
+        if not data:
+            return
+        check = clean_line_with(data[1:], where=data[0] % 16, pitch_s=0.02 + data[0] / 255)
+        if check.harmed:
+            raise AssertionError(f"frames {data[1:]!r} harmed real items: {check}")
 
     return {"parser": parser, "manifest": manifest, "station_file": station_file, "image": image,
             "archive": archive, "npz": npz, "heartbeat": heartbeat}[name]

@@ -26,6 +26,9 @@ from sortline.hardware.images import decode_image
 from sortline.hardware.protocol import FIELD_RANGES, Parser, ScaleReading, TapReading
 
 CORPUS = Path(__file__).parent / "hostile"
+sys.path.insert(0, str(CORPUS))
+from line_check import clean_line_with  # noqa: E402  (tests/hostile/line_check.py)
+
 EXPECTED: dict[str, dict[str, str]] = json.loads((CORPUS / "expected.json").read_text())
 CASES = [(kind, name) for kind, names in EXPECTED.items() for name in names]
 
@@ -191,9 +194,19 @@ def _dataset(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
     raise Accepted(f"{len(images)} images listed")
 
 
+def _stream(path: Path, expected: str, work: Path, bundle_root: Path) -> str:
+    check = clean_line_with(path.read_bytes())
+    if check.harmed:
+        raise Accepted(f"real items given up {check.given_up}, placed off on the clock {check.misplaced}")
+    if expected != "unharmed" and getattr(check, expected) < 1:
+        raise Accepted(f"nothing counted it as {expected}: {check}")
+    return expected
+
+
 JUDGES = {"serial": _serial, "manifests": _manifest, "models": _model, "station_files": _station_file,
           "images": _image, "archives": _archive, "pipeline": _pipeline,
-          "bundle_files": _bundle_file, "bundle_archives": _bundle_archive, "datasets": _dataset}
+          "bundle_files": _bundle_file, "bundle_archives": _bundle_archive, "datasets": _dataset,
+          "streams": _stream}
 CLEAR = (BundleError, ConfigError, FrameError, PipelineInputError, DatasetError)
 
 

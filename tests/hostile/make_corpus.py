@@ -85,6 +85,20 @@ SERIAL = {
     "weight-negative-kg": (frame("1,1,WT,1500,-5000,1"), "implausible"),
 }
 
+# streams: frames that arrive in the middle of a clean line (line_check.py: items 100..115 at a
+# 100 ms pitch, the controller's clock at 7900 ms when they come, after item 108), and the
+# counter that must refuse them ("unharmed": nothing to refuse, nothing harmed)
+STREAMS = {
+    "hb-claims-the-next-id": (frame("1,50,HB,7950,109"), "claims_refused"),
+    "hb-claims-five-ahead": (frame("1,50,HB,7950,113"), "claims_refused"),
+    "hb-claims-beyond-the-gap": (frame("1,50,HB,7950,100000"), "claims_refused"),
+    "hb-clock-an-hour-ahead": (frame("1,50,HB,3607950,108"), "clock_refused"),
+    "hb-clock-a-second-ahead": (frame("1,50,HB,8950,108"), "clock_refused"),
+    "item-clock-a-day-ahead": (frame("1,50,ITEM,5000,0,86407950,250"), "clock_refused"),
+    "hb-clock-at-zero": (frame("1,50,HB,0,108"), "unharmed"),
+    "hb-claims-and-clock-ahead": (frame("1,50,HB,3607950,112"), "claims_refused"),
+}
+
 # manifests: edits to a valid manifest (dotted key -> new value; "!raw" -> the manifest's text
 # replaced by this string) and the BundleError text that must name the fault
 MANIFESTS = {
@@ -339,7 +353,7 @@ ARCHIVES = {
 def main() -> None:
     expected: dict[str, dict[str, str]] = {"serial": {}, "manifests": {}, "models": {}, "station_files": {},
                                            "images": {}, "archives": {}, "pipeline": {}, "bundle_files": {},
-                                           "bundle_archives": {}, "datasets": {}}
+                                           "bundle_archives": {}, "datasets": {}, "streams": {}}
     for kind in expected:
         (HERE / kind).mkdir(exist_ok=True)
         for old in (HERE / kind).iterdir():
@@ -379,6 +393,9 @@ def main() -> None:
     for name, (recipe, message) in BUNDLE_ARCHIVES.items():
         (HERE / "bundle_archives" / name).write_text(json.dumps(recipe) + "\n")
         expected["bundle_archives"][name] = message
+    for name, (data, outcome) in STREAMS.items():
+        (HERE / "streams" / f"{name}.bin").write_bytes(data)
+        expected["streams"][f"{name}.bin"] = outcome
     for name, (data, message) in DATASETS.items():
         (HERE / "datasets" / name).write_bytes(data)
         expected["datasets"][name] = message
