@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from sortline.hardware.sim.avocado import CLASS_PRIORS, CLASSES, make_fruit, render_views, tap_series
+from sortline.hardware.sim.avocado import CLASS_PRIORS, CLASSES, defect_masks, make_fruit, render_views, tap_series
 
 
 def _diff_per_view(a, b, channel):
@@ -63,3 +63,22 @@ def test_taps_describe_one_item_in_order():
     assert [t.index for t in taps] == list(range(len(taps)))
     assert all(t.item_id == 11 and t.count == len(taps) for t in taps)
     assert [t.t_ms for t in taps] == sorted(t.t_ms for t in taps)
+
+
+def test_defect_masks_lie_where_the_render_changes():
+    """The masks Grad-CAM is scored against (benchmarks/defect_gradcam.py) are where the
+    renderer drew: a scab changes RGB under its mask and not elsewhere on the fruit, a bruise
+    changes NIR under its mask."""
+    both = make_fruit(3, seed=9, label=3)
+    clean = dataclasses.replace(both, scabs=(), bruises=())
+    masks = defect_masks(both)
+    for v, (a, b) in enumerate(zip(render_views(both), render_views(clean))):
+        scab, bruise, fruit = masks.scab[v] > 0.5, masks.bruise[v] > 0.5, masks.fruit[v]
+        rgb_change = np.abs(a.rgb.astype(float) - b.rgb.astype(float)).sum(axis=-1)
+        nir_change = np.abs(a.nir.astype(float) - b.nir.astype(float))
+        if scab.sum() >= 12:
+            assert rgb_change[scab].mean() > 30 and rgb_change[fruit & ~(masks.scab[v] > 0.02)].max() <= 3
+        if bruise.sum() >= 12:
+            assert nir_change[bruise].mean() > 10
+    assert (masks.scab > 0.5).any() and (masks.bruise > 0.5).any()
+    assert not masks.scab[~masks.fruit].any() and masks.fruit.shape == (4, 80, 80)

@@ -236,6 +236,28 @@ def test_grad_cam_points_at_the_object_the_class_is_about():
     assert heat[32:, 32:].mean() > 2 * max(heat[:32, :32].mean(), heat[:32, 32:].mean(), heat[32:, :32].mean())
 
 
+def test_item_grad_cam_lights_the_view_and_place_that_carry_the_class():
+    """An item of four views decided by a head on the station's pooled features (mean and max of
+    the views): only view 2 has the red square, and its map lights the square's quadrant."""
+    from sortline.edge_runtime.model.fusion import FusionSpec
+    from sortline.train.evaluate import embed
+
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet10", in_channels=3)
+    spec = InputSpec.for_channels(("r", "g", "b"), 64, views=4)
+    views = np.full((4, 3, 64, 64), 120, np.uint8)
+    views[2, 0, 36:60, 36:60], views[2, 1:, 36:60, 36:60] = 230, 20
+    e = embed(backbone, views, spec)
+    direction = np.concatenate([e.mean(0) - e[0], e.max(0) - e[0]])  # the item's pooled features, less a plain one's
+    d = len(direction)
+    head = LogisticHead(("square", "plain"), np.concatenate([e[0], e[0]]).astype(np.float32), np.ones(d, np.float32),
+                        np.stack([direction, -direction]).astype(np.float32), np.zeros(2, np.float32))
+    cam = grad_cam(backbone, head, views, spec, fusion=FusionSpec.for_sensor("none", 0))
+    assert list(cam.predicted) == [0, 0, 0, 0] and cam.heatmaps.shape == (4, 64, 64)
+    heat = cam.heatmaps[2]
+    assert heat[32:, 32:].mean() > 2 * max(heat[:32, :32].mean(), heat[:32, 32:].mean(), heat[32:, :32].mean())
+
+
 def test_class_similarity_finds_the_close_pair_and_orders_it_together():
     rng = np.random.default_rng(0)
     base = rng.normal(0, 1, (3, 8))

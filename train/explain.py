@@ -10,6 +10,7 @@ import torch
 from scipy.cluster.hierarchy import leaves_list, linkage
 from sklearn.manifold import TSNE
 
+from sortline.edge_runtime.model.fusion import FusionSpec
 from sortline.edge_runtime.model.head import LogisticHead
 from sortline.edge_runtime.model.preprocess import InputSpec
 
@@ -40,10 +41,23 @@ def pick_stage(backbone: Backbone, size: int, min_cells: int = 4) -> tuple[int, 
     return len(shapes) - 1, shapes[-1]
 
 
+def _fused(embeddings: torch.Tensor, fusion: FusionSpec) -> torch.Tensor:
+    """One item's feature row from its views' embeddings, as model/fusion.py's ``fuse`` makes
+    it, with the sensor's part at its training means (the head's view of an item without
+    readings)."""
+    pools = {"mean": lambda e: e.mean(dim=0), "max": lambda e: e.max(dim=0).values}
+    sensor = torch.tensor(fusion.sensor_fill or [], dtype=embeddings.dtype)
+    return torch.cat([*(pools[name](embeddings) for name in fusion.view_pools), sensor])[None]
+
+
 def grad_cam(backbone: Backbone, head: LogisticHead, images: np.ndarray, spec: InputSpec,
-             stage: int | None = None) -> GradCam:
+             stage: int | None = None, fusion: FusionSpec | None = None) -> GradCam:
     """Grad-CAM (Selvaraju et al. 2017) for the head's predicted class: the stage's channels
-    weighted by the mean gradient of that class's logit, positive part, upsampled."""
+    weighted by the mean gradient of that class's logit, positive part, upsampled.
+
+    With ``fusion``, ``images`` are one item's views and ``head`` the station's head on fused
+    features: each heatmap shows where in its view the evidence for the item's class lies (the
+    views pooled as the station pools them)."""
     stages = backbone.eval().stages()
     if stage is None:
         stage, _ = pick_stage(backbone, spec.size)
@@ -56,10 +70,13 @@ def grad_cam(backbone: Backbone, head: LogisticHead, images: np.ndarray, spec: I
     for s in stages[stage + 1:]:
         y = s(y)
     embedding = backbone.pooling(y)
-    logits = (embedding - torch.from_numpy(head.mean)) / torch.from_numpy(head.scale) @ \
+    features = embedding if fusion is None else _fused(embedding, fusion)
+    logits = (features - torch.from_numpy(head.mean)) / torch.from_numpy(head.scale) @ \
         torch.from_numpy(head.coef).T + torch.from_numpy(head.intercept)
     predicted = logits.argmax(dim=1)
     logits.gather(1, predicted[:, None]).sum().backward()
+    if fusion is not None:  # one decision for the item: each view's map explains it
+        predicted = predicted.expand(len(activations))
     weights = activations.grad.mean(dim=(2, 3), keepdim=True)
     cams = torch.relu((weights * activations).sum(dim=1)).detach().numpy()
     heatmaps = np.stack([cv2.resize(c, (spec.size, spec.size), interpolation=cv2.INTER_LINEAR) for c in cams])

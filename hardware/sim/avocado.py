@@ -16,6 +16,7 @@ into each view, so the physics of the real task carries over:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,9 +108,20 @@ def _angle_to(points: np.ndarray, spot: Spot) -> np.ndarray:
     return np.arccos(np.clip(points @ np.asarray(spot.centre), -1.0, 1.0))
 
 
-def render_views(spec: FruitSpec, size: int = FRAME_PX, views: int = VIEWS) -> list[ViewFrame]:
-    """Render the fruit from ``views`` directions evenly spaced around its long axis."""
-    rng = np.random.default_rng([spec.texture_seed, 1])
+@dataclass(frozen=True)
+class _Surface:
+    """One view of the fruit: what lies under each pixel."""
+
+    inside: np.ndarray  # the fruit's silhouette (bool)
+    texture: np.ndarray  # the pebbly skin, -1..1
+    shade: np.ndarray  # Lambert shading
+    highlight: np.ndarray  # the waxy highlight
+    scab: np.ndarray  # 0..1: how much of a scab lies under the pixel (a soft disc)
+    bruise: np.ndarray  # 0..1: how much of a bruise (a diffuse blob)
+
+
+def _surfaces(spec: FruitSpec, size: int, views: int, rng: np.random.Generator) -> Iterator[_Surface]:
+    """The fruit seen from ``views`` directions evenly spaced around its long axis."""
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     scale = size / FRAME_PX
     cx = size / 2 + spec.offset[0] * scale
@@ -125,19 +137,9 @@ def render_views(spec: FruitSpec, size: int = FRAME_PX, views: int = VIEWS) -> l
     lambert = np.clip(u * light[0] + v * light[1] + z * light[2], 0, 1)
     shade = 0.35 + 0.65 * lambert
     highlight = np.clip(lambert, 0, 1) ** 40
-
     # Per-fruit texture on the sphere, so every view sees the same pebbly skin.
     freq = rng.normal(0, 9.0, (6, 3))
     phase = rng.uniform(0, 2 * math.pi, 6)
-    skin_green = np.array([70.0, 122.0, 48.0])
-    skin_ripe = np.array([52.0, 36.0, 42.0])
-    skin = (1 - spec.ripeness) * skin_green + spec.ripeness * skin_ripe
-    scab_colour = np.array([112.0, 84.0, 50.0])
-    nir_skin = 185.0 - 30.0 * spec.ripeness
-
-    belt_rgb = np.array([58.0, 60.0, 64.0])
-    stripes = 6.0 * np.sin(ys * 0.9)
-    frames = []
     for k in range(views):
         theta = spec.spin + 2 * math.pi * k / views
         # The surface point under each pixel, in the fruit's own frame (rotation about y).
@@ -145,7 +147,6 @@ def render_views(spec: FruitSpec, size: int = FRAME_PX, views: int = VIEWS) -> l
         pz = -u * math.sin(theta) + z * math.cos(theta)
         points = np.stack([px, v, pz], axis=-1)
         texture = sum(np.sin(points @ f + p) for f, p in zip(freq, phase)) / 6.0
-
         scab = np.zeros_like(u)
         for spot in spec.scabs:
             # A soft disc whose rim the texture wobbles, so it is not a perfect circle.
@@ -155,14 +156,47 @@ def render_views(spec: FruitSpec, size: int = FRAME_PX, views: int = VIEWS) -> l
         for spot in spec.bruises:
             angle = _angle_to(points, spot)
             bruise = np.maximum(bruise, np.exp(-0.5 * (angle / (0.55 * spot.radius)) ** 2))
+        yield _Surface(inside, texture, shade, highlight, scab * inside, bruise * inside)
 
+
+@dataclass(frozen=True)
+class DefectMasks:
+    """Where the renderer put things, per view (``views×size×size``): the truth Grad-CAM is
+    scored against (benchmarks/defect_gradcam.py)."""
+
+    fruit: np.ndarray  # bool: the fruit's silhouette
+    scab: np.ndarray  # 0..1 on the visible skin
+    bruise: np.ndarray  # 0..1 on the visible skin
+
+
+def defect_masks(spec: FruitSpec, size: int = FRAME_PX, views: int = VIEWS) -> DefectMasks:
+    """The fruit, its scabs and its bruises in each view, as :func:`render_views` draws them."""
+    surfaces = list(_surfaces(spec, size, views, np.random.default_rng([spec.texture_seed, 1])))
+    return DefectMasks(*(np.stack([getattr(s, name) for s in surfaces]) for name in ("inside", "scab", "bruise")))
+
+
+def render_views(spec: FruitSpec, size: int = FRAME_PX, views: int = VIEWS) -> list[ViewFrame]:
+    """Render the fruit from ``views`` directions evenly spaced around its long axis."""
+    rng = np.random.default_rng([spec.texture_seed, 1])
+    ys = np.mgrid[0:size, 0:size][0].astype(np.float32) + 0.5
+    skin_green = np.array([70.0, 122.0, 48.0])
+    skin_ripe = np.array([52.0, 36.0, 42.0])
+    skin = (1 - spec.ripeness) * skin_green + spec.ripeness * skin_ripe
+    scab_colour = np.array([112.0, 84.0, 50.0])
+    nir_skin = 185.0 - 30.0 * spec.ripeness
+
+    belt_rgb = np.array([58.0, 60.0, 64.0])
+    stripes = 6.0 * np.sin(ys * 0.9)
+    frames = []
+    for f in _surfaces(spec, size, views, rng):
+        scab, bruise, texture, shade = f.scab, f.bruise, f.texture, f.shade
         colour = skin[None, None, :] * (1 + 0.12 * texture[..., None])
         colour = colour * (1 - scab[..., None]) + scab_colour * (1 + 0.25 * texture[..., None]) * scab[..., None]
-        fruit_rgb = colour * shade[..., None] + 120.0 * highlight[..., None] * (1 - scab[..., None])
+        fruit_rgb = colour * shade[..., None] + 120.0 * f.highlight[..., None] * (1 - scab[..., None])
         fruit_nir = (nir_skin * (1 + 0.05 * texture) * (1 - 0.38 * scab) * (1 - 0.42 * bruise)) * shade
 
-        rgb = np.where(inside[..., None], fruit_rgb, belt_rgb + stripes[..., None])
-        nir = np.where(inside, fruit_nir, 48.0 + stripes)
+        rgb = np.where(f.inside[..., None], fruit_rgb, belt_rgb + stripes[..., None])
+        nir = np.where(f.inside, fruit_nir, 48.0 + stripes)
         rgb = rgb * spec.gain * np.asarray(spec.tint) + rng.normal(0, 2.5, rgb.shape)
         nir = nir * spec.nir_gain + rng.normal(0, 2.5, nir.shape)
         frames.append(
