@@ -1,9 +1,11 @@
 """What each input adds on the simulated avocado line, beside what the views could give at most:
 MCC and per-class recall of the fusion head for 1 RGB view, 4 RGB views, 4 RGB+NIR views, and
-4 RGB+NIR views with the tap-pressure readings; and the ceiling of the views alone.
+4 RGB+NIR views with the tap-pressure readings; and the ceiling of the views alone. With
+``--scenario checkout``, the same for the simulated checkout: 1 view, its views, its views with
+the scale's weight (``fusion_ablation_checkout.md``).
 
-    python benchmarks/fusion_ablation.py [--epochs 6] [--item-epochs 10] [--ceiling-seconds 480]
-                                         [--test-items 1000] [--out benchmarks/results]
+    python benchmarks/fusion_ablation.py [--scenario avocado] [--epochs 6] [--item-epochs 10]
+                                         [--ceiling-seconds 480] [--test-items 1000]
 
 Two backbones are trained the demo's way (SimCLR, ResNet-10, 64 px, on the same unlabeled pool,
 then the item stage on the 600 labeled fruit: ``train/station_fit.py``): one on RGB, one on
@@ -39,20 +41,24 @@ from sortline.train.sim_data import SimItem, sim_items
 from sortline.train.station_fit import FitConfig, train_on_items
 
 RGB = ("r", "g", "b")
-CASES = [  # name, backbone channels, views used, sensor
-    ("1 RGB view", RGB, 1, "none"),
-    ("4 RGB views", RGB, 4, "none"),
-    ("4 RGB+NIR views", None, 4, "none"),
-    ("4 RGB+NIR views + taps", None, 4, "taps"),
-]
+CASES = {  # name, backbone channels (None: the scenario's), views used, sensor
+    "avocado": [("1 RGB view", RGB, 1, "none"),
+                ("4 RGB views", RGB, 4, "none"),
+                ("4 RGB+NIR views", None, 4, "none"),
+                ("4 RGB+NIR views + taps", None, 4, "taps")],
+    "checkout": [("1 view", None, 1, "none"),
+                 ("2 views", None, 2, "none"),
+                 ("2 views + weight", None, 2, "scale")],
+}
 
 
 def _views(items: list[SimItem], n: int) -> list[SimItem]:
     return [SimItem(item.label, item.views[:n], item.readings) for item in items]
 
 
-def _score(name: str, embedder, labeled, test, classes, views: int, sensor: str, seed: int) -> dict:
-    fusion = FusionSpec.for_sensor(sensor, 5 if sensor == "taps" else 0)
+def _score(name: str, embedder, labeled, test, classes, views: int, sensor: str, seed: int,
+           readings_expected: int = 5) -> dict:
+    fusion = FusionSpec.for_sensor(sensor, readings_expected if sensor != "none" else 0)
     fitted = fit_fusion_head(embedder, _views(labeled, views), classes, fusion, seed=seed)
     features = np.stack([fuse(embedder.embed_views(item.views), item.readings, fitted.fusion)
                          for item in _views(test, views)])
@@ -91,16 +97,19 @@ def main() -> None:
                         "ceiling's labeled ones)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--name", default="fusion_ablation")
+    parser.add_argument("--scenario", choices=sorted(CASES), default="avocado")
+    parser.add_argument("--name", help="results file name (default fusion_ablation, or _checkout)")
     args = parser.parse_args()
+    args.name = args.name or ("fusion_ablation" if args.scenario == "avocado" else f"fusion_ablation_{args.scenario}")
+    cases = CASES[args.scenario]
     rows, backbones = [], {}
     started_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sortline-ablation-") as work:
-        for channels in (RGB, None):
-            name = "rgb" if channels else "rgbn"
+        for channels in dict.fromkeys(channels for _, channels, _, _ in cases):
+            name = "rgb" if channels else "own"
             started = time.perf_counter()
             cfg = DemoConfig(epochs=args.epochs, item_epochs=args.item_epochs, channels=channels, seed=args.seed,
-                             pool_fruit=args.pool_fruit, progress=True)
+                             pool_fruit=args.pool_fruit, progress=True, scenario=args.scenario)
             trained = train_station_bundle(cfg, Path(work) / name, {})
             backbones[channels] = trained
             print(f"{name}: trained and exported in {time.perf_counter() - started:.0f} s", flush=True)
@@ -108,15 +117,18 @@ def main() -> None:
         classes = first.manifest.labels
         labeled = list(sim_items(first.scenarios["labeled"], 600))
         test = list(sim_items(first.scenarios["line"], args.test_items, desc="render test"))
-        for name, channels, views, sensor in CASES:
+        readings = first.scenarios["line"].readings_expected
+        for name, channels, views, sensor in cases:
             trained = backbones[channels]
             embedder = OnnxEmbedder(trained.bundle.backbone_path, trained.manifest.input)
-            rows.append(_score(name, embedder, labeled, test, classes, views, sensor, args.seed))
+            rows.append(_score(name, embedder, labeled, test, classes, views, sensor, args.seed, readings))
         ceiling = None
         if args.ceiling_seconds > 0:
             pool = list(sim_items(first.scenarios["pool"], args.pool_fruit, desc="render pool with labels"))
             embedder, report = _ceiling(first, pool, args.ceiling_seconds, Path(work) / "ceiling", args.seed)
-            ceiling = _score("ceiling: 4 RGB+NIR views, supervised", embedder, labeled, test, classes, 4, "none",
+            views = first.manifest.input.views
+            what = "RGB+NIR views" if "nir" in first.manifest.input.channels else "views"
+            ceiling = _score(f"ceiling: {views} {what}, supervised", embedder, labeled, test, classes, views, "none",
                              args.seed)
             ceiling["train"] = {k: report.get(k) for k in ("items", "steps", "seconds", "images_per_s")}
     _report(args, rows, ceiling, test, classes, time.perf_counter() - started_all)
@@ -126,27 +138,34 @@ def _report(args, rows: list[dict], ceiling: dict | None, test, classes, seconds
     counts = np.bincount([item.label for item in test], minlength=len(classes))
     stage = f"then the item stage, {args.item_epochs:g} epochs on the 600 labeled fruit" if args.item_epochs else \
         "no item stage"
-    md = ["# Fusion ablation on the simulated avocado line\n",
-          f"SimCLR ResNet-10, 64 px, {args.epochs:g} epochs on {args.pool_fruit:,} unlabeled fruit, {stage}; "
-          f"int8; heads on 600 labeled fruit; scored on {len(test)} fruit of the line's world "
+    line = "avocado line" if args.scenario == "avocado" else "checkout"
+    md = [f"# Fusion ablation on the simulated {line}\n",
+          f"SimCLR ResNet-10, 64 px, {args.epochs:g} epochs on {args.pool_fruit:,} unlabeled items, {stage}; "
+          f"int8; heads on 600 labeled items; scored on {len(test)} items of the line's world "
           f"({dict(zip(classes, counts.tolist()))}). "
-          f"{seconds / 60:.0f} minutes in all.\n",
-          "| inputs | MCC | " + " | ".join(f"recall {c}" for c in classes) + " | of the ceiling's MCC |",
-          "|---|---:|" + "---:|" * len(classes) + "---:|"]
+          f"{seconds / 60:.0f} minutes in all.\n"]
+    per_class = len(classes) <= 6  # else the lowest and the mean recall
+    columns = [f"recall {c}" for c in classes] if per_class else ["lowest recall", "mean recall"]
+    md += ["| inputs | MCC | " + " | ".join(columns) + " | of the ceiling's MCC |",
+           "|---|---:|" + "---:|" * len(columns) + "---:|"]
     for r in [*rows, *([ceiling] if ceiling else [])]:
         share = f"{r['mcc'] / ceiling['mcc']:.2f}" if ceiling and r is not ceiling else "–"
-        md.append(f"| {r['inputs']} | {r['mcc']} | " + " | ".join(str(r['recall'][c]) for c in classes)
-                  + f" | {share} |")
+        recalls = [r["recall"][c] if n else "–" for c, n in zip(classes, counts)]  # a class the test lacks: no recall
+        seen = [x for x in recalls if x != "–"]
+        cells = recalls if per_class else [min(seen), round(float(np.mean(seen)), 3)]
+        md.append(f"| {r['inputs']} | {r['mcc']} | " + " | ".join(str(x) for x in cells) + f" | {share} |")
     if ceiling:
         md.append(f"\nThe ceiling trained from scratch for {ceiling['train']['seconds']} s "
-                  f"({ceiling['train']['steps']} steps) on the views of {args.pool_fruit:,} labeled fruit.")
-    rgb, rgbn = rows[1]["recall"]["internal"], rows[2]["recall"]["internal"]
-    md.append(f"\nNIR and the internal defect: recall of `internal` {rgb} with 4 RGB views, {rgbn} with RGB+NIR "
-              f"({100 * (rgbn - rgb):+.1f} points).")
+                  f"({ceiling['train']['steps']} steps) on the views of {args.pool_fruit:,} labeled items.")
+    if args.scenario == "avocado":
+        rgb, rgbn = rows[1]["recall"]["internal"], rows[2]["recall"]["internal"]
+        md.append(f"\nNIR and the internal defect: recall of `internal` {rgb} with 4 RGB views, {rgbn} with "
+                  f"RGB+NIR ({100 * (rgbn - rgb):+.1f} points).")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text("\n".join(md) + "\n")
     (args.out / f"{args.name}.json").write_text(json.dumps(
-        {"epochs": args.epochs, "item_epochs": args.item_epochs, "rows": rows, "ceiling": ceiling}, indent=2) + "\n")
+        {"scenario": args.scenario, "epochs": args.epochs, "item_epochs": args.item_epochs, "rows": rows,
+         "ceiling": ceiling}, indent=2) + "\n")
     print("\n".join(md))
 
 
