@@ -90,7 +90,7 @@ def _ceiling(trained, pool_items: list[SimItem], seconds: float, work: Path, see
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=float, default=6.0)
-    parser.add_argument("--item-epochs", type=float, default=10.0, help="the item stage (0: none)")
+    parser.add_argument("--item-epochs", type=float, default=30.0, help="the item stage (0: none)")
     parser.add_argument("--ceiling-seconds", type=float, default=480.0)
     parser.add_argument("--test-items", type=int, default=1000)
     parser.add_argument("--pool-fruit", type=int, default=2000, help="unlabeled fruit to pretrain on (and the "

@@ -69,6 +69,11 @@ def test_embedding_std_detects_collapse():
     assert embedding_std(torch.randn(256, 32)) == pytest.approx(1 / math.sqrt(32), rel=0.15)
 
 
+def _moved(view: torch.Tensor, turns: int, mirror: int, dy: int, dx: int) -> torch.Tensor:
+    view = torch.rot90(view, turns, dims=(-2, -1))
+    return torch.roll(view.flip(-1) if mirror else view, (dy, dx), dims=(-2, -1))
+
+
 def _items(n: int = 24, views: int = 4, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Items whose class is a dark square in one view's NIR only (class 1) or in none (class 0):
     evidence that a global average over one view barely moves, and pooling over views must keep."""
@@ -81,21 +86,28 @@ def _items(n: int = 24, views: int = 4, size: int = 32, seed: int = 0) -> tuple[
     return items, labels
 
 
-def test_items_dataset_keeps_an_items_views_together_and_mirrors_them_alike():
+def test_items_dataset_turns_mirrors_and_shifts_each_view_and_nothing_else():
+    """Each of an item's views is one of its own 8 quarter-turns and mirrors, shifted by at most
+    a sixteenth of the size: the same pixels, normalised as the edge does (no crop, no colour
+    change), and the views do not all move alike."""
     from sortline.train.data import ItemsDataset
 
     spec = InputSpec.for_channels(("r", "g", "b", "nir"), 32, views=4)
     items, labels = _items(4)
     data = ItemsDataset(items, labels, spec, seed=3)
-    seen = set()
+    plain = torch.from_numpy(model_input(items[1], spec))  # the edge's normalisation
+    moves = set()
     for epoch in range(8):
         views, label = data[epoch * len(data) + 1]
         assert views.shape == (4, 4, 32, 32) and label == labels[1]
-        plain = torch.from_numpy(model_input(items[1], spec))  # the edge's normalisation
-        mirrored = torch.allclose(views, plain.flip(-1))
-        assert mirrored or torch.allclose(views, plain)  # every view mirrored, or none
-        seen.add(mirrored)
-    assert seen == {True, False}
+        shifts = range(-2, 3)  # 32 px // 16
+        for v in range(4):
+            candidates = [(k, m, dy, dx) for k in range(4) for m in (0, 1) for dy in shifts for dx in shifts]
+            match = [c for c in candidates if torch.equal(views[v], _moved(plain[v], *c))]
+            assert match, f"view {v} of epoch {epoch} is not a turn, mirror and shift of the original"
+            moves.add(match[0])
+        assert torch.equal(data[epoch * len(data) + 1][0], views)  # the same index, the same sample
+    assert len(moves) > 8  # views and epochs differ
     with pytest.raises(ValueError):
         ItemsDataset(items, np.array([0, 1, -1, 0]), spec)  # an unlabelled item
 

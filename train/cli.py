@@ -52,7 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--epochs", type=float, default=6.0, help="pretraining epochs over the pool (0: random init)")
     demo.add_argument("--item-epochs", type=float,
                       help="the item stage: epochs over the labelled fruit, all views of each together, at most "
-                           "2 minutes (default: 10 with --sensor none, else none; docs/defects.md)")
+                           "150 s (default: 30 with --sensor none, else none; docs/defects.md)")
     demo.add_argument("--sensor", choices=["none"],
                       help="none: the head decides on the views alone (a station without a tap sensor or scale)")
     demo.add_argument("--recipe", choices=sorted(RECIPES),
@@ -155,7 +155,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="pretrain with this recipe (its backbone and schedule) within --max-seconds")
     fit.add_argument("--item-epochs", type=float,
                      help="the item stage: epochs over the labelled items, all views of each together, at most "
-                          "2 minutes (default: 10 where the items have no sensor readings, else none; "
+                          "150 s (default: 30 where the items have no sensor readings, else none; "
                           "docs/defects.md)")
     fit.add_argument("--policy", type=Path, help="decision policy file (TOML): class → exit, confidence, safe exit")
     fit.add_argument("--backbone", default="resnet10")

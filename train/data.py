@@ -132,12 +132,15 @@ class ViewsDataset(Dataset):
 
 class ItemsDataset(Dataset):
     """Whole items for a supervised stage: item ``i``'s ``V`` camera views (``N×V×C×S×S`` uint8,
-    through the edge preprocessing) normalised as the station normalises them, mirrored left to
-    right together half of the time, and its label.
+    through the edge preprocessing) normalised as the station normalises them, and its label.
 
-    Nothing else is augmented: a crop could cut away the very patch that makes an item a defect,
-    and colour jitter would wash out the darker NIR of a bruise. Indices are ``epoch·N + i``, as
-    in :class:`ViewsDataset`."""
+    Each view is turned by its own quarter turns, mirrored half of the time and shifted by up to
+    a sixteenth of its size (wrapping round: the belt's edge, not the item): an item lies any way
+    up under each camera, and the stage then learns the defect, not the 600 items it was shown
+    (on the simulated avocado line, views-only MCC 0.872 with mirroring alone, 0.937 with this
+    and 30 epochs in the same two minutes; docs/defects.md). Nothing else is augmented: a crop
+    could cut away the very patch that makes an item a defect, and colour jitter would wash out
+    the darker NIR of a bruise. Indices are ``epoch·N + i``, as in :class:`ViewsDataset`."""
 
     def __init__(self, items: np.ndarray, labels: np.ndarray, spec: InputSpec, seed: int = 0) -> None:
         if items.dtype != np.uint8 or items.ndim != 5:
@@ -154,10 +157,15 @@ class ItemsDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         epoch, i = divmod(int(index), len(self.items))
-        views = torch.from_numpy(model_input(self.items[i], self.spec))
-        if np.random.default_rng(_sample_seed(self.seed, epoch, i)).random() < 0.5:
-            views = views.flip(-1)
-        return views, int(self.labels[i])
+        rng = np.random.default_rng(_sample_seed(self.seed, epoch, i))
+        shift = self.spec.size // 16
+        views = []
+        for view in torch.from_numpy(model_input(self.items[i], self.spec)):
+            view = torch.rot90(view, int(rng.integers(4)), dims=(-2, -1))
+            if rng.random() < 0.5:
+                view = view.flip(-1)
+            views.append(torch.roll(view, tuple(int(d) for d in rng.integers(-shift, shift + 1, 2)), dims=(-2, -1)))
+        return torch.stack(views), int(self.labels[i])
 
 
 class EpochSampler(Sampler[int]):

@@ -39,7 +39,7 @@ from .pretraining import PretrainConfig, run_pretrain
 
 log = logging.getLogger(__name__)
 SAFE_EXIT = 0
-DEFAULT_ITEM_EPOCHS = 10.0
+DEFAULT_ITEM_EPOCHS = 30.0
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,11 @@ class FitConfig:
     epochs: float = 6.0  # SimCLR over every item's views (0: keep the random initialisation)
     batch_size: int = 128
     max_pretrain_s: float | None = 360.0
-    # The item stage: epochs over the labelled items (0: none). None: 10 where the head decides on
+    # The item stage: epochs over the labelled items (0: none). None: 30 where the head decides on
     # the views alone, none where it fuses a sensor: a head fitted on the very items the stage
     # trained on trusts their views too much and leaves the taps aside (docs/defects.md).
     item_epochs: float | None = None
-    item_seconds: float | None = 120.0  # and at most this long
+    item_seconds: float | None = 150.0  # and at most this long
     checkpoint: Path | None = None  # a backbone to take instead of pretraining one
     recipe: str | None = None  # pretrain with this recipe (train/recipes.py) within max_pretrain_s
     min_confidence: float = 0.5
