@@ -2,6 +2,7 @@
 scored against where the renderer put the scab and the bruise.
 
     python benchmarks/defect_gradcam.py --checkpoint demo-out/backbone.ckpt [--items 1000]
+    python benchmarks/defect_gradcam.py --checkpoint simclr.ckpt --item-stage   # the stage here
 
 ``--checkpoint``: a backbone the demo's way (``sortline demo --sensor none`` leaves the one its
 bundle holds, item stage included, in ``demo-out/backbone.ckpt``). A views-only head (mean and
@@ -13,7 +14,7 @@ external and both) or a bruise (internal and both), each view's Grad-CAM for the
 ``--min-pixels`` pixels:
 
 - **pointing game** (Zhang et al. 2016): the heatmap's peak lies on the defect, within half a
-  Grad-CAM cell;
+  Grad-CAM cell, beside the chance of that for a point drawn on the fruit at random;
 - **energy on the defect**: the share of the heatmap's mass on the defect, against the share of
   the fruit the defect covers (a heatmap blind to the defect would get the latter: the lift is
   the ratio).
@@ -45,6 +46,7 @@ from sortline.train.data import model_input, views_to_uint8  # noqa: E402
 from sortline.train.demo import worlds  # noqa: E402
 from sortline.train.explain import grad_cam, pick_stage  # noqa: E402
 from sortline.train.sim_data import sim_items  # noqa: E402
+from sortline.train.station_fit import DEFAULT_ITEM_EPOCHS, FitConfig, train_on_items  # noqa: E402
 
 
 class TorchEmbedder:
@@ -59,18 +61,23 @@ class TorchEmbedder:
             return self.backbone(x).numpy()
 
 
-def score_view(heat: np.ndarray, mask: np.ndarray, inside: np.ndarray, tolerance: int) -> tuple[bool, float, float]:
-    """(peak on the defect within ``tolerance`` px, heatmap mass on it, its share of the fruit)."""
+def score_view(heat: np.ndarray, mask: np.ndarray, inside: np.ndarray,
+               tolerance: int) -> tuple[bool, float, float, float]:
+    """(peak on the defect within ``tolerance`` px, the chance of that for a point drawn on the
+    fruit at random, heatmap mass on the defect, its share of the fruit)."""
     on = mask > 0.5
     near = cv2.dilate(on.astype(np.uint8), np.ones((2 * tolerance + 1,) * 2, np.uint8)) > 0
     peak = np.unravel_index(int(heat.argmax()), heat.shape)
     mass = float((heat * on).sum() / max(heat.sum(), 1e-12))
-    return bool(near[peak]), mass, float(on.sum() / max(inside.sum(), 1))
+    return bool(near[peak]), float(near[inside].mean()), mass, float(on.sum() / max(inside.sum(), 1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--item-stage", action="store_true",
+                        help="run the item stage (train/station_fit.py, its defaults) on the labelled fruit first, "
+                             "for a checkpoint saved before it")
     parser.add_argument("--items", type=int, default=1000, help="fruit of the line's world to look at")
     parser.add_argument("--labeled", type=int, default=600)
     parser.add_argument("--min-pixels", type=int, default=12, help="a view counts where the defect covers this many")
@@ -83,13 +90,20 @@ def main() -> None:
     seeds = worlds(args.seed)
     labeled_world, line_world = AvocadoScenario(seeds["labeled"]), AvocadoScenario(seeds["line"])
     classes = ("A", "external", "internal", "both")
+    labeled = list(sim_items(labeled_world, args.labeled, desc="labelled fruit"))
+    if args.item_stage:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as work:
+            stage_report = train_on_items(backbone, labeled, len(classes), spec,
+                                          FitConfig(item_epochs=DEFAULT_ITEM_EPOCHS, seed=args.seed), Path(work))
+        meta = {"method": f"{meta.get('method')} + item stage ({stage_report.get('steps')} steps, "
+                          f"{stage_report.get('seconds')} s)"}
     embedder = TorchEmbedder(backbone, spec)
-    fusion = FusionSpec.for_sensor("none", 0)
-    fitted = fit_fusion_head(embedder, list(sim_items(labeled_world, args.labeled, desc="labelled fruit")), classes,
-                             fusion)
+    fitted = fit_fusion_head(embedder, labeled, classes, FusionSpec.for_sensor("none", 0))
     stage, cells = pick_stage(backbone, spec.size)
     tolerance = max(1, spec.size // cells[0] // 2)
-    scores: dict[str, list[tuple[bool, float, float]]] = {"scab": [], "bruise": []}
+    scores: dict[str, list[tuple[bool, float, float, float]]] = {"scab": [], "bruise": []}
     examples, right, looked = [], 0, 0
     for item_id, item in enumerate(sim_items(line_world, args.items, desc="line fruit")):
         if item.label == 0:
@@ -112,8 +126,9 @@ def main() -> None:
     for kind, got in scores.items():
         if not got:
             continue
-        hits, mass, share = (np.array(x, np.float64) for x in zip(*got))
+        hits, chance, mass, share = (np.array(x, np.float64) for x in zip(*got))
         rows.append({"defect": kind, "views": len(got), "pointing_game": round(float(hits.mean()), 3),
+                     "pointing_by_chance": round(float(chance.mean()), 3),
                      "energy_on_defect": round(float(mass.mean()), 3),
                      "defect_share_of_fruit": round(float(share.mean()), 3),
                      "lift": round(float(mass.mean() / max(share.mean(), 1e-9)), 2)})
@@ -130,10 +145,11 @@ def _write(args, report: dict, examples: list, spec) -> None:
           f"{spec.size} px), pointing tolerance {report['tolerance_px']} px. Of {report['defect_items']} defect "
           f"fruit among {args.items}, {report['right']} classified right are scored, on each view where the defect "
           f"covers at least {args.min_pixels} pixels. {report['seconds']:.0f} s.\n",
-          "| defect | views | pointing game | heatmap mass on the defect | defect's share of the fruit | lift |",
-          "|---|---:|---:|---:|---:|---:|"]
-    md += [f"| {r['defect']} | {r['views']} | {r['pointing_game']} | {r['energy_on_defect']} | "
-           f"{r['defect_share_of_fruit']} | {r['lift']} |" for r in report["rows"]]
+          "| defect | views | pointing game | by chance | heatmap mass on the defect | defect's share of the fruit "
+          "| lift |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+    md += [f"| {r['defect']} | {r['views']} | {r['pointing_game']} | {r['pointing_by_chance']} | "
+           f"{r['energy_on_defect']} | {r['defect_share_of_fruit']} | {r['lift']} |" for r in report["rows"]]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "defect_gradcam.md").write_text("\n".join(md) + "\n")
     (args.out / "defect_gradcam.json").write_text(json.dumps(report, indent=2) + "\n")

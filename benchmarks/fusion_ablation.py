@@ -136,7 +136,7 @@ def main() -> None:
 
 def _report(args, rows: list[dict], ceiling: dict | None, test, classes, seconds: float) -> None:
     counts = np.bincount([item.label for item in test], minlength=len(classes))
-    stage = f"then the item stage, {args.item_epochs:g} epochs on the 600 labeled fruit" if args.item_epochs else \
+    stage = f"then the item stage, {args.item_epochs:g} epochs on the 600 labeled items" if args.item_epochs else \
         "no item stage"
     line = "avocado line" if args.scenario == "avocado" else "checkout"
     md = [f"# Fusion ablation on the simulated {line}\n",
