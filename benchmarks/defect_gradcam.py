@@ -34,7 +34,6 @@ from pathlib import Path
 import cv2
 import matplotlib
 import numpy as np
-import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -42,23 +41,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sortline.edge_runtime.model.fusion import FusionSpec, fit_fusion_head  # noqa: E402
 from sortline.hardware.sim.avocado import AvocadoScenario, defect_masks, make_fruit  # noqa: E402
 from sortline.train.checkpoint import load_checkpoint  # noqa: E402
-from sortline.train.data import model_input, views_to_uint8  # noqa: E402
+from sortline.train.data import views_to_uint8  # noqa: E402
 from sortline.train.demo import worlds  # noqa: E402
+from sortline.train.evaluate import embed  # noqa: E402
 from sortline.train.explain import grad_cam, pick_stage  # noqa: E402
 from sortline.train.sim_data import sim_items  # noqa: E402
 from sortline.train.station_fit import DEFAULT_ITEM_EPOCHS, FitConfig, train_on_items  # noqa: E402
 
 
 class TorchEmbedder:
-    """The checkpoint's fp32 embeddings: the numbers Grad-CAM differentiates."""
+    """The checkpoint's fp32 embeddings (train/evaluate.py ``embed``): the numbers Grad-CAM
+    differentiates, as an Embedder for ``fit_fusion_head``."""
 
     def __init__(self, backbone, spec) -> None:
-        self.backbone, self.spec = backbone.eval(), spec
+        self.backbone, self.spec = backbone, spec
 
     def embed_views(self, views) -> np.ndarray:
-        with torch.no_grad():
-            x = torch.from_numpy(model_input(views_to_uint8(views, self.spec), self.spec))
-            return self.backbone(x).numpy()
+        return embed(self.backbone, views_to_uint8(views, self.spec), self.spec)
 
 
 def score_view(heat: np.ndarray, mask: np.ndarray, inside: np.ndarray,

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from sortline.edge_runtime.datasets import DatasetError, load_image_set
-from sortline.edge_runtime.model.bundle import sign_bundle, signing_key
+from sortline.edge_runtime.model.bundle import public_key_path, sign_bundle, signing_key
 from sortline.export.build import ExportConfig, build_bundle, preprocess_set
 
 from .checkpoint import load_checkpoint
@@ -17,7 +17,7 @@ def _sign(bundle: Path, key: Path | None) -> str:
     """Sign the bundle just written (with ``key``, else the default key); the public key's path."""
     key = signing_key(key)
     sign_bundle(bundle, key)
-    public = key.with_name(key.name + ".pub")
+    public = public_key_path(key)
     print(f"{bundle}: signed; a station runs it with [station] public_key = \"{public}\"")
     return str(public)
 

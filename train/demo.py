@@ -23,7 +23,14 @@ import torch
 from sortline.edge_runtime.cli.flags import until_signalled
 from sortline.edge_runtime.hil.report import markdown
 from sortline.edge_runtime.hil.runs import LineRun, make_scenario, sort_on_simulated_line
-from sortline.edge_runtime.model.bundle import Bundle, DecisionPolicy, Manifest, sign_bundle, signing_key
+from sortline.edge_runtime.model.bundle import (
+    Bundle,
+    DecisionPolicy,
+    Manifest,
+    public_key_path,
+    sign_bundle,
+    signing_key,
+)
 from sortline.edge_runtime.model.fusion import FusionSpec
 from sortline.edge_runtime.model.pipeline import ItemPipeline
 from sortline.edge_runtime.model.preprocess import InputSpec
@@ -168,7 +175,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     # The station runs the bundle as `sortline serve` does: signed, its signature checked.
     key = signing_key(cfg.key)
     bundle = sign_bundle(bundle.root, key)
-    public_key = key.with_name(key.name + ".pub")
+    public_key = public_key_path(key)
     pipeline = ItemPipeline.for_station(bundle, threads=cfg.threads, runtime=cfg.runtime, public_key=public_key)
     # SIGINT or SIGTERM (a service manager's stop) ends the line early, as `sortline serve` stops:
     # the items already announced are decided, and the summary is written.

@@ -198,7 +198,7 @@ class StationFile(_Table):
                               "Name the key that signed them (sortline demo, fit and export sign with "
                               f"{default_signing_key()}: public_key = \"{default_signing_key()}.pub\"), "
                               "or set allow_unsigned = true to run unsigned ones")
-        if self.station.public_key is None:
+        if self.unsigned_allowed:
             log.warning("%s: allow_unsigned = true: bundles run without a signature; anyone who can write a bundle "
                         "can change what this station does", self.path)
 

@@ -48,9 +48,9 @@ def read_npz(source: str | Path | bytes | typing.BinaryIO, limits: Mapping[str, 
         data.seek(0)
         with np.load(data, allow_pickle=False) as arrays:
             return {name: arrays[name] for name in arrays.files}
+    except ArrayFileError:
+        raise
     except Exception as exc:  # zipfile, zlib and numpy's header parser (tokenize) raise a dozen kinds on garbage
-        if isinstance(exc, ArrayFileError):
-            raise
         raise ArrayFileError(f"{what}: not a readable .npz file ({type(exc).__name__}: {exc})") from exc
 
 

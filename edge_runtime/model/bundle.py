@@ -262,11 +262,10 @@ def _extract(archive: Path) -> Path:
     except BundleError:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    roots = [root for root in [target, *sorted(d for d in target.iterdir() if d.is_dir())]
-             if (root / MANIFEST).is_file()]
-    if not roots:
-        raise BundleError(f"{archive}: the archive holds no {MANIFEST}")
-    return roots[0]
+    for root in [target, *sorted(d for d in target.iterdir() if d.is_dir())]:
+        if (root / MANIFEST).is_file():
+            return root
+    raise BundleError(f"{archive}: the archive holds no {MANIFEST}")
 
 
 def _check_members(archive: Path, members: list[tarfile.TarInfo]) -> None:
@@ -383,16 +382,22 @@ def signing_key(path: Path | None = None) -> Path:
     key = default_signing_key()
     if not key.exists():
         keygen(key)
-        log.warning("made a signing key %s; stations that run its bundles name %s.pub as [station] public_key",
-                    key, key)
+        log.warning("made a signing key %s; stations that run its bundles name %s as [station] public_key",
+                    key, public_key_path(key))
     return key
+
+
+def public_key_path(private_path: str | Path) -> Path:
+    """Where a private key's public half lies: ``KEY.pub`` beside ``KEY``."""
+    private_path = Path(private_path)
+    return private_path.with_name(private_path.name + ".pub")
 
 
 def keygen(private_path: Path) -> tuple[Path, Path]:
     """A new ed25519 key pair: ``private_path`` (PEM, readable by its owner only) and
     ``private_path.pub`` (PEM), which a station file names. Refuses to overwrite a key."""
     private_path = Path(private_path)
-    public_path = private_path.with_name(private_path.name + ".pub")
+    public_path = public_key_path(private_path)
     if private_path.exists() or public_path.exists():
         raise BundleError(f"{private_path}: a key is already there; keys are never overwritten")
     key = Ed25519PrivateKey.generate()

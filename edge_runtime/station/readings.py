@@ -11,6 +11,8 @@ that item is decided on its views alone.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ class DeviceClock:
         self.offset: float | None = None  # station clock - device clock, seconds
         self.refused = 0
         self._window: deque[tuple[float, float]] = deque()  # (received at, offset), oldest first
+        self._sorted: list[float] = []  # the window's offsets, in order (kept so, not sorted per frame)
         self._max_window = 4096  # frames kept, at most (a babbling device cannot grow it)
 
     def update(self, t_ms: int, at: float) -> bool:
@@ -48,18 +51,20 @@ class DeviceClock:
         when no other frame agrees with it and it would have moved the clock ahead."""
         offset = at - t_ms / 1000
         self._window.append((at, offset))
+        bisect.insort(self._sorted, offset)
         while len(self._window) > self._max_window or at - self._window[0][0] > self.window_s:
-            self._window.popleft()
-        offsets = sorted(o for _, o in self._window)
-        agreed = next((o for o, nxt in zip(offsets, offsets[1:]) if nxt - o <= self.agree_s), None)
-        before, self.offset = self.offset, offset if agreed is None else agreed
-        taken = not (before is not None and offset < before - self.agree_s and offset < self.offset - self.agree_s)
-        if not taken:
-            self.refused += 1
-            if self.refused == 1 or self.refused % 1000 == 0:
-                log.warning("%s clock: frame #%d refused, %.3f s ahead of the clock and no other frame agrees "
-                            "(t_ms %d)", self.name, self.refused, self.offset - offset, t_ms)
-        return taken
+            del self._sorted[bisect.bisect_left(self._sorted, self._window.popleft()[1])]
+        offsets = self._sorted  # the lowest pair that agrees is usually the first one looked at
+        agreed = next((o for o, nxt in zip(offsets, itertools.islice(offsets, 1, None)) if nxt - o <= self.agree_s),
+                      None)
+        self.offset = offset if agreed is None else agreed
+        if offset >= self.offset - self.agree_s:
+            return True
+        self.refused += 1
+        if self.refused == 1 or self.refused % 1000 == 0:
+            log.warning("%s clock: frame #%d refused, %.3f s ahead of the clock and no other frame agrees "
+                        "(t_ms %d)", self.name, self.refused, self.offset - offset, t_ms)
+        return False
 
     def station_time(self, t_ms: int) -> float:
         return (self.offset or 0.0) + t_ms / 1000
