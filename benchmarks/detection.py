@@ -41,6 +41,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from sortline.edge_runtime.detection.config import DetectError
+from sortline.edge_runtime.detection.correlation import CorrelationConfig
 from sortline.edge_runtime.detection.detector import DetectConfig, Detector, WindowScores, draw
 from sortline.edge_runtime.detection.evaluation import PasteConfig, paste_scenes, score_detections
 from sortline.edge_runtime.detection.keypoints import KeypointConfig
@@ -160,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", type=Path, nargs="+", required=True)
     parser.add_argument("--data", type=Path, default=GROCERY)
-    parser.add_argument("--scenes", type=int, default=60)
+    parser.add_argument("--scenes", type=int, default=40)
     parser.add_argument("--crop-scenes", type=int, default=10)
     parser.add_argument("--backgrounds", type=int, default=20)
     parser.add_argument("--min-window", type=int, default=64)
@@ -175,7 +177,14 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=8, help="links to each exemplar in the fine-tuning data")
     parser.add_argument("--ablation-scenes", type=int, default=30,
                         help="dense mode's choices, one changed at a time, on the first bundle and this many scenes")
+    parser.add_argument("--set", choices=("station", "iconic"), default="station",
+                        help="station: small, soft exemplars from store photos, the template-matching floor beside "
+                             "every row (issue 36); iconic: the catalogue images and the window ablation (issue 17)")
+    parser.add_argument("--background-frames", type=int, default=10, help="the station set's calibration frames")
     args = parser.parse_args()
+    if args.set == "station" and not args.write_finetune_data:
+        station_benchmark(args)
+        return
     if args.write_finetune_data:
         write_finetune_data(args.data, args.write_finetune_data, args.negatives, args.seed, args.copies)
         return
@@ -209,7 +218,8 @@ def main() -> None:
             started = time.perf_counter()
             detector = Detector.build(embedder, bundle.manifest.input, {k: [v] for k, v in exemplars.items()},
                                       DetectConfig(mode=mode.split("_")[0], min_window=args.min_window,
-                                                   max_window=args.max_window, keypoints=keypoints))
+                                                   max_window=args.max_window, keypoints=keypoints,
+                                                   correlation=None))  # issue 17's stages
             build_s = time.perf_counter() - started
             detector.calibrate(tqdm(backgrounds, desc=f"{path.name} {mode} calibration", leave=False),
                                FALSE_PER_FRAME)
@@ -240,6 +250,151 @@ def main() -> None:
     write_markdown(results, args)
 
 
+# -- the station set (issue 36) --------------------------------------------------------------
+
+STATION_PASTE = PasteConfig(size=(480, 640), items=(3, 3), scale=(0.7, 1.4), relative=True, rotation=0.0,
+                            quarter_turns=False, gain=(0.85, 1.15), bias=10.0, occlusion=0.0)
+
+
+def degrade(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A station's exemplar from a store photo: its centre (50–75 % of the shorter side, where
+    the product is), down to 48–128 px on its longer side, softened (Gaussian, σ 0.6–1.2 px)
+    and JPEG-compressed (quality 40–75), as a crop from a conveyor or shelf camera comes."""
+    h, w = photo.shape[:2]
+    side = int(min(h, w) * rng.uniform(0.5, 0.75))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    aspect = rng.uniform(0.75, 1.0)
+    crop = photo[y:y + side, x:x + max(8, int(side * aspect))]
+    longer = int(rng.integers(48, 129))
+    f = longer / max(crop.shape[:2])
+    small = cv2.resize(crop, (max(8, round(crop.shape[1] * f)), max(8, round(crop.shape[0] * f))),
+                       interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), rng.uniform(0.6, 1.2))
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 76))])
+    return cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def station_exemplars(data: Path, targets: set[str], seed: int
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], set[str]]:
+    """Per class to find: its exemplar (a degraded crop of one train photo), another view (a
+    degraded crop of a different train photo of the class), and which classes are plain
+    (fruit and vegetables: no print)."""
+    rng = np.random.default_rng(seed)
+    own, other = {}, {}
+    photos = split_photos(data, "train", targets)
+    for label in sorted(targets):
+        mine = sorted(p for p in photos if p.parent.name == label)
+        a, b = rng.choice(len(mine), 2, replace=False)
+        own[label] = degrade(read_image(mine[a]).rgb, rng)
+        other[label] = degrade(read_image(mine[b]).rgb, rng)
+    plain = {row["Class Name (str)"] for row in read_classes(data)
+             if row["Iconic Image Path (str)"].split("/")[2] in ("Fruit", "Vegetables")}
+    return own, other, plain & targets
+
+
+STATION_ROWS = {  # name → DetectConfig changes from the defaults
+    "template matching (the floor: grey NCC, full frame)": {
+        "windows": False, "keypoints": None, "correlation": CorrelationConfig(max_level=0, colour=False)},
+    "before: windows + keypoints (the earlier default)": {"correlation": None},
+    "windows only": {"keypoints": None, "correlation": None},
+    "keypoints only": {"windows": False, "correlation": None},
+    "correlation only": {"windows": False, "keypoints": None},
+    "all three (the default)": {},
+}
+
+
+def station_benchmark(args: argparse.Namespace) -> None:
+    targets, backdrop = split_classes(read_classes(args.data), args.seed)
+    own, other, plain = station_exemplars(args.data, targets, args.seed)
+    val = split_photos(args.data, "val", backdrop)
+    order = np.random.default_rng(args.seed).permutation(len(val))
+    calibration_photos = [val[i] for i in order[: len(val) // 3]]
+    scene_photos = [val[i] for i in order[len(val) // 3:]]
+    make_background = mosaics(calibration_photos)
+    backgrounds = [cv2.resize(make_background(np.random.default_rng(1000 + i)), (640, 480),
+                              interpolation=cv2.INTER_AREA) for i in range(args.background_frames)]
+    sets = {
+        "own view": paste_scenes(own, mosaics(scene_photos), args.scenes, seed=args.seed + 1, config=STATION_PASTE),
+        "other view": paste_scenes(other, mosaics(scene_photos), args.scenes, seed=args.seed + 2,
+                                   config=STATION_PASTE),
+        "iconic (catalogue images, issue 17's set)": paste_scenes(
+            iconic_exemplars(args.data, targets), mosaics(scene_photos), max(1, args.scenes // 2),
+            seed=args.seed + 3, config=PasteConfig(size=(480, 640), scale=(0.2, 0.4))),
+    }
+    exemplar_sets = {"own view": own, "other view": own, "iconic (catalogue images, issue 17's set)":
+                     iconic_exemplars(args.data, targets)}
+    bundle = load_bundle(args.bundle[0])
+    embedder = OnnxEmbedder(bundle.backbone_path, bundle.manifest.input, threads=args.threads)
+    results = {"cpu": cpu_name(), "bundle": bundle.manifest.name, "classes": len(own), "plain": sorted(plain),
+               "scenes": {k: len(v) for k, v in sets.items()}, "background_frames": len(backgrounds),
+               "false_per_frame": FALSE_PER_FRAME, "exemplar_sides": sorted(max(v.shape[:2]) for v in own.values()),
+               "rows": {}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for set_name, scenes in sets.items():
+        for row, change in STATION_ROWS.items():
+            config = DetectConfig(**change)
+            try:
+                detector = Detector.build(embedder, bundle.manifest.input,
+                                          {k: [v] for k, v in exemplar_sets[set_name].items()}, config)
+            except DetectError as exc:  # keypoints only: a plain exemplar has none
+                results["rows"].setdefault(set_name, {})[row] = {"skipped": str(exc)}
+                continue
+            detector.calibrate(tqdm(backgrounds, desc=f"{row} calibration", leave=False), FALSE_PER_FRAME)
+            ranked, decided, times = [], [], []
+            for scene in tqdm(scenes, desc=f"{set_name}: {row}", leave=False):
+                scored = detector.scores(scene.image)
+                times.append(scored.seconds)
+                ranked.append(detector.decide(scored, -np.inf))
+                decided.append(detector.decide(scored))
+            score = score_detections(ranked, scenes, decided)
+            aps = score.per_class
+            entry = {"ap50": round(score.ap, 4), "recall": round(score.recall, 4),
+                     "false_per_frame": round(score.false_positives / len(scenes), 3),
+                     "precision": round(score.precision, 4), "items": score.items,
+                     "plain_ap50": round(float(np.mean([v for k, v in aps.items() if k in plain])), 4),
+                     "printed_ap50": round(float(np.mean([v for k, v in aps.items() if k not in plain])), 4),
+                     "frame_p50_s": round(float(np.percentile(times, 50)), 3),
+                     "frame_p99_s": round(float(np.percentile(times, 99)), 3)}
+            results["rows"].setdefault(set_name, {})[row] = entry
+            print(f"{set_name} | {row}: {json.dumps(entry)}", flush=True)
+            if set_name == "other view" and row == "all three (the default)":
+                picture = draw(scenes[0].image, decided[0])
+                for _, box in scenes[0].boxes:
+                    cv2.rectangle(picture, box[:2], box[2:], (255, 255, 255), 1)
+                cv2.imwrite(str(args.out / "detection_station.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    sheet = np.full((2 * 136, 8 * 136, 3), 255, np.uint8)  # the first eight classes: exemplar over other view
+    for i, label in enumerate(sorted(own)[:8]):
+        for j, crop in enumerate((own[label], other[label])):
+            sheet[j * 136 + 4: j * 136 + 4 + crop.shape[0], i * 136 + 4: i * 136 + 4 + crop.shape[1]] = crop
+    cv2.imwrite(str(args.out / "detection_station_exemplars.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    (args.out / "detection_station.json").write_text(json.dumps(results, indent=1))
+    lines = ["# Detection with a station's exemplars: small, soft, plain, beside the template-matching floor", "",
+             f"CPU: {results['cpu']}, {args.threads} threads. Bundle {results['bundle']}. {results['classes']} "
+             f"classes ({len(plain)} of them plain: fruit and vegetables), one exemplar each: a crop of a store "
+             f"photo, {min(results['exemplar_sides'])}–{max(results['exemplar_sides'])} px on its longer side, "
+             "softened and JPEG-compressed. 480×640 frames of store photos of other classes, three items pasted in "
+             "each at 0.7–1.4× the exemplar's size, relit (gain 0.85–1.15, offset ±10). Own view: the exemplar's "
+             "pixels; other view: a crop of another photo of the class, degraded the same way; iconic: the "
+             "catalogue images of issue 17, larger, turned and partly covered. Thresholds from "
+             f"{results['background_frames']} frames without the items, for {FALSE_PER_FRAME} false detections "
+             "a frame over all classes. Recall and false detections per frame at those thresholds; AP at IoU 0.5.",
+             "", "| scenes | detector | recall@0.5 | false/frame | AP@0.5 | AP plain | AP printed | frame p50 | "
+             "frame p99 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for set_name, rows in results["rows"].items():
+        for row, e in rows.items():
+            if "skipped" in e:
+                lines.append(f"| {set_name} | {row} | – | – | – | – | – | – | – |")
+                continue
+            lines.append(f"| {set_name} | {row} | {e['recall']:.3f} | {e['false_per_frame']:.2f} | {e['ap50']:.3f} | "
+                         f"{e['plain_ap50']:.3f} | {e['printed_ap50']:.3f} | {e['frame_p50_s']:.2f} s | "
+                         f"{e['frame_p99_s']:.2f} s |")
+    lines += ["", f"Command: `python benchmarks/detection.py --bundle {args.bundle[0]} --scenes {args.scenes}`", "",
+              "![exemplars (top) and other views (bottom)](detection_station_exemplars.png)", "",
+              "![other view, the default detector](detection_station.png)", ""]
+    (args.out / "detection_station.md").write_text("\n".join(lines) + "\n")
+
+
 ABLATION = {
     "default (dense, centred, mirrored context, 1 box, 4 sides, agnostic NMS)": {},
     "not centred": {"center": False},
@@ -257,7 +412,7 @@ def ablation(bundle, exemplars, scenes, backgrounds, args) -> dict:
     out = {"bundle": bundle.manifest.name, "frames": len(scenes), "rows": {}}
     for name, change in ABLATION.items():
         config = DetectConfig(mode="dense", min_window=args.min_window, max_window=args.max_window, keypoints=None,
-                              **change)
+                              correlation=None, **change)
         detector = Detector.build(embedder, bundle.manifest.input, {k: [v] for k, v in exemplars.items()}, config)
         detector.calibrate(backgrounds, FALSE_PER_FRAME)
         out["rows"][name] = summary(run_mode(detector, scenes, name)[0], scenes)

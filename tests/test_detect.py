@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 from conftest import DETECT_SPEC, FIXTURES
 
+from sortline.edge_runtime.detection.correlation import CorrelationConfig, CorrelationError, CorrelationMatcher
 from sortline.edge_runtime.detection.detector import (
     DetectConfig,
     DetectError,
     Detection,
     Detector,
     WindowScores,
+    background_threshold,
     store_features,
 )
 from sortline.edge_runtime.detection.evaluation import (
@@ -32,7 +34,7 @@ from sortline.edge_runtime.detection.evaluation import (
     score_detections,
 )
 from sortline.edge_runtime.detection.keypoints import KeypointConfig, KeypointError, KeypointMatcher
-from sortline.edge_runtime.detection.pooling import pool_window, pool_windows
+from sortline.edge_runtime.detection.pooling import centred_cosine, pool_window, pool_windows
 from sortline.edge_runtime.learning.store import EmbeddingStore
 from sortline.edge_runtime.model.bundle import DecisionPolicy, Manifest, write_bundle
 from sortline.edge_runtime.model.embedder import OnnxEmbedder
@@ -60,9 +62,10 @@ def exemplars() -> dict[str, np.ndarray]:
 
 
 def detector(embedder, exemplars, **config) -> Detector:
-    """A detector of the window stage alone (the keypoint stage has tests of its own)."""
+    """A detector of the window stage alone (the keypoint and correlation stages have tests of their own)."""
     return Detector.build(embedder, DETECT_SPEC, {k: [v] for k, v in exemplars.items()},
-                          DetectConfig(**{"min_window": 40, "mode": "dense", "keypoints": None, **config}))
+                          DetectConfig(**{"min_window": 40, "mode": "dense", "keypoints": None, "correlation": None,
+                                          **config}))
 
 
 def test_avg_pooling_is_each_windows_mean():
@@ -94,8 +97,7 @@ def test_a_whole_map_pooled_is_the_models_own_embedding(embedder):
     np.testing.assert_allclose(pool_window(out["feature_map"][0]), out["embedding"][0], rtol=1e-4, atol=1e-5)
 
 
-def test_centred_scores_are_cosines_seen_from_the_mean_window(embedder, exemplars):
-    det = detector(embedder, exemplars, rotations=(0, 90))
+def test_centred_scores_are_cosines_seen_from_the_mean_window(exemplars):
     rng = np.random.default_rng(7)
     emb = rng.random((50, 64)).astype(np.float32) * 3
     protos = rng.normal(size=(len(exemplars) * 2, 64)).astype(np.float32)
@@ -105,7 +107,7 @@ def test_centred_scores_are_cosines_seen_from_the_mean_window(embedder, exemplar
     a, b = unit - mean, protos - mean
     cos = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
     expected = cos.reshape(50, len(exemplars), 2).max(axis=2)
-    np.testing.assert_allclose(det._similarity(emb, protos), expected, atol=1e-4)
+    np.testing.assert_allclose(centred_cosine(emb, protos, True, 2), expected, atol=1e-4)
 
 
 def test_both_modes_score_the_same_windows_inside_the_frame(embedder, exemplars):
@@ -165,7 +167,8 @@ def test_overlapping_windows_give_one_detection(embedder, exemplars):
     found = det.decide(WindowScores(boxes, scores))
     assert [(d.label, d.box) for d in found] == [(det.labels[1], (100, 100, 150, 150)),
                                                  (det.labels[0], (10, 10, 60, 60))]
-    assert found[1].to_dict() == {"label": det.labels[0], "score": 0.9, "box": [10, 10, 60, 60], "inliers": 0}
+    assert found[1].to_dict() == {"label": det.labels[0], "score": 0.9, "box": [10, 10, 60, 60], "inliers": 0,
+                                  "found_by": "window"}
 
 
 def test_classes_compete_by_their_margin_over_their_threshold(embedder, exemplars):
@@ -289,7 +292,8 @@ def test_sortline_detect_gives_boxes_and_an_annotated_frame(tiny_detector_bundle
     assert result["ok"] and result["mode"] == "dense" and result["calibration"]["frames"] == 4
     assert result["detections"], "nothing found"
     for d in result["detections"]:
-        assert set(d) == {"label", "score", "box", "inliers"} and d["label"] in result["labels"]
+        assert set(d) == {"label", "score", "box", "inliers", "found_by"} and d["label"] in result["labels"]
+        assert d["found_by"] in ("window", "correlation", "keypoints")
         x1, y1, x2, y2 = d["box"]
         assert all(isinstance(v, int) for v in d["box"]) and 0 <= x1 < x2 <= SIZE[1] and 0 <= y1 < y2 <= SIZE[0]
     truth = {label: box for label, box in scene.boxes}
@@ -356,7 +360,8 @@ def test_a_plain_exemplar_is_left_to_the_windows(embedder, packages):
     with pytest.raises(KeypointError):
         KeypointConfig(min_inliers=2)
     with pytest.raises(DetectError, match="nothing to search with"):
-        DetectConfig(windows=False, keypoints=None)
+        DetectConfig(windows=False, keypoints=None, correlation=None)
+    assert CorrelationMatcher({"plain": [plain]}).labels == set()  # a flat crop correlates with nothing
     with pytest.raises(DetectError, match=r"\['plain'\] have none"):
         Detector.build(embedder, DETECT_SPEC, {"plain": [plain], "pack-0": [packages["pack-0"]]},
                        DetectConfig(windows=False))
@@ -364,7 +369,7 @@ def test_a_plain_exemplar_is_left_to_the_windows(embedder, packages):
 
 def test_a_placement_outranks_the_windows_and_explains_its_box(embedder, packages):
     det = Detector.build(embedder, DETECT_SPEC, {k: [v] for k, v in packages.items()},
-                         DetectConfig(min_window=64, mode="dense"))
+                         DetectConfig(min_window=64, mode="dense", correlation=None))
     scene = paste_scenes(packages, lambda r: procedural_background(r, KEYPOINT_SIZE), 1, seed=5,
                          config=PasteConfig(size=KEYPOINT_SIZE, items=(2, 2), scale=(0.3, 0.4)))[0]
     scored = det.scores(scene.image)
@@ -383,7 +388,8 @@ def test_a_placement_outranks_the_windows_and_explains_its_box(embedder, package
             inter = max(0, min(x2, wx2) - max(x1, wx1)) * max(0, min(y2, wy2) - max(y1, wy1))
             assert inter < 0.5 * (wx2 - wx1) * (wy2 - wy1)
     windows_only = Detector.build(embedder, DETECT_SPEC, {k: [v] for k, v in packages.items()},
-                                  DetectConfig(min_window=64, mode="dense", keypoints=None)).scores(scene.image)
+                                  DetectConfig(min_window=64, mode="dense", keypoints=None,
+                                               correlation=None)).scores(scene.image)
     assert windows_only.placements == 0 and len(windows_only) == scored.windows
 
 
@@ -406,7 +412,116 @@ def test_sortline_detect_places_a_package_by_its_keypoints(tiny_detector_bundle,
         assert iou(placed[label]["box"], box) >= 0.9 and placed[label]["score"] == placed[label]["inliers"] >= 6
     windows_only = json.loads(_sortline(*common, "--no-keypoints").stdout.splitlines()[-1])
     assert windows_only["keypoint_placements"] == 0 and not any(d["inliers"] for d in windows_only["detections"])
-    placed_only = json.loads(_sortline(*common, "--no-windows").stdout.splitlines()[-1])
+    placed_only = json.loads(_sortline(*common, "--no-windows", "--no-correlation").stdout.splitlines()[-1])
     assert placed_only["windows"] == 0 and placed_only["keypoint_placements"] == 2
+    assert placed_only["correlation_finds"] == 0
     assert sorted(d["label"] for d in placed_only["detections"]) == sorted(label for label, _ in scene.boxes)
-    assert all(d["inliers"] >= 6 for d in placed_only["detections"])
+    assert all(d["inliers"] >= 6 and d["found_by"] == "keypoints" for d in placed_only["detections"])
+    nothing = _sortline(*common, "--no-windows", "--no-keypoints", "--no-correlation")
+    assert nothing.returncode == 2 and "nothing to search with" in nothing.stderr and "Traceback" not in nothing.stderr
+
+
+# -- correlation: small, soft, plain exemplars (issue 36) ---------------------------------------
+
+SOFT = PasteConfig(size=SIZE, items=(2, 2), scale=(0.75, 1.3), relative=True, rotation=0, quarter_turns=False,
+                   gain=(0.85, 1.15), bias=10, occlusion=0)
+
+
+@pytest.fixture(scope="module")
+def soft_items() -> dict[str, np.ndarray]:
+    """Fruit as a station's camera crops them: a shaded oval of its own colour and shape on a bit
+    of grey belt, 40-56 px, softened and JPEG-compressed. No print: SIFT finds (almost) nothing."""
+    items = {}
+    for i, (hue, ratio) in enumerate([(10, 0.8), (30, 1.0), (60, 0.7), (100, 0.9), (140, 0.75)]):
+        h, w = 44 + 3 * i, int((44 + 3 * i) * ratio) + 6
+        yy, xx = np.mgrid[0:h, 0:w]
+        r = np.hypot((yy - h / 2) / (0.42 * h), (xx - w / 2) / (0.42 * w))
+        colour = cv2.cvtColor(np.uint8([[[hue, 200, 220]]]), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+        shade = np.clip(1.1 - 0.5 * np.hypot((yy - 0.35 * h) / h, (xx - 0.35 * w) / w), 0, 1)[..., None]
+        fruit = np.clip(colour * shade, 0, 255)
+        crop = np.where((r < 1)[..., None], fruit, 110.0).astype(np.uint8)
+        crop = cv2.GaussianBlur(crop, (0, 0), 1.2)
+        _, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 50])
+        items[f"fruit-{i}"] = cv2.imdecode(jpeg, cv2.IMREAD_UNCHANGED)
+    return items
+
+
+def test_background_threshold_is_empirical_where_the_frames_show_it_and_a_fitted_tail_beyond():
+    peaks = np.linspace(0.1, 0.6, 200)  # 20 frames' peaks of one class
+    assert background_threshold(peaks, 20, 2.0) == pytest.approx(np.sort(peaks)[::-1][40])  # 40 allowed: empirical
+    assert background_threshold(peaks, 20, 0.0) == pytest.approx(0.6)  # none allowed: the highest
+    beyond = background_threshold(peaks, 20, 0.01)  # one in 100 frames: past the highest, still a cosine
+    assert 0.6 < beyond < 1.0
+    assert background_threshold(peaks, 20, 0.001) > beyond  # rarer: higher
+    assert background_threshold(np.array([0.9, 0.95, 0.97, 0.99]), 10, 0.001) < 1.0  # an NCC stays under 1
+    inliers = np.array([6.0, 7.0, 9.0, 12.0])  # unbounded scores: no transform
+    assert background_threshold(inliers, 10, 0.01) > 12.0
+    assert background_threshold([0.3], 5, 10.0) == pytest.approx(0.3 - 1e-6)  # more allowed than seen: all fire
+    with pytest.raises(DetectError):
+        background_threshold([], 5, 0.1)
+
+
+def test_correlation_finds_soft_plain_items_at_new_scales_and_light(soft_items):
+    assert KeypointMatcher({k: [v] for k, v in soft_items.items()}).labels == set()  # nothing for keypoints
+    matcher = CorrelationMatcher({k: [v] for k, v in soft_items.items()})
+    assert matcher.labels == set(soft_items)
+    scenes = paste_scenes(soft_items, background, 6, seed=11, config=SOFT)
+    for scene in scenes:
+        finds = matcher.find(scene.image)
+        assert [f.score for f in finds] == sorted((f.score for f in finds), reverse=True)
+        for label, box in scene.boxes:
+            best = max((f for f in finds if f.label == label), key=lambda f: f.score)
+            assert iou(best.box, box) >= 0.6 and best.score >= 0.8, (label, best, box)
+
+
+def test_the_correlation_stage_is_calibrated_and_explains_its_box(embedder, soft_items):
+    frames = [background(np.random.default_rng(400 + i)) for i in range(6)]
+    det = Detector.build(embedder, DETECT_SPEC, {k: [v] for k, v in soft_items.items()},
+                         DetectConfig(min_window=40, keypoints=None))
+    assert (det.correlation_thresholds == CorrelationConfig().threshold).all()  # uncalibrated
+    report = det.calibrate(frames, false_per_frame=0.5)
+    assert report["stages"] == ["window", "correlation"] and set(report["correlation_thresholds"]) == set(soft_items)
+    assert (det.correlation_thresholds < 1).all()
+    scenes = paste_scenes(soft_items, background, 6, seed=12, config=SOFT)
+    hits = false = 0
+    for scene in scenes:
+        scored = det.scores(scene.image)
+        assert scored.correlations > 0 and scored.windows > 100 and scored.placements == 0
+        assert (scored.stages[scored.windows:] == 1).all()
+        assert scored.part("correlation").correlations == scored.correlations
+        found = det.decide(scored)
+        truth = dict(scene.boxes)
+        for d in found:
+            if d.label in truth and iou(d.box, truth[d.label]) >= 0.5:
+                hits += 1
+                assert d.found_by == "correlation" and d.rank > 1.0  # above every window
+                x1, y1, x2, y2 = d.box
+                for w in found:  # nothing else lies mostly inside it
+                    if w is not d:
+                        wx1, wy1, wx2, wy2 = w.box
+                        inter = max(0, min(x2, wx2) - max(x1, wx1)) * max(0, min(y2, wy2) - max(y1, wy1))
+                        assert inter < 0.55 * (wx2 - wx1) * (wy2 - wy1), (d, w)  # boxes are rounded
+            elif d.found_by == "correlation":
+                false += 1
+    items = sum(len(s.boxes) for s in scenes)
+    assert hits == items and false <= len(scenes)  # every item; the correlation's false detections about its budget
+    windows_alone = Detector.build(embedder, DETECT_SPEC, {k: [v] for k, v in soft_items.items()},
+                                   DetectConfig(min_window=40, keypoints=None, correlation=None))
+    windows_alone.calibrate(frames, false_per_frame=0.5)
+    assert "correlation_thresholds" not in windows_alone.calibration
+
+
+def test_correlation_config_is_checked():
+    for bad in ({"scales": (2.0, 1.0)}, {"step": 1.0}, {"min_side": 2}, {"threshold": 1.5}, {"max_level": 9}):
+        with pytest.raises(CorrelationError):
+            CorrelationConfig(**bad)
+    assert CorrelationConfig().factors()[0] == 0.5 and CorrelationConfig().factors()[-1] == pytest.approx(2.0)
+    assert len(CorrelationConfig(step=2.0).factors()) == 3
+
+
+def test_relative_paste_scales_the_item_by_its_own_size(soft_items):
+    scenes = paste_scenes(soft_items, background, 8, seed=13, config=SOFT)
+    for scene in scenes:
+        for label, (x1, y1, x2, y2) in scene.boxes:
+            longer = max(soft_items[label].shape[:2])
+            assert 0.7 * longer <= max(x2 - x1, y2 - y1) <= 1.35 * longer

@@ -78,6 +78,7 @@ def _read(path: Path):
 def _detector(args: argparse.Namespace):
     """The detector the flags ask for, calibrated on ``--background`` frames; and its calibration."""
     from sortline.edge_runtime.detection.config import DetectConfig, DetectError
+    from sortline.edge_runtime.detection.correlation import CorrelationConfig
     from sortline.edge_runtime.detection.detector import Detector, store_features
     from sortline.edge_runtime.detection.keypoints import KeypointConfig
     from sortline.edge_runtime.learning.store import EmbeddingStore
@@ -89,7 +90,8 @@ def _detector(args: argparse.Namespace):
         raise DetectError("give the items to find: --exemplar NAME=CROP (one or more), or --store")
     keypoints = None if args.no_keypoints else KeypointConfig(min_inliers=args.min_inliers)
     config = DetectConfig(mode=args.mode, min_window=args.min_window, max_window=args.max_window,
-                          threshold=args.threshold, keypoints=keypoints, windows=not args.no_windows)
+                          threshold=args.threshold, keypoints=keypoints, windows=not args.no_windows,
+                          correlation=None if args.no_correlation else CorrelationConfig())
     bundle = load_bundle(args.bundle)
     exemplars: dict[str, list] = {}
     for label, path in args.exemplar or ():
@@ -132,17 +134,20 @@ def _detect(args: argparse.Namespace) -> dict:
         if not cv2.imwrite(str(annotated), cv2.cvtColor(draw(frame, found), cv2.COLOR_RGB2BGR)):
             raise DetectError(f"{annotated}: could not write the annotated image")
     for d in found:
-        found_by = f"{d.inliers} keypoints" if d.inliers else f"cosine {d.score:.3f}"
+        found_by = {"keypoints": f"{d.inliers} keypoints", "correlation": f"NCC {d.score:.3f}"}.get(
+            d.found_by, f"cosine {d.score:.3f}")
         print(f"{d.label:24s} {found_by:>14s}  box {list(d.box)}")
     print(f"{len(found)} detections of {len(detector.labels)} classes in {args.image} ({frame.shape[1]}×"
           f"{frame.shape[0]}, {windows.windows} windows, {config.mode} mode, "
-          f"{windows.placements} keypoint placements, {windows.seconds:.2f} s)"
+          f"{windows.correlations} correlation finds, {windows.placements} keypoint placements, "
+          f"{windows.seconds:.2f} s)"
           + (f"; annotated: {annotated}" if annotated else ""))
     if calibration is None:
         print(f"warning: thresholds not calibrated (every class at {config.threshold}); give --background frames "
               "without the items", file=sys.stderr)
     return {"ok": True, "image": str(args.image), "detections": [d.to_dict() for d in found],
             "mode": config.mode, "windows": windows.windows, "keypoint_placements": windows.placements,
+            "correlation_finds": windows.correlations,
             "seconds": seconds, "search_seconds": round(windows.seconds, 3), "labels": list(detector.labels),
             "calibration": calibration, "annotated": str(annotated) if annotated else None}
 
@@ -179,11 +184,13 @@ def add(commands: argparse._SubParsersAction) -> None:
     detect.add_argument("--threshold", type=float, default=0.5,
                         help="every class's cosine threshold when not calibrated (default 0.5)")
     detect.add_argument("--min-window", type=flags.positive(int), default=48, help="smallest window side in px (48)")
-    search = detect.add_mutually_exclusive_group()
-    search.add_argument("--no-keypoints", action="store_true",
-                        help="sliding windows only: do not also place the exemplars by their SIFT keypoints")
-    search.add_argument("--no-windows", action="store_true",
-                        help="keypoint placements only (items with print or texture: far fewer false detections)")
+    detect.add_argument("--no-keypoints", action="store_true",
+                        help="do not place the exemplars by their SIFT keypoints")
+    detect.add_argument("--no-windows", action="store_true",
+                        help="no sliding windows: keypoints and correlation only (items seen as their exemplars "
+                             "were: far fewer false detections, no model run per frame)")
+    detect.add_argument("--no-correlation", action="store_true",
+                        help="do not find the exemplars by their pixels (normalised cross-correlation)")
     detect.add_argument("--min-inliers", type=_min_inliers, default=6,
                         help="keypoint matches that must agree on an exemplar's placement (default 6, at least 3)")
     detect.add_argument("--max-window", type=flags.positive(float), default=1.0,

@@ -10,9 +10,11 @@ import numpy as np
 
 from sortline.edge_runtime.errors import SortlineError
 
+from .correlation import CorrelationConfig
 from .keypoints import KeypointConfig
 
 MODES = ("dense", "crops")
+STAGES = ("window", "correlation", "keypoints")
 POOLS = ("avg", "lca")
 MAX_WINDOWS = 500_000  # per frame, all levels and shapes together
 MAX_INPUT_SIDE = 4096  # px: the largest input the exported models take (export/onnx_export.py)
@@ -28,13 +30,21 @@ class DetectError(SortlineError, ValueError):
 @dataclass(frozen=True)
 class Detection:
     label: str
-    score: float  # a window's cosine to the item (at most 1), or a keypoint placement's inliers (min_inliers, 3+)
+    score: float  # a window's cosine to the item (at most 1), a correlation's NCC (at most 1), or a keypoint
+    # placement's inliers (min_inliers, 3+)
     box: tuple[int, int, int, int]  # x1, y1, x2, y2 in frame pixels
     inliers: int = 0  # keypoints that place the item's exemplar here (0: found by its window alone)
+    found_by: str = "window"  # one of STAGES
+    rank: float | None = None  # the decision's margin over its threshold, in stage order (None: the score)
+
+    @property
+    def order(self) -> float:
+        """What detections are ranked by across stages (a precision-recall curve's order)."""
+        return self.score if self.rank is None else self.rank
 
     def to_dict(self) -> dict:
         return {"label": self.label, "score": round(float(self.score), 4), "box": [int(v) for v in self.box],
-                "inliers": int(self.inliers)}
+                "inliers": int(self.inliers), "found_by": self.found_by}
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class DetectConfig:
     nms_iou: float = 0.3
     agnostic: bool = True  # one suppression over all classes (a place holds one item), or one per class
     keypoints: KeypointConfig | None = KeypointConfig()  # place exemplars by their keypoints too (None: windows only)
+    correlation: CorrelationConfig | None = CorrelationConfig()  # and by their pixels (None: not)
     windows: bool = True  # False: keypoint placements only (no sliding windows, no model run per frame)
     threshold: float = 0.5  # for classes without a calibrated threshold
     max_detections: int = 100
@@ -75,31 +86,57 @@ class DetectConfig:
             raise DetectError(f"grid {self.grid}: 1, or 2 with average pooling")
         if not (0 < self.nms_iou < 1 and 1 <= self.max_detections <= 10_000 and 1 <= self.batch <= 4096):
             raise DetectError("nms_iou is 0..1, max_detections 1..10000, batch 1..4096")
-        if not self.windows and self.keypoints is None:
-            raise DetectError("nothing to search with: turn on the windows or the keypoints")
+        if not self.windows and self.keypoints is None and self.correlation is None:
+            raise DetectError("nothing to search with: turn on the windows, the keypoints or the correlation")
 
 
 @dataclass
 class WindowScores:
-    """Every window of one frame: its box and its score for every class."""
+    """Every window of one frame: its box and its score for every class. Rows are the windows,
+    then the correlation finds (each scores its NCC for its class and -1 for the others), then
+    the keypoint placements (each scores its inliers)."""
 
     boxes: np.ndarray  # N×4 float32, x1 y1 x2 y2
     scores: np.ndarray  # N×C float32
     seconds: float = 0.0  # the whole search
-    placements: int = 0  # the last rows are keypoint placements (each scores its inliers), the others windows
+    placements: int = 0  # the last rows are keypoint placements
     keypoint_seconds: float = 0.0  # of ``seconds``, finding the keypoint placements
+    correlations: int = 0  # the rows before the placements are correlation finds
+    correlation_seconds: float = 0.0  # of ``seconds``, finding them
 
     def __len__(self) -> int:
         return len(self.boxes)
 
     @property
     def windows(self) -> int:
-        return len(self.boxes) - self.placements
+        return len(self.boxes) - self.placements - self.correlations
+
+    @property
+    def stages(self) -> np.ndarray:
+        """Per row: its stage's index in STAGES."""
+        out = np.zeros(len(self.boxes), np.int8)
+        out[self.windows:] = 1
+        out[len(self.boxes) - self.placements:] = 2
+        return out
 
     @property
     def inliers(self) -> np.ndarray:
-        """Per row: a placement's inliers (its score for its class), 0 for a window."""
+        """Per row: a placement's inliers (its score for its class), 0 for a window or a correlation."""
         out = np.zeros(len(self.boxes), np.int32)
         if self.placements:
-            out[self.windows:] = np.rint(self.scores[self.windows:].max(axis=1))
+            first = len(self.boxes) - self.placements
+            out[first:] = np.rint(self.scores[first:].max(axis=1))
         return out
+
+    def part(self, stage: str) -> WindowScores:
+        """The rows of one stage alone (for measuring what each stage finds)."""
+        first = {"window": 0, "correlation": self.windows, "keypoints": len(self.boxes) - self.placements}[stage]
+        last = {"window": self.windows, "correlation": len(self.boxes) - self.placements,
+                "keypoints": len(self.boxes)}[stage]
+        seconds = {"window": self.seconds - self.keypoint_seconds - self.correlation_seconds,
+                   "correlation": self.correlation_seconds, "keypoints": self.keypoint_seconds}[stage]
+        return WindowScores(self.boxes[first:last], self.scores[first:last], seconds,
+                            self.placements if stage == "keypoints" else 0,
+                            seconds if stage == "keypoints" else 0.0,
+                            last - first if stage == "correlation" else 0,
+                            seconds if stage == "correlation" else 0.0)

@@ -30,7 +30,6 @@ ONNX model.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,9 +43,12 @@ from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.edge_runtime.model.runtimes import Embedder
 from sortline.hardware.camera import FrameError
 
-from .config import MAX_CLASSES, MIN_EXEMPLAR_PX, DetectConfig, DetectError, Detection, WindowScores
+from .boxes import inside, nms
+from .calibration import background_peaks, background_threshold, stage_margins
+from .config import MAX_CLASSES, MIN_EXEMPLAR_PX, STAGES, DetectConfig, DetectError, Detection, WindowScores
+from .correlation import CorrelationMatcher
 from .keypoints import KeypointMatcher
-from .pooling import inside, integral_image, nms, pool_windows
+from .pooling import centred_cosine, integral_image, pool_windows
 from .prototypes import WindowEmbedder
 from .windows import WindowGrid, crops
 
@@ -66,6 +68,8 @@ class Detector:
     thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     calibration: dict = field(default_factory=dict)
     matcher: KeypointMatcher | None = None  # the exemplars' keypoints (config.keypoints)
+    correlator: CorrelationMatcher | None = None  # the exemplars' templates (config.correlation)
+    correlation_thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @classmethod
     def build(cls, embedder: Embedder, spec: InputSpec, exemplars: Mapping[str, Sequence[np.ndarray]],
@@ -92,12 +96,18 @@ class Detector:
             detector.prototypes = detector.embedding.prototypes(labels, exemplar_crops, features or {})
         if config.keypoints is not None and any(exemplar_crops.values()):
             detector.matcher = KeypointMatcher(exemplar_crops, config.keypoints)
+        if config.correlation is not None and any(exemplar_crops.values()):
+            detector.correlator = CorrelationMatcher(exemplar_crops, config.correlation)
         if not config.windows:
-            unplaced = sorted(set(labels) - (detector.matcher.labels if detector.matcher else set()))
+            unplaced = sorted(set(labels) - (detector.matcher.labels if detector.matcher else set())
+                              - (detector.correlator.labels if detector.correlator else set()))
             if unplaced:
-                raise DetectError(f"without windows every item needs an image exemplar with keypoints; {unplaced} "
-                                  "have none (a plain item, or a store's embeddings): keep the windows on")
+                raise DetectError(f"without windows every item needs an image exemplar with keypoints or texture to "
+                                  f"correlate; {unplaced} have none (a flat crop, or a store's embeddings): keep the "
+                                  "windows on")
         detector.thresholds = np.full(len(labels), config.threshold, np.float32)
+        detector.correlation_thresholds = np.full(
+            len(labels), config.correlation.threshold if config.correlation else 1.0, np.float32)
         return detector
 
     @property
@@ -108,10 +118,11 @@ class Detector:
     # -- scoring ------------------------------------------------------------------------------
 
     def scores(self, rgb: np.ndarray) -> WindowScores:
-        """Every window of ``rgb`` (H×W×3 uint8) with its score for every class (its cosine),
-        then every keypoint placement of an exemplar (config.keypoints) as one more box that
-        scores its inlier count for its class and -1 for the others: at least ``min_inliers``,
-        so above every cosine."""
+        """Every window of ``rgb`` (H×W×3 uint8) with its score for every class (its cosine);
+        then every correlation find of an exemplar (config.correlation) as one more box that
+        scores its NCC for its class and -1 for the others; then every keypoint placement
+        (config.keypoints), which scores its inlier count for its class (at least
+        ``min_inliers``, so above every cosine)."""
         rgb = check_frame(rgb)
         height, width = rgb.shape[:2]
         started = time.perf_counter()
@@ -133,47 +144,22 @@ class Detector:
                     emb = self.embedding.crop_embeddings(crops(rgb, level_boxes))
                     protos = self.prototypes[(0, 0)]
                 boxes.append(level_boxes)
-                scores.append(self._similarity(emb, protos))
-        keypoint_seconds, placements = 0.0, 0
-        if self.matcher is not None:
+                scores.append(centred_cosine(emb, protos, self.config.center, len(self.config.rotations)))
+        found = {}  # stage → (rows, seconds): each find a box that scores for its own class only
+        for stage, finder, value in (("correlation", self.correlator, "score"), ("keypoints", self.matcher, "inliers")):
             placed = time.perf_counter()
-            finds = self.matcher.find(rgb)
-            keypoint_seconds = time.perf_counter() - placed
+            finds = finder.find(rgb) if finder is not None else []
+            found[stage] = (len(finds), time.perf_counter() - placed)
             if finds:
                 rows = np.full((len(finds), len(self.labels)), -1.0, np.float32)
-                rows[np.arange(len(finds)), [self.labels.index(f.label) for f in finds]] = [f.inliers for f in finds]
+                rows[np.arange(len(finds)), [self.labels.index(f.label) for f in finds]] = [getattr(f, value)
+                                                                                           for f in finds]
                 boxes.append(np.asarray([f.box for f in finds], np.float32))
                 scores.append(rows)
-                placements = len(finds)
-        if not boxes:  # keypoints only, and none placed
+        if not boxes:  # no windows, and nothing found
             boxes, scores = [np.zeros((0, 4), np.float32)], [np.zeros((0, len(self.labels)), np.float32)]
         return WindowScores(np.concatenate(boxes), np.concatenate(scores), time.perf_counter() - started,
-                            placements, keypoint_seconds)
-
-    def _similarity(self, emb: np.ndarray, protos: np.ndarray) -> np.ndarray:
-        """Cosine of each window to each prototype, the best rotation per class. Centred, both
-        sides are seen from the frame's mean (unit) window: what all windows share (the
-        backdrop, the lighting) stops counting as likeness. Written as products with the raw
-        embeddings, so no centred copy of the windows is ever made (this is the hot loop)."""
-        emb = np.ascontiguousarray(emb, np.float32)
-        inv = 1.0 / np.maximum(np.sqrt(np.einsum("ij,ij->i", emb, emb)), 1e-12)
-        cos = emb @ protos.T
-        if self.config.center and len(emb) > 1:
-            mean = (inv @ emb) / len(emb)  # the mean unit window
-            wm = (emb @ mean) * inv  # each unit window · mean
-            pm = protos @ mean
-            mm = float(mean @ mean)
-            window_norm = np.sqrt(np.maximum(1.0 - 2.0 * wm + mm, 1e-12))
-            proto_norm = np.sqrt(np.maximum(1.0 - 2.0 * pm + mm, 1e-12))
-            cos *= inv[:, None]  # unit windows · unit prototypes, then seen from the mean:
-            cos -= wm[:, None]
-            cos -= (pm - mm)[None, :]
-            cos /= window_norm[:, None]
-            cos /= proto_norm[None, :]
-        else:
-            cos *= inv[:, None]
-        r = len(self.config.rotations)
-        return cos.reshape(len(emb), -1, r).max(axis=2).astype(np.float32)
+                            *found["keypoints"], *found["correlation"])
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -184,64 +170,84 @@ class Detector:
         first. Classes are compared by that margin, not by raw cosine: calibrated thresholds
         put every class at the same false-detection rate, so a class that looks like
         everything (a prototype close to the backdrop) does not win every window. The
-        detection's score is its cosine (a keypoint placement's: its inliers). With one
-        suppression over all classes, a placement that clears its threshold explains its box:
-        windows lying mostly inside it are dropped (a small window on a placed item is that
-        item, or a part of it seen as another one).
+        detection's score is its cosine (a correlation's: its NCC; a keypoint placement's: its
+        inliers). Stages that see the exemplar's own pixels or print outrank the windows where
+        they clear their thresholds (:meth:`margins`). With one
+        suppression over all classes, a placement or correlation that clears its threshold
+        explains its box: windows lying mostly inside it are dropped (a small window on a found
+        item is that item, or a part of it seen as another one).
         ``min_margin=-inf`` gives every window's best class (for precision-recall curves)."""
-        margin = windows.scores - self.thresholds[None, :]
+        margin = self.margins(windows)
         top_k = max_detections or self.config.max_detections
         if not self.config.agnostic:  # each class on its own: a place may hold several labels
             found = []
             for c in range(len(self.labels)):
                 keep = np.flatnonzero(margin[:, c] > min_margin)
                 for i in keep[nms(windows.boxes[keep], margin[keep, c], self.config.nms_iou, top_k)]:
-                    found.append((margin[i, c], self._detection(windows, i, c)))
+                    found.append((margin[i, c], self._detection(windows, i, c, float(margin[i, c]))))
             return [d for _, d in sorted(found, key=lambda pair: -pair[0])[:top_k]]
         best = margin.argmax(axis=1)
         rows = np.arange(len(best))
         keep = np.flatnonzero(margin[rows, best] > min_margin)
-        placed = keep[keep >= windows.windows]
-        if len(placed):
-            keep = keep[~inside(windows.boxes[keep], windows.boxes[placed]) | (keep >= windows.windows)]
+        rank = margin[keep, best[keep]]
+        found = (keep >= windows.windows) & (rank > 0)  # placements and correlations that clear their thresholds
+        if found.any():  # each explains its box: what lies mostly inside it and ranks lower is a part of it
+            within = inside(windows.boxes[keep], windows.boxes[keep[found]])
+            keep = keep[~(within & (rank[found][None, :] > rank[:, None])).any(axis=1)]
         if not len(keep):
             return []
         picked = keep[nms(windows.boxes[keep], margin[keep, best[keep]], self.config.nms_iou, top_k)]
-        return [self._detection(windows, i, best[i]) for i in picked]
+        return [self._detection(windows, i, best[i], float(margin[i, best[i]])) for i in picked]
 
-    def _detection(self, windows: WindowScores, i: int, c: int) -> Detection:
+    def margins(self, windows: WindowScores) -> np.ndarray:
+        """Every row's margin over its class's threshold for its stage (:func:`stage_margins`)."""
+        return stage_margins(windows, self.thresholds, self.correlation_thresholds,
+                             self.config.keypoints.min_inliers if self.config.keypoints else 1)
+
+    def _detection(self, windows: WindowScores, i: int, c: int, margin: float | None = None) -> Detection:
         score = float(windows.scores[i, c])
+        stage = STAGES[int(windows.stages[i])]
         return Detection(self.labels[c], score, tuple(int(round(v)) for v in windows.boxes[i]),
-                         int(round(score)) if i >= windows.windows else 0)
+                         int(round(score)) if stage == "keypoints" else 0, stage, margin)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return self.decide(self.scores(rgb))
 
     def calibrate(self, backgrounds: Iterable[np.ndarray], false_per_frame: float = 0.1) -> dict:
-        """Per-class thresholds from frames that hold none of the classes: each class may give
-        ``false_per_frame / classes`` detections per frame on them (at least the highest
-        background score stays below its threshold when that is under one)."""
+        """Per-class thresholds from frames that hold none of the classes, for each stage that
+        has its own (the windows, with the keypoint placements; the correlation): each class and
+        stage may give ``false_per_frame / (classes · stages)`` detections per frame. Where that
+        budget is below what the frames show (ten frames, forty classes: one false detection in
+        eighty frames), the threshold comes from an exponential tail fitted to the highest
+        background peaks (:func:`background_threshold`), never below the empirical one."""
         if not 0 <= false_per_frame <= 100:
             raise DetectError(f"false_per_frame {false_per_frame}: 0..100")
-        peaks: list[list[float]] = [[] for _ in self.labels]
+        stages = [name for name, on in (("window", self.config.windows or self.matcher is not None),
+                                        ("correlation", self.correlator is not None)) if on]
+        peaks: dict[str, list[list[float]]] = {name: [[] for _ in self.labels] for name in stages}
         frames = 0
         for rgb in backgrounds:
-            windows = self.scores(rgb)
             frames += 1
-            for c in range(len(self.labels)):  # each class's own peaks, as if it were the only one
-                column = windows.scores[:, c]
-                top = nms(windows.boxes, column, self.config.nms_iou, self.config.max_detections)
-                peaks[c].extend(column[top].tolist())
+            for name, per_class in background_peaks(self.scores(rgb), stages, self.config.nms_iou,
+                                                    self.config.max_detections).items():
+                for values, new in zip(peaks[name], per_class):
+                    values.extend(new)
         if frames == 0:
             raise DetectError("calibration needs at least one background frame")
-        k = int(math.floor(false_per_frame * frames / len(self.labels)))  # false detections allowed per class
-        thresholds = []
-        for values in peaks:
-            ranked = sorted(values, reverse=True)
-            thresholds.append(ranked[k] if k < len(ranked) else (ranked[-1] if ranked else 0.0) - 1e-6)
-        self.thresholds = np.asarray(thresholds, np.float32)
-        self.calibration = {"frames": frames, "false_per_frame": false_per_frame,
+        rate = false_per_frame / (len(self.labels) * len(stages))
+        for name in stages:
+            current = self.thresholds if name == "window" else self.correlation_thresholds
+            fitted = np.asarray([background_threshold(values, frames, rate) if values else current[c]
+                                 for c, values in enumerate(peaks[name])], np.float32)
+            if name == "window":
+                self.thresholds = fitted
+            else:
+                self.correlation_thresholds = fitted
+        self.calibration = {"frames": frames, "false_per_frame": false_per_frame, "stages": stages,
                             "thresholds": {label: round(float(t), 4) for label, t in zip(self.labels, self.thresholds)}}
+        if "correlation" in stages:
+            self.calibration["correlation_thresholds"] = {
+                label: round(float(t), 4) for label, t in zip(self.labels, self.correlation_thresholds)}
         return self.calibration
 
 

@@ -22,7 +22,8 @@ from .config import Detection
 class PasteConfig:
     size: tuple[int, int] = (480, 640)  # frame height, width
     items: tuple[int, int] = (1, 3)  # pasted per frame, inclusive
-    scale: tuple[float, float] = (0.15, 0.35)  # item's longer side, of the frame's shorter side
+    scale: tuple[float, float] = (0.15, 0.35)  # item's longer side, of the frame's shorter side …
+    relative: bool = False  # … or of the item's own longer side (its exemplar seen again at a new scale)
     rotation: float = 25.0  # degrees either way, on top of a random quarter turn
     quarter_turns: bool = True
     gain: tuple[float, float] = (0.7, 1.3)  # lighting: brightness gain …
@@ -84,7 +85,7 @@ def paste_scenes(exemplars: Mapping[str, np.ndarray], background: Callable[[np.r
             item = exemplars[str(label)]
             if config.quarter_turns:
                 item = np.ascontiguousarray(np.rot90(item, int(rng.integers(4))))
-            side = int(rng.uniform(*config.scale) * min(height, width))
+            side = int(rng.uniform(*config.scale) * (max(item.shape[:2]) if config.relative else min(height, width)))
             patch, mask = _transformed(item, side, rng.uniform(-config.rotation, config.rotation), rng, config)
             ph, pw = mask.shape
             if ph >= height or pw >= width:
@@ -178,19 +179,19 @@ def _match(detections: Sequence[Sequence[Detection]], scenes: Sequence[Scene], t
            ) -> tuple[list[tuple[float, bool, str]], dict[str, int]]:
     """Each detection, best first within its frame, matched greedily to an unmatched ground
     truth box of its label with IoU ≥ ``threshold``: (score, matched, label)."""
-    marks, totals = [], {}
+    marks, totals = [], {}  # (order, matched, label)
     for found, scene in zip(detections, scenes, strict=True):
         for label, _ in scene.boxes:
             totals[label] = totals.get(label, 0) + 1
         used = [False] * len(scene.boxes)
-        for d in sorted(found, key=lambda d: -d.score):
+        for d in sorted(found, key=lambda d: -d.order):
             best, best_iou = -1, threshold
             for k, (label, box) in enumerate(scene.boxes):
                 if not used[k] and label == d.label and (o := iou(d.box, box)) >= best_iou:
                     best, best_iou = k, o
             if best >= 0:
                 used[best] = True
-            marks.append((d.score, best >= 0, d.label))
+            marks.append((d.order, best >= 0, d.label))
     return marks, totals
 
 

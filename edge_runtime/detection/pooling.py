@@ -1,35 +1,11 @@
-"""Window pooling over a feature map (integral images, the LCA layer's weighting) and OpenCV's
-non-maximum suppression: the numeric kernels of the detector, free of any model."""
+"""Window pooling over a feature map (integral images, the LCA layer's weighting) and the
+windows' cosines to the prototypes: the numeric kernels of the detector, free of any model."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from .config import DetectError
-
-
-def inside(boxes: np.ndarray, regions: np.ndarray, share: float = 0.5) -> np.ndarray:
-    """For each of ``boxes`` (N×4), whether at least ``share`` of its area lies inside one of
-    ``regions`` (M×4)."""
-    b, r = boxes[:, None, :], regions[None, :, :]
-    w = np.clip(np.minimum(b[..., 2], r[..., 2]) - np.maximum(b[..., 0], r[..., 0]), 0, None)
-    h = np.clip(np.minimum(b[..., 3], r[..., 3]) - np.maximum(b[..., 1], r[..., 1]), 0, None)
-    area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
-    return ((w * h) / area[:, None] >= share).any(axis=1)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, top_k: int) -> np.ndarray:
-    """Indices of the boxes (``N×4``, x1 y1 x2 y2) that OpenCV's non-maximum suppression keeps,
-    best first."""
-    if not len(boxes):
-        return np.zeros(0, int)
-    xywh = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
-    shifted = np.asarray(scores, np.float64)
-    shifted = shifted - shifted.min() + 1.0  # OpenCV keeps scores over 0; only their order matters here
-    kept = cv2.dnn.NMSBoxes(xywh.tolist(), shifted.tolist(), 0.0, iou, top_k=top_k)
-    return np.asarray(kept, int).reshape(-1)
-
 
 # -- pooling ----------------------------------------------------------------------------------
 
@@ -115,3 +91,32 @@ def pool_window(fmap: np.ndarray, pool: str = "avg", grid: int = 1) -> np.ndarra
 def unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+# -- likeness --------------------------------------------------------------------------------
+
+
+def centred_cosine(emb: np.ndarray, protos: np.ndarray, center: bool, rotations: int) -> np.ndarray:
+    """Cosine of each window (``emb``, N×D) to each prototype (``protos``, (C·R)×D unit rows,
+    ``rotations`` R per class), the best rotation per class: N×C. Centred, both
+    sides are seen from the frame's mean (unit) window: what all windows share (the
+    backdrop, the lighting) stops counting as likeness. Written as products with the raw
+    embeddings, so no centred copy of the windows is ever made (this is the hot loop)."""
+    emb = np.ascontiguousarray(emb, np.float32)
+    inv = 1.0 / np.maximum(np.sqrt(np.einsum("ij,ij->i", emb, emb)), 1e-12)
+    cos = emb @ protos.T
+    if center and len(emb) > 1:
+        mean = (inv @ emb) / len(emb)  # the mean unit window
+        wm = (emb @ mean) * inv  # each unit window · mean
+        pm = protos @ mean
+        mm = float(mean @ mean)
+        window_norm = np.sqrt(np.maximum(1.0 - 2.0 * wm + mm, 1e-12))
+        proto_norm = np.sqrt(np.maximum(1.0 - 2.0 * pm + mm, 1e-12))
+        cos *= inv[:, None]  # unit windows · unit prototypes, then seen from the mean:
+        cos -= wm[:, None]
+        cos -= (pm - mm)[None, :]
+        cos /= window_norm[:, None]
+        cos /= proto_norm[None, :]
+    else:
+        cos *= inv[:, None]
+    return cos.reshape(len(emb), -1, rotations).max(axis=2).astype(np.float32)

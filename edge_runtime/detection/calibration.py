@@ -1,0 +1,84 @@
+"""Thresholds from frames without the items: each stage's background peaks, and the score that
+they exceed at a given rate (empirical where the frames show it, a fitted tail beyond)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from .boxes import nms
+from .config import DetectError, WindowScores
+
+
+def background_peaks(scored: WindowScores, stages: Sequence[str], nms_iou: float, max_detections: int
+                     ) -> dict[str, list[list[float]]]:
+    """One background frame's peaks per stage (``window``: the windows with the keypoint
+    placements; ``correlation``) and class: each class's rows after suppression, as if it were
+    the only class; rows of another class (scored -1) left out."""
+    kinds = scored.stages
+    out = {}
+    for name in stages:
+        rows = np.flatnonzero((kinds == 1) if name == "correlation" else (kinds != 1))
+        out[name] = []
+        for c in range(scored.scores.shape[1]):
+            column = scored.scores[rows, c]
+            values = column[nms(scored.boxes[rows], column, nms_iou, max_detections)]
+            out[name].append(values[values > -1].tolist())
+    return out
+
+
+TAIL_PEAKS = 20  # background peaks an exponential tail is fitted to
+
+
+def background_threshold(peaks: Sequence[float], frames: int, rate: float, top: int = TAIL_PEAKS) -> float:
+    """The score that background peaks exceed ``rate`` times per frame, from ``peaks`` (one
+    class's, on ``frames`` frames). Where the frames hold that many (rate·frames of the
+    highest), the empirical one; beyond, the peak counts' exponential tail fitted to the
+    ``top`` highest (the peaks-over-threshold model: the excess over the lowest of them has
+    mean β, and the count above x falls as exp(-(x - u)/β)), never below the highest peak.
+    Scores bounded by ±1 (a cosine, an NCC) are fitted on Fisher's z = atanh(score), where
+    their tails are unbounded: the threshold stays under 1 however far it extrapolates.
+    ``rate`` 0: the highest peak (none of these frames fires)."""
+    ranked = np.sort(np.asarray(peaks, np.float64))[::-1]
+    if not len(ranked):
+        raise DetectError("no background peaks to set a threshold from")
+    k = int(math.floor(rate * frames))
+    if k >= len(ranked):
+        return float(ranked[-1]) - 1e-6
+    empirical = float(ranked[k])
+    m = min(top, len(ranked))
+    if rate <= 0 or k >= m or m < 3:
+        return empirical
+    bounded = bool(np.all(np.abs(ranked) < 1.0))
+    z = np.arctanh(np.clip(ranked[:m], -0.999999, 0.999999)) if bounded else ranked[:m]
+    u = float(z[m - 1])
+    beta = float(np.mean(z[: m - 1] - u))
+    if beta <= 0:
+        return empirical
+    tail = u + beta * math.log(m / (frames * rate))
+    return max(empirical, math.tanh(tail) if bounded else tail)
+
+
+def stage_margins(windows: WindowScores, thresholds: np.ndarray, correlation_thresholds: np.ndarray,
+                  min_inliers: int) -> np.ndarray:
+    """Every row's score over its class's threshold for its stage (``thresholds`` for the windows
+    and placements, ``correlation_thresholds`` for the correlation finds). A window's is its cosine
+    over its threshold (under 1). A correlation or placement that clears its threshold is
+    ranked above every window, by how far it clears it as a share of its stage's range:
+    1 + (NCC − threshold) / (1 − threshold), and 1 + (inliers − threshold) / (2 · min_inliers),
+    both at most 2; so a clean correlation (NCC near 1) outranks a placement held by a
+    handful of keypoints, whose box may be the wrong size, and a placement held by many
+    ties with it. Rows under their thresholds keep their (negative) raw margins."""
+    margin = windows.scores - thresholds[None, :]
+    first, last = windows.windows, len(windows) - windows.placements
+    if last > first:
+        t = correlation_thresholds[None, :]
+        over = windows.scores[first:last] - t
+        margin[first:last] = np.where(over > 0, 1.0 + np.minimum(1.0, over / np.maximum(1.0 - t, 1e-6)), over)
+    if windows.placements:
+        over = margin[last:]
+        share = over / (2.0 * min_inliers)
+        margin[last:] = np.where(over > 0, 1.0 + np.minimum(1.0, share), over)
+    return margin
