@@ -447,18 +447,21 @@ def soft_items() -> dict[str, np.ndarray]:
 
 
 def test_background_threshold_is_empirical_where_the_frames_show_it_and_a_fitted_tail_beyond():
-    peaks = np.linspace(0.1, 0.6, 200)  # 20 frames' peaks of one class
-    assert background_threshold(peaks, 20, 2.0) == pytest.approx(np.sort(peaks)[::-1][40])  # 40 allowed: empirical
-    assert background_threshold(peaks, 20, 0.0) == pytest.approx(0.6)  # none allowed: the highest
-    beyond = background_threshold(peaks, 20, 0.01)  # one in 100 frames: past the highest, still a cosine
-    assert 0.6 < beyond < 1.0
-    assert background_threshold(peaks, 20, 0.001) > beyond  # rarer: higher
-    assert background_threshold(np.array([0.9, 0.95, 0.97, 0.99]), 10, 0.001) < 1.0  # an NCC stays under 1
-    inliers = np.array([6.0, 7.0, 9.0, 12.0])  # unbounded scores: no transform
-    assert background_threshold(inliers, 10, 0.01) > 12.0
-    assert background_threshold([0.3], 5, 10.0) == pytest.approx(0.3 - 1e-6)  # more allowed than seen: all fire
+    rng = np.random.default_rng(0)
+    per_frame = [rng.uniform(0.1, 0.5, 10) + rng.uniform(0, 0.1) for _ in range(20)]  # 20 frames' peaks
+    peaks, maxima = np.concatenate(per_frame), [f.max() for f in per_frame]
+    assert background_threshold(peaks, maxima, 20, 2.0) == pytest.approx(np.sort(peaks)[::-1][40])  # empirical
+    assert background_threshold(peaks, maxima, 20, 0.0) == pytest.approx(peaks.max())  # none allowed: the highest
+    beyond = background_threshold(peaks, maxima, 20, 0.01)  # one in 100 frames: past the highest, still a cosine
+    assert peaks.max() < beyond < 1.0
+    assert background_threshold(peaks, maxima, 20, 0.001) > beyond  # rarer: higher
+    high = [0.9, 0.95, 0.97, 0.99]
+    assert background_threshold(high, high, 4, 0.001) < 1.0  # an NCC stays under 1
+    inliers = [6.0, 7.0, 9.0, 12.0]  # unbounded scores: no transform
+    assert background_threshold(inliers, inliers, 4, 0.01) > 12.0
+    assert background_threshold([0.3], [0.3], 5, 10.0) == pytest.approx(0.3 - 1e-6)  # more allowed than seen
     with pytest.raises(DetectError):
-        background_threshold([], 5, 0.1)
+        background_threshold([], [], 5, 0.1)
 
 
 def test_correlation_finds_soft_plain_items_at_new_scales_and_light(soft_items):

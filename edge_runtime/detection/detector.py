@@ -172,10 +172,11 @@ class Detector:
         everything (a prototype close to the backdrop) does not win every window. The
         detection's score is its cosine (a correlation's: its NCC; a keypoint placement's: its
         inliers). Stages that see the exemplar's own pixels or print outrank the windows where
-        they clear their thresholds (:meth:`margins`). With one
-        suppression over all classes, a placement or correlation that clears its threshold
-        explains its box: windows lying mostly inside it are dropped (a small window on a found
-        item is that item, or a part of it seen as another one).
+        they clear their thresholds (:meth:`margins`). With one suppression over all classes, a
+        placement or correlation that clears its threshold explains its box: windows lying
+        mostly inside it are dropped (a small window on a found item is that item, or a part of
+        it seen as another one); another find is not (a wrong placement's box may cover a small
+        item that its own find is right about).
         ``min_margin=-inf`` gives every window's best class (for precision-recall curves)."""
         margin = self.margins(windows)
         top_k = max_detections or self.config.max_detections
@@ -189,11 +190,9 @@ class Detector:
         best = margin.argmax(axis=1)
         rows = np.arange(len(best))
         keep = np.flatnonzero(margin[rows, best] > min_margin)
-        rank = margin[keep, best[keep]]
-        found = (keep >= windows.windows) & (rank > 0)  # placements and correlations that clear their thresholds
-        if found.any():  # each explains its box: what lies mostly inside it and ranks lower is a part of it
-            within = inside(windows.boxes[keep], windows.boxes[keep[found]])
-            keep = keep[~(within & (rank[found][None, :] > rank[:, None])).any(axis=1)]
+        found = keep[(keep >= windows.windows) & (margin[keep, best[keep]] > 0)]  # finds that clear their thresholds
+        if len(found):  # each explains its box: a window mostly inside it is a part of that item
+            keep = keep[~inside(windows.boxes[keep], windows.boxes[found]).any(axis=1) | (keep >= windows.windows)]
         if not len(keep):
             return []
         picked = keep[nms(windows.boxes[keep], margin[keep, best[keep]], self.config.nms_iou, top_k)]
@@ -218,27 +217,29 @@ class Detector:
         has its own (the windows, with the keypoint placements; the correlation): each class and
         stage may give ``false_per_frame / (classes · stages)`` detections per frame. Where that
         budget is below what the frames show (ten frames, forty classes: one false detection in
-        eighty frames), the threshold comes from an exponential tail fitted to the highest
-        background peaks (:func:`background_threshold`), never below the empirical one."""
+        eighty frames), the threshold comes from an exponential tail fitted to the frames'
+        highest peaks (:func:`background_threshold`), never below the empirical one."""
         if not 0 <= false_per_frame <= 100:
             raise DetectError(f"false_per_frame {false_per_frame}: 0..100")
         stages = [name for name, on in (("window", self.config.windows or self.matcher is not None),
                                         ("correlation", self.correlator is not None)) if on]
-        peaks: dict[str, list[list[float]]] = {name: [[] for _ in self.labels] for name in stages}
+        peaks = {name: [[] for _ in self.labels] for name in stages}  # every peak, per stage and class
+        maxima = {name: [[] for _ in self.labels] for name in stages}  # each frame's highest
         frames = 0
         for rgb in backgrounds:
             frames += 1
             for name, per_class in background_peaks(self.scores(rgb), stages, self.config.nms_iou,
                                                     self.config.max_detections).items():
-                for values, new in zip(peaks[name], per_class):
-                    values.extend(new)
+                for c, new in enumerate(per_class):
+                    peaks[name][c].extend(new)
+                    maxima[name][c].extend([max(new)] if new else [])
         if frames == 0:
             raise DetectError("calibration needs at least one background frame")
         rate = false_per_frame / (len(self.labels) * len(stages))
         for name in stages:
             current = self.thresholds if name == "window" else self.correlation_thresholds
-            fitted = np.asarray([background_threshold(values, frames, rate) if values else current[c]
-                                 for c, values in enumerate(peaks[name])], np.float32)
+            fitted = np.asarray([background_threshold(peaks[name][c], maxima[name][c], frames, rate)
+                                 if peaks[name][c] else current[c] for c in range(len(self.labels))], np.float32)
             if name == "window":
                 self.thresholds = fitted
             else:
