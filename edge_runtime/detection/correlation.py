@@ -5,14 +5,15 @@ size, over a pyramid of the frame.
 A station's exemplar is a crop from the station's own camera: small (48-160 px), soft, often
 without print (a pear, a pepper). Keypoints find nothing to hold on such a crop, and a learned
 window sees too much of its surroundings; but the item, seen again by the same camera, is
-nearly the same pixels at nearly the same size. Correlation finds exactly that, at any light
-(the score is invariant to gain and offset), and only that: it does not turn, and another photo
-of the same kind of item correlates little. docs/detection.md says which stage finds which item.
+nearly the same pixels at nearly the same size. Correlation finds exactly that, under changes
+of brightness and contrast (the score is invariant to gain and offset), and only that: it does
+not turn, and another photo of the same kind of item correlates little. docs/detection.md says
+which stage finds which item.
 
 Speed: each template is matched at the coarsest pyramid level where its shorter side is still
 ``min_side`` px, so a large item costs no more than a small one. A peak found on grey levels is
-scored again in colour, on its own patch (one ``matchTemplate`` of the template's size): a
-green apple's shape on a red apple's place does not pass.
+scored again in colour, on its own patch (one ``matchTemplate`` of the template's size), so
+that an item of the same shape in another colour scores lower.
 """
 
 from __future__ import annotations
