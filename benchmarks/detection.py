@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from sortline.edge_runtime.detection.config import DetectError
 from sortline.edge_runtime.detection.correlation import CorrelationConfig
-from sortline.edge_runtime.detection.detector import DetectConfig, Detector, WindowScores, draw
+from sortline.edge_runtime.detection.detector import DetectConfig, Detector, draw
 from sortline.edge_runtime.detection.evaluation import PasteConfig, paste_scenes, score_detections
 from sortline.edge_runtime.detection.keypoints import KeypointConfig
 from sortline.edge_runtime.model.bundle import load_bundle
@@ -146,8 +146,7 @@ def run_mode(detector: Detector, scenes, label: str) -> tuple[dict, dict]:
                               for _ in range(2))
     for scene in tqdm(scenes, desc=label, leave=False):
         scored = detector.scores(scene.image)
-        placed = WindowScores(scored.boxes[scored.windows:], scored.scores[scored.windows:], scored.keypoint_seconds,
-                              scored.placements, scored.keypoint_seconds)
+        placed = scored.part("keypoints")
         for run, part in ((everything, scored), (placements, placed)):
             run["windows"] += part.windows
             run["times"].append(part.seconds)
@@ -317,6 +316,26 @@ STATION_ROWS = {  # name → DetectConfig changes from the defaults
 }
 
 
+def _station_row(detector: Detector, scenes, plain: set[str], desc: str) -> tuple[dict, list]:
+    """One calibrated detector on one set of scenes: recall and false detections per frame at
+    its thresholds, AP (plain and printed items apart), time per frame; and its decisions."""
+    ranked, decided, times = [], [], []
+    for scene in tqdm(scenes, desc=desc, leave=False):
+        scored = detector.scores(scene.image)
+        times.append(scored.seconds)
+        ranked.append(detector.decide(scored, -np.inf, RANKED_PER_FRAME))
+        decided.append(detector.decide(scored))
+    score = score_detections(ranked, scenes, decided)
+    aps = score.per_class
+    return {"ap50": round(score.ap, 4), "recall": round(score.recall, 4),
+            "false_per_frame": round(score.false_positives / len(scenes), 3),
+            "precision": round(score.precision, 4), "items": score.items,
+            "plain_ap50": round(float(np.mean([v for k, v in aps.items() if k in plain])), 4),
+            "printed_ap50": round(float(np.mean([v for k, v in aps.items() if k not in plain])), 4),
+            "frame_p50_s": round(float(np.percentile(times, 50)), 3),
+            "frame_p99_s": round(float(np.percentile(times, 99)), 3)}, decided
+
+
 def station_benchmark(args: argparse.Namespace) -> None:
     targets, backdrop = split_classes(read_classes(args.data), args.seed)
     own, other, plain = station_exemplars(args.data, targets, args.seed)
@@ -327,55 +346,43 @@ def station_benchmark(args: argparse.Namespace) -> None:
     make_background = mosaics(calibration_photos)
     backgrounds = [cv2.resize(make_background(np.random.default_rng(1000 + i)), (640, 480),
                               interpolation=cv2.INTER_AREA) for i in range(args.background_frames)]
+    iconic_name = "iconic (catalogue images, issue 17's set)"
+    iconic = iconic_exemplars(args.data, targets)
     sets = {
         "own view": paste_scenes(own, mosaics(scene_photos), args.scenes, seed=args.seed + 1, config=STATION_PASTE),
         "other view": paste_scenes(other, mosaics(scene_photos), args.scenes, seed=args.seed + 2,
                                    config=STATION_PASTE),
-        "iconic (catalogue images, issue 17's set)": paste_scenes(
-            iconic_exemplars(args.data, targets), mosaics(scene_photos), max(1, args.scenes // 2),
-            seed=args.seed + 3, config=PasteConfig(size=(480, 640), scale=(0.2, 0.4))),
+        iconic_name: paste_scenes(iconic, mosaics(scene_photos), max(1, args.scenes // 2), seed=args.seed + 3,
+                                  config=PasteConfig(size=(480, 640), scale=(0.2, 0.4))),
     }
-    exemplar_sets = {"own view": own, "other view": own, "iconic (catalogue images, issue 17's set)":
-                     iconic_exemplars(args.data, targets)}
+    searched = [(own, ("own view", "other view")), (iconic, (iconic_name,))]  # exemplars → the sets they serve
     bundle = load_bundle(args.bundle[0])
     embedder = OnnxEmbedder(bundle.backbone_path, bundle.manifest.input, threads=args.threads)
     results = {"cpu": cpu_name(), "bundle": bundle.manifest.name, "classes": len(own), "plain": sorted(plain),
                "scenes": {k: len(v) for k, v in sets.items()}, "background_frames": len(backgrounds),
                "false_per_frame": FALSE_PER_FRAME, "exemplar_sides": sorted(max(v.shape[:2]) for v in own.values()),
-               "rows": {}}
+               "rows": {name: {} for name in sets}}
     args.out.mkdir(parents=True, exist_ok=True)
-    for set_name, scenes in sets.items():
+    for exemplars, set_names in searched:
         for row, change in STATION_ROWS.items():
-            config = DetectConfig(**change)
-            try:
-                detector = Detector.build(embedder, bundle.manifest.input,
-                                          {k: [v] for k, v in exemplar_sets[set_name].items()}, config)
+            try:  # one detector, calibrated once, for every set its exemplars serve
+                detector = Detector.build(embedder, bundle.manifest.input, {k: [v] for k, v in exemplars.items()},
+                                          DetectConfig(**change))
             except DetectError as exc:  # keypoints only: a plain exemplar has none
-                results["rows"].setdefault(set_name, {})[row] = {"skipped": str(exc)}
+                for set_name in set_names:
+                    results["rows"][set_name][row] = {"skipped": str(exc)}
                 continue
             detector.calibrate(tqdm(backgrounds, desc=f"{row} calibration", leave=False), FALSE_PER_FRAME)
-            ranked, decided, times = [], [], []
-            for scene in tqdm(scenes, desc=f"{set_name}: {row}", leave=False):
-                scored = detector.scores(scene.image)
-                times.append(scored.seconds)
-                ranked.append(detector.decide(scored, -np.inf, RANKED_PER_FRAME))
-                decided.append(detector.decide(scored))
-            score = score_detections(ranked, scenes, decided)
-            aps = score.per_class
-            entry = {"ap50": round(score.ap, 4), "recall": round(score.recall, 4),
-                     "false_per_frame": round(score.false_positives / len(scenes), 3),
-                     "precision": round(score.precision, 4), "items": score.items,
-                     "plain_ap50": round(float(np.mean([v for k, v in aps.items() if k in plain])), 4),
-                     "printed_ap50": round(float(np.mean([v for k, v in aps.items() if k not in plain])), 4),
-                     "frame_p50_s": round(float(np.percentile(times, 50)), 3),
-                     "frame_p99_s": round(float(np.percentile(times, 99)), 3)}
-            results["rows"].setdefault(set_name, {})[row] = entry
-            print(f"{set_name} | {row}: {json.dumps(entry)}", flush=True)
-            if set_name == "other view" and row == "all three (the default)":
-                picture = draw(scenes[0].image, decided[0])
-                for _, box in scenes[0].boxes:
-                    cv2.rectangle(picture, box[:2], box[2:], (255, 255, 255), 1)
-                cv2.imwrite(str(args.out / "detection_station.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            for set_name in set_names:
+                entry, decided = _station_row(detector, sets[set_name], plain, f"{set_name}: {row}")
+                results["rows"][set_name][row] = entry
+                print(f"{set_name} | {row}: {json.dumps(entry)}", flush=True)
+                if set_name == "other view" and row == "all three (the default)":
+                    scene = sets[set_name][0]
+                    picture = draw(scene.image, decided[0])
+                    for _, box in scene.boxes:
+                        cv2.rectangle(picture, box[:2], box[2:], (255, 255, 255), 1)
+                    cv2.imwrite(str(args.out / "detection_station.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     sheet = np.full((2 * 136, 8 * 136, 3), 255, np.uint8)  # the first eight classes: exemplar over other view
     for i, label in enumerate(sorted(own)[:8]):
         for j, crop in enumerate((own[label], other[label])):

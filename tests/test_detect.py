@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import DETECT_SPEC, FIXTURES
 
+from sortline.edge_runtime.detection.config import STAGES
 from sortline.edge_runtime.detection.correlation import CorrelationConfig, CorrelationError, CorrelationMatcher
 from sortline.edge_runtime.detection.detector import (
     DetectConfig,
@@ -492,6 +493,7 @@ def test_the_correlation_stage_is_calibrated_and_explains_its_box(embedder, soft
         assert scored.correlations > 0 and scored.windows > 100 and scored.placements == 0
         assert (scored.stages[scored.windows:] == 1).all()
         assert scored.part("correlation").correlations == scored.correlations
+        assert [scored.stage_of(i) for i in range(len(scored))] == [STAGES[k] for k in scored.stages]
         found = det.decide(scored)
         truth = dict(scene.boxes)
         for d in found:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .boxes import nms
-from .config import DetectError, WindowScores
+from .config import STAGES, DetectError, WindowScores
 
 
 def background_peaks(scored: WindowScores, stages: Sequence[str], nms_iou: float, max_detections: int
@@ -17,10 +17,10 @@ def background_peaks(scored: WindowScores, stages: Sequence[str], nms_iou: float
     """One background frame's peaks per stage (``window``: the windows with the keypoint
     placements; ``correlation``) and class: each class's rows after suppression, as if it were
     the only class; rows of another class (scored -1) left out."""
-    kinds = scored.stages
+    correlation = scored.stages == STAGES.index("correlation")
     out = {}
     for name in stages:
-        rows = np.flatnonzero((kinds == 1) if name == "correlation" else (kinds != 1))
+        rows = np.flatnonzero(correlation if name == "correlation" else ~correlation)
         out[name] = []
         for c in range(scored.scores.shape[1]):
             column = scored.scores[rows, c]

@@ -115,9 +115,15 @@ class WindowScores:
     def stages(self) -> np.ndarray:
         """Per row: its stage's index in STAGES."""
         out = np.zeros(len(self.boxes), np.int8)
-        out[self.windows:] = 1
-        out[len(self.boxes) - self.placements:] = 2
+        out[self.windows:] = STAGES.index("correlation")
+        out[len(self.boxes) - self.placements:] = STAGES.index("keypoints")
         return out
+
+    def stage_of(self, row: int) -> str:
+        """Row ``row``'s stage (one of STAGES), without building :attr:`stages`."""
+        if row < self.windows:
+            return "window"
+        return "keypoints" if row >= len(self.boxes) - self.placements else "correlation"
 
     @property
     def inliers(self) -> np.ndarray:

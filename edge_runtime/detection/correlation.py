@@ -126,7 +126,7 @@ class CorrelationMatcher:
             if th > image.shape[0] or tw > image.shape[1]:
                 continue
             result = cv2.matchTemplate(image, t.grey, cv2.TM_CCOEFF_NORMED)
-            result = np.nan_to_num(result, nan=-1.0, posinf=-1.0, neginf=-1.0)
+            np.nan_to_num(result, copy=False, nan=-1.0, posinf=-1.0, neginf=-1.0)  # a flat patch divides by 0
             f = 2 ** t.level
             for _ in range(cfg.peaks):
                 _, best, _, (x, y) = cv2.minMaxLoc(result)

@@ -45,7 +45,7 @@ from sortline.hardware.camera import FrameError
 
 from .boxes import inside, nms
 from .calibration import background_peaks, background_threshold, stage_margins
-from .config import MAX_CLASSES, MIN_EXEMPLAR_PX, STAGES, DetectConfig, DetectError, Detection, WindowScores
+from .config import MAX_CLASSES, MIN_EXEMPLAR_PX, DetectConfig, DetectError, Detection, WindowScores
 from .correlation import CorrelationMatcher
 from .keypoints import KeypointMatcher
 from .pooling import centred_cosine, integral_image, pool_windows
@@ -205,7 +205,7 @@ class Detector:
 
     def _detection(self, windows: WindowScores, i: int, c: int, margin: float | None = None) -> Detection:
         score = float(windows.scores[i, c])
-        stage = STAGES[int(windows.stages[i])]
+        stage = windows.stage_of(i)
         return Detection(self.labels[c], score, tuple(int(round(v)) for v in windows.boxes[i]),
                          int(round(score)) if stage == "keypoints" else 0, stage, margin)
 
