@@ -24,9 +24,10 @@ ROOMS = {
     "detection": {"model", "learning"},
     "labelling": {"model", "learning", "web", "station"},
     "station": {"model"},
-    "hil": {"model", "learning", "station", "daemon"},
-    "daemon": {"model", "learning", "station", "web"},
-    "cli": {"model", "learning", "detection", "labelling", "station", "daemon", "hil", "web"},
+    "watch": {"model", "learning", "station"},
+    "hil": {"model", "learning", "station", "daemon", "watch"},
+    "daemon": {"model", "learning", "station", "web", "watch"},
+    "cli": {"model", "learning", "detection", "labelling", "station", "daemon", "hil", "web", "watch"},
 }
 TOP_LEVEL_MAX = 10
 CLASS_MAX_LINES = 200

@@ -32,8 +32,13 @@ def demo(args: argparse.Namespace) -> dict:
                                   faults=args.faults, progress=not args.quiet, lanes=args.lanes,
                                   pitch_ms=1000 / args.rate, backbone=args.backbone, image_size=args.image_size,
                                   runtime=args.runtime, threads=args.threads, recipe=args.recipe, key=args.key,
-                                  serve_port=args.port if args.serve else None))
+                                  serve_port=args.port if args.serve else None, shift=args.shift,
+                                  watch=not args.no_watch, queue=args.queue,
+                                  **({"false_alarm_items": args.false_alarm_items} if args.false_alarm_items else {})))
     print((Path(args.out) / "summary.md").read_text())
+    from sortline.edge_runtime.cli.flags import drift_line
+
+    print(drift_line(summary))
     print(f"bundle, event log, plots and summary.json are in {args.out}/")
     return summary
 

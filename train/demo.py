@@ -22,7 +22,7 @@ import torch
 
 from sortline.edge_runtime.cli.flags import until_signalled
 from sortline.edge_runtime.hil.report import markdown
-from sortline.edge_runtime.hil.runs import LineRun, make_scenario, sort_on_simulated_line
+from sortline.edge_runtime.hil.runs import DISTINCT_ITEMS, LineRun, make_scenario, sort_on_simulated_line
 from sortline.edge_runtime.model.bundle import (
     Bundle,
     DecisionPolicy,
@@ -34,8 +34,10 @@ from sortline.edge_runtime.model.bundle import (
 from sortline.edge_runtime.model.fusion import FusionSpec
 from sortline.edge_runtime.model.pipeline import ItemPipeline
 from sortline.edge_runtime.model.preprocess import InputSpec
+from sortline.edge_runtime.watch import DriftConfig, QueueConfig, StationWatch
 from sortline.hardware.sim.faults import FaultRates
 from sortline.hardware.sim.line import LineConfig, Scenario
+from sortline.hardware.sim.shifts import Shift, shifted_scenario
 
 from .plots import confusion_png, latency_png
 from .sim_data import sim_items, unlabeled_views
@@ -83,6 +85,18 @@ class DemoConfig:
     threads: int | None = None  # None: measured
     key: Path | None = None  # sign the bundle with this private key (None: the default one, made if need be)
     serve_port: int | None = None  # --serve: the station's HTTP API and page on this port while it sorts
+    shift: Shift | None = None  # the simulated line changes from an item on (hardware/sim/shifts.py)
+    watch: bool = True  # the drift watch and the queue of unsure items
+    queue: Path | None = None  # the queue's folder (None: OUT/queue)
+    false_alarm_items: float = DriftConfig.items_between_false_alarms
+
+
+def demo_watch(cfg: DemoConfig, out: Path, on_label=None) -> StationWatch | None:
+    """The demo station's drift watch and queue of unsure items (in OUT/queue), unless off."""
+    if not cfg.watch:
+        return None
+    return StationWatch.build(DriftConfig(items_between_false_alarms=cfg.false_alarm_items),
+                              QueueConfig(cfg.queue or out / "queue"), on_label=on_label)
 
 
 def worlds(seed: int) -> dict[str, int]:
@@ -152,11 +166,13 @@ def _sort_and_serve(cfg: DemoConfig, bundle: Bundle, pipeline: ItemPipeline, lin
           f"(Ctrl-C or SIGTERM stops; changes need SORTLINE_API_TOKEN{'' if api.token else ', which is not set'})",
           flush=True)
     with Enroller(bundle, out / "enroll.sqlite") as enroller:
+        watch = demo_watch(cfg, out, on_label=enroller.add)  # queue labels become enrolled examples
+
         def serve_beside(running):  # the API of the running station, with its enrollment
-            return start_api(api, running, pipeline, enroller, HeadWatcher(enroller, pipeline)).stop
+            return start_api(api, running, pipeline, enroller, HeadWatcher(enroller, pipeline), watch=watch).stop
 
         return sort_on_simulated_line(pipeline, line, scenario, event_log=events, progress=cfg.progress,
-                                      beside=serve_beside, stop=stop)
+                                      beside=serve_beside, stop=stop, watch=watch)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -177,14 +193,17 @@ def run_demo(cfg: DemoConfig) -> dict:
     bundle = sign_bundle(bundle.root, key)
     public_key = public_key_path(key)
     pipeline = ItemPipeline.for_station(bundle, threads=cfg.threads, runtime=cfg.runtime, public_key=public_key)
+    on_line = scenarios["line"]
+    if cfg.shift is not None:
+        on_line = shifted_scenario(on_line, cfg.shift, min(cfg.items, DISTINCT_ITEMS))
     # SIGINT or SIGTERM (a service manager's stop) ends the line early, as `sortline serve` stops:
     # the items already announced are decided, and the summary is written.
     with until_signalled() as stop:
         if cfg.serve_port is None:
-            run = sort_on_simulated_line(pipeline, line, scenarios["line"], event_log=events, progress=cfg.progress,
-                                         stop=stop)
+            run = sort_on_simulated_line(pipeline, line, on_line, event_log=events, progress=cfg.progress,
+                                         stop=stop, watch=demo_watch(cfg, out))
         else:  # the daemon's HTTP side beside the simulated line, enrollment into out/enroll.sqlite
-            run = _sort_and_serve(cfg, bundle, pipeline, line, scenarios["line"], events, out, stop)
+            run = _sort_and_serve(cfg, bundle, pipeline, line, on_line, events, out, stop)
     t = stage("sort", timings, t)
 
     summary = {

@@ -9,7 +9,8 @@ package never imports the desktop one.
   ``--runtime/--threads``, ``--lanes/--rate``) and the shutdown on SIGINT or SIGTERM;
 - ``station.py``: ``simulate``, ``record``, ``serve``, ``replay``, ``bench``;
 - ``bundles.py``: ``bundle verify|keygen|sign|policy``, ``enroll``, ``heads``;
-- ``tools.py``: ``label``, ``detect``.
+- ``tools.py``: ``label``, ``detect``;
+- ``queue.py``: ``queue list|label|export``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from importlib.metadata import entry_points
 from sortline.edge_runtime.errors import SortlineError
 from sortline.hardware.files import sweep_temp
 
-from . import bundles, flags, station, tools
+from . import bundles, flags, queue, station, tools
 
 COMMANDS_GROUP = "sortline.commands"  # entry points: callables that add subcommands
 __all__ = ["COMMANDS_GROUP", "build_parser", "flags", "main"]
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     station.add(commands)
     tools.add(commands)
+    queue.add(commands)
     for entry in entry_points(group=COMMANDS_GROUP):  # the desktop's commands, when installed
         entry.load()(commands)
     bundles.add(commands)

@@ -65,14 +65,61 @@ def runtime(default: str | None = AUTO) -> argparse.ArgumentParser:
     return parser
 
 
+def shift(text: str):
+    """An argparse type: a simulated line's shift, ``KIND@ITEM`` (hardware/sim/shifts.py)."""
+    from sortline.edge_runtime.hil.runs import Shift, ShiftError
+
+    try:
+        return Shift.parse(text)
+    except ShiftError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def line() -> argparse.ArgumentParser:
-    """``--lanes`` and ``--rate`` of a simulated line."""
+    """``--lanes``, ``--rate`` and ``--shift`` of a simulated line."""
     parser = _parent()
+    parser.add_argument("--shift", type=shift, metavar="KIND@ITEM",
+                        help="from item ITEM on, the line changes: blur:CAMERA, nir-gain, light, cultivar "
+                             "(avocado), product (checkout); docs/drift.md")
     parser.add_argument("--lanes", type=positive(int), default=1,
                         help="lanes the controller announces items on (default 1)")
     parser.add_argument("--rate", type=positive(float), default=10.0,
                         help="items per second over all lanes (default 10)")
     return parser
+
+
+def watch() -> argparse.ArgumentParser:
+    """``--no-watch``, ``--queue`` and ``--false-alarm-items``: the drift watch and the queue of
+    unsure items of a station run (docs/drift.md)."""
+    parser = _parent()
+    parser.add_argument("--no-watch", action="store_true", help="no drift watch and no queue of unsure items")
+    parser.add_argument("--queue", type=Path, help="keep unsure items in this folder (default: none; demo: OUT/queue)")
+    parser.add_argument("--false-alarm-items", type=positive(float), default=None,
+                        help="expected items between two false drift alarms, all statistics together (default 1e7)")
+    return parser
+
+
+def build_watch(args: argparse.Namespace, queue: Path | None = None, on_label=None):
+    """The watch a run's flags ask for (None with --no-watch)."""
+    from sortline.edge_runtime.watch import DriftConfig, QueueConfig, StationWatch
+
+    if args.no_watch:
+        return None
+    drift = DriftConfig(**({"items_between_false_alarms": args.false_alarm_items} if args.false_alarm_items else {}))
+    folder = args.queue or queue
+    return StationWatch.build(drift, QueueConfig(folder) if folder is not None else None, on_label=on_label)
+
+
+def drift_line(summary: dict) -> str:
+    """The run's drift alarms and queue, in one line for the terminal."""
+    alarms = summary["drift"]["alarms"]
+    said = "; ".join(f"{a['kind']}{'' if a['camera'] is None else ' camera ' + str(a['camera'])} {a['statistic']} "
+                     f"at item {a['at_item']}" + (f" (cleared at {a['cleared_at_item']})" if a["cleared_at_item"]
+                                                   else "") for a in alarms[:8])
+    more = f" and {len(alarms) - 8} more" if len(alarms) > 8 else ""
+    queue = summary["queue"]
+    return (f"Drift alarms: {said or 'none'}{more}. Queue of unsure items: {queue['kept']} kept, "
+            f"{queue['dropped']} not kept.")
 
 
 @contextlib.contextmanager

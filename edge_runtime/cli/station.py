@@ -13,7 +13,7 @@ def _simulate(args: argparse.Namespace) -> dict:
     from sortline.edge_runtime.hil.runs import make_scenario, record_simulation, simulated_line
 
     config = simulated_line(args.items, args.seed, args.rate, args.lanes, args.faults)
-    scenario = make_scenario(args.scenario, args.seed, args.products, args.product_count)
+    scenario = make_scenario(args.scenario, args.seed, args.products, args.product_count, shift=args.shift)
     result = record_simulation(config, args.record, scenario, progress=not args.quiet)
     injected = ", ".join(f"{k} {v}" for k, v in sorted(result["injected"].items())) or "none"
     print(f"{args.record}: {result['items']} items, {result['captures']} captures, {result['serial_bytes']} serial "
@@ -28,9 +28,10 @@ def _replay(args: argparse.Namespace) -> dict:
 
     pipeline = ItemPipeline.for_station(args.bundle, threads=args.threads, runtime=args.runtime)
     run = replay_recording(pipeline, args.recording, speed=args.speed,
-                           event_log=args.events, progress=not args.quiet)
+                           event_log=args.events, progress=not args.quiet, watch=flags.build_watch(args))
     print(markdown(run.summary))
     faults = run.summary["faults"]
+    print(flags.drift_line(run.summary))
     injected = run.summary["faults_injected"]
     print("Faults (observed / injected): " + ", ".join(f"{k} {faults[k]}/{injected[k]}" for k in faults))
     summary = {**run.summary, "ok": run.summary["lost"] == 0 and run.summary["duplicates"] == 0}
@@ -116,7 +117,7 @@ def add(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--bundle", type=Path, help="override the station file's bundle")
     serve.set_defaults(handler=_serve)
 
-    replay = commands.add_parser("replay", parents=[flags.runtime(), quiet, report],
+    replay = commands.add_parser("replay", parents=[flags.runtime(), flags.watch(), quiet, report],
                                  help="play a recording to the station runtime and judge it")
     replay.add_argument("recording", type=Path)
     replay.add_argument("--bundle", type=Path, required=True)

@@ -9,6 +9,7 @@
 - ``metrics.py``: ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus);
 - ``status.py``: ``/api/status``, lanes, thumbnails;
 - ``learning.py``: head versions, enrollment, refit, rollback, bundle reload;
+- ``watching.py``: the drift watch's alarms and the queue of unsure items;
 - ``models.py``: the API's request and response models.
 
 The operator page's files are in ``web/``.

@@ -5,6 +5,8 @@ from routers by concern:
 - ``status.py``: ``GET /api/status``, ``GET /api/lanes``, ``POST /api/lanes/{lane}/pause|resume``,
   the latest items' thumbnails;
 - ``learning.py``: head versions and rollback, enrollment, the refit, the bundle's hot reload;
+- ``watching.py``: ``GET /api/drift``, ``POST /api/drift/reference``, the queue of unsure items
+  (``GET /api/queue``, its views, ``POST /api/queue/{key}/label``);
 - ``web``: the operator page at ``/`` and its files under ``/static``.
 
 Routes that change the station need ``Authorization: Bearer <token>`` (the station file's
@@ -27,9 +29,10 @@ from sortline.edge_runtime.errors import SortlineError
 from sortline.edge_runtime.learning.enroll import Enroller, HeadWatcher
 from sortline.edge_runtime.model.pipeline import ItemPipeline
 from sortline.edge_runtime.station.wiring import RunningStation
+from sortline.edge_runtime.watch import StationWatch
 from sortline.edge_runtime.web import HttpServer
 
-from . import learning, metrics, status
+from . import learning, metrics, status, watching
 from .config import ApiSettings
 from .control import StationControl
 
@@ -47,7 +50,7 @@ def build_app(control: StationControl, token: str | None) -> FastAPI:
     async def refused(_: Request, exc: SortlineError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
-    for router in (metrics.router, status.router, learning.router):
+    for router in (metrics.router, status.router, learning.router, watching.router):
         app.include_router(router)
     web.limit_bodies(app, MAX_BODY)
     web.mount(app, "operator")
@@ -64,6 +67,7 @@ def serve_api(settings: ApiSettings, control: StationControl) -> HttpServer:
 
 def start_api(settings: ApiSettings, running: RunningStation, pipeline: ItemPipeline,
               enroller: Enroller | None = None, watcher: HeadWatcher | None = None,
-              ready: threading.Event | None = None) -> HttpServer:
+              ready: threading.Event | None = None, watch: StationWatch | None = None) -> HttpServer:
     """The API of ``running`` (a station that ``serve`` did not start: the demo, a replay)."""
-    return serve_api(settings, StationControl(running, pipeline, enroller, watcher, ready, started=time.monotonic()))
+    return serve_api(settings, StationControl(running, pipeline, enroller, watcher, ready, started=time.monotonic(),
+                                              watch=watch))

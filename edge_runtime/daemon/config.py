@@ -39,6 +39,15 @@
     tap_decay_ms = [0, 10000]
     scale_grams = [-100, 100000]
 
+    [drift]                              # optional: the drift watch (docs/drift.md); on by default
+    enabled = true
+    reference_items = 500                # the reference is learnt from the first items
+    items_between_false_alarms = 1e7     # the false-alarm budget, all statistics together
+    [queue]                              # optional: the queue of unsure items (watch/unsure.py)
+    folder = "queue"                     # none: no queue
+    per_hour = 120                       # at most this many items an hour
+    max_mb = 256                         # and this much disk (the oldest go)
+
     [[views]]                            # one table per view, in view order
     rgb = 0                              # an OpenCV device index, a video file, an RTSP URL,
     nir = 2                              # a GStreamer pipeline, or "folder:PATH" (images)
@@ -69,6 +78,7 @@ from sortline.edge_runtime.model.fusion import ReadingLimits
 from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.edge_runtime.station import StationConfig
 from sortline.edge_runtime.tomlfile import explain, read_toml
+from sortline.edge_runtime.watch import DriftConfig, QueueConfig, StationWatch
 from sortline.hardware.camera import FrameError
 from sortline.hardware.protocol import MAX_EXIT
 from sortline.hardware.serial_link import DEFAULT_BAUD
@@ -85,6 +95,8 @@ MAX_VIEWS = 16
 API_HOST = "127.0.0.1"  # another address only when the station file sets one
 API_PORT = 8750
 _STATION = StationConfig()  # the station's own defaults
+_DRIFT = DriftConfig()
+_QUEUE = QueueConfig(Path("queue"))
 
 
 class _Table(BaseModel):
@@ -142,6 +154,36 @@ class ViewTable(_Table):
     nir: Camera | None = None
 
 
+Count = Annotated[StrictInt, Field(ge=1, le=10_000_000)]
+
+
+class DriftTable(_Table):
+    """``[drift]``: the drift watch (watch/drift.py); checked again by DriftConfig."""
+
+    enabled: StrictBool = True
+    reference_items: Count = _DRIFT.reference_items
+    step: Count = _DRIFT.step
+    camera_window: Count = _DRIFT.camera_window
+    item_window: Count = _DRIFT.item_window
+    components: Annotated[StrictInt, Field(ge=1, le=256)] = _DRIFT.components
+    neighbours: Annotated[StrictInt, Field(ge=1, le=1000)] = _DRIFT.neighbours
+    items_between_false_alarms: Annotated[float, Field(ge=1000, le=1e15, allow_inf_nan=False)] = \
+        _DRIFT.items_between_false_alarms
+    border: Annotated[float, Field(gt=0, le=0.5, allow_inf_nan=False)] = _DRIFT.border
+    clear_blocks: Annotated[StrictInt, Field(ge=1, le=1000)] = _DRIFT.clear_blocks
+
+
+class QueueTable(_Table):
+    """``[queue]``: the queue of unsure items (watch/unsure.py); no folder, no queue."""
+
+    folder: Text | None = None
+    per_hour: Count = _QUEUE.per_hour
+    max_items: Count = _QUEUE.max_items
+    max_mb: Annotated[float, Field(gt=0, le=1 << 30, allow_inf_nan=False)] = _QUEUE.max_mb
+    reserve_mb: Annotated[float, Field(ge=0, le=1 << 30, allow_inf_nan=False)] = _QUEUE.reserve_mb
+    margin: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = _QUEUE.margin
+
+
 class StationFile(_Table):
     """A station file, checked; paths in it resolved against the file's folder (:attr:`path`)."""
 
@@ -151,6 +193,8 @@ class StationFile(_Table):
     rig: RigTable = RigTable()
     limits: ReadingLimits = ReadingLimits()
     api: ApiSettings = ApiSettings()
+    drift: DriftTable = DriftTable()
+    queue: QueueTable = QueueTable()
     views: Annotated[list[ViewTable], Field(min_length=1, max_length=MAX_VIEWS)]
     _path: Path = PrivateAttr(default=Path("station.toml"))
 
@@ -165,6 +209,15 @@ class StationFile(_Table):
             return None
         p = Path(value)
         return p if p.is_absolute() else self.path.parent / p
+
+    def build_watch(self, on_label=None) -> StationWatch | None:
+        """The drift watch and queue of unsure items this file asks for (None: neither)."""
+        folder = self.file(self.queue.folder)
+        if not self.drift.enabled and folder is None:
+            return None
+        drift = DriftConfig(**self.drift.model_dump(exclude={"enabled"})) if self.drift.enabled else None
+        queue = QueueConfig(folder, **self.queue.model_dump(exclude={"folder"})) if folder is not None else None
+        return StationWatch.build(drift, queue, on_label=on_label)
 
     def station_config(self, base: StationConfig = _STATION) -> StationConfig:
         """The station's settings with what this file sets."""

@@ -3,13 +3,19 @@ it whether or not it serves HTTP."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from sortline.edge_runtime.learning.enroll import Enroller, EnrollSession, HeadWatcher
 from sortline.edge_runtime.model.pipeline import ItemPipeline
 from sortline.edge_runtime.station.wiring import RunningStation
+from sortline.edge_runtime.watch import StationWatch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,7 +32,16 @@ class StationControl:
     session: EnrollSession | None = None
     reload: Callable[[str | None], None] | None = None  # load, check and swap in a bundle (serve only)
     unsigned_allowed: bool = False  # the station file lets unsigned bundles run (shown on /metrics)
+    watch: StationWatch | None = None  # the drift watch and the queue of unsure items
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_example(self, label: str, features: np.ndarray, source: str) -> None:
+        """A labelled item (from the queue of unsure items) as an example in the store; without
+        a store the label stays in the queue only (for ``sortline queue export``)."""
+        if self.enroller is None:
+            log.info("%s labelled %s; no [station] store, so it is not an enrolled example", source, label)
+            return
+        self.enroller.add(label, features, source)
 
     @property
     def is_ready(self) -> bool:

@@ -101,6 +101,43 @@ class StationCollector:
                                 value=float(c.unsigned_allowed))
         yield GaugeMetricFamily("sortline_uptime_seconds", "Seconds since the daemon started.",
                                 value=time.monotonic() - c.started)
+        if c.watch is not None:
+            yield from watch_metrics(c.watch)
+
+
+def watch_metrics(watch) -> Iterator:
+    """The drift watch's statistics and alarms, and the queue of unsure items."""
+    yield _counter("sortline_watch_sampled_out", "Items the watch let pass unwatched under load.",
+                   watch.items.sampled_out)
+    drift = watch.drift
+    if drift is not None:
+        labels = ["kind", "statistic", "camera"]
+        up = GaugeMetricFamily("sortline_drift_alarm", "1 while a drift alarm is up.", labels=labels)
+        value = GaugeMetricFamily("sortline_drift_statistic", "The latest block's statistic (chi-square; a rate "
+                                  "for the rates).", labels=labels)
+        limit = GaugeMetricFamily("sortline_drift_threshold", "What the statistic must pass to raise an alarm.",
+                                  labels=labels)
+        for m in drift.statistics():
+            key = [m["kind"], m["statistic"], "" if m["camera"] is None else str(m["camera"])]
+            up.add_metric(key, float(m["alarm"]))
+            value.add_metric(key, m["value"])
+            limit.add_metric(key, m["threshold"])
+        yield from (up, value, limit)
+        yield _counter("sortline_drift_alarms", "Drift alarms raised.", len(drift.summary()["alarms"]))
+        yield GaugeMetricFamily("sortline_drift_watching", "1 once the drift reference is learnt.",
+                                value=float(drift.watching))
+    queue = watch.queue
+    if queue is not None:
+        summary = queue.summary()
+        yield GaugeMetricFamily("sortline_queue_items", "Items in the queue of unsure items.", value=summary["queued"])
+        yield GaugeMetricFamily("sortline_queue_labelled", "Queued items that have a label.",
+                                value=summary["labelled"])
+        yield _counter("sortline_queue_kept", "Unsure items kept in the queue.", summary["kept"])
+        dropped = CounterMetricFamily("sortline_queue_dropped", "Candidates or queued items not kept, by why.",
+                                      labels=["reason"])
+        for reason, n in sorted(summary["dropped_by"].items()):
+            dropped.add_metric([reason], n)
+        yield dropped
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

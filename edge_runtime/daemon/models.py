@@ -163,3 +163,61 @@ class Reloaded(BaseModel):
 
 class Done(BaseModel):
     ok: bool = True
+
+
+# --- the watch (daemon/watching.py) -----------------------------------------------------------
+
+
+class QueueLabel(_Body):
+    label: Label
+
+
+class AlarmOut(BaseModel):
+    kind: str  # "camera" or "items"
+    statistic: str
+    camera: int | None
+    at_item: int
+    cleared_at_item: int | None
+    value: float
+    threshold: float
+    advice: str  # what the operator should do
+
+
+class MonitorOut(BaseModel):
+    kind: str
+    statistic: str
+    camera: int | None
+    value: float
+    threshold: float
+    alarm: bool
+
+
+class DriftOut(BaseModel):
+    enabled: bool
+    watching: bool  # a reference is learnt; False while it is being learnt
+    reference_items: int  # collected so far
+    reference_needed: int
+    active: list[AlarmOut]
+    alarms: list[AlarmOut]  # all of this run, the latest last
+    monitors: list[MonitorOut]
+    sampled_out: int  # items the watch let pass under load
+
+
+class QueueItemOut(BaseModel):
+    key: str
+    item_id: int
+    uncertainty: float
+    reasons: list[str]
+    label: str | None
+    views: list[int]
+    decision: dict
+
+
+class QueueOut(BaseModel):
+    enabled: bool
+    classes: list[str]  # the labels the page offers (the head's)
+    items: list[QueueItemOut]  # ranked: unlabelled by uncertainty and diversity, then labelled
+    kept: int
+    dropped: int
+    queued: int
+    labelled: int

@@ -42,12 +42,15 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
     rig = station_file.build_rig()
     api = None
     ready = ready or threading.Event()
+    watch = station_file.build_watch()
     try:
         event_log = station_file.file(station_file.station.event_log)
         with RunningStation(pipeline, station_file.ports, rig, config, event_log=event_log,
-                            bauds=station_file.bauds) as running:
+                            bauds=station_file.bauds, observers=[watch] if watch else ()) as running:
             control = StationControl(running, pipeline, enroller, watcher, ready, started=time.monotonic(),
-                                     unsigned_allowed=station_file.unsigned_allowed)
+                                     unsigned_allowed=station_file.unsigned_allowed, watch=watch)
+            if watch is not None:
+                watch.attach(running.station.event_log, control.add_example).start()
             control.reload = functools.partial(_reload, control, station_file, bundle)
             if station_file.api.enabled:
                 from .api import serve_api
@@ -72,6 +75,8 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
             stats = running.stop()
             return stats, running.station.observed_faults()
     finally:
+        if watch is not None:
+            watch.stop(drain=False)
         if api is not None:
             api.stop()
         rig.close()

@@ -60,7 +60,8 @@ def summarize(
         "routing": {"right_exit": right_exit, "safe_exit": safe, "wrong_exit": len(judged) - right_exit - safe},
         "reasons": dict(stats.reasons),
         "confusion": {"labels": names, "matrix": cm.tolist()},
-        "class_counts": {labels[i]: int(n) for i, n in enumerate(np.bincount(y_true, minlength=len(labels)))},
+        "class_counts": {names[i]: int(n) for i, n in enumerate(np.bincount(y_true, minlength=len(labels)))
+                         if i < len(labels) or n},  # "(none)": items of a class the head does not know
     }
 
 

@@ -17,6 +17,7 @@ from sortline.edge_runtime.model.pipeline import Decision, ItemPipeline
 from sortline.edge_runtime.station import StationConfig, StationStats
 from sortline.edge_runtime.station.stats import REPORTED_ONLY
 from sortline.edge_runtime.station.wiring import RunningStation
+from sortline.edge_runtime.watch import StationWatch
 from sortline.hardware.camera import FrameSource
 from sortline.hardware.recording import Recording, RecordingError, RecordingWriter, StreamRecorder
 from sortline.hardware.sim.avocado import AvocadoScenario
@@ -26,9 +27,11 @@ from sortline.hardware.sim.line import LATE_VIEW_S, SILENCE_S, LineConfig, Scena
 from sortline.hardware.sim.process import CachedScenario, LineProcess
 from sortline.hardware.sim.referee import LineTally
 from sortline.hardware.sim.replay import ReplayedLine
+from sortline.hardware.sim.shifts import Shift, ShiftError, shifted_scenario, truth_note
 
 from .report import summarize
 
+__all__ = ["Shift", "ShiftError", "make_scenario", "replay_recording", "sort_on_line", "sort_on_simulated_line"]
 DISTINCT_ITEMS = 1000  # a simulated line renders at most this many distinct items, then repeats them
 
 
@@ -90,20 +93,25 @@ def sort_on_line(
     truth_names: Sequence[str] | None = None,
     beside: Callable[[RunningStation], Callable[[], None]] | None = None,
     stop: threading.Event | None = None,
+    watch: StationWatch | None = None,
 ) -> LineRun:
     """Run a station on ``line`` until every item has passed; return what both sides saw.
     ``truth_names`` names the line's class indices when they are not the bundle's labels in
     order (a recording whose classes a bundle fitted elsewhere orders otherwise). ``beside``
     starts something next to the running station (the HTTP API of ``sortline demo --serve``)
     and returns what stops it. ``stop`` ends the line early: the items announced by then are
-    decided and tallied, and the run reports them."""
+    decided and tallied, and the run reports them. ``watch`` (the drift watch and queue of
+    unsure items) is offered every decided item; its alarms go to the event log, and its
+    ``drift`` and ``queue`` to the summary."""
     decisions: list[Decision] = []
     stop_beside: Callable[[], None] | None = None
     ports = {"controller": line.port("controller"), line.sensor: line.port(line.sensor)}
     try:
         # A simulated device waits REOPEN_S (0.3 s) after coming back before it talks: reopen well within it.
         with RunningStation(pipeline, ports, line.rig, station_config, event_log=event_log, reconnect_s=0.05,
-                            on_decision=decisions.append) as running:
+                            on_decision=decisions.append, observers=[watch] if watch else ()) as running:
+            if watch is not None:
+                watch.attach(running.station.event_log).start()
             if beside is not None:
                 stop_beside = beside(running)
             start = time.monotonic()
@@ -114,6 +122,8 @@ def sort_on_line(
             running.stop()
             station = running.station
     finally:
+        if watch is not None:
+            watch.stop()
         if stop_beside is not None:
             stop_beside()
         line.stop()
@@ -121,13 +131,14 @@ def sort_on_line(
     if truth_names is not None:  # by name; a class the head does not know counts as a wrong answer
         labels = list(pipeline.labels)
         position = [labels.index(name) if name in labels else len(labels) for name in truth_names]
-        truth = {i: position[label] for i, label in truth.items()}
+        truth = {i: position[label] if 0 <= label < len(position) else len(labels) for i, label in truth.items()}
     observed = station.observed_faults()
     summary = summarize(decisions, truth, pipeline.labels, pipeline.policy, tally, station.stats, wall_s,
                         faults={k: v for k, v in observed.items() if k not in REPORTED_ONLY})
     summary["faults_injected"] = {kind: tally.injected.get(kind, 0) for kind in summary["faults"]}
     summary["rejected_input"] = {k: observed[k] for k in REPORTED_ONLY}  # hostile or broken devices
     summary["runtime"] = f"{pipeline.embedder.name}/{pipeline.embedder.threads or 'default'}"
+    summary.update(watch.summary() if watch is not None else StationWatch.off())
     return LineRun(tally, station.stats, decisions, truth, wall_s, summary)
 
 
@@ -136,7 +147,7 @@ def sort_on_simulated_line(pipeline: ItemPipeline, line_config: LineConfig, scen
     """The station against a simulated line whose devices run in their own process, with
     frames rendered before the start (items repeat every ``distinct`` ids; see
     :class:`CachedScenario`), so that the simulator can offer more than the station can take."""
-    if not isinstance(scenario, CachedScenario):  # a cached one may be shared by several runs
+    if not hasattr(scenario, "prerender"):  # a cached (or shifted) one may be shared by several runs
         scenario = CachedScenario(scenario or AvocadoScenario(line_config.seed), min(line_config.items, distinct))
     line = LineProcess(line_config, scenario)
     try:
@@ -161,10 +172,15 @@ def _short(labels: Sequence[str]) -> str:
 
 
 def make_scenario(name: str, seed: int, products: Path | None = None, product_count: int = 12,
-                  max_products: int | None = None) -> Scenario:
+                  max_products: int | None = None, shift: Shift | None = None,
+                  distinct: int = DISTINCT_ITEMS) -> Scenario:
     """A scenario by name: "avocado", or "checkout" with products from an image folder or split
     file (one class a product), or ``product_count`` drawn ones. Products do not depend on
-    ``seed``: worlds with other seeds show the same catalog."""
+    ``seed``: worlds with other seeds show the same catalog. With ``shift``, its items change
+    from the shift's item on (hardware/sim/shifts.py), each world's ``distinct`` items rendered
+    once."""
+    if shift is not None:
+        return shifted_scenario(make_scenario(name, seed, products, product_count, max_products), shift, distinct)
     if name == "avocado":
         return AvocadoScenario(seed)
     if name != "checkout":
@@ -203,7 +219,8 @@ def record_simulation(config: LineConfig, out: Path, scenario: Scenario | None =
         line.stop()
     classes = line.scenario.classes
     truth = [{"item_id": i, "announced_t": round(line.announced_at(i) - t0, 6), "label": line.truth(i),
-              "class": classes[line.truth(i)]} for i in line.item_ids]
+              "class": classes[line.truth(i)] if line.truth(i) < len(classes) else None,
+              **truth_note(line.scenario, i)} for i in line.item_ids]
     injected = {k: v for k, v in tally.injected.items() if k != "unacked"}  # acks depend on the station
     faults = asdict(config.faults)
     writer.finish(
@@ -223,6 +240,7 @@ def record_simulation(config: LineConfig, out: Path, scenario: Scenario | None =
             "silences": [round(t - t0, 6) for t in line.silences],
             "silence_ms": SILENCE_S * 1000,
             "late_view_ms": LATE_VIEW_S * 1000,
+            "shift": str(line.scenario.shift) if hasattr(line.scenario, "shift") else None,
         },
         truth,
     )

@@ -170,9 +170,7 @@ class ItemPipeline:
         the station does (``rejected_readings`` counts such items)."""
         if embeddings is None:
             return self.safe(item_id, NO_VIEWS)
-        self._check_embeddings(embeddings)
-        readings = self._plausible(item_id, readings, limits)
-        features = fuse(embeddings, readings, self.manifest.fusion)
+        features = self.features(item_id, embeddings, readings, limits)
         c = self.classifier  # one version decides the whole item, whatever is swapped meanwhile
         probabilities = c.head.predict_proba(features)[0]
         best = int(probabilities.argmax())
@@ -194,6 +192,12 @@ class ItemPipeline:
         if self.listener is not None:  # enroll mode: the next items' features are examples
             self.listener(item_id, features, decision)
         return decision
+
+    def features(self, item_id: int, embeddings: np.ndarray, readings: Sequence[Reading],
+                 limits: ReadingLimits = DEFAULT_LIMITS) -> np.ndarray:
+        """The item's feature vector, as the head sees it (checked embeddings, plausible readings)."""
+        self._check_embeddings(embeddings)
+        return fuse(embeddings, self._plausible(item_id, readings, limits), self.manifest.fusion)
 
     def _check_embeddings(self, embeddings: np.ndarray) -> None:
         m = self.manifest

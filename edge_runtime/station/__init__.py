@@ -8,6 +8,8 @@
 - ``outcomes.py``: each decided item's one gate command, event-log line and counters, and the
   latest items kept for the operator;
 - ``links.py``: what the serial links can carry, checked against the line's rate;
+- ``observers.py``: each decided item as shown to those who watch the line (the drift watch, the
+  queue of unsure items), after its gate command, never waited for;
 - ``stats.py``, ``events.py``: counters, streaming histograms, the event log;
 - ``loop.py``: :class:`Station`, the loop that ties them together;
 - ``wiring.py``: :class:`RunningStation`, the serial links and threads around a station, the one

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class EventLog:
         self.rotations = 0
         self._file = None
         self._size = 0
+        self._lock = threading.Lock()  # the loop writes items, a watcher its alarms
         if path is not None:
             self._open()
 
@@ -56,6 +58,10 @@ class EventLog:
             return
         stamped = {"utc": datetime.now(UTC).isoformat(timespec="milliseconds"), **record}
         line = json.dumps(stamped) + "\n"
+        with self._lock:
+            self._write(line)
+
+    def _write(self, line: str) -> None:
         try:
             if self._size + len(line) > self.max_bytes and self._size > 0:
                 self._rotate()

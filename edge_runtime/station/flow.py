@@ -25,7 +25,7 @@ import numpy as np
 
 from sortline.edge_runtime.model.preprocess import preprocess_views
 from sortline.edge_runtime.model.runtimes import Embedder
-from sortline.hardware.camera import CORRUPT, LOST, FrameError, FrameSource, ViewFrame
+from sortline.hardware.camera import CORRUPT, LOST, FrameError, FrameSource, ItemCapture, ViewFrame
 
 log = logging.getLogger(__name__)
 SLACK = 0.1  # a batch is planned to take this much longer than its estimate, to be on time
@@ -42,6 +42,7 @@ class FlowResult:
     shed: bool = False  # not computed: it could not have been done before its decision time
     times_ms: dict[str, float] = field(default_factory=dict)  # queue, capture, embed
     thumbnail: np.ndarray | None = None  # the first view, small (H×W×3 uint8), for the operator page
+    capture: ItemCapture | None = None  # the frames, for those who watch the line (station/observers.py)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class _Job:
     errors: tuple[str, ...] = ()
     counts: tuple[int, int, int] = (0, 0, 0)  # lost, corrupt, late
     thumbnail: np.ndarray | None = None
+    capture: ItemCapture | None = None
     embedder: Embedder | None = None  # the model this item is embedded by (a reload changes the flow's)
 
 
@@ -105,7 +107,7 @@ def _read(rig: FrameSource, job: _Job) -> tuple[str, ...]:
     returns what went wrong, view by view."""
     errors: list[str] = []
     try:
-        capture = rig.capture(job.item_id)
+        capture = job.capture = rig.capture(job.item_id)
         errors += [str(e) for e in capture.errors]
         job.counts = (sum(e.kind == LOST for e in capture.errors), sum(e.kind == CORRUPT for e in capture.errors),
                       len(capture.late))
@@ -192,7 +194,7 @@ class ItemFlow:
         lost, corrupt, late = job.counts
         self._cancelled.take(job.item_id)  # cancelled while its batch ran: nothing left to skip
         self.on_result(FlowResult(job.item_id, embeddings, (*job.errors, *errors), lost, corrupt, late, shed,
-                                  job.times_ms, job.thumbnail))
+                                  job.times_ms, job.thumbnail, job.capture))
 
     def _embed_backlog_s(self, now: float) -> float:
         """How long until a new item would be embedded: the batch now running, the items

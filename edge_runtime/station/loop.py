@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from .gate import GateChannel
 from .ids import REPEATED, ItemIds
 from .items import Agenda, OpenItem, decide
 from .links import LinkBudget, item_bytes
+from .observers import Observer
 from .outcomes import Outcomes, Recent
 from .readings import DeviceClock, ReadingMatcher
 from .stats import StationStats, gather, observed_faults
@@ -78,7 +79,7 @@ class Station:
     def __init__(self, pipeline: ItemPipeline, rig: FrameSource, controller: SerialLink, sensor: SerialLink | None,
                  config: StationConfig = StationConfig(), event_log: Path | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_decision: Callable[[Decision], None] | None = None) -> None:
+                 on_decision: Callable[[Decision], None] | None = None, observers: Sequence[Observer] = ()) -> None:
         _check_links(pipeline, controller, sensor)
         fusion = pipeline.manifest.fusion
         c = self.config = config
@@ -98,13 +99,17 @@ class Station:
         self._clock = clock
         self._log = EventLog(event_log, int(c.event_log_max_mb * (1 << 20)), c.event_log_keep)
         self.recent = Recent(c.recent_decisions, THUMBNAILS, on_decision)
-        self.outcomes = Outcomes(self.gate, self._log, self._stats, self.recent)
+        self.outcomes = Outcomes(self.gate, self._log, self._stats, self.recent, observers)
         self._open: dict[int, OpenItem] = {}
         self._agenda = Agenda()
         self._results: deque[FlowResult] = deque()
         self._controller_clock = DeviceClock(name="controller")
         links = {link.name: link.baudrate for link in (controller, sensor) if link is not None}
         self.links = LinkBudget(links, item_bytes(fusion.sensor, fusion.readings_expected))
+
+    @property
+    def event_log(self) -> EventLog:
+        return self._log
 
     @property
     def stats(self) -> StationStats:
@@ -261,7 +266,7 @@ class Station:
             self.flow.cancel(item_id)  # the flow did not make it in time: do not finish the work
         started = self._clock()
         outcome = decide(item.pipeline, item, readings, now, self._clock, self.config.limits)
-        self.outcomes.decided(item, outcome, len(readings), started, self._clock(), sensor_rejected)
+        self.outcomes.decided(item, outcome, readings, started, self._clock(), sensor_rejected)
 
     def _finish_unannounced(self, item_id: int, now: float) -> None:
         """An item whose announcement never came: its views were never triggered, so it can

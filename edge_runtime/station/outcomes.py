@@ -3,37 +3,60 @@ in the counters, and what the operator sees of the latest items."""
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from sortline.edge_runtime.model.fusion import Reading
 from sortline.edge_runtime.model.pipeline import UNANNOUNCED, Decision, ItemPipeline
 
 from .events import EventLog
 from .gate import GateChannel
 from .items import OpenItem, Outcome, event_record
+from .observers import ObservedItem, Observer
 from .stats import StationStats
+
+log = logging.getLogger(__name__)
 
 
 class Outcomes:
     """Sends and records each decision; the loop only decides when."""
 
-    def __init__(self, gate: GateChannel, log: EventLog, stats: StationStats, recent: Recent) -> None:
+    def __init__(self, gate: GateChannel, log: EventLog, stats: StationStats, recent: Recent,
+                 observers: Sequence[Observer] = ()) -> None:
         self.gate, self.log, self.stats, self.recent = gate, log, stats, recent
+        self.observers = tuple(observers)
 
-    def decided(self, item: OpenItem, outcome: Outcome, readings: int, started: float, done: float,
+    def decided(self, item: OpenItem, outcome: Outcome, readings: Sequence[Reading], started: float, done: float,
                 sensor_rejected: bool) -> None:
         self.stats.deadline_misses += outcome.late
         self.stats.overload += outcome.overload
         sent = self.gate.send(item.arrival.item_id, outcome.decision.exit, done, item.deadline_at)
         self.book(outcome.decision)
-        record = event_record(outcome, item, readings, (done - started) * 1000, done, sent, item.pipeline.version)
+        record = event_record(outcome, item, len(readings), (done - started) * 1000, done, sent,
+                              item.pipeline.version)
         if sensor_rejected:
             record["sensor_rejected"] = True  # decided on its views: a reading for it was garbage
         self.stats.latency_ms.add(record["latency_ms"])
         self.stats.compute_ms.add(record["compute_ms"])
         self.log.write(record)
+        if self.observers:
+            self._show(item, outcome.decision, readings)
+
+    def _show(self, item: OpenItem, decision: Decision, readings: Sequence[Reading]) -> None:
+        """Hand the decided item to its observers (after its command has gone)."""
+        result = item.result
+        capture = result.capture if result is not None else None
+        observed = ObservedItem(item.arrival.item_id, item.arrival.lane, decision, item.pipeline,
+                                result.embeddings if result is not None else None,
+                                capture.views if capture is not None else (), tuple(readings))
+        for observer in self.observers:
+            try:
+                observer.offer(observed)
+            except Exception:  # a watcher's fault is never the line's
+                log.exception("observer %r refused item %s", observer, observed.item_id)
 
     def unannounced(self, pipeline: ItemPipeline, item_id: int, now: float, deadline_at: float) -> None:
         decision = pipeline.safe(item_id, UNANNOUNCED)

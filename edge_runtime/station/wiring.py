@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from sortline.edge_runtime.model.pipeline import Decision, ItemPipeline
@@ -14,6 +14,7 @@ from sortline.hardware.camera import FrameSource
 from sortline.hardware.serial_link import DEFAULT_BAUD, Received, SerialLink
 
 from .loop import Station, StationConfig, StationError
+from .observers import Observer
 from .stats import StationStats
 
 log = logging.getLogger(__name__)
@@ -28,12 +29,12 @@ class RunningStation:
     def __init__(self, pipeline: ItemPipeline, ports: Mapping[str, str], rig: FrameSource,
                  config: StationConfig = StationConfig(), event_log: Path | None = None,
                  bauds: Mapping[str, int] | None = None, reconnect_s: float = 0.5,
-                 on_decision: Callable[[Decision], None] | None = None) -> None:
+                 on_decision: Callable[[Decision], None] | None = None, observers: Sequence[Observer] = ()) -> None:
         inbox: queue.Queue[Received] = queue.Queue(maxsize=INBOX)
         bauds = bauds or {}
         self.links = [SerialLink(url, name, inbox=inbox, reconnect_s=reconnect_s,
                                  baudrate=bauds.get(name, DEFAULT_BAUD)) for name, url in ports.items()]
-        self._args = (pipeline, rig, config, event_log, on_decision)
+        self._args = (pipeline, rig, config, event_log, on_decision, tuple(observers))
         self.station: Station | None = None
         self.error: BaseException | None = None
         self.stopped = threading.Event()  # set when the loop has ended, for whatever reason
@@ -41,13 +42,13 @@ class RunningStation:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> RunningStation:
-        pipeline, rig, config, event_log, on_decision = self._args
+        pipeline, rig, config, event_log, on_decision, observers = self._args
         try:
             for link in self.links:
                 link.open()
             controller, sensor = self.links[0], (self.links[1] if len(self.links) > 1 else None)
             self.station = Station(pipeline, rig, controller, sensor, config, event_log=event_log,
-                                   on_decision=on_decision)
+                                   on_decision=on_decision, observers=observers)
         except BaseException:
             self._close_links()
             raise

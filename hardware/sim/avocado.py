@@ -32,6 +32,26 @@ TAPS_PER_ITEM = 5
 
 
 @dataclass(frozen=True)
+class Cultivar:
+    """What a variety changes: skin colour green→ripe (RGB), fruit size and shape (half-axes in
+    pixels at FRAME_PX: a base and a random extra), and the skin's NIR reflectance."""
+
+    skin_green: tuple[float, float, float]
+    skin_ripe: tuple[float, float, float]
+    half_width: tuple[float, float]
+    half_height: tuple[float, float]
+    nir_skin: float = 185.0
+
+
+# Hass (the line's usual fruit) darkens to purple-black; Fuerte stays green when ripe, is paler,
+# smaller and more pear-shaped (longer for its width).
+CULTIVARS = {
+    "hass": Cultivar((70.0, 122.0, 48.0), (52.0, 36.0, 42.0), (23.0, 5.0), (29.0, 5.0)),
+    "fuerte": Cultivar((104.0, 150.0, 62.0), (82.0, 112.0, 44.0), (19.0, 4.0), (30.0, 5.0), nir_skin=200.0),
+}
+
+
+@dataclass(frozen=True)
 class Spot:
     """A disc on the unit sphere: centre direction and angular radius (radians)."""
 
@@ -55,6 +75,7 @@ class FruitSpec:
     nir_gain: float
     texture_seed: int
     firmness: float  # tap-sensor stiffness, 1 = hard green fruit
+    cultivar: str = "hass"
 
     @property
     def class_name(self) -> str:
@@ -67,8 +88,10 @@ def _random_direction(rng: np.random.Generator, max_lat: float) -> tuple[float, 
     return (math.cos(lat) * math.sin(lon), math.sin(lat), math.cos(lat) * math.cos(lon))
 
 
-def make_fruit(item_id: int, seed: int, label: int | None = None) -> FruitSpec:
-    """The fruit for ``item_id`` in the world ``seed`` (deterministic); ``label`` forces a class."""
+def make_fruit(item_id: int, seed: int, label: int | None = None, cultivar: str = "hass") -> FruitSpec:
+    """The fruit for ``item_id`` in the world ``seed`` (deterministic); ``label`` forces a class;
+    ``cultivar`` (a key of CULTIVARS) gives its skin and size."""
+    variety = CULTIVARS[cultivar]
     rng = np.random.default_rng([seed, item_id])
     drawn_label = int(rng.choice(len(CLASSES), p=CLASS_PRIORS))
     label = drawn_label if label is None else label
@@ -92,14 +115,15 @@ def make_fruit(item_id: int, seed: int, label: int | None = None) -> FruitSpec:
         scabs=scabs,
         bruises=bruises,
         spin=float(2 * math.pi * look[0]),
-        half_width=float(23 + 5 * look[1]),
-        half_height=float(29 + 5 * look[2]),
+        half_width=float(variety.half_width[0] + variety.half_width[1] * look[1]),
+        half_height=float(variety.half_height[0] + variety.half_height[1] * look[2]),
         offset=(float(5 * (look[3] - 0.5)), float(5 * (look[4] - 0.5))),
         gain=float(0.8 + 0.4 * look[5]),
         tint=(float(0.93 + 0.14 * look[6]), 1.0, float(0.93 + 0.14 * look[7])),
         nir_gain=float(0.85 + 0.3 * look[8]),
         texture_seed=texture_seed,
         firmness=float(max(firmness, 0.1)),
+        cultivar=cultivar,
     )
 
 
@@ -179,11 +203,10 @@ def render_views(spec: FruitSpec, size: int = FRAME_PX, views: int = VIEWS) -> l
     """Render the fruit from ``views`` directions evenly spaced around its long axis."""
     rng = np.random.default_rng([spec.texture_seed, 1])
     ys = np.mgrid[0:size, 0:size][0].astype(np.float32) + 0.5
-    skin_green = np.array([70.0, 122.0, 48.0])
-    skin_ripe = np.array([52.0, 36.0, 42.0])
-    skin = (1 - spec.ripeness) * skin_green + spec.ripeness * skin_ripe
+    variety = CULTIVARS[spec.cultivar]
+    skin = (1 - spec.ripeness) * np.array(variety.skin_green) + spec.ripeness * np.array(variety.skin_ripe)
     scab_colour = np.array([112.0, 84.0, 50.0])
-    nir_skin = 185.0 - 30.0 * spec.ripeness
+    nir_skin = variety.nir_skin - 30.0 * spec.ripeness
 
     belt_rgb = np.array([58.0, 60.0, 64.0])
     stripes = 6.0 * np.sin(ys * 0.9)
@@ -239,14 +262,20 @@ class AvocadoScenario:
     readings_expected = TAPS_PER_ITEM
     tap_delay_ms = 10  # first tap after the announcement
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, cultivar: str = "hass") -> None:
+        if cultivar not in CULTIVARS:
+            raise ValueError(f"unknown cultivar {cultivar!r}: {', '.join(CULTIVARS)}")
         self.seed = seed
+        self.cultivar = cultivar
+
+    def fruit(self, item_id: int) -> FruitSpec:
+        return make_fruit(item_id, self.seed, cultivar=self.cultivar)
 
     def label(self, item_id: int) -> int:
-        return make_fruit(item_id, self.seed).label
+        return self.fruit(item_id).label
 
     def render(self, item_id: int, size: int = FRAME_PX, views: int = VIEWS) -> list[ViewFrame]:
-        return render_views(make_fruit(item_id, self.seed), size=size, views=views)
+        return render_views(self.fruit(item_id), size=size, views=views)
 
     def readings(self, item_id: int, t0_ms: int) -> list[TapReading]:
-        return tap_series(make_fruit(item_id, self.seed), t0_ms=t0_ms + self.tap_delay_ms)
+        return tap_series(self.fruit(item_id), t0_ms=t0_ms + self.tap_delay_ms)

@@ -3,6 +3,8 @@
 // markup: no innerHTML anywhere.
 "use strict";
 const $ = id => document.getElementById(id);
+// The keys that give a class, in class order, on the labelling page and the operator page's queue.
+const KEYS = "123456789abcdefghijklmnopqrtvwxyz0";  // not s or u: the labelling page skips and undoes with them
 
 // el("td", {className: "safe", title: "x"}, "text", otherNode): an element with its properties set
 // and its children appended (strings become text nodes).

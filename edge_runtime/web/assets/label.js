@@ -1,7 +1,6 @@
 // The labelling page: each item's views and sensor trace; a key gives the class, s or → skips,
 // ← goes back, u or Backspace undoes. Every label is saved by the server before the page moves on.
 "use strict";
-const KEYS = "123456789abcdefghijklmnopqrtvwxyz0";  // not s or u: they skip and undo
 let state = null, pos = 0;
 async function api(path, body) {
   const r = await fetch(path, body === undefined ? {} : {method: "POST", headers: {"Content-Type": "application/json"},

@@ -67,8 +67,62 @@ async function refresh() {
   $("enroll-state").textContent = e ? `${e.label}: ${e.collected} of ${e.count} items${e.done ? " — done" : ""}` : "";
   const [status, h] = await get("/api/heads");
   fill($("heads"), status !== 200 ? [el("tr", {}, el("td", {}, h.detail))] : h.heads.map(headRow));
+  await refreshWatch();
   document.body.dataset.ready = "1";
 }
+// --- drift alarms and the queue of unsure items -------------------------------------------------
+let queueSelected = null, queueClasses = [];
+function alarmText(a) {
+  const where = a.camera === null ? "items" : "camera " + a.camera;
+  return [el("b", {}, `${where} · ${a.statistic}`), ` since item ${a.at_item}: ${a.advice}`];
+}
+async function refreshWatch() {
+  const [, d] = await get("/api/drift");
+  const banner = $("drift-banner");
+  banner.hidden = !d.active.length;
+  fill(banner, d.active.flatMap((a, i) => [...(i ? [el("br")] : []), ...alarmText(a)]));
+  $("drift-state").textContent = !d.enabled ? "no drift watch on this station"
+    : d.watching ? `${d.monitors.length} statistics watched, ${d.active.length} alarms up, ${d.alarms.length} this run`
+    : `learning the reference: ${d.reference_items} of ${d.reference_needed} items`;
+  const [, q] = await get("/api/queue");
+  queueClasses = q.classes;
+  $("queue-state").textContent = !q.enabled ? "no queue on this station"
+    : `${q.queued} items kept (${q.labelled} labelled), ${q.dropped} not kept; a key gives the selected item its class`;
+  const open = q.items.filter(x => !x.label);
+  if (!open.some(x => x.key === queueSelected)) queueSelected = open.length ? open[0].key : null;
+  fill($("queue"), q.items.slice(0, 12).map(queueRow));
+  const chosen = q.items.find(x => x.key === queueSelected);
+  fill($("queue-views"), chosen ? chosen.views.map(v => el("img", {alt: `view ${v}`,
+    src: `/api/queue/${encodeURIComponent(chosen.key)}/v${v}.rgb.png`})) : []);
+  $("queue-views").className = "row queue-views";
+  fill($("queue-classes"), chosen ? queueClasses.map((c, i) => {
+    const chip = el("span", {className: "chip", dataset: {cls: c}}, el("kbd", {}, KEYS[i]), c);
+    chip.onclick = () => labelQueued(c);
+    return chip;
+  }) : []);
+}
+function queueRow(x) {
+  const thumb = el("img", {alt: "", src: `/api/queue/${encodeURIComponent(x.key)}/v${x.views[0] ?? 0}.rgb.png`});
+  const row = el("tr", {className: x.key === queueSelected ? "selected" : "", dataset: {key: x.key}},
+                 el("td", {}, thumb), el("td", {}, x.item_id), el("td", {}, x.reasons.join(", ")),
+                 el("td", {}, Number(x.uncertainty).toFixed(2)), el("td", {}, x.decision.label ?? "—"),
+                 el("td", {className: x.label ? "" : "safe"}, x.label ?? "—"));
+  row.onclick = () => { if (!x.label) { queueSelected = x.key; refreshWatch(); } };
+  return row;
+}
+async function labelQueued(name) {
+  if (!queueSelected) return;
+  const key = queueSelected;
+  await act(() => post(`/api/queue/${encodeURIComponent(key)}/label`, {label: name}),
+            r => `item ${r.item_id} labelled ${r.label}`);
+}
+document.addEventListener("keydown", async ev => {
+  if (ev.ctrlKey || ev.metaKey || ev.altKey || ev.target.tagName === "INPUT") return;
+  const i = KEYS.indexOf(ev.key.toLowerCase());
+  if (i >= 0 && i < queueClasses.length && queueSelected) await labelQueued(queueClasses[i]);
+});
+$("mark-good").onclick = () => act(() => post("/api/drift/reference"), () => "a new reference is being learnt");
+
 async function act(call, done) {
   try { const r = await call(); say(done(r), true); await refresh(); }
   catch (err) { say(err.message); }
