@@ -69,8 +69,22 @@ def _station_with_api(tmp_path, bundle, items: int, token: str | None = TOKEN, s
     text = path.read_text()
     if store:
         text = text.replace("[station]\n", '[station]\nstore = "enroll.sqlite"\n')
-    path.write_text(text + f"[api]\nport = {port}\n" + (f'token = "{token}"\n' if token else ""))
+    path.write_text(text + f"[api]\nport = {port}\n" + (f'token = "{token}"\n' if token else "") + WATCH_TABLES)
     return path, line, port
+
+
+# a drift watch that learns its reference in the first 30 items, and a queue of unsure items
+WATCH_TABLES = """
+[drift]
+reference_items = 30
+step = 5
+camera_window = 10
+item_window = 20
+components = 4
+[queue]
+folder = "queue"
+reserve_mb = 0
+"""
 
 
 def test_the_daemon_serves_health_metrics_and_a_guarded_api(tmp_path, tiny_bundle):
@@ -115,6 +129,12 @@ def test_the_daemon_serves_health_metrics_and_a_guarded_api(tmp_path, tiny_bundl
         assert _call(port, "/api/lanes/0/resume", {}, token=TOKEN)[1]["paused"] is False
         assert _call(port, "/api/lanes/0/sideways", {}, token=TOKEN)[0] == 404
         seen["heads"] = _call(port, "/api/heads")[1]
+        while not _call(port, "/api/drift")[1]["watching"]:  # the reference is learnt by item 30
+            assert time.monotonic() < deadline + 20
+            time.sleep(0.1)
+        seen["drift"] = _call(port, "/api/drift")[1]
+        seen["queue"] = _call(port, "/api/queue")[1]
+        assert _call(port, "/api/drift/reference", {})[0] == 401  # the token is needed
         seen["metrics_mid"] = _call(port, "/metrics")[1]
         seen["status"] = _call(port, "/api/status")[1]
 
@@ -130,7 +150,14 @@ def test_the_daemon_serves_health_metrics_and_a_guarded_api(tmp_path, tiny_bundl
     assert metrics["sortline_decision_latency_seconds_count"].value > 0
     names = {f.name for f in text_string_to_metric_families(seen["metrics_mid"])}
     assert {"sortline_items", "sortline_gate_commands", "sortline_decisions", "sortline_exits", "sortline_faults",
-            "sortline_decision_latency_seconds", "sortline_queue_depth", "sortline_bundle_info"} <= names
+            "sortline_decision_latency_seconds", "sortline_queue_depth", "sortline_bundle_info", "sortline_drift_alarm",
+            "sortline_drift_statistic", "sortline_drift_threshold", "sortline_queue_items",
+            "sortline_queue_dropped"} <= names
+    drift = seen["drift"]
+    assert drift["enabled"] and drift["watching"] and drift["reference_needed"] == 30
+    assert {(m["kind"], m["statistic"]) for m in drift["monitors"]} >= {("camera", "sharpness"), ("items", "embedding"),
+                                                                        ("items", "unsure-rate")}
+    assert seen["queue"]["enabled"] and seen["queue"]["classes"]
     promtool = shutil.which("promtool")
     if promtool:
         check = subprocess.run([promtool, "check", "metrics"], input=seen["metrics_mid"], capture_output=True,
@@ -138,7 +165,8 @@ def test_the_daemon_serves_health_metrics_and_a_guarded_api(tmp_path, tiny_bundl
         assert check.returncode == 0, check.stdout + check.stderr
     elif os.environ.get("CI"):
         pytest.fail("CI must install Debian's prometheus (promtool): .ci/run does")
-    events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    events = [e for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())
+              if "event" not in e]  # items, not the drift watch's own lines
     assert sorted(e["item_id"] for e in events) == list(range(1, 91))  # every item exactly once
     assert events[-1]["head_version"] == 1
     paused = [e for e in events if e["reason"] == "paused"]
@@ -240,7 +268,8 @@ def test_the_operator_page_shows_the_line_and_drives_enrollment(tmp_path, tiny_b
     assert tally.items == 200
     if os.environ.get("SORTLINE_UPDATE_DOCS"):
         shutil.copyfile(shot, Path(__file__).resolve().parents[1] / "docs" / "operator-page.png")
-    events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    events = [e for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())
+              if "event" not in e]  # items, not the drift watch's own lines
     assert {e["head_version"] for e in events} >= {0, 1}
 
 
@@ -323,7 +352,8 @@ def test_the_daemon_process_notifies_systemd_logs_json_and_stops_on_sigterm(tmp_
     items = [s for f in text_string_to_metric_families(metrics) for s in f.samples if s.name == "sortline_items_total"]
     assert items[0].value == 60
     assert 'sortline_head_version 1.0' in metrics and "sortline_unsigned_bundles_allowed 0.0" in metrics
-    events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    events = [e for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())
+              if "event" not in e]  # items, not the drift watch's own lines
     assert sorted(e["item_id"] for e in events) == list(range(1, 61))
     assert events[0]["bundle"] == tiny_bundle.version and events[-1]["bundle"] == reloaded.version
 
@@ -480,3 +510,76 @@ def test_the_operator_page_shows_hostile_names_as_text(tmp_path, tiny_bundle):
     finally:
         browser.quit()
     assert set(seen["decisions"]) & set(HOSTILE_NAMES)
+
+
+def test_the_operator_page_shows_drift_alarms_and_labels_the_queue(tmp_path, tiny_bundle):
+    """A camera blurred mid-line: the banner names the camera in a real browser; the queue of
+    unsure items is labelled with the labelling page's keys, and the label reaches the store."""
+    from conftest import chromium_browser
+
+    browser = chromium_browser(1280, 1100)  # first: it skips where selenium or chromium is missing
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from sortline.edge_runtime.daemon.api import start_api
+    from sortline.edge_runtime.daemon.config import ApiSettings
+    from sortline.edge_runtime.hil.runs import make_scenario, sort_on_simulated_line
+    from sortline.edge_runtime.model.pipeline import ItemPipeline
+    from sortline.edge_runtime.watch import DriftConfig, QueueConfig, StationWatch
+    from sortline.hardware.sim.shifts import Shift
+
+    port = _free_port()
+    pipeline = ItemPipeline(tiny_bundle, threads=1)
+    enroller = Enroller(tiny_bundle, tmp_path / "enroll.sqlite")
+    watch = StationWatch.build(DriftConfig(reference_items=60, step=10, camera_window=20, item_window=40,
+                                           components=4), QueueConfig(tmp_path / "queue", reserve_mb=0),
+                               on_label=enroller.add)
+    shot = tmp_path / "operator-drift.png"
+    seen: dict = {}
+
+    def beside(running):
+        server = start_api(ApiSettings(port=port, token=TOKEN), running, pipeline, enroller, watch=watch)
+        threading.Thread(target=use_the_page, daemon=True).start()
+        return lambda: (done.wait(60), server.stop())
+
+    done = threading.Event()
+
+    def use_the_page() -> None:
+        try:
+            wait = WebDriverWait(browser, 40, ignored_exceptions=(StaleElementReferenceException,))
+            browser.get(f"http://127.0.0.1:{port}/")
+            wait.until(lambda b: b.find_element(By.ID, "drift-banner").is_displayed())
+            seen["banner"] = browser.find_element(By.ID, "drift-banner").text
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#queue tr.selected"))
+            browser.find_element(By.ID, "token").send_keys(TOKEN)
+            browser.find_element(By.TAG_NAME, "h1").click()  # focus off the token field: keys label
+            key = browser.find_element(By.CSS_SELECTOR, "#queue tr.selected").get_attribute("data-key")
+            browser.execute_script("window.scrollTo(0, 0)")
+            browser.save_screenshot(str(shot))
+            from selenium.webdriver.common.action_chains import ActionChains
+
+            ActionChains(browser).send_keys("2").perform()  # the second class, as on the labelling page
+            wait.until(lambda b: "labelled" in b.find_element(By.ID, "message").text)
+            seen["key"], seen["message"] = key, browser.find_element(By.ID, "message").text
+        except Exception as exc:  # reported by the test below, not lost on this thread
+            seen["error"] = repr(exc)
+        finally:
+            done.set()
+
+    scenario = make_scenario("avocado", 12, shift=Shift.parse("blur:3@100"), distinct=200)
+    try:
+        run = sort_on_simulated_line(pipeline, LineConfig(items=900, seed=12, pitch_ms=25), scenario, progress=False,
+                                     watch=watch, beside=beside)
+    finally:
+        browser.quit()
+    assert "error" not in seen, seen.get("error")
+    assert "camera 3" in seen["banner"] and "lens" in seen["banner"], seen["banner"]
+    label = pipeline.labels[1]
+    assert f"labelled {label}" in seen["message"]
+    assert json.loads((tmp_path / "queue" / seen["key"] / "item.json").read_text())["label"] == label
+    assert any(source == f"queue:{seen['key']}" for source in enroller.store.examples().sources)
+    enroller.close()
+    assert any(a["camera"] == 3 for a in run.summary["drift"]["alarms"])
+    if os.environ.get("SORTLINE_UPDATE_DOCS"):
+        shutil.copyfile(shot, Path(__file__).resolve().parents[1] / "docs" / "operator-drift.png")

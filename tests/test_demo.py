@@ -17,7 +17,7 @@ FIELDS = ("items", "gate_commands", "lost", "duplicates", "accuracy", "mcc", "la
 def test_demo_end_to_end_prints_json_summary_last(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--items", "40", "--pool-fruit", "64", "--labeled-fruit", "160", "--epochs", "1",
-                 "--out", str(out), "--quiet", "--json"])
+                 "--out", str(out), "--quiet", "--json", "--shift", "light@30"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert all(field in summary for field in FIELDS)
@@ -30,6 +30,10 @@ def test_demo_end_to_end_prints_json_summary_last(tmp_path, capsys):
                  "pretrain.csv", "backbone.ckpt", "backbone.fp32.onnx", "backbone.int8.onnx"):
         assert (out / name).stat().st_size > 0, name
     assert len((out / "events.jsonl").read_text().splitlines()) == 40
+    # the watch runs beside it (40 items are too few for its reference: no alarm), the queue in out/queue
+    assert summary["drift"]["watched"] + summary["drift"]["sampled_out"] == 40 and not summary["drift"]["watching"]
+    assert summary["queue"]["kept"] + summary["queue"]["dropped"] >= 0 and (out / "queue").is_dir()
+    assert summary["config"]["shift"] == {"kind": "light", "at_item": 30, "camera": None}
 
 
 @pytest.mark.slow

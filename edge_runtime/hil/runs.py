@@ -15,6 +15,7 @@ from tqdm import tqdm
 from sortline.edge_runtime.datasets import load_image_set
 from sortline.edge_runtime.model.pipeline import Decision, ItemPipeline
 from sortline.edge_runtime.station import StationConfig, StationStats
+from sortline.edge_runtime.station.observers import Observer
 from sortline.edge_runtime.station.stats import REPORTED_ONLY
 from sortline.edge_runtime.station.wiring import RunningStation
 from sortline.edge_runtime.watch import StationWatch
@@ -94,6 +95,7 @@ def sort_on_line(
     beside: Callable[[RunningStation], Callable[[], None]] | None = None,
     stop: threading.Event | None = None,
     watch: StationWatch | None = None,
+    observers: Sequence[Observer] = (),
 ) -> LineRun:
     """Run a station on ``line`` until every item has passed; return what both sides saw.
     ``truth_names`` names the line's class indices when they are not the bundle's labels in
@@ -102,14 +104,16 @@ def sort_on_line(
     and returns what stops it. ``stop`` ends the line early: the items announced by then are
     decided and tallied, and the run reports them. ``watch`` (the drift watch and queue of
     unsure items) is offered every decided item; its alarms go to the event log, and its
-    ``drift`` and ``queue`` to the summary."""
+    ``drift`` and ``queue`` to the summary; ``observers`` are offered them too (a benchmark's
+    recorder)."""
     decisions: list[Decision] = []
     stop_beside: Callable[[], None] | None = None
     ports = {"controller": line.port("controller"), line.sensor: line.port(line.sensor)}
     try:
         # A simulated device waits REOPEN_S (0.3 s) after coming back before it talks: reopen well within it.
         with RunningStation(pipeline, ports, line.rig, station_config, event_log=event_log, reconnect_s=0.05,
-                            on_decision=decisions.append, observers=[watch] if watch else ()) as running:
+                            on_decision=decisions.append,
+                            observers=[*([watch] if watch else []), *observers]) as running:
             if watch is not None:
                 watch.attach(running.station.event_log).start()
             if beside is not None:

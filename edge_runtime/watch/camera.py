@@ -39,11 +39,12 @@ class ReferenceRegion:
 
 def view_statistics(view: ViewFrame, region: ReferenceRegion = ReferenceRegion()) -> np.ndarray:
     """STATISTICS of one view (``level_nir`` NaN without NIR)."""
-    rgb = region.cut(view.rgb)
-    levels = rgb.reshape(-1, 3).mean(axis=0)
-    nir = float(region.cut(view.nir).mean()) if view.nir is not None else np.nan
-    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
-    contrast = float(grey.std())
-    smooth = cv2.GaussianBlur(grey, (0, 0), 1.0)
-    sharpness = float(np.log((cv2.Laplacian(smooth, cv2.CV_32F).var() + 1e-6) / (contrast ** 2 + 1e-6)))
+    rgb = np.ascontiguousarray(region.cut(view.rgb))
+    levels = cv2.mean(rgb)[:3]
+    nir = cv2.mean(np.ascontiguousarray(region.cut(view.nir)))[0] if view.nir is not None else np.nan
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    contrast = float(cv2.meanStdDev(grey)[1][0, 0])
+    laplacian = cv2.Laplacian(cv2.GaussianBlur(grey, (0, 0), 1.0), cv2.CV_32F)
+    spread = float(cv2.meanStdDev(laplacian)[1][0, 0])
+    sharpness = float(np.log((spread ** 2 + 1e-6) / (contrast ** 2 + 1e-6)))
     return np.array([*levels, nir, contrast, sharpness], np.float64)

@@ -9,7 +9,8 @@ windows of the latest items (:mod:`.monitors`):
 - the items' pooled embeddings (the mean over views), on the reference's principal components:
   where the items sit on average (``embedding``);
 - each item's novelty: the distance of the head's scores for it (its logits, which weigh the
-  views and the sensor as the head does) to the ``neighbours``-th nearest reference item's, so
+  views and the sensor as the head does) to the ``neighbours``-th nearest reference item's (its
+  log), so
   that a share of things never seen (a product the catalog lacks) shows even when the average
   embedding hardly moves (``novelty``, on a rise only);
 - the rates of unsure, unknown and safe-exit decisions (paused lanes left out).
@@ -244,12 +245,14 @@ class DriftWatch:
             self._monitors = monitors
         self.references += 1
         log.info("drift watch: reference of %d items learnt at item %d; %d monitors", c.items, item_id, len(monitors))
-        self._emit({"event": "drift-reference", "item_id": item_id, "items": c.items, "monitors": len(monitors)})
+        self._emit({"event": "drift-reference", "at_item": item_id, "items": c.items, "monitors": len(monitors)})
 
     def _novelty(self, scores: np.ndarray) -> float:
+        """The log distance to the ``neighbours``-th nearest reference item (the log tames the
+        long tail that items of rare classes give it, so that window means are near normal)."""
         distances = np.linalg.norm(self._known - scores, axis=1)
         k = self.config.neighbours - 1
-        return float(np.partition(distances, k)[k])
+        return float(np.log(np.partition(distances, k)[k] + 1e-6))
 
     def _novelty_of_reference(self) -> np.ndarray:
         """Each reference item's novelty among the others (itself left out)."""
@@ -258,7 +261,7 @@ class DriftWatch:
         distances = np.sqrt(np.maximum(squared[:, None] + squared[None] - 2 * known @ known.T, 0))
         np.fill_diagonal(distances, np.inf)
         k = self.config.neighbours - 1
-        return np.partition(distances, k, axis=1)[:, k]
+        return np.log(np.partition(distances, k, axis=1)[:, k] + 1e-6)
 
     def _restart(self, item_id: int, why: str) -> None:
         self._mark.clear()

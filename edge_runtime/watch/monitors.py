@@ -6,16 +6,19 @@ embedding projected on the reference's first principal components and whitened (
 0.5 and 99.5 percentiles, so one occluded frame cannot swing a window). Then, every ``step``
 items, the mean ``m`` of the latest ``window`` items gives
 
-    T = mᵀ Σ⁻¹ m / (1/W + 1/N)    (W window items, N reference items)
+    T = mᵀ Σ⁻¹ m / (φ (1/W + 1/N))    (W window items, N reference items)
 
 which is χ²(d) while the line is as it was (the window mean's variance plus the reference mean's
-own error). An alarm is raised when T passes the χ²(d) quantile at one look's share of the
-false-alarm budget (``step`` items' worth: overlapping windows are counted as if independent,
-which errs towards silence), and clears when T has stayed below its median for
-``clear_blocks`` looks. Rates (unsure, unknown, safe-exit decisions) are counts in windows: one-sided exact
-binomial tails against the reference rate's 97.5 % upper bound (Jeffreys), so a rate estimated
-from few reference items errs towards silence. A one-sided monitor (the items' novelty) alarms on
-a rise only, at the same false-alarm probability.
+own error). Items on a line are not independent draws: fruit come in lots, products in runs, so
+means over a window wander more than σ²/W says. φ ≥ 1 measures that in the reference itself: the
+variance of the means of its consecutive blocks of ``BATCH`` items against what independent items
+would give (batch means; capped at PHI_MAX). An alarm is raised when T passes the χ²(d)
+quantile at one look's share of the false-alarm budget (``step`` items' worth: overlapping
+windows are counted as if independent, which errs towards silence), and clears when T has stayed
+below its median for ``clear_blocks`` looks. Rates (unsure, unknown, safe-exit decisions) are
+counts in windows: one-sided exact binomial tails against the reference rate's 97.5 % upper
+bound (Jeffreys), so a rate estimated from few reference items errs towards silence. A one-sided
+monitor (the items' novelty) alarms on a rise only, at the same false-alarm probability.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+BATCH = 50  # items per block of the reference when φ is measured
+PHI_MAX = 25.0
 CLEAR_QUANTILE = 0.5  # an alarm clears once the statistic is back to its typical (median) size
 
 
@@ -40,6 +45,7 @@ class Reference:
     count: int
     components: np.ndarray | None = None  # k×D: for embeddings, the projection before whitening
     centre: np.ndarray | None = None  # D: the embeddings' mean
+    phi: float = 1.0  # how much more window means wander than independent items' would
 
     @classmethod
     def fit(cls, values: np.ndarray, components: int | None = None, floor: float = 1e-6) -> Reference:
@@ -59,13 +65,23 @@ class Reference:
         cov = np.atleast_2d(np.cov(clipped, rowvar=False))
         w, v = np.linalg.eigh(cov)
         whiten = v @ np.diag(1 / np.sqrt(np.maximum(w, floor ** 2))) @ v.T
-        return cls(mean, low, high, whiten, len(values), basis, centre)
+        return cls(mean, low, high, whiten, len(values), basis, centre, _phi((clipped - mean) @ whiten))
 
     def project(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, np.float64)
         if self.components is not None:
             values = (values - self.centre) @ self.components.T
         return values
+
+
+def _phi(whitened: np.ndarray) -> float:
+    """Batch means: the variance of consecutive blocks' means (whitened, averaged over
+    dimensions) times the block size; 1 for independent items, more for items that come in runs."""
+    blocks = len(whitened) // BATCH
+    if blocks < 4:
+        return 1.0
+    means = whitened[:blocks * BATCH].reshape(blocks, BATCH, -1).mean(axis=1)
+    return float(np.clip(means.var(axis=0, ddof=1).mean() * BATCH, 1.0, PHI_MAX))
 
 
 @dataclass
@@ -142,7 +158,7 @@ class BlockMonitor:
         if not self.window.add(np.clip(r.project(value[None])[0], r.low, r.high)):
             return None
         z = r.whiten @ (np.mean(self.window.values, axis=0) - r.mean)
-        self.last = float(z @ z / (1 / self.window.size + 1 / r.count))
+        self.last = float(z @ z / (r.phi * (1 / self.window.size + 1 / r.count)))
         if self.one_sided and z.sum() < 0:
             self.last = 0.0
         return self.latch.judge(self.last > self.threshold, self.last < stats.chi2.ppf(CLEAR_QUANTILE, self.dof))

@@ -82,7 +82,7 @@ async function refreshWatch() {
   banner.hidden = !d.active.length;
   fill(banner, d.active.flatMap((a, i) => [...(i ? [el("br")] : []), ...alarmText(a)]));
   $("drift-state").textContent = !d.enabled ? "no drift watch on this station"
-    : d.watching ? `${d.monitors.length} statistics watched, ${d.active.length} alarms up, ${d.alarms.length} this run`
+    : d.watching ? `${d.monitors.length} statistics watched; alarms: ${d.active.length} up, ${d.alarms.length} this run`
     : `learning the reference: ${d.reference_items} of ${d.reference_needed} items`;
   const [, q] = await get("/api/queue");
   queueClasses = q.classes;

@@ -1,0 +1,244 @@
+"""The drift watch and the queue of unsure items against issue 30's targets, on the simulated line.
+
+    python benchmarks/drift.py delays --bundle AVOCADO --checkout-bundle CHECKOUT --seeds 5
+    python benchmarks/drift.py soak --bundle AVOCADO --items 100000
+    python benchmarks/drift.py overhead --bundle AVOCADO
+    python benchmarks/drift.py adapt --bundle AVOCADO --seeds 5
+
+- ``delays``: each shift (blur:1, nir-gain, light, cultivar on the avocado line; product on the
+  checkout) injected at item 2,000 of a line of 3,000 at 100 items/s, per seed: the first alarm
+  after the shift, its delay in items, whether its kind (and camera) is right, and any alarm
+  before the shift (a false one).
+- ``soak``: a stable line of ``--items`` items at 100 items/s with the thresholds as shipped:
+  alarms (all false), the queue folder's largest size against its cap, and the resident memory.
+- ``overhead``: decision p99 at 8 lanes × 15 items/s with the watch and queue on and off, runs
+  alternated in one process.
+- ``adapt``: after ``cultivar@2000``, 50 items labelled from the queue's ranking (entries of items
+  2,000-2,999) against 50 picked at random from the same span; each set added to a copy of the
+  bundle's examples and the head refitted; MCC on items 3,000-3,999 (mean over seeds).
+
+Bundles: the avocado one from ``sortline demo`` (its default bundle: SimCLR ResNet-10, taps), the
+checkout one from ``sortline demo --scenario checkout``. ``--results`` writes
+benchmarks/results/drift_<part>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from machine import cpu_name  # benchmarks/machine.py
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+SHIFTS = ("blur:1", "nir-gain", "light", "cultivar", "product")
+AT = 2000
+
+
+def line_seeds(count: int) -> list[int]:
+    """Worlds the demo bundles never saw: ``sortline demo --seed S`` pretrains on world 10·S+1 and
+    fits its head on the first 600 items of world 10·S+2 (a line of those would replay the head's
+    own training items); 10·k+3 are line worlds."""
+    return [10 * k + 3 for k in range(count)]
+
+
+def _run(bundle: Path, scenario: str, seed: int, items: int, rate: float, shift: str | None, lanes: int = 1,
+         watch=None, observers=()):
+    from sortline.edge_runtime.hil.runs import make_scenario, sort_on_simulated_line
+    from sortline.edge_runtime.model.pipeline import ItemPipeline
+    from sortline.hardware.sim.line import LineConfig
+    from sortline.hardware.sim.shifts import Shift
+
+    pipeline = ItemPipeline.for_station(bundle)
+    line = make_scenario(scenario, seed, shift=Shift.parse(f"{shift}@{AT}") if shift else None)
+    config = LineConfig(items=items, seed=seed, pitch_ms=1000 / rate, lanes=lanes)
+    return sort_on_simulated_line(pipeline, config, line, progress=False, watch=watch, observers=observers)
+
+
+def _watch(queue: Path | None = None, per_hour: int = 120):
+    from sortline.edge_runtime.watch import DriftConfig, QueueConfig, StationWatch
+
+    return StationWatch.build(DriftConfig(), QueueConfig(queue, per_hour=per_hour) if queue else None)
+
+
+def _right(shift: str, alarm: dict) -> bool:
+    kind = shift.split(":")[0]
+    if kind in ("cultivar", "product"):
+        return alarm["kind"] == "items"
+    if alarm["kind"] != "camera":
+        return False
+    if kind == "blur":
+        return alarm["camera"] == int(shift.split(":")[1]) and alarm["statistic"] in ("sharpness", "contrast")
+    return alarm["statistic"] == ("level_nir" if kind == "nir-gain" else "level_r") or \
+        (kind == "light" and alarm["statistic"].startswith("level_"))
+
+
+def delays(args: argparse.Namespace) -> dict:
+    rows = []
+    for shift in SHIFTS:
+        scenario, bundle = ("checkout", args.checkout_bundle) if shift == "product" else ("avocado", args.bundle)
+        for seed in line_seeds(args.seeds):
+            run = _run(bundle, scenario, seed, args.items, args.rate, shift, watch=_watch())
+            alarms = run.summary["drift"]["alarms"]
+            before = [a for a in alarms if a["at_item"] < AT]
+            after = [a for a in alarms if a["at_item"] >= AT]
+            first = after[0] if after else None
+            rows.append({"shift": shift, "seed": seed, "delay": first["at_item"] - AT if first else None,
+                         "right": bool(first) and _right(shift, first), "first": first, "false_before": len(before),
+                         "alarms_after": len(after), "mcc": run.summary["mcc"]})
+            said = first and (first["kind"], first["statistic"], first["camera"])
+            print(f"{shift:9s} seed {seed}: first alarm {said} after {rows[-1]['delay']} items; "
+                  f"{len(before)} before the shift", flush=True)
+    table = ["| shift | delay median (items) | delay max | kind/camera right | false alarms before the shift |",
+             "|---|---:|---:|---|---:|"]
+    for shift in SHIFTS:
+        mine = [r for r in rows if r["shift"] == shift]
+        found = [r["delay"] for r in mine if r["delay"] is not None]
+        median, worst = (statistics.median(found), max(found)) if found else ("—", "—")
+        table.append(f"| {shift}@{AT} | {median} | {worst} | "
+                     f"{sum(r['right'] for r in mine)}/{len(mine)} | {sum(r['false_before'] for r in mine)} |")
+    return {"rows": rows, "table": "\n".join(table)}
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def soak(args: argparse.Namespace) -> dict:
+    queue = Path(tempfile.mkdtemp(prefix="sortline-drift-soak-")) / "queue"
+    watch = _watch(queue)
+    cap_mb = watch.queue.config.max_mb
+    samples: list[tuple[float, float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        start = time.monotonic()
+        while not done.wait(5.0):
+            samples.append((time.monotonic() - start, _rss_mb(), _folder_mb(queue)))
+
+    threading.Thread(target=sample, daemon=True).start()
+    run = _run(args.bundle, "avocado", 53, args.items, args.rate, None, watch=watch)
+    done.set()
+    warm = [s for s in samples if s[0] > samples[-1][0] * 0.1] if samples else []
+    result = {"items": args.items, "alarms": run.summary["drift"]["alarms"], "queue": run.summary["queue"],
+              "queue_mb_max": round(max((s[2] for s in samples), default=0.0), 2), "queue_cap_mb": cap_mb,
+              "rss_mb_after_warmup": round(warm[0][1], 1) if warm else None,
+              "rss_mb_end": round(samples[-1][1], 1) if samples else None,
+              "watch": {k: run.summary["drift"][k] for k in ("offered", "watched", "sampled_out", "busy_ms_per_item")},
+              "latency_ms_p99": run.summary["latency_ms_p99"], "lost": run.summary["lost"],
+              "duplicates": run.summary["duplicates"]}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def overhead(args: argparse.Namespace) -> dict:
+    runs = {"on": [], "off": []}
+    for rep in range(args.repeats):
+        for mode in (("on", "off") if rep % 2 == 0 else ("off", "on")):
+            queue = Path(tempfile.mkdtemp(prefix="sortline-drift-p99-")) / "queue" if mode == "on" else None
+            run = _run(args.bundle, "avocado", 63, args.items, 120.0, None, lanes=8,
+                       watch=_watch(queue) if mode == "on" else None)
+            s = run.summary
+            runs[mode].append({"p99": s["latency_ms_p99"], "p50": s["latency_ms_p50"], "overload": s["overload"],
+                               "late": s["deadline_misses"], "sampled_out": s["drift"].get("sampled_out", 0)})
+            print(mode, runs[mode][-1], flush=True)
+    p99 = {mode: statistics.median(r["p99"] for r in rs) for mode, rs in runs.items()}
+    return {"runs": runs, "p99_median": p99, "ratio": round(p99["on"] / p99["off"], 3)}
+
+
+class Recorder:
+    """Every observed item's features and truth (an Observer beside the watch)."""
+
+    def __init__(self) -> None:
+        self.items: dict[int, np.ndarray] = {}
+
+    def offer(self, item) -> None:
+        if item.embeddings is not None:
+            self.items[item.item_id] = item.pipeline.features(item.item_id, item.embeddings, item.readings)
+
+
+def adapt(args: argparse.Namespace) -> dict:
+    from sklearn.metrics import matthews_corrcoef
+
+    from sortline.edge_runtime.learning.enroll import Enroller
+    from sortline.edge_runtime.model.bundle import load_bundle
+    from sortline.hardware.sim.avocado import CLASSES
+
+    rows = []
+    for seed in line_seeds(args.seeds):
+        work = Path(tempfile.mkdtemp(prefix="sortline-drift-adapt-"))
+        recorder = Recorder()
+        watch = _watch(work / "queue", per_hour=100_000)  # a simulated hour is seconds: no hourly cap here
+        run = _run(args.bundle, "avocado", seed, 4000, args.rate, "cultivar", watch=watch, observers=[recorder])
+        truth = run.truth
+        span = [i for i in range(AT, AT + 1000) if i in recorder.items]
+        test = [i for i in range(AT + 1000, AT + 2000) if i in recorder.items]
+        ranked = [e for e in watch.queue.ranked() if AT <= e.item_id < AT + 1000][:50]
+        picks = {"queue": [e.item_id for e in ranked], "random": random.Random(seed).sample(span, 50)}
+        bundle = load_bundle(args.bundle)
+        x_test = np.array([recorder.items[i] for i in test])
+        y_test = [truth[i] for i in test]
+        base = matthews_corrcoef(y_test, bundle.load_head().predict_proba(x_test).argmax(axis=1))
+        row = {"seed": seed, "before": round(float(base), 4), "queue_found": len(ranked)}
+        for name, ids in picks.items():
+            with Enroller(bundle, work / f"{name}.sqlite") as enroller:
+                for i in ids:
+                    enroller.add(CLASSES[truth[i]], recorder.items[i][None], f"{name}:{i}")
+                enroller.refit(force=True)
+                head = enroller.classifier().head
+            predicted = [CLASSES.index(head.labels[k]) for k in head.predict_proba(x_test).argmax(axis=1)]
+            row[name] = round(float(matthews_corrcoef(y_test, predicted)), 4)
+            row[f"{name}_defects"] = sum(truth[i] != 0 for i in ids)
+        rows.append(row)
+        print(row, flush=True)
+    mean = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("before", "queue", "random")}
+    return {"rows": rows, "mean": mean, "gain_queue": round(mean["queue"] - mean["before"], 4),
+            "gain_random": round(mean["random"] - mean["before"], 4)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=["delays", "soak", "overhead", "adapt"])
+    parser.add_argument("--bundle", type=Path, required=True, help="the avocado demo bundle")
+    parser.add_argument("--checkout-bundle", type=Path, help="the checkout demo bundle (delays: the product shift)")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--items", type=int, help="items per run (delays 3000, soak 100000, overhead 6000)")
+    parser.add_argument("--rate", type=float, default=100.0, help="items per second (delays, soak, adapt)")
+    parser.add_argument("--repeats", type=int, default=2, help="overhead: runs with the watch on and off each")
+    parser.add_argument("--results", action="store_true")
+    args = parser.parse_args()
+    args.items = args.items or {"delays": 3000, "soak": 100_000, "overhead": 6000, "adapt": 4000}[args.part]
+    started = time.time()
+    result = {"delays": delays, "soak": soak, "overhead": overhead, "adapt": adapt}[args.part](args)
+    result.update(cpu=cpu_name(), seconds=round(time.time() - started), args={k: str(v) for k, v in vars(args).items()},
+                  cores=os.cpu_count())
+    if "table" in result:
+        print(result["table"])
+    if args.results:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"drift_{args.part}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        md = [f"# Drift watch: {args.part}", "", f"CPU: {result['cpu']}, {result['cores']} cores; "
+              f"{result['seconds']} s; `python benchmarks/drift.py {args.part}`", ""]
+        md.append(result.get("table") or "```\n" + json.dumps({k: v for k, v in result.items() if k != "rows"},
+                                                            indent=1, default=str) + "\n```")
+        (RESULTS / f"drift_{args.part}.md").write_text("\n".join(md) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
