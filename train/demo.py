@@ -194,8 +194,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     public_key = public_key_path(key)
     pipeline = ItemPipeline.for_station(bundle, threads=cfg.threads, runtime=cfg.runtime, public_key=public_key)
     on_line = scenarios["line"]
-    if cfg.shift is not None:
-        on_line = shifted_scenario(on_line, cfg.shift, min(cfg.items, DISTINCT_ITEMS))
+    if cfg.shift is not None:  # up to 5,000 distinct items: a repeat of a reference item would hide novelty
+        on_line = shifted_scenario(on_line, cfg.shift, min(cfg.items, 5 * DISTINCT_ITEMS))
     # SIGINT or SIGTERM (a service manager's stop) ends the line early, as `sortline serve` stops:
     # the items already announced are decided, and the summary is written.
     with until_signalled() as stop:

@@ -1,9 +1,11 @@
 """The queue of unsure items: the items a person's label is worth most on, kept with their frames.
 
 An item is a candidate when the head was unsure of it (``unsure``), found it far from every class
-(``unknown``), gave its two best classes close probabilities (``margin``), or would have named
-another class from some of its views alone (``views-disagree``). Its uncertainty is 1 for an
-unknown item, else ``max(1 - margin, share of disagreeing views / 2)``.
+(``unknown``), gave its two best classes close probabilities (``margin``), would have named
+another class from some of its views alone (``views-disagree``), or looks unlike every item of
+the drift watch's reference (``novel``: its strangeness, ``drift.Strangeness``, at least NOVEL_Z).
+Its uncertainty is 1 for an unknown item, else ``max(1 - margin, share of disagreeing views / 2,
+strangeness / (2 NOVEL_Z))``, at most 1.
 
 The queue is a folder, one sub-folder an item (``<item>-<time>/``: ``item.json``, the views as
 ``v<k>.rgb.png`` and ``v<k>.nir.png``, the head's features ``features.npy`` and the pooled
@@ -14,11 +16,13 @@ and nothing is written while the disk has less than ``reserve_mb`` free. A candi
 repeats an item already queued (its pooled embedding as close as a repeat) takes its place only
 when it is more uncertain. What is not kept is counted.
 
-:meth:`UnsureQueue.ranked` orders the queue by uncertainty and diversity: the most uncertain
-first, then each next the one whose uncertainty times its distance to those already ranked
-(relative to the queue's typical spacing, at most 1) is largest, so that fifty look-alikes do not
-fill the top. Labels given (:meth:`UnsureQueue.label`, the operator page, ``sortline queue label``)
-are kept in the item's ``item.json`` and become examples in the enrollment store.
+:meth:`UnsureQueue.ranked` orders the queue by uncertainty and diversity: the unlabelled items
+are grouped (k-means on their pooled embeddings, up to 50 groups), and the ranking takes one
+item from each group in turn, larger and more uncertain groups first, the most uncertain (then
+the most typical) item of a group first; so fifty look-alikes are one group and take one place
+at the top, and the top fifty span what the queue holds. Labels given (:meth:`UnsureQueue.label`,
+the operator page, ``sortline queue label``) are kept in the item's ``item.json`` and become
+examples in the enrollment store.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from sklearn.cluster import KMeans
 
 from sortline.edge_runtime.errors import ConfigError, SortlineError
 from sortline.edge_runtime.learning.store import check_label
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 ITEM_FILE = "item.json"
 KEY = re.compile(r"^\d{1,10}-\d{8}T\d{6}\d{0,6}$")
 MAX_ITEM_JSON = 1 << 20
+NOVEL_Z = 3.0  # strangeness (in the reference's own deviations) from which an item is novel
+RANK_GROUPS = 50  # clusters the ranking draws from in turn
 REPEAT_SHARE = 0.05  # closer than this share of the queue's spacing: a repeat of a queued item
 SPACING_EVERY = 32
 
@@ -93,7 +100,7 @@ class Entry:
                 "views": self.decision.get("views", []), "hour": self.hour}
 
 
-def assess(item: ObservedItem, margin: float) -> tuple[list[str], float] | None:
+def assess(item: ObservedItem, margin: float, strangeness: float | None = None) -> tuple[list[str], float] | None:
     """Why the item is worth a label, and how uncertain it is; None when it is not."""
     d = item.decision
     if d.label is None or item.embeddings is None or not d.probabilities:
@@ -111,9 +118,14 @@ def assess(item: ObservedItem, margin: float) -> tuple[list[str], float] | None:
         disagreeing = 0.0
     if disagreeing:
         reasons.append("views-disagree")
+    novel = strangeness is not None and strangeness >= NOVEL_Z
+    if novel:
+        reasons.append("novel")
     if not reasons:
         return None
-    return reasons, 1.0 if d.reason == UNKNOWN else max(1.0 - gap, disagreeing / 2)
+    if d.reason == UNKNOWN:
+        return reasons, 1.0
+    return reasons, min(1.0, max(1.0 - gap, disagreeing / 2, strangeness / (2 * NOVEL_Z) if novel else 0.0))
 
 
 class UnsureQueue:
@@ -124,6 +136,7 @@ class UnsureQueue:
         self.config = config
         self.folder = Path(config.folder)
         self.on_label = on_label  # (label, features, source): into the enrollment store
+        self.strangeness: Callable[[ObservedItem], float | None] | None = None  # the drift watch's
         self.clock = clock
         self.kept = 0  # written by this process
         self.dropped: dict[str, int] = {"hourly": 0, "repeat": 0, "disk": 0, "cap": 0, "write": 0}
@@ -147,7 +160,7 @@ class UnsureQueue:
     # --- the watch's thread -----------------------------------------------------------------------
 
     def take(self, item: ObservedItem) -> None:
-        judged = assess(item, self.config.margin)
+        judged = assess(item, self.config.margin, self.strangeness(item) if self.strangeness else None)
         if judged is None:
             return
         reasons, uncertainty = judged
@@ -350,26 +363,26 @@ def _unit(vector: np.ndarray) -> np.ndarray:
 
 
 def _rank(entries: list[Entry]) -> list[str]:
+    """Unlabelled entries grouped into up to RANK_GROUPS clusters of their pooled embeddings
+    (k-means); each round takes one item from each cluster, the clusters in order of their size
+    times their mean uncertainty, and within a cluster the most uncertain first (ties: the one
+    nearest the cluster's centre, the most typical). Then the labelled entries."""
     todo = [e for e in entries if e.label is None]
     done = [e.key for e in entries if e.label is not None]
-    if not todo:
-        return done
+    if len(todo) < 2:
+        return [e.key for e in todo] + done
     pooled = np.array([e.pooled for e in todo])
     uncertainty = np.array([e.uncertainty for e in todo])
-    distances = 1 - pooled @ pooled.T
-    np.fill_diagonal(distances, np.inf)
-    spacing = max(float(np.median(distances.min(axis=1))) if len(todo) > 2 else 1.0, 1e-9)
-    np.fill_diagonal(distances, 0)
-    order = [int(uncertainty.argmax())]
-    nearest = distances[order[0]].copy()
-    left = np.ones(len(todo), bool)
-    left[order[0]] = False
-    while left.any():
-        score = np.where(left, uncertainty * np.minimum(1.0, nearest / spacing), -np.inf)
-        pick = int(score.argmax())
-        order.append(pick)
-        left[pick] = False
-        nearest = np.minimum(nearest, distances[pick])
+    groups = min(RANK_GROUPS, len(todo))
+    kmeans = KMeans(groups, n_init=3, random_state=0).fit(pooled)
+    spread = np.linalg.norm(pooled - kmeans.cluster_centers_[kmeans.labels_], axis=1)
+    members = []
+    for g in range(groups):
+        inside = np.flatnonzero(kmeans.labels_ == g)
+        inside = inside[np.lexsort((spread[inside], -np.round(uncertainty[inside], 1)))]
+        members.append((len(inside) * float(uncertainty[inside].mean()), list(inside)))
+    members.sort(key=lambda m: -m[0])
+    order = [m[1][r] for r in range(max(len(m[1]) for m in members)) for m in members if r < len(m[1])]
     return [todo[i].key for i in order] + done
 
 

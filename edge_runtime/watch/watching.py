@@ -30,6 +30,8 @@ class StationWatch:
               on_label: Callable[[str, np.ndarray, str], None] | None = None) -> StationWatch:
         watch = DriftWatch(drift, events) if drift is not None else None
         unsure = UnsureQueue(queue, on_label) if queue is not None else None
+        if watch is not None and unsure is not None:
+            unsure.strangeness = watch.strangeness_of  # the queue runs after the watch, on its thread
         return cls(ItemWatch([c for c in (watch, unsure) if c is not None]), watch, unsure)
 
     def attach(self, event_log: EventLog,
