@@ -50,7 +50,7 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
             control = StationControl(running, pipeline, enroller, watcher, ready, started=time.monotonic(),
                                      unsigned_allowed=station_file.unsigned_allowed, watch=watch)
             if watch is not None:
-                watch.attach(running.station.event_log, control.add_example).start()
+                watch.attach(running.station, control.add_example).start()
             control.reload = functools.partial(_reload, control, station_file, bundle)
             if station_file.api.enabled:
                 from .api import serve_api

@@ -115,7 +115,7 @@ def sort_on_line(
                             on_decision=decisions.append,
                             observers=[*([watch] if watch else []), *observers]) as running:
             if watch is not None:
-                watch.attach(running.station.event_log).start()
+                watch.attach(running.station).start()
             if beside is not None:
                 stop_beside = beside(running)
             start = time.monotonic()
@@ -123,6 +123,8 @@ def sort_on_line(
             _follow(line, "sorting", progress, stop)
             tally = line.wait()
             wall_s = time.monotonic() - start
+            if watch is not None:
+                watch.items.drain()  # its alarms reach the event log before the station closes it
             running.stop()
             station = running.station
     finally:
@@ -131,19 +133,31 @@ def sort_on_line(
         if stop_beside is not None:
             stop_beside()
         line.stop()
+    truth = _truth(line, pipeline, truth_names)
+    summary = _summary(pipeline, station, decisions, truth, tally, wall_s)
+    summary.update(watch.summary() if watch is not None else StationWatch.off())
+    return LineRun(tally, station.stats, decisions, truth, wall_s, summary)
+
+
+def _truth(line: Line, pipeline: ItemPipeline, truth_names: Sequence[str] | None) -> dict[int, int]:
+    """Each item's true class index into the bundle's labels (len(labels): a class it lacks)."""
     truth = {i: label for i in line.item_ids if (label := line.truth(i)) is not None}
     if truth_names is not None:  # by name; a class the head does not know counts as a wrong answer
         labels = list(pipeline.labels)
         position = [labels.index(name) if name in labels else len(labels) for name in truth_names]
         truth = {i: position[label] if 0 <= label < len(position) else len(labels) for i, label in truth.items()}
+    return truth
+
+
+def _summary(pipeline: ItemPipeline, station, decisions: list[Decision], truth: dict[int, int], tally: LineTally,
+             wall_s: float) -> dict:
     observed = station.observed_faults()
     summary = summarize(decisions, truth, pipeline.labels, pipeline.policy, tally, station.stats, wall_s,
                         faults={k: v for k, v in observed.items() if k not in REPORTED_ONLY})
     summary["faults_injected"] = {kind: tally.injected.get(kind, 0) for kind in summary["faults"]}
     summary["rejected_input"] = {k: observed[k] for k in REPORTED_ONLY}  # hostile or broken devices
     summary["runtime"] = f"{pipeline.embedder.name}/{pipeline.embedder.threads or 'default'}"
-    summary.update(watch.summary() if watch is not None else StationWatch.off())
-    return LineRun(tally, station.stats, decisions, truth, wall_s, summary)
+    return summary
 
 
 def sort_on_simulated_line(pipeline: ItemPipeline, line_config: LineConfig, scenario: Scenario | None = None,

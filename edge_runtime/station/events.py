@@ -59,7 +59,8 @@ class EventLog:
         stamped = {"utc": datetime.now(UTC).isoformat(timespec="milliseconds"), **record}
         line = json.dumps(stamped) + "\n"
         with self._lock:
-            self._write(line)
+            if self._file is not None:  # closed meanwhile (a watcher's line after the loop ended)
+                self._write(line)
 
     def _write(self, line: str) -> None:
         try:
@@ -76,8 +77,10 @@ class EventLog:
                 log.error("event log %s: %s (further errors are only counted)", self.path, exc)
 
     def close(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                self.errors += 1
+        with self._lock:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError:
+                    self.errors += 1
+                self._file = None

@@ -5,7 +5,8 @@ for its own thread, or drops it; the loop never waits for it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,3 +37,27 @@ class Observer(Protocol):
     def offer(self, item: ObservedItem) -> None:
         """Take the item for later, or drop it; never block."""
         ...
+
+
+BUSY_AFTER_SHED_S = 1.0  # a station counts as busy this long after it shed an item
+
+
+class Busy:
+    """Whether a station is behind its line: a full batch waiting in its flow, or an item shed in
+    the last second. Watchers beside the line stand aside while it is."""
+
+    def __init__(self, shed: Callable[[], int], waiting: Callable[[], int], batch: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.shed, self.waiting, self.batch, self.clock = shed, waiting, batch, clock
+        self._seen = (0, -1e9)  # the shed count, and when it last rose
+
+    @classmethod
+    def of(cls, station) -> Busy:
+        """For a :class:`~sortline.edge_runtime.station.loop.Station`."""
+        return cls(lambda: station.stats.overload, lambda: station.flow.depth, station.flow.max_batch)
+
+    def __call__(self) -> bool:
+        shed, now = self.shed(), self.clock()
+        if shed != self._seen[0]:
+            self._seen = (shed, now)
+        return self.waiting() >= self.batch or now - self._seen[1] < BUSY_AFTER_SHED_S

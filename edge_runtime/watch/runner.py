@@ -12,13 +12,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sortline.edge_runtime.station.observers import ObservedItem
 
 log = logging.getLogger(__name__)
 INBOX = 256
+BUDGET = 0.2  # the share of one core the watch may use
 
 
 class Consumer(Protocol):
@@ -28,8 +29,13 @@ class Consumer(Protocol):
 class ItemWatch:
     """Runs ``consumers`` on each offered item, in order, on one thread of its own."""
 
-    def __init__(self, consumers: Sequence[Consumer], inbox: int = INBOX) -> None:
+    def __init__(self, consumers: Sequence[Consumer], inbox: int = INBOX, budget: float = BUDGET,
+                 busy: Callable[[], bool] | None = None) -> None:
+        if not 0 < budget <= 1:
+            raise ValueError(f"watch budget {budget}: a share of one core in (0, 1]")
         self.consumers = tuple(consumers)
+        self.budget = budget
+        self.busy = busy  # the station is behind: take nothing
         self._inbox: queue.Queue[ObservedItem] = queue.Queue(maxsize=inbox)
         self.offered = 0
         self.watched = 0
@@ -37,6 +43,7 @@ class ItemWatch:
         self.errors = 0
         self.busy_s = 0.0  # time spent on items
         self._stop = threading.Event()
+        self._draining = threading.Event()
         self._thread: threading.Thread | None = None
 
     def offer(self, item: ObservedItem) -> None:
@@ -52,10 +59,15 @@ class ItemWatch:
         return self
 
     def drain(self, timeout_s: float = 10.0) -> None:
-        """Wait until the items offered so far are watched (the end of a run)."""
+        """Wait until the items offered so far are watched (the end of a run: the watch no longer
+        rests between items, the line having passed)."""
+        self._draining.set()
         limit = time.monotonic() + timeout_s
         while self._inbox.unfinished_tasks and time.monotonic() < limit:
             time.sleep(0.01)
+        if self._inbox.unfinished_tasks:
+            log.warning("the watch had %d items left when its time to catch up ran out",
+                        self._inbox.unfinished_tasks)
 
     def stop(self) -> None:
         self._stop.set()
@@ -74,6 +86,10 @@ class ItemWatch:
                 item = self._inbox.get(timeout=0.1)
             except queue.Empty:
                 continue
+            if self.busy is not None and not self._draining.is_set() and self.busy():
+                self.sampled_out += 1
+                self._inbox.task_done()
+                continue
             started = time.perf_counter()
             for consumer in self.consumers:
                 try:
@@ -82,6 +98,9 @@ class ItemWatch:
                     self.errors += 1
                     if self.errors == 1 or self.errors % 1000 == 0:
                         log.exception("watching item %s failed (#%d)", item.item_id, self.errors)
-            self.busy_s += time.perf_counter() - started
+            spent = time.perf_counter() - started
+            self.busy_s += spent
             self.watched += 1
             self._inbox.task_done()
+            if not self._draining.is_set():
+                self._stop.wait(spent * (1 / self.budget - 1))  # rest: the line's threads come first

@@ -56,6 +56,7 @@ ITEM_FILE = "item.json"
 KEY = re.compile(r"^\d{1,10}-\d{8}T\d{6}\d{0,6}$")
 MAX_ITEM_JSON = 1 << 20
 NOVEL_Z = 3.0  # strangeness (in the reference's own deviations) from which an item is novel
+FAST_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # lossless still; a third of the default's time
 RANK_GROUPS = 50  # clusters the ranking draws from in turn
 REPEAT_SHARE = 0.05  # closer than this share of the queue's spacing: a repeat of a queued item
 SPACING_EVERY = 32
@@ -144,6 +145,7 @@ class UnsureQueue:
         self._entries: dict[str, Entry] = {}
         self._ranked: list[str] | None = None
         self._spacing_at: tuple[int, float] | None = None  # (kept, spacing) when last measured
+        self._matrix: tuple[list[Entry], np.ndarray] | None = None
         self._lock = threading.Lock()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._load()
@@ -184,15 +186,15 @@ class UnsureQueue:
             if isinstance(out, str) and out in self._entries:
                 self._remove(out)
             self._entries[entry.key] = entry
-            self._ranked = None
+            self._ranked = self._matrix = None
             self.kept += 1
             self._trim()
 
     def _make_room(self, hour: int, uncertainty: float, pooled: np.ndarray) -> str | bool:
         """Whether a candidate may be kept: True, False (dropped), or the key it replaces."""
-        unlabelled = [e for e in self._entries.values() if e.label is None]
+        unlabelled, matrix = self._unlabelled()
         if unlabelled:
-            distances = 1 - np.array([e.pooled for e in unlabelled]) @ pooled
+            distances = 1 - matrix @ pooled
             nearest = int(distances.argmin())
             if distances[nearest] < max(1e-4, REPEAT_SHARE * self._spacing()):
                 self._drop("repeat")
@@ -209,6 +211,13 @@ class UnsureQueue:
             return weakest.key
         self._drop("hourly")
         return False
+
+    def _unlabelled(self) -> tuple[list[Entry], np.ndarray]:
+        """The unlabelled entries and their pooled embeddings as rows (kept until the queue changes)."""
+        if self._matrix is None:
+            entries = [e for e in self._entries.values() if e.label is None]
+            self._matrix = (entries, np.array([e.pooled for e in entries]))
+        return self._matrix
 
     def _spacing(self) -> float:
         """The median distance of a queued item to its nearest neighbour (0 with fewer than 3),
@@ -247,7 +256,7 @@ class UnsureQueue:
 
     def _remove(self, key: str) -> None:
         self._entries.pop(key, None)
-        self._ranked = None
+        self._ranked = self._matrix = None
         shutil.rmtree(self.folder / key, ignore_errors=True)
 
     # --- reading back -----------------------------------------------------------------------------
@@ -306,7 +315,7 @@ class UnsureQueue:
             tmp.write_text(json.dumps(record), encoding="utf-8")
         with self._lock:
             entry.label = label
-            self._ranked = None
+            self._ranked = self._matrix = None
         return entry
 
 
@@ -343,9 +352,9 @@ def write_entry(folder: Path, key: str, item: ObservedItem, hour: int, reasons: 
         staging.mkdir()
         for k, view in enumerate(item.views):
             if view is not None:
-                cv2.imwrite(str(staging / f"v{k}.rgb.png"), cv2.cvtColor(view.rgb, cv2.COLOR_RGB2BGR))
+                cv2.imwrite(str(staging / f"v{k}.rgb.png"), cv2.cvtColor(view.rgb, cv2.COLOR_RGB2BGR), FAST_PNG)
                 if view.nir is not None:
-                    cv2.imwrite(str(staging / f"v{k}.nir.png"), view.nir)
+                    cv2.imwrite(str(staging / f"v{k}.nir.png"), view.nir, FAST_PNG)
         np.save(staging / "features.npy", item.pipeline.features(item.item_id, item.embeddings, item.readings))
         np.save(staging / "pooled.npy", pooled)
         (staging / ITEM_FILE).write_text(json.dumps(record), encoding="utf-8")

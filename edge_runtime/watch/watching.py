@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sortline.edge_runtime.station.events import EventLog
-from sortline.edge_runtime.station.observers import ObservedItem
+from sortline.edge_runtime.station.loop import Station
+from sortline.edge_runtime.station.observers import Busy, ObservedItem
 
 from .drift import DriftConfig, DriftWatch
 from .runner import ItemWatch
@@ -34,10 +34,12 @@ class StationWatch:
             unsure.strangeness = watch.strangeness_of  # the queue runs after the watch, on its thread
         return cls(ItemWatch([c for c in (watch, unsure) if c is not None]), watch, unsure)
 
-    def attach(self, event_log: EventLog,
+    def attach(self, station: Station,
                on_label: Callable[[str, np.ndarray, str], None] | None = None) -> StationWatch:
-        """Write the drift watch's alarms to the station's event log; queue labels to ``on_label``
-        (the enrollment store), when given."""
+        """Watch ``station``: the drift watch's alarms to its event log, nothing taken while it is
+        busy; queue labels to ``on_label`` (the enrollment store), when given."""
+        event_log = station.event_log
+        self.items.busy = Busy.of(station)
         if self.drift is not None:
             self.drift.events = event_log.write
         if self.queue is not None and on_label is not None:
