@@ -54,7 +54,8 @@ class Busy:
     @classmethod
     def of(cls, station) -> Busy:
         """For a :class:`~sortline.edge_runtime.station.loop.Station`."""
-        return cls(lambda: station.stats.overload, lambda: station.flow.depth, station.flow.max_batch)
+        counts = station.outcomes.stats  # the live counters (station.stats gathers a copy: too dear per item)
+        return cls(lambda: counts.overload, lambda: station.flow.depth, station.flow.max_batch)
 
     def __call__(self) -> bool:
         shed, now = self.shed(), self.clock()
