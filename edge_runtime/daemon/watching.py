@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import FileResponse
 
 from sortline.edge_runtime.watch import QueueError, UnsureQueue
+from sortline.edge_runtime.watch.unsure import KEY, Entry
 
 from .control import StationControl
 from .deps import Control, authorised
@@ -20,7 +21,13 @@ from .models import AlarmOut, DriftOut, MonitorOut, QueueItemOut, QueueLabel, Qu
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["watch"])
-Key = Annotated[str, Path(pattern=r"^\d{1,10}-\d{8}T\d{6}\d{0,6}$", max_length=40)]
+Key = Annotated[str, Path(pattern=KEY.pattern, max_length=40)]
+
+
+def item_out(e: Entry) -> QueueItemOut:
+    return QueueItemOut(key=e.key, item_id=e.item_id, uncertainty=round(e.uncertainty, 4), reasons=e.reasons,
+                        label=e.label, views=[v for v in e.decision.get("views", []) if isinstance(v, int)],
+                        decision={k: e.decision.get(k) for k in ("label", "confidence", "reason", "exit", "lane")})
 
 
 def drift_out(c: StationControl) -> DriftOut:
@@ -63,10 +70,7 @@ def queue(c: Control, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Queue
         return QueueOut(enabled=False, classes=list(c.pipeline.labels), items=[], kept=0, dropped=0, queued=0,
                         labelled=0)
     summary = unsure.summary()
-    items = [QueueItemOut(key=e.key, item_id=e.item_id, uncertainty=round(e.uncertainty, 4), reasons=e.reasons,
-                          label=e.label, views=[v for v in e.decision.get("views", []) if isinstance(v, int)],
-                          decision={k: e.decision.get(k) for k in ("label", "confidence", "reason", "exit", "lane")})
-             for e in unsure.ranked()[:limit]]
+    items = [item_out(e) for e in unsure.ranked()[:limit]]
     return QueueOut(enabled=True, classes=list(c.pipeline.labels), items=items, kept=summary["kept"],
                     dropped=summary["dropped"], queued=summary["queued"], labelled=summary["labelled"])
 
@@ -92,6 +96,4 @@ def label(key: Key, body: QueueLabel, c: Control) -> QueueItemOut:
     except QueueError as exc:
         raise HTTPException(404, str(exc)) from exc
     log.info("queue item %s labelled %s through the API", key, body.label)
-    return QueueItemOut(key=entry.key, item_id=entry.item_id, uncertainty=round(entry.uncertainty, 4),
-                        reasons=entry.reasons, label=entry.label, views=list(entry.decision.get("views", [])),
-                        decision={k: entry.decision.get(k) for k in ("label", "confidence", "reason", "exit", "lane")})
+    return item_out(entry)
