@@ -5,6 +5,8 @@ from routers by concern:
 - ``status.py``: ``GET /api/status``, ``GET /api/lanes``, ``POST /api/lanes/{lane}/pause|resume``,
   the latest items' thumbnails;
 - ``learning.py``: head versions and rollback, enrollment, the refit, the bundle's hot reload;
+- ``shadowing.py``: a candidate beside the live version: ``GET /api/shadow``, shadow a head or a
+  bundle, promote, roll back, stop;
 - ``watching.py``: ``GET /api/drift``, ``POST /api/drift/reference``, the queue of unsure items
   (``GET /api/queue``, its views, ``POST /api/queue/{key}/label``);
 - ``web``: the operator page at ``/`` and its files under ``/static``.
@@ -32,7 +34,7 @@ from sortline.edge_runtime.station.wiring import RunningStation
 from sortline.edge_runtime.watch import StationWatch
 from sortline.edge_runtime.web import HttpServer
 
-from . import learning, metrics, status, watching
+from . import learning, metrics, shadowing, status, watching
 from .config import ApiSettings
 from .control import StationControl
 
@@ -50,7 +52,7 @@ def build_app(control: StationControl, token: str | None) -> FastAPI:
     async def refused(_: Request, exc: SortlineError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
-    for router in (metrics.router, status.router, learning.router, watching.router):
+    for router in (metrics.router, status.router, learning.router, watching.router, shadowing.router):
         app.include_router(router)
     web.limit_bodies(app, MAX_BODY)
     web.mount(app, "operator")

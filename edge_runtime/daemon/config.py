@@ -47,6 +47,14 @@
     folder = "queue"                     # none: no queue
     per_hour = 120                       # at most this many items an hour
     max_mb = 256                         # and this much disk (the oldest go)
+    [shadow]                             # optional: new heads and bundles run beside the live
+    enabled = true                       # one first (docs/adaptation.md); off by default
+    log = "shadow.jsonl"                 # the shadow log: both decisions of each item
+    auto = false                         # promote by itself when the policy holds:
+    min_items = 500                      # items seen, and labelled ones, at least; the candidate
+    min_labelled = 30                    # shown not less accurate (paired test) and not more
+    window_items = 1000                  # unsure; after a promotion, rolled back by itself if
+                                         # the rates worsen within this many items
 
     [[views]]                            # one table per view, in view order
     rgb = 0                              # an OpenCV device index, a video file, an RTSP URL,
@@ -78,7 +86,7 @@ from sortline.edge_runtime.model.fusion import ReadingLimits
 from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.edge_runtime.station import StationConfig
 from sortline.edge_runtime.tomlfile import explain, read_toml
-from sortline.edge_runtime.watch import DriftConfig, QueueConfig, StationWatch
+from sortline.edge_runtime.watch import DriftConfig, QueueConfig, ShadowPolicy, StationWatch
 from sortline.hardware.camera import FrameError
 from sortline.hardware.protocol import MAX_EXIT
 from sortline.hardware.serial_link import DEFAULT_BAUD
@@ -97,6 +105,7 @@ API_PORT = 8750
 _STATION = StationConfig()  # the station's own defaults
 _DRIFT = DriftConfig()
 _QUEUE = QueueConfig(Path("queue"))
+_SHADOW = ShadowPolicy()
 
 
 class _Table(BaseModel):
@@ -184,6 +193,23 @@ class QueueTable(_Table):
     margin: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = _QUEUE.margin
 
 
+class ShadowTable(_Table):
+    """``[shadow]``: candidates beside the live version (watch/shadow.py); checked again by ShadowPolicy."""
+
+    enabled: StrictBool = False
+    log: Text | None = None
+    auto: StrictBool = _SHADOW.auto
+    min_items: Count = _SHADOW.min_items
+    min_labelled: Annotated[StrictInt, Field(ge=0, le=10_000_000)] = _SHADOW.min_labelled
+    margin: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = _SHADOW.margin
+    alpha: Annotated[float, Field(gt=0, lt=0.5, allow_inf_nan=False)] = _SHADOW.alpha
+    rate_bound: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = _SHADOW.rate_bound
+    window_items: Count = _SHADOW.window_items
+    window_s: Annotated[float, Field(ge=0, le=1e7, allow_inf_nan=False)] = _SHADOW.window_s
+    min_window_items: Count = _SHADOW.min_window_items
+    rollback_on_drift: StrictBool = _SHADOW.rollback_on_drift
+
+
 class StationFile(_Table):
     """A station file, checked; paths in it resolved against the file's folder (:attr:`path`)."""
 
@@ -195,6 +221,7 @@ class StationFile(_Table):
     api: ApiSettings = ApiSettings()
     drift: DriftTable = DriftTable()
     queue: QueueTable = QueueTable()
+    shadow: ShadowTable = ShadowTable()
     views: Annotated[list[ViewTable], Field(min_length=1, max_length=MAX_VIEWS)]
     _path: Path = PrivateAttr(default=Path("station.toml"))
 
@@ -211,13 +238,16 @@ class StationFile(_Table):
         return p if p.is_absolute() else self.path.parent / p
 
     def build_watch(self, on_label=None) -> StationWatch | None:
-        """The drift watch and queue of unsure items this file asks for (None: neither)."""
+        """The drift watch, queue of unsure items and shadow this file asks for (None: none)."""
         folder = self.file(self.queue.folder)
-        if not self.drift.enabled and folder is None:
+        if not self.drift.enabled and folder is None and not self.shadow.enabled:
             return None
         drift = DriftConfig(**self.drift.model_dump(exclude={"enabled"})) if self.drift.enabled else None
         queue = QueueConfig(folder, **self.queue.model_dump(exclude={"folder"})) if folder is not None else None
-        return StationWatch.build(drift, queue, on_label=on_label)
+        shadow = (ShadowPolicy(**self.shadow.model_dump(exclude={"enabled", "log"})) if self.shadow.enabled
+                  else None)
+        return StationWatch.build(drift, queue, on_label=on_label, shadow=shadow,
+                                  shadow_log=self.file(self.shadow.log))
 
     def station_config(self, base: StationConfig = _STATION) -> StationConfig:
         """The station's settings with what this file sets."""

@@ -13,7 +13,7 @@ import numpy as np
 from sortline.edge_runtime.learning.enroll import Enroller, EnrollSession, HeadWatcher
 from sortline.edge_runtime.model.pipeline import ItemPipeline
 from sortline.edge_runtime.station.wiring import RunningStation
-from sortline.edge_runtime.watch import StationWatch
+from sortline.edge_runtime.watch import BundleCandidate, StationWatch
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ class StationControl:
     ready: threading.Event | None = None
     started: float = 0.0
     session: EnrollSession | None = None
-    reload: Callable[[str | None], None] | None = None  # load, check and swap in a bundle (serve only)
+    reload: Callable[..., None] | None = None  # (path, force): load, check and swap in a bundle (serve only)
+    bundle_candidate: Callable[[str | None, bool], BundleCandidate] | None = None  # (path, force), serve only
     unsigned_allowed: bool = False  # the station file lets unsigned bundles run (shown on /metrics)
     watch: StationWatch | None = None  # the drift watch and the queue of unsure items
     lock: threading.Lock = field(default_factory=threading.Lock)

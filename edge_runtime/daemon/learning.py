@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException
 
 from sortline.edge_runtime.learning.store import BUNDLE_VERSION
+from sortline.edge_runtime.watch import HeadCandidate
 
 from .control import StationControl
 from .deps import Control, Engine, authorised
@@ -86,10 +87,17 @@ def enroll_commit(c: Control) -> Committed:
 
 @changes.post("/api/refit")
 def refit(body: Refit, c: Control, engine: Engine) -> Refitted:
-    """A new head version from every stored example, checked, and made current."""
-    report = engine.refit(exits=body.exits or None, force=body.force)
+    """A new head version from every stored example, checked, and made current; or, when the
+    station runs a shadow (and ``shadow`` is not false), run beside the live head as a candidate."""
+    shadow = c.watch.shadow if c.watch is not None else None
+    if body.shadow and shadow is None:
+        raise HTTPException(409, "this station runs no shadow ([shadow] enabled = true in the station file)")
+    candidate = shadow is not None and body.shadow is not False
+    report = engine.refit(exits=body.exits or None, force=body.force, activate=not candidate)
+    if candidate:
+        shadow.start(HeadCandidate(engine.classifier(report.version)))
     return Refitted(head_version=report.version, labels=list(report.labels), seconds=report.seconds,
-                    check=report.metrics, swapped=_swap(c))
+                    check=report.metrics, swapped=False if candidate else _swap(c), shadowed=candidate)
 
 
 @changes.post("/api/bundle/reload")
@@ -98,7 +106,7 @@ def reload(body: Reload, c: Control) -> Reloaded:
     if c.reload is None:
         raise HTTPException(409, "this station cannot reload its bundle (only `sortline serve` can)")
     previous = c.pipeline.version
-    c.reload(body.path)
+    c.reload(body.path, body.force)
     return Reloaded(bundle=c.pipeline.version, previous=previous, head_version=c.pipeline.classifier.version)
 
 

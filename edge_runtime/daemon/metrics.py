@@ -138,6 +138,45 @@ def watch_metrics(watch) -> Iterator:
         for reason, n in sorted(summary["dropped_by"].items()):
             dropped.add_metric([reason], n)
         yield dropped
+    if watch.shadow is not None:
+        yield from shadow_metrics(watch.shadow, watch.shadow_items)
+
+
+def shadow_metrics(shadow, items) -> Iterator:
+    """The candidate against the live version on the same items (watch/shadow.py)."""
+    status = shadow.status()
+    stats = status["stats"]
+    yield GaugeMetricFamily("sortline_shadow_running", "1 while a candidate runs in the shadow.",
+                            value=float(status["candidate"] is not None))
+    yield _counter("sortline_shadow_items", "Items the current candidate decided beside the live version.",
+                   status["shadowed"])
+    yield _counter("sortline_shadow_sampled_out", "Items the shadow let pass under load.", items.sampled_out)
+    yield _counter("sortline_shadow_errors", "Items the candidate could not decide.", status["errors"])
+    yield GaugeMetricFamily("sortline_shadow_agreement", "Share of items on which candidate and live version "
+                            "agree (class, or unsure/unknown).", value=_number(stats["agreement"]))
+    per_class = GaugeMetricFamily("sortline_shadow_class_agreement", "Agreement per live outcome.",
+                                  labels=["outcome"])
+    for outcome, seen in stats["agreement_per_class"].items():
+        per_class.add_metric([outcome], seen["agreement"])
+    yield per_class
+    yield GaugeMetricFamily("sortline_shadow_labelled", "Items the candidate saw that an operator labelled.",
+                            value=stats["labelled"])
+    by_version = [("sortline_shadow_accuracy", "Accuracy on the labelled items.", "accuracy"),
+                  ("sortline_shadow_unsure_rate", "Share of items unsure or unknown.", "unsure_rate")]
+    for name, doc, key in by_version:
+        family = GaugeMetricFamily(name, doc, labels=["version"])
+        for version in ("live", "shadow"):
+            family.add_metric([version], _number(stats[f"{version}_{key}"]))
+        yield family
+    events = CounterMetricFamily("sortline_shadow_changes", "Promotions and rollbacks, by whom.",
+                                 labels=["change", "by"])
+    for key, n in sorted(shadow.changes.items()):
+        events.add_metric(list(key), n)
+    yield events
+
+
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

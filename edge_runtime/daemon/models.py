@@ -28,10 +28,24 @@ class EnrollStart(_Body):
 class Refit(_Body):
     exits: dict[Label, Annotated[StrictInt, Field(ge=0, le=MAX_EXIT)]] = {}
     force: bool = False
+    shadow: bool | None = None  # the new head runs in the shadow first (default: when [shadow] is on)
 
 
 class Reload(_Body):
     path: Annotated[str, Field(min_length=1, max_length=4096)] | None = None  # default: the station file's
+    force: bool = False  # load a bundle older than the live one
+
+
+class ShadowHead(_Body):
+    version: Annotated[StrictInt, Field(ge=0)]
+
+
+class ShadowBundle(Reload):
+    pass
+
+
+class ShadowChange(_Body):
+    why: Annotated[str, Field(max_length=500)] = ""
 
 
 class Rollback(_Body):
@@ -152,6 +166,7 @@ class Refitted(BaseModel):
     seconds: float
     check: dict
     swapped: bool
+    shadowed: bool = False  # a candidate in the shadow, not live yet
 
 
 class Reloaded(BaseModel):
@@ -221,3 +236,21 @@ class QueueOut(BaseModel):
     dropped: int
     queued: int
     labelled: int
+
+
+class ShadowOut(BaseModel):
+    """A candidate against the live version (watch/shadow.py's statistics, as they are)."""
+
+    enabled: bool
+    candidate: str | None = None
+    kind: str | None = None
+    live: dict | None = None
+    shadowed: int = 0
+    sampled_out: int = 0
+    errors: int = 0
+    auto: bool = False
+    ready: bool = False
+    why: str = ""
+    stats: dict = {}
+    rollout: dict | None = None
+    history: list[dict] = []

@@ -17,6 +17,7 @@ from sortline.edge_runtime.model.bundle import Bundle
 from sortline.edge_runtime.model.pipeline import Classifier, ItemPipeline
 from sortline.edge_runtime.station import StationConfig, StationStats
 from sortline.edge_runtime.station.wiring import RunningStation
+from sortline.edge_runtime.watch import BundleCandidate, check_newer
 from sortline.hardware.recording import RecordingWriter, StreamRecorder
 
 from . import systemd
@@ -40,7 +41,7 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
     pipeline, enroller, watcher = _load(station_file, bundle)
     config = station_file.station_config(config)
     rig = station_file.build_rig()
-    api = None
+    api = host = None
     ready = ready or threading.Event()
     watch = station_file.build_watch()
     try:
@@ -49,9 +50,7 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
                             bauds=station_file.bauds, observers=[watch] if watch else ()) as running:
             control = StationControl(running, pipeline, enroller, watcher, ready, started=time.monotonic(),
                                      unsigned_allowed=station_file.unsigned_allowed, watch=watch)
-            if watch is not None:
-                watch.attach(running.station, control.add_example).start()
-            control.reload = functools.partial(_reload, control, station_file, bundle)
+            host = _take_changes(control, station_file, bundle)
             if station_file.api.enabled:
                 from .api import serve_api
 
@@ -77,6 +76,8 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
     finally:
         if watch is not None:
             watch.stop(drain=False)
+        if host is not None:
+            host.close()
         if api is not None:
             api.stop()
         rig.close()
@@ -84,6 +85,17 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
             enroller.close()
         if api is not None and control.enroller is not None and control.enroller is not enroller:
             control.enroller.close()
+
+
+def _take_changes(control: StationControl, station_file: StationFile, bundle: Path) -> ServeHost:
+    """What changes the running station: hot reload, the shadow's candidates and promotions, and
+    the watch (started here) whose queue labels become examples in the store."""
+    host = ServeHost(control, station_file, bundle)
+    if control.watch is not None:
+        control.watch.attach(control.running.station, control.add_example, host=host).start()
+    control.reload = functools.partial(_reload, control, station_file, bundle)
+    control.bundle_candidate = host.candidate
+    return host
 
 
 def _load(station_file: StationFile, bundle: Path) -> tuple[ItemPipeline, Enroller | None, HeadWatcher | None]:
@@ -114,23 +126,86 @@ def _load(station_file: StationFile, bundle: Path) -> tuple[ItemPipeline, Enroll
     return pipeline, enroller, watcher
 
 
-def _reload(control: StationControl, station_file: StationFile, default: Path, path: str | None) -> None:
-    """Hot reload: the new bundle is loaded, checked and run (warmed up) while the old one
-    serves; then items announced from then on are decided by it. Any fault leaves the old one."""
-    pipeline, enroller, watcher = _load(station_file, Path(path) if path else default)
+Loaded = tuple[ItemPipeline, Enroller | None, HeadWatcher | None]
+
+
+def _load_checked(control: StationControl, station_file: StationFile, path: Path, force: bool) -> Loaded:
+    """A bundle loaded as the station runs it (:func:`_load`), refused when it is older than the
+    live one unless ``force``, and run once (warmed up) while the live one serves."""
+    pipeline, enroller, watcher = loaded = _load(station_file, path)
     try:
+        check_newer(pipeline.manifest, control.pipeline.manifest, force)
         spec = pipeline.manifest.input
         pipeline.embedder.embed_batch(np.zeros((spec.views, len(spec.channels), spec.size, spec.size), np.float32))
-        with control.lock:
-            control.running.station.reload(pipeline)
-            old = control.enroller
-            control.pipeline, control.enroller, control.watcher = pipeline, enroller, watcher
     except BaseException:
         if enroller is not None:
             enroller.close()
         raise
-    if old is not None and old is not enroller:
+    return loaded
+
+
+def _put_live(control: StationControl, loaded: Loaded) -> Loaded:
+    """Items announced from now on are decided by ``loaded``; returns what was live."""
+    pipeline, enroller, watcher = loaded
+    with control.lock:
+        control.running.station.reload(pipeline)
+        previous = (control.pipeline, control.enroller, control.watcher)
+        control.pipeline, control.enroller, control.watcher = pipeline, enroller, watcher
+    return previous
+
+
+def _reload(control: StationControl, station_file: StationFile, default: Path, path: str | None,
+            force: bool = False) -> None:
+    """Hot reload: the new bundle is loaded, checked and run (warmed up) while the old one
+    serves; then items announced from then on are decided by it. Any fault leaves the old one.
+    A bundle older than the live one is refused unless ``force``."""
+    loaded = _load_checked(control, station_file, Path(path) if path else default, force)
+    old = _put_live(control, loaded)[1]
+    if control.watch is not None and control.watch.shadow is not None:
+        control.watch.shadow.forget(f"bundle {loaded[0].version} was loaded")
+    if old is not None and old is not loaded[1]:
         old.close()
+
+
+class ServeHost:
+    """The shadow's host in ``serve``: a head goes live in the control's pipeline (and the store's
+    current version); a bundle with its own store and head watcher, as a reload puts it. The
+    versions that were live stay loaded (a rollback puts them back) until the daemon ends."""
+
+    def __init__(self, control: StationControl, station_file: StationFile, default: Path) -> None:
+        self.control, self.station_file, self.default = control, station_file, default
+        self._loaded: dict[int, Loaded] = {}  # by id(pipeline): bundles loaded for the shadow or taken out
+
+    def live_head(self) -> Classifier:
+        return self.control.pipeline.classifier
+
+    def live_bundle(self) -> ItemPipeline:
+        return self.control.pipeline
+
+    def swap_head(self, classifier: Classifier) -> Classifier:
+        with self.control.lock:
+            if self.control.enroller is not None:
+                self.control.enroller.rollback(classifier.version)
+            return self.control.pipeline.swap(classifier)
+
+    def swap_bundle(self, pipeline: ItemPipeline) -> ItemPipeline:
+        loaded = self._loaded.pop(id(pipeline), (pipeline, None, None))
+        previous = _put_live(self.control, loaded)
+        self._loaded[id(previous[0])] = previous
+        return previous[0]
+
+    def candidate(self, path: str | None, force: bool = False) -> BundleCandidate:
+        """A bundle to shadow: verified and signed as the station requires, not older than the
+        live one unless ``force``, warmed up."""
+        loaded = _load_checked(self.control, self.station_file, Path(path) if path else self.default, force)
+        self._loaded[id(loaded[0])] = loaded
+        return BundleCandidate(loaded[0])
+
+    def close(self) -> None:
+        for _, enroller, _ in self._loaded.values():
+            if enroller is not None and enroller is not self.control.enroller:
+                enroller.close()
+        self._loaded.clear()
 
 
 def record_station(station_file: StationFile, out: Path, items: int | None = None, seconds: float | None = None,

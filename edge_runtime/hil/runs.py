@@ -124,7 +124,7 @@ def sort_on_line(
             tally = line.wait()
             wall_s = time.monotonic() - start
             if watch is not None:
-                watch.items.drain()  # its alarms reach the event log before the station closes it
+                watch.drain()  # its alarms reach the event log before the station closes it
             running.stop()
             station = running.station
     finally:

@@ -228,11 +228,12 @@ class Enroller:
         return Classifier(head, policy, openset, version)
 
     def refit(self, exits: dict[str, int] | None = None, C: float = FEW_SHOT_C, target_frr: float = TARGET_FRR,
-              max_drop: float = MAX_OLD_DROP, force: bool = False, seed: int = 0) -> RefitReport:
+              max_drop: float = MAX_OLD_DROP, force: bool = False, seed: int = 0,
+              activate: bool = True) -> RefitReport:
         """A new head version from every stored example, checked on held-back examples and made
-        current; :class:`RefitRefused` (and nothing changes) when it would lose the known
-        classes. ``exits`` gives exits to new classes (others keep theirs; a class without one
-        goes to the safe exit).
+        current (unless not ``activate``: a candidate for the shadow); :class:`RefitRefused` (and
+        nothing changes) when it would lose the known classes. ``exits`` gives exits to new
+        classes (others keep theirs; a class without one goes to the safe exit).
 
         Three heads take part: the *control* (fitted, without the held-back examples, on what
         the current head was fitted on: the previous refit's check head, kept in the store), the
@@ -277,7 +278,7 @@ class Enroller:
             record = HeadRecord(0, "", self.store.current, labels, policy_exits, len(stored), metrics,
                                 head.to_bytes(), openset.to_bytes() if openset else b"",
                                 check.to_bytes() if check else b"")
-            version = self.store.commit_head(record)
+            version = self.store.commit_head(record, activate=activate)
         log.info("head version %d: %d classes from %d examples in %.2f s", version, len(labels), len(stored), seconds)
         return RefitReport(version, labels, len(stored), round(time.perf_counter() - started, 3), metrics)
 

@@ -171,7 +171,16 @@ class ItemPipeline:
         if embeddings is None:
             return self.safe(item_id, NO_VIEWS)
         features = self.features(item_id, embeddings, readings, limits)
-        c = self.classifier  # one version decides the whole item, whatever is swapped meanwhile
+        decision = self.classify_features(item_id, features, self.classifier)
+        if self.listener is not None:  # enroll mode: the next items' features are examples
+            self.listener(item_id, features, decision)
+        return decision
+
+    @staticmethod
+    def classify_features(item_id: int, features: np.ndarray, c: Classifier) -> Decision:
+        """The decision ``c`` makes on an item's fused features: the one rule for the live head
+        and for a candidate run beside it (watch/shadow.py). One version decides the whole item,
+        whatever is swapped meanwhile."""
         probabilities = c.head.predict_proba(features)[0]
         best = int(probabilities.argmax())
         label = c.head.labels[best]
@@ -180,7 +189,7 @@ class ItemPipeline:
             reason = UNKNOWN
         else:
             reason = CONFIDENT if confidence >= c.policy.threshold(label) else UNSURE
-        decision = Decision(
+        return Decision(
             item_id=item_id,
             exit=c.policy.exits[label] if reason == CONFIDENT else c.policy.safe_exit,
             reason=reason,
@@ -189,9 +198,6 @@ class ItemPipeline:
             probabilities=tuple(float(p) for p in probabilities),
             head_version=c.version,
         )
-        if self.listener is not None:  # enroll mode: the next items' features are examples
-            self.listener(item_id, features, decision)
-        return decision
 
     def features(self, item_id: int, embeddings: np.ndarray, readings: Sequence[Reading],
                  limits: ReadingLimits = DEFAULT_LIMITS) -> np.ndarray:

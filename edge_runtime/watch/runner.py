@@ -30,10 +30,11 @@ class ItemWatch:
     """Runs ``consumers`` on each offered item, in order, on one thread of its own."""
 
     def __init__(self, consumers: Sequence[Consumer], inbox: int = INBOX, budget: float = BUDGET,
-                 busy: Callable[[], bool] | None = None) -> None:
+                 busy: Callable[[], bool] | None = None, name: str = "item-watch") -> None:
         if not 0 < budget <= 1:
             raise ValueError(f"watch budget {budget}: a share of one core in (0, 1]")
         self.consumers = tuple(consumers)
+        self.name = name
         self.budget = budget
         self.busy = busy  # the station is behind: take nothing
         self._inbox: queue.Queue[ObservedItem] = queue.Queue(maxsize=inbox)
@@ -54,7 +55,7 @@ class ItemWatch:
             self.sampled_out += 1
 
     def start(self) -> ItemWatch:
-        self._thread = threading.Thread(target=self._run, name="item-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
         return self
 

@@ -137,6 +137,7 @@ class UnsureQueue:
         self.config = config
         self.folder = Path(config.folder)
         self.on_label = on_label  # (label, features, source): into the enrollment store
+        self.on_labelled: Callable[[int, str], None] | None = None  # (item id, label): the shadow log
         self.strangeness: Callable[[ObservedItem], float | None] | None = None  # the drift watch's
         self.clock = clock
         self.kept = 0  # written by this process
@@ -316,6 +317,8 @@ class UnsureQueue:
         with self._lock:
             entry.label = label
             self._ranked = self._matrix = None
+        if self.on_labelled is not None:
+            self.on_labelled(entry.item_id, label)
         return entry
 
 

@@ -1,0 +1,256 @@
+"""The shadow log and what it shows: a candidate head or bundle against the live one, item by item.
+
+Each item the candidate saw is one :class:`ShadowRecord`: the live decision and the candidate's
+on the same item (class, reason, exit, confidence) and, once an operator labelled the item in the
+queue of unsure items, its label. From the records (:func:`shadow_stats`):
+
+- agreement, overall and per live outcome (an outcome is the class for a confident decision,
+  else its reason: ``unsure``, ``unknown``), and the live-against-shadow confusion of outcomes;
+- on the labelled items, both versions' accuracy on the same items (the head's best class against
+  the label) and the paired counts: items only the live one got right (``b``), only the shadow
+  (``c``);
+- the share of unsure or unknown decisions of each, on the same items.
+
+:func:`judge` applies the station's :class:`ShadowPolicy` to them. The candidate is promoted only
+when it has seen ``min_items`` items and ``min_labelled`` labelled ones, its accuracy on the
+labelled items is *shown* not worse than the live one's (the lower one-sided 95 % bound of the
+paired difference, Wald with Agresti and Min's half added to each cell, above ``-margin``), and
+its unsure/unknown rate is not higher (not by more than ``rate_bound``, nor higher by a paired
+sign test at ``alpha``). A candidate as good as the live one needs many labels to pass; one
+clearly better passes on a few dozen; a candidate fitted on wrong labels does not pass.
+
+The queue keeps the items the live head was unsure of, so the labelled items lean towards where
+the live head is weak: the accuracies are those of such items, not of the line (docs/adaptation.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from scipy.stats import binomtest, norm
+
+from sortline.edge_runtime.errors import ConfigError
+from sortline.edge_runtime.model.pipeline import CONFIDENT, UNKNOWN, UNSURE, Decision
+from sortline.edge_runtime.station.events import EventLog
+
+KEEP = 20_000  # records held in memory (the latest); the log file keeps every one, rotated
+MAX_LINE = 4096  # a shadow log line longer than this is not one the station wrote
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one version made of an item."""
+
+    label: str | None  # the head's best class
+    reason: str
+    exit: int
+    confidence: float
+
+    @classmethod
+    def of(cls, decision: Decision) -> Verdict:
+        return cls(decision.label, decision.reason, decision.exit, round(decision.confidence, 4))
+
+    @property
+    def outcome(self) -> str:
+        return str(self.label) if self.reason == CONFIDENT else self.reason
+
+    @property
+    def unsure(self) -> bool:
+        return self.reason in (UNSURE, UNKNOWN)
+
+
+@dataclass
+class ShadowRecord:
+    item_id: int
+    lane: int
+    live_version: str
+    shadow_version: str
+    live: Verdict
+    shadow: Verdict
+    label: str | None = None  # the operator's, from the queue
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ShadowRecord:
+        return cls(int(data["item_id"]), int(data["lane"]), str(data["live_version"]), str(data["shadow_version"]),
+                   Verdict(**data["live"]), Verdict(**data["shadow"]), data.get("label"))
+
+
+class ShadowLog:
+    """The records of the current candidate: the latest ``keep`` in memory, every one in the log
+    file (JSON lines, rotated like the event log; a label is a line of its own)."""
+
+    def __init__(self, path: Path | None = None, keep: int = KEEP, max_mb: float = 64.0) -> None:
+        self.path = path
+        self.keep = keep
+        self._records: OrderedDict[int, ShadowRecord] = OrderedDict()
+        self._file = EventLog(path, int(max_mb * (1 << 20))) if path is not None else None
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def write_errors(self) -> int:
+        return self._file.errors if self._file is not None else 0
+
+    def start(self, candidate: str, live: str, at_item: int | None) -> None:
+        """A new candidate: its records start afresh."""
+        self._records.clear()
+        self._write({"shadow": "start", "candidate": candidate, "live": live, "at_item": at_item})
+
+    def add(self, record: ShadowRecord) -> None:
+        self._records[record.item_id] = record
+        while len(self._records) > self.keep:
+            self._records.popitem(last=False)
+        self._write(record.to_dict())
+
+    def label(self, item_id: int, label: str) -> bool:
+        """The operator's label of an item; False when the candidate did not see it."""
+        record = self._records.get(item_id)
+        if record is None:
+            return False
+        record.label = label
+        self._write({"label_of": item_id, "label": label})
+        return True
+
+    def records(self) -> list[ShadowRecord]:
+        return list(self._records.values())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def _write(self, line: dict) -> None:
+        if self._file is not None:
+            self._file.write(line)  # a full disk is counted and logged by the event log, never raised
+
+
+def read_log(path: Path) -> list[ShadowRecord]:
+    """The records of the latest candidate in a shadow log file, its labels applied; lines that
+    are not the station's (too long, not JSON, wrong fields) are skipped."""
+    records: dict[int, ShadowRecord] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if len(line) > MAX_LINE:
+                continue
+            try:
+                data = json.loads(line)
+                if data.get("shadow") == "start":
+                    records.clear()
+                elif "label_of" in data:
+                    if (record := records.get(int(data["label_of"]))) is not None:
+                        record.label = str(data["label"])
+                else:
+                    record = ShadowRecord.from_dict(data)
+                    records[record.item_id] = record
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue
+    return list(records.values())
+
+
+# --- what the records show --------------------------------------------------------------------
+
+
+def paired_lower_bound(b: int, c: int, n: int, alpha: float) -> float:
+    """The lower one-sided ``1 - alpha`` bound of (shadow accuracy − live accuracy) on ``n`` paired
+    items, ``b`` right only by the live version, ``c`` only by the shadow: Wald with half an item
+    added to each cell of the 2×2 table (Agresti & Min 2005), which keeps its coverage at small n."""
+    if n <= 0:
+        return -1.0
+    n2, b2, c2 = n + 2, b + 0.5, c + 0.5
+    difference = (c2 - b2) / n2
+    variance = max(((b2 + c2) - (c2 - b2) ** 2 / n2) / n2**2, 0.0)
+    return difference - float(norm.ppf(1 - alpha)) * math.sqrt(variance)
+
+
+def shadow_stats(records: Sequence[ShadowRecord], alpha: float = 0.05) -> dict:
+    """Agreement, confusion and (on labelled items) both accuracies; see the module's docstring."""
+    n = len(records)
+    outcomes = sorted({r.live.outcome for r in records} | {r.shadow.outcome for r in records})
+    index = {o: i for i, o in enumerate(outcomes)}
+    matrix = [[0] * len(outcomes) for _ in outcomes]
+    per_class: dict[str, list[int]] = {}
+    for r in records:
+        matrix[index[r.live.outcome]][index[r.shadow.outcome]] += 1
+        seen = per_class.setdefault(r.live.outcome, [0, 0])
+        seen[0] += 1
+        seen[1] += r.live.outcome == r.shadow.outcome
+    labelled = [r for r in records if r.label is not None]
+    live_right = [r.live.label == r.label for r in labelled]
+    shadow_right = [r.shadow.label == r.label for r in labelled]
+    b = sum(lv and not sh for lv, sh in zip(live_right, shadow_right))
+    c = sum(sh and not lv for lv, sh in zip(live_right, shadow_right))
+    live_unsure, shadow_unsure = (sum(getattr(r, who).unsure for r in records) for who in ("live", "shadow"))
+    more = sum(r.shadow.unsure and not r.live.unsure for r in records)
+    fewer = sum(r.live.unsure and not r.shadow.unsure for r in records)
+    m = len(labelled)
+    return {
+        "items": n,
+        "agreement": round(sum(r.live.outcome == r.shadow.outcome for r in records) / n, 4) if n else None,
+        "agreement_per_class": {k: {"items": v[0], "agreement": round(v[1] / v[0], 4)} for k, v in
+                                sorted(per_class.items())},
+        "confusion": {"outcomes": outcomes, "matrix": matrix},  # rows: live, columns: shadow
+        "labelled": m,
+        "live_accuracy": round(sum(live_right) / m, 4) if m else None,
+        "shadow_accuracy": round(sum(shadow_right) / m, 4) if m else None,
+        "live_only_right": b,
+        "shadow_only_right": c,
+        "difference_lower_bound": round(paired_lower_bound(b, c, m, alpha), 4) if m else None,
+        "live_unsure_rate": round(live_unsure / n, 4) if n else None,
+        "shadow_unsure_rate": round(shadow_unsure / n, 4) if n else None,
+        "unsure_more": more,
+        "unsure_fewer": fewer,
+    }
+
+
+@dataclass(frozen=True)
+class ShadowPolicy:
+    """When a candidate is promoted by itself, and when a promoted version is rolled back."""
+
+    auto: bool = False  # promote by itself when the policy holds (else the operator promotes)
+    min_items: int = 500  # the candidate saw at least this many items
+    min_labelled: int = 30  # and this many of them were labelled by the operator
+    margin: float = 0.02  # shown no worse than the live version by more than this (accuracy)
+    alpha: float = 0.05  # the paired tests' level
+    rate_bound: float = 0.05  # unsure/unknown (shadow) or unsure/unknown/safe-exit (rollback) rate may rise this much
+    window_items: int = 1000  # after a promotion, watch this many items decided by the new version
+    window_s: float = 0.0  # or this long (0: items only); whichever ends first
+    min_window_items: int = 100  # items before the rollback check starts
+    rollback_on_drift: bool = True  # a drift alarm on the items raised in the window rolls back
+    refuse_older: bool = True  # a bundle older than the live one is refused unless forced
+
+    def __post_init__(self) -> None:
+        if self.min_items < 1 or self.min_labelled < 0 or self.window_items < 1 or self.min_window_items < 1:
+            raise ConfigError("shadow: min_items, window_items and min_window_items ≥ 1, min_labelled ≥ 0")
+        if not (0 <= self.margin < 1 and 0 < self.alpha < 0.5 and 0 < self.rate_bound < 1 and self.window_s >= 0):
+            raise ConfigError("shadow: margin in [0, 1), alpha in (0, 0.5), rate_bound in (0, 1), window_s ≥ 0")
+
+
+def judge(stats: dict, policy: ShadowPolicy) -> tuple[bool, str]:
+    """Whether the candidate may be promoted by the policy, and why (or why not)."""
+    if stats["items"] < policy.min_items:
+        return False, f"{stats['items']} of {policy.min_items} items seen"
+    if stats["labelled"] < max(policy.min_labelled, 1):
+        return False, f"{stats['labelled']} of {max(policy.min_labelled, 1)} labelled items seen"
+    lower = stats["difference_lower_bound"]
+    if lower <= -policy.margin:
+        return False, (f"not shown as accurate as the live version on {stats['labelled']} labelled items "
+                       f"({stats['shadow_accuracy']:.1%} against {stats['live_accuracy']:.1%}; the difference's "
+                       f"lower bound {lower:+.3f} is not above {-policy.margin:+.3f})")
+    rise = stats["shadow_unsure_rate"] - stats["live_unsure_rate"]
+    more, fewer = stats["unsure_more"], stats["unsure_fewer"]
+    p = float(binomtest(more, more + fewer, 0.5, alternative="greater").pvalue) if more else 1.0
+    if rise > policy.rate_bound or p < policy.alpha:
+        return False, (f"unsure or unknown on {stats['shadow_unsure_rate']:.1%} of the items against "
+                       f"{stats['live_unsure_rate']:.1%} live (sign test p = {p:.3g})")
+    return True, (f"{stats['shadow_accuracy']:.1%} against {stats['live_accuracy']:.1%} on {stats['labelled']} "
+                  f"labelled items (lower bound {lower:+.3f}), unsure or unknown {stats['shadow_unsure_rate']:.1%} "
+                  f"against {stats['live_unsure_rate']:.1%} on {stats['items']} items")
+
