@@ -64,6 +64,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--serve", action="store_true",
                       help="keep the station's HTTP API and operator page up while it sorts (use a large --items)")
     demo.add_argument("--port", type=int, default=API_PORT, help=f"--serve: the port on 127.0.0.1 ({API_PORT})")
+    demo.add_argument("--adapt", action="store_true",
+                      help="with --shift: a simulated operator labels the queue after the drift alarm, refits, and "
+                           "the shadow promotes the new head when it shows itself (docs/adaptation.md)")
+    demo.add_argument("--labels-per-hour", type=flags.positive(float), default=3600.0,
+                      help="--adapt: the simulated operator's pace, labels per hour of line time (default 3600)")
+    demo.add_argument("--refit-every", type=flags.positive(int), default=30,
+                      help="--adapt: refit a candidate after this many labels (default 30)")
     demo.set_defaults(handler=_desktop("demo"))
 
     pretrain = commands.add_parser(

@@ -33,12 +33,17 @@ def demo(args: argparse.Namespace) -> dict:
                                   pitch_ms=1000 / args.rate, backbone=args.backbone, image_size=args.image_size,
                                   runtime=args.runtime, threads=args.threads, recipe=args.recipe, key=args.key,
                                   serve_port=args.port if args.serve else None, shift=args.shift,
-                                  watch=not args.no_watch, queue=args.queue,
+                                  watch=not args.no_watch, queue=args.queue, adapt=args.adapt,
+                                  labels_per_hour=args.labels_per_hour, refit_every=args.refit_every,
                                   **({"false_alarm_items": args.false_alarm_items} if args.false_alarm_items else {})))
     print((Path(args.out) / "summary.md").read_text())
     from sortline.edge_runtime.cli.flags import drift_line
 
     print(drift_line(summary))
+    if "adapt" in summary:
+        from sortline.edge_runtime.cli.flags import adapt_line
+
+        print(adapt_line(summary["adapt"]))
     print(f"bundle, event log, plots and summary.json are in {args.out}/")
     return summary
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from sortline.edge_runtime.cli.flags import until_signalled
+from sortline.edge_runtime.errors import ConfigError
+from sortline.edge_runtime.hil.adapt import Operator, adapt_on_line, rolling_mcc
 from sortline.edge_runtime.hil.report import markdown
 from sortline.edge_runtime.hil.runs import DISTINCT_ITEMS, LineRun, make_scenario, sort_on_simulated_line
 from sortline.edge_runtime.model.bundle import (
@@ -39,7 +41,7 @@ from sortline.hardware.sim.faults import FaultRates
 from sortline.hardware.sim.line import LineConfig, Scenario
 from sortline.hardware.sim.shifts import Shift, shifted_scenario
 
-from .plots import confusion_png, latency_png
+from .plots import adapt_png, confusion_png, latency_png
 from .sim_data import sim_items, unlabeled_views
 from .station_fit import SAFE_EXIT, FitConfig, fit_station_bundle, stage
 
@@ -89,6 +91,9 @@ class DemoConfig:
     watch: bool = True  # the drift watch and the queue of unsure items
     queue: Path | None = None  # the queue's folder (None: OUT/queue)
     false_alarm_items: float = DriftConfig.items_between_false_alarms
+    adapt: bool = False  # with a shift: the simulated operator labels, refits; the shadow promotes
+    labels_per_hour: float = 3600.0  # the simulated operator's pace, in line time
+    refit_every: int = 30  # labels between two refits
 
 
 def demo_watch(cfg: DemoConfig, out: Path, on_label=None) -> StationWatch | None:
@@ -97,6 +102,17 @@ def demo_watch(cfg: DemoConfig, out: Path, on_label=None) -> StationWatch | None
         return None
     return StationWatch.build(DriftConfig(items_between_false_alarms=cfg.false_alarm_items),
                               QueueConfig(cfg.queue or out / "queue"), on_label=on_label)
+
+
+def _sort_and_adapt(cfg: DemoConfig, bundle: Bundle, pipeline: ItemPipeline, line: LineConfig, scenario: Scenario,
+                    events: Path, out: Path, stop: threading.Event) -> tuple[LineRun, dict]:
+    run, adapt = adapt_on_line(bundle, pipeline, line, scenario, out, cfg.shift.at_item,
+                               Operator(cfg.labels_per_hour, cfg.refit_every),
+                               DriftConfig(items_between_false_alarms=cfg.false_alarm_items),
+                               event_log=events, progress=cfg.progress, stop=stop)
+    at, mcc = rolling_mcc(run.decisions, run.truth, pipeline.labels)
+    adapt_png(at, mcc, adapt, out / "adapt.png")
+    return run, adapt
 
 
 def worlds(seed: int) -> dict[str, int]:
@@ -176,6 +192,8 @@ def _sort_and_serve(cfg: DemoConfig, bundle: Bundle, pipeline: ItemPipeline, lin
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    if cfg.adapt and (cfg.shift is None or not cfg.watch or cfg.serve_port is not None):
+        raise ConfigError("--adapt needs a --shift and the watch, and runs without --serve")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -198,8 +216,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         on_line = shifted_scenario(on_line, cfg.shift, min(cfg.items, 5 * DISTINCT_ITEMS))
     # SIGINT or SIGTERM (a service manager's stop) ends the line early, as `sortline serve` stops:
     # the items already announced are decided, and the summary is written.
+    adapt = None
     with until_signalled() as stop:
-        if cfg.serve_port is None:
+        if cfg.adapt:
+            run, adapt = _sort_and_adapt(cfg, bundle, pipeline, line, on_line, events, out, stop)
+        elif cfg.serve_port is None:
             run = sort_on_simulated_line(pipeline, line, on_line, event_log=events, progress=cfg.progress,
                                          stop=stop, watch=demo_watch(cfg, out))
         else:  # the daemon's HTTP side beside the simulated line, enrollment into out/enroll.sqlite
@@ -214,6 +235,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "export": trained.export_report,
         "seconds": timings,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        **({"adapt": adapt} if adapt is not None else {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     title = "simulated avocado line" if cfg.scenario == "avocado" else "simulated checkout"

@@ -198,3 +198,31 @@ def learning_curves_png(panels: dict[str, dict[str, tuple[Sequence[float], Seque
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def adapt_png(at: np.ndarray, mcc: np.ndarray, adapt: dict, path: Path) -> Path:
+    """``sortline demo --adapt``: rolling MCC over the items, with the shift, the alarm, the
+    candidates' starts and the promotions (and rollbacks) marked."""
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(at, mcc, color="#1f4e79", lw=1.5, label="MCC, last 200 items")
+    marks = [(adapt["shift_at_item"], "shift", "#b22222", "--"),
+             (adapt["alarm_at_item"], "drift alarm", "#e67e22", ":")]
+    marks += [(p["at_item"], "promotion", "#2e8b57", "-") for p in adapt["promotions"]]
+    marks += [(r["at_item"], "rollback", "#7f3f98", "-.") for r in adapt["rollbacks"]]
+    shown = set()
+    for x, name, colour, style in marks:
+        if x is not None:
+            ax.axvline(x, color=colour, ls=style, lw=1.2, label=None if name in shown else name)
+            shown.add(name)
+    ax.set_xlabel("item")
+    ax.set_ylabel("MCC")
+    ax.set_ylim(min(0.0, float(np.nanmin(mcc)) if len(mcc) else 0.0) - 0.05, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    after = adapt["mcc_after_promotion"]
+    ax.set_title(f"MCC {adapt['mcc_before_shift']} before the shift, {adapt['mcc_after_shift']} after it, "
+                 f"{after if after is not None else '—'} after the promotion ({adapt['labelled']} labels)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -10,7 +10,9 @@ package never imports the desktop one.
 - ``station.py``: ``simulate``, ``record``, ``serve``, ``replay``, ``bench``;
 - ``bundles.py``: ``bundle verify|keygen|sign|policy``, ``enroll``, ``heads``;
 - ``tools.py``: ``label``, ``detect``;
-- ``queue.py``: ``queue list|label|export``.
+- ``queue.py``: ``queue list|label|export``;
+- ``shadow.py``: ``shadow status|head|bundle|promote|rollback|stop``, a running station's shadow
+  through its HTTP API.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from importlib.metadata import entry_points
 from sortline.edge_runtime.errors import SortlineError
 from sortline.hardware.files import sweep_temp
 
-from . import bundles, flags, queue, station, tools
+from . import bundles, flags, queue, shadow, station, tools
 
 COMMANDS_GROUP = "sortline.commands"  # entry points: callables that add subcommands
 __all__ = ["COMMANDS_GROUP", "build_parser", "flags", "main"]
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     station.add(commands)
     tools.add(commands)
     queue.add(commands)
+    shadow.add(commands)
     for entry in entry_points(group=COMMANDS_GROUP):  # the desktop's commands, when installed
         entry.load()(commands)
     bundles.add(commands)

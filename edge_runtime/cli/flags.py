@@ -122,6 +122,14 @@ def drift_line(summary: dict) -> str:
             f"{queue['dropped']} not kept.")
 
 
+def adapt_line(adapt: dict) -> str:
+    """``sortline demo --adapt``: from the alarm to the promotion, in one line for the terminal."""
+    return (f"Adapting: shift at item {adapt['shift_at_item']}, alarm at {adapt['alarm_at_item']}, "
+            f"{adapt['labelled']} labels, {len(adapt['refits'])} refits, promoted at {adapt['promoted_at_item']}, "
+            f"{len(adapt['rollbacks'])} rollbacks; MCC {adapt['mcc_before_shift']} before the shift, "
+            f"{adapt['mcc_after_shift']} after it, {adapt['mcc_after_promotion']} after the promotion.")
+
+
 @contextlib.contextmanager
 def until_signalled() -> Iterator[threading.Event]:
     """An event that SIGINT (Ctrl-C) or SIGTERM (a service manager's stop) sets, for a clean

@@ -162,7 +162,8 @@ def shadow_metrics(shadow, items) -> Iterator:
     yield GaugeMetricFamily("sortline_shadow_labelled", "Items the candidate saw that an operator labelled.",
                             value=stats["labelled"])
     by_version = [("sortline_shadow_accuracy", "Accuracy on the labelled items.", "accuracy"),
-                  ("sortline_shadow_unsure_rate", "Share of items unsure or unknown.", "unsure_rate")]
+                  ("sortline_shadow_unsure_rate", "Share of items unsure.", "unsure_rate"),
+                  ("sortline_shadow_unknown_rate", "Share of items unknown (open set).", "unknown_rate")]
     for name, doc, key in by_version:
         family = GaugeMetricFamily(name, doc, labels=["version"])
         for version in ("live", "shadow"):

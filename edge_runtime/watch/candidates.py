@@ -53,6 +53,11 @@ class HeadCandidate:
         self.classifier = classifier
         self.name = f"head {classifier.version}"
 
+    @property
+    def calibrated_unknown(self) -> float:
+        """The share of known items its open set rejects by design (0 without one)."""
+        return self.classifier.openset.target_frr if self.classifier.openset is not None else 0.0
+
     def decides(self, item: ObservedItem) -> bool:
         return item.decision.head_version == self.classifier.version
 
@@ -73,6 +78,11 @@ class BundleCandidate:
     def __init__(self, pipeline: ItemPipeline) -> None:
         self.pipeline = pipeline
         self.name = f"bundle {pipeline.version}"
+
+    @property
+    def calibrated_unknown(self) -> float:
+        openset = self.pipeline.classifier.openset
+        return openset.target_frr if openset is not None else 0.0
 
     def decides(self, item: ObservedItem) -> bool:
         return item.pipeline is self.pipeline

@@ -2,16 +2,17 @@
 
 The station offers it every decided item after the item's gate command has gone
 (:class:`~sortline.edge_runtime.station.observers.Observer`). Items wait in a bounded inbox; when
-it is full the item is dropped and counted (``sampled_out``): under load the watch samples the
-line rather than queue behind it, and the loop never waits for it.
+it is full the oldest waiting item is dropped and counted (``sampled_out``): under load the watch
+samples the line as it is now rather than queue behind it (a full FIFO inbox would keep it
+minutes behind the line), and the loop never waits for it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -37,7 +38,9 @@ class ItemWatch:
         self.name = name
         self.budget = budget
         self.busy = busy  # the station is behind: take nothing
-        self._inbox: queue.Queue[ObservedItem] = queue.Queue(maxsize=inbox)
+        self._inbox: deque[ObservedItem] = deque(maxlen=inbox)
+        self._ready = threading.Condition()
+        self._working = False  # an item is being watched now
         self.offered = 0
         self.watched = 0
         self.sampled_out = 0  # dropped because the inbox was full
@@ -48,11 +51,17 @@ class ItemWatch:
         self._thread: threading.Thread | None = None
 
     def offer(self, item: ObservedItem) -> None:
-        self.offered += 1
-        try:
-            self._inbox.put_nowait(item)
-        except queue.Full:
-            self.sampled_out += 1
+        with self._ready:
+            self.offered += 1
+            if len(self._inbox) == self._inbox.maxlen:
+                self.sampled_out += 1  # the oldest waiting item makes room
+            self._inbox.append(item)
+            self._ready.notify()
+
+    @property
+    def waiting(self) -> int:
+        """Items offered and not yet watched (or dropped)."""
+        return len(self._inbox) + self._working
 
     def start(self) -> ItemWatch:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -64,14 +73,15 @@ class ItemWatch:
         rests between items, the line having passed)."""
         self._draining.set()
         limit = time.monotonic() + timeout_s
-        while self._inbox.unfinished_tasks and time.monotonic() < limit:
+        while self.waiting and time.monotonic() < limit:
             time.sleep(0.01)
-        if self._inbox.unfinished_tasks:
-            log.warning("the watch had %d items left when its time to catch up ran out",
-                        self._inbox.unfinished_tasks)
+        if self.waiting:
+            log.warning("the watch had %d items left when its time to catch up ran out", self.waiting)
 
     def stop(self) -> None:
         self._stop.set()
+        with self._ready:
+            self._ready.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -81,27 +91,36 @@ class ItemWatch:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
+    def _next(self) -> ObservedItem | None:
+        with self._ready:
+            while not self._inbox and not self._stop.is_set():
+                self._ready.wait(0.1)
+            if self._stop.is_set():
+                return None
+            self._working = True
+            return self._inbox.popleft()
+
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while (item := self._next()) is not None:
             try:
-                item = self._inbox.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if self.busy is not None and not self._draining.is_set() and self.busy():
-                self.sampled_out += 1
-                self._inbox.task_done()
-                continue
-            started = time.perf_counter()
-            for consumer in self.consumers:
-                try:
-                    consumer.take(item)
-                except Exception:  # one bad item does not stop the watch
-                    self.errors += 1
-                    if self.errors == 1 or self.errors % 1000 == 0:
-                        log.exception("watching item %s failed (#%d)", item.item_id, self.errors)
-            spent = time.perf_counter() - started
-            self.busy_s += spent
-            self.watched += 1
-            self._inbox.task_done()
+                if self.busy is not None and not self._draining.is_set() and self.busy():
+                    self.sampled_out += 1
+                    continue
+                started = time.perf_counter()
+                self._watch(item)
+                spent = time.perf_counter() - started
+                self.busy_s += spent
+                self.watched += 1
+            finally:
+                self._working = False
             if not self._draining.is_set():
                 self._stop.wait(spent * (1 / self.budget - 1))  # rest: the line's threads come first
+
+    def _watch(self, item: ObservedItem) -> None:
+        for consumer in self.consumers:
+            try:
+                consumer.take(item)
+            except Exception:  # one bad item does not stop the watch
+                self.errors += 1
+                if self.errors == 1 or self.errors % 1000 == 0:
+                    log.exception("watching item %s failed (#%d)", item.item_id, self.errors)

@@ -10,9 +10,10 @@ A promotion (the operator's, or the policy's when ``auto``) puts the candidate l
 between two items (:mod:`.candidates`); each item is decided by exactly one version, and the
 event log's ``head_version`` and ``bundle`` say which. Then a :class:`Rollout` watches the next
 ``window_items`` items the new version decides: if its unsure, unknown or safe-exit rate rises
-above the previous version's (on its latest items before the promotion) by more than
-``rate_bound``, significantly, or the drift watch raises an alarm on the items, the previous
-version comes back by itself, and the event log says why. The operator may roll back at any time.
+by more than ``rate_bound``, significantly, above what it was promoted on (its own rates in the
+shadow, when it ran there for at least ``min_window_items`` items; else the previous version's on
+its latest items), or the drift watch raises an alarm on the items, the previous version comes
+back by itself, and the event log says why. The operator may roll back at any time.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sortline.edge_runtime.station.observers import ObservedItem
 
 from .candidates import Candidate, Host, ShadowError
 from .drift import ITEMS, DriftWatch
-from .shadow import ShadowLog, ShadowPolicy, ShadowRecord, Verdict, judge, shadow_stats
+from .shadow import ShadowLog, ShadowPolicy, ShadowRecord, Verdict, judge
 
 log = logging.getLogger(__name__)
 RATES = ("unsure-rate", "unknown-rate", "safe-exit-rate")
@@ -52,8 +53,9 @@ class Rollout:
     version: Candidate  # what went live
     undo: Candidate  # what was live before
     at_item: int | None
-    baseline: list[tuple[int, int]]  # per rate: hits and items of the previous version, before
+    baseline: list[tuple[int, int]]  # per rate: the hits and items it is held to
     by: str
+    baseline_from: str = "the previous version"  # or "its shadow"
     started: float = field(default_factory=time.monotonic)
     items: int = 0
     hits: list[int] = field(default_factory=lambda: [0] * len(RATES))
@@ -85,14 +87,15 @@ class Rollout:
             bound = min(before + self.policy.rate_bound, 0.999)
             if after > bound and binomtest(hits, self.items, bound, alternative="greater").pvalue < self.policy.alpha:
                 return (f"{name} {after:.1%} on {self.items} items after the promotion, against {before:.1%} "
-                        f"on {before_n} before (bound +{self.policy.rate_bound:.0%})")
+                        f"on {before_n} items of {self.baseline_from} (bound +{self.policy.rate_bound:.0%})")
         return None
 
     def to_dict(self) -> dict:
         return {"version": self.version.name, "previous": self.undo.name, "at_item": self.at_item, "by": self.by,
                 "items": self.items, "window_items": self.policy.window_items, "ended": self.ended,
                 "rates_after": {n: round(h / self.items, 4) if self.items else None for n, h in zip(RATES, self.hits)},
-                "rates_before": {n: round(h / m, 4) if m else None for n, (h, m) in zip(RATES, self.baseline)}}
+                "rates_expected": {n: round(h / m, 4) if m else None for n, (h, m) in zip(RATES, self.baseline)},
+                "expected_from": self.baseline_from}
 
 
 class Shadow:
@@ -123,8 +126,8 @@ class Shadow:
             if self.candidate is not None:
                 self.candidate.close()
             self.candidate, self.shadowed, self.verdict = candidate, 0, (False, "just started")
-            live = self._host().live_head().version
-            self.log.start(candidate.name, f"head {live}", self.last_item)
+            live = self._live()
+            self.log.start(candidate.name, f"{live['bundle']}/head {live['head']}" if live else "", self.last_item)
         self._emit("shadow-start", candidate=candidate.name, at_item=self.last_item)
 
     def stop(self, why: str = "stopped by the operator") -> None:
@@ -148,14 +151,29 @@ class Shadow:
             candidate = self.candidate
             if candidate is None:
                 raise ShadowError("no candidate to promote: start one (a refit, or a head or bundle to shadow)")
+            baseline, source = self._expected(candidate)
             undo = candidate.go_live(self._host())
-            baseline = [(sum(flags[k] for flags in self._baseline), len(self._baseline)) for k in range(len(RATES))]
             self.candidate, self._baseline = None, deque(maxlen=self.policy.window_items)
-            self.rollout = Rollout(self.policy, candidate, undo, self.last_item, baseline, by)
+            self.rollout = Rollout(self.policy, candidate, undo, self.last_item, baseline, by, source)
         seconds = time.perf_counter() - started
         log.warning("%s promoted by %s at item %s in %.3f s: %s", candidate.name, by, self.last_item, seconds, why)
         return self._record("shadow-promote", candidate=candidate.name, previous=undo.name, by=by, why=why,
                             at_item=self.last_item, seconds=round(seconds, 4), stats=self.stats())
+
+    def _expected(self, candidate: Candidate) -> tuple[list[tuple[int, int]], str]:
+        """Per rate, hits and items the rollback watch holds the new version to (module docstring)."""
+        records = [r for r in self.log.records() if r.shadow_version == candidate.name]
+        if len(records) >= self.policy.min_window_items:
+            safe = self._host().live_bundle().policy.safe_exit
+            flags = [(r.shadow.unsure, r.shadow.unknown, r.shadow.exit == safe) for r in records]
+            source = "its shadow"
+        else:
+            flags, source = list(self._baseline), "the previous version"
+        return [(sum(f[k] for f in flags), len(flags)) for k in range(len(RATES))], source
+
+    def _judge(self, candidate: Candidate) -> tuple[bool, str]:
+        live_rejects = self._host().live_head().openset is not None
+        return judge(self.stats(), self.policy, None if live_rejects else candidate.calibrated_unknown)
 
     def rollback(self, by: str = "operator", why: str = "") -> dict:
         """Put the version before the latest promotion back live."""
@@ -180,14 +198,13 @@ class Shadow:
 
     def stats(self) -> dict:
         with self._lock:
-            records = self.log.records()
-        return shadow_stats(records, self.policy.alpha)
+            return self.log.tally.stats(self.policy.alpha)
 
     def status(self) -> dict:
         with self._lock:
             candidate, rollout = self.candidate, self.rollout
             stats = self.stats()
-            ready, why = judge(stats, self.policy) if candidate is not None else (False, "no candidate")
+            ready, why = self._judge(candidate) if candidate is not None and self.host else (False, "no candidate")
             return {"candidate": candidate.name if candidate else None,
                     "kind": candidate.kind if candidate else None,
                     "live": self._live(),
@@ -233,7 +250,7 @@ class Shadow:
             self.log.add(record)
             self.shadowed += 1
         if self.shadowed % JUDGE_EVERY == 0:
-            self.verdict = judge(self.stats(), self.policy)
+            self.verdict = self._judge(candidate)
             if self.policy.auto and self.verdict[0]:
                 try:
                     self.promote("policy", self.verdict[1])

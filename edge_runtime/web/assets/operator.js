@@ -68,6 +68,7 @@ async function refresh() {
   const [status, h] = await get("/api/heads");
   fill($("heads"), status !== 200 ? [el("tr", {}, el("td", {}, h.detail))] : h.heads.map(headRow));
   await refreshWatch();
+  await refreshShadow();
   document.body.dataset.ready = "1";
 }
 // --- drift alarms and the queue of unsure items -------------------------------------------------
@@ -121,6 +122,41 @@ document.addEventListener("keydown", async ev => {
   const i = KEYS.indexOf(ev.key.toLowerCase());
   if (i >= 0 && i < queueClasses.length && queueSelected) await labelQueued(queueClasses[i]);
 });
+// --- a candidate in the shadow, side by side with the live version --------------------------------
+function percent(x) { return x === null || x === undefined ? "—" : (100 * x).toFixed(1) + " %"; }
+async function refreshShadow() {
+  const [, sh] = await get("/api/shadow");
+  for (const id of ["promote", "shadow-rollback", "shadow-stop"]) $(id).disabled = !sh.enabled;
+  if (!sh.enabled) {
+    $("shadow-state").textContent = "no shadow on this station ([shadow] enabled = true in its station file)";
+    fill($("shadow-compare"), []); fill($("shadow-classes"), []); $("shadow-verdict").textContent = "";
+    return;
+  }
+  const s = sh.stats, live = sh.live || {};
+  $("shadow-state").textContent = sh.candidate
+    ? `${sh.candidate} beside ${live.bundle} head v${live.head}: ${sh.shadowed} items (${sh.sampled_out} let pass under load)`
+    : `no candidate; live: ${live.bundle} head v${live.head}`;
+  const pair = (name, a, b) => el("tr", {}, el("td", {}, name), el("td", {}, a), el("td", {}, b));
+  fill($("shadow-compare"), sh.candidate || s.items ? [
+    pair("version", `head v${live.head}`, sh.candidate ?? "—"),
+    pair(`accuracy on ${s.labelled} labelled items`, percent(s.live_accuracy), percent(s.shadow_accuracy)),
+    pair("right where the other is wrong", s.live_only_right ?? 0, s.shadow_only_right ?? 0),
+    pair("unsure", percent(s.live_unsure_rate), percent(s.shadow_unsure_rate)),
+    pair("unknown", percent(s.live_unknown_rate), percent(s.shadow_unknown_rate)),
+    pair("agreement", percent(s.agreement), "")] : []);
+  fill($("shadow-classes"), Object.entries(s.agreement_per_class || {}).map(([outcome, v]) =>
+    el("tr", {}, el("td", {}, outcome), el("td", {}, v.items), el("td", {}, percent(v.agreement)))));
+  const r = sh.rollout;
+  $("shadow-verdict").textContent = (sh.candidate ? `promotion${sh.auto ? " (automatic)" : ""}: `
+    + (sh.ready ? "ready — " : "not yet — ") + sh.why : "")
+    + (r ? ` Latest promotion: ${r.version} at item ${r.at_item} by ${r.by}; `
+       + (r.ended ?? `watched ${r.items} of ${r.window_items} items`) + "." : "");
+}
+$("promote").onclick = () => act(() => post("/api/shadow/promote", {why: "promoted on the operator page"}),
+                                 r => `${r.rollout.version} is live`);
+$("shadow-rollback").onclick = () => act(() => post("/api/shadow/rollback", {why: "rolled back on the operator page"}),
+                                         r => `${r.rollout.previous} is live again`);
+$("shadow-stop").onclick = () => act(() => post("/api/shadow/stop"), () => "the candidate is stopped");
 $("mark-good").onclick = () => act(() => post("/api/drift/reference"), () => "a new reference is being learnt");
 
 async function act(call, done) {
@@ -133,6 +169,6 @@ $("commit").onclick = () => act(() => post("/api/enroll/commit"), r => `${r.adde
 $("cancel").onclick = () => act(() => post("/api/enroll/cancel"), () => "discarded");
 $("refit").onclick = () => act(() => post("/api/refit", {exits: {[$("label").value]: Number($("exit").value)},
                                                         force: $("force").checked}),
-                               r => `head v${r.head_version} is live`);
+                               r => r.shadowed ? `head v${r.head_version} runs in the shadow` : `head v${r.head_version} is live`);
 refresh().catch(err => say(err.message));
 setInterval(() => refresh().catch(err => say(err.message)), 1000);
