@@ -28,16 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from drift import line_seeds  # benchmarks/drift.py: line worlds the demo bundles never saw
 from machine import cpu_name  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 AT = 2000
-
-
-def line_seeds(count: int) -> list[int]:
-    """Line worlds the demo bundles never saw (10·k+3; see benchmarks/drift.py)."""
-    return [10 * k + 3 for k in range(count)]
 
 
 def adapt(args: argparse.Namespace) -> dict:

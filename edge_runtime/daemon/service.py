@@ -17,7 +17,7 @@ from sortline.edge_runtime.model.bundle import Bundle
 from sortline.edge_runtime.model.pipeline import Classifier, ItemPipeline
 from sortline.edge_runtime.station import StationConfig, StationStats
 from sortline.edge_runtime.station.wiring import RunningStation
-from sortline.edge_runtime.watch import BundleCandidate, check_newer
+from sortline.edge_runtime.watch import BundleCandidate, check_newer, put_head_live
 from sortline.hardware.recording import RecordingWriter, StreamRecorder
 
 from . import systemd
@@ -184,9 +184,7 @@ class ServeHost:
 
     def swap_head(self, classifier: Classifier) -> Classifier:
         with self.control.lock:
-            if self.control.enroller is not None:
-                self.control.enroller.rollback(classifier.version)
-            return self.control.pipeline.swap(classifier)
+            return put_head_live(self.control.pipeline, self.control.enroller, classifier)
 
     def swap_bundle(self, pipeline: ItemPipeline) -> ItemPipeline:
         loaded = self._loaded.pop(id(pipeline), (pipeline, None, None))

@@ -42,6 +42,7 @@ from sortline.edge_runtime.watch import (
 )
 from sortline.hardware.sim.line import LineConfig, Scenario
 
+from .report import judged_classes
 from .runs import LineRun, sort_on_simulated_line
 
 log = logging.getLogger(__name__)
@@ -158,12 +159,9 @@ class SimulatedOperator:
 
 
 def _mcc(decisions: Sequence[Decision], truth: Mapping[int, int], labels: Sequence[str]) -> float | None:
-    index = {name: i for i, name in enumerate(labels)}
-    judged = [d for d in decisions if d.item_id in truth]
+    judged, y_true, y_pred = judged_classes(decisions, truth, labels)
     if len(judged) < 20:
         return None
-    y_true = [truth[d.item_id] for d in judged]
-    y_pred = [index.get(d.label, len(labels)) if d.label else len(labels) for d in judged]
     return round(float(matthews_corrcoef(y_true, y_pred)), 4)
 
 

@@ -16,6 +16,17 @@ from sortline.hardware.sim.referee import LineTally
 NO_LABEL = "(none)"
 
 
+def judged_classes(decisions: Sequence[Decision], truth: Mapping[int, int],
+                   labels: Sequence[str]) -> tuple[list[Decision], list[int], list[int]]:
+    """The decisions of items whose truth is known, their true and their predicted class indices
+    into ``labels``. An item the head never saw (or named a class it lacks) counts as a wrong
+    answer, ``len(labels)``, not as a skipped one."""
+    index = {name: i for i, name in enumerate(labels)}
+    judged = [d for d in decisions if d.item_id in truth]
+    y_pred = [index.get(d.label, len(labels)) if d.label else len(labels) for d in judged]
+    return judged, [truth[d.item_id] for d in judged], y_pred
+
+
 def summarize(
     decisions: Sequence[Decision],
     truth: Mapping[int, int],
@@ -27,11 +38,7 @@ def summarize(
     faults: Mapping[str, int] | None = None,
 ) -> dict:
     """``truth`` maps item id → true class index into ``labels``."""
-    index = {name: i for i, name in enumerate(labels)}
-    judged = [d for d in decisions if d.item_id in truth]
-    y_true = [truth[d.item_id] for d in judged]
-    # An item the head never saw counts as a wrong answer, not as a skipped one.
-    y_pred = [index.get(d.label, len(labels)) if d.label else len(labels) for d in judged]
+    judged, y_true, y_pred = judged_classes(decisions, truth, labels)
     names = [*labels, NO_LABEL]
     cm = confusion_matrix(y_true, y_pred, labels=list(range(len(names)))) if judged else np.zeros((0, 0))
     right_exit = sum(1 for d, t in zip(judged, y_true) if t < len(labels) and d.exit == policy.exits.get(labels[t]))

@@ -18,7 +18,7 @@ docs/drift.md explains the statistics, the thresholds and what to do on each ala
 docs/adaptation.md the loop from an alarm to a promoted head.
 """
 
-from .candidates import BundleCandidate, HeadCandidate, ShadowError, StationHost, check_newer
+from .candidates import BundleCandidate, HeadCandidate, ShadowError, StationHost, check_newer, put_head_live
 from .drift import Alarm, DriftConfig, DriftWatch
 from .runner import ItemWatch
 from .shadow import ShadowLog, ShadowPolicy
@@ -28,4 +28,4 @@ from .watching import StationWatch
 
 __all__ = ["Alarm", "BundleCandidate", "DriftConfig", "DriftWatch", "HeadCandidate", "ItemWatch", "QueueConfig",
            "QueueError", "Shadow", "ShadowError", "ShadowLog", "ShadowPolicy", "StationHost", "StationWatch",
-           "UnsureQueue", "check_newer"]
+           "UnsureQueue", "check_newer", "put_head_live"]

@@ -15,7 +15,6 @@ was live), which is how a rollback restores it.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from typing import Protocol
 
 from sortline.edge_runtime.errors import SortlineError
@@ -24,8 +23,6 @@ from sortline.edge_runtime.model.bundle import Manifest
 from sortline.edge_runtime.model.pipeline import Classifier, Decision, ItemPipeline
 from sortline.edge_runtime.station.loop import Station
 from sortline.edge_runtime.station.observers import ObservedItem
-
-log = logging.getLogger(__name__)
 
 
 class ShadowError(SortlineError, ValueError):
@@ -53,11 +50,6 @@ class HeadCandidate:
         self.classifier = classifier
         self.name = f"head {classifier.version}"
 
-    @property
-    def calibrated_unknown(self) -> float:
-        """The share of known items its open set rejects by design (0 without one)."""
-        return self.classifier.openset.target_frr if self.classifier.openset is not None else 0.0
-
     def decides(self, item: ObservedItem) -> bool:
         return item.decision.head_version == self.classifier.version
 
@@ -68,9 +60,6 @@ class HeadCandidate:
     def go_live(self, host: Host) -> HeadCandidate:
         return HeadCandidate(host.swap_head(self.classifier))
 
-    def close(self) -> None:
-        pass
-
 
 class BundleCandidate:
     kind = "bundle"
@@ -80,9 +69,8 @@ class BundleCandidate:
         self.name = f"bundle {pipeline.version}"
 
     @property
-    def calibrated_unknown(self) -> float:
-        openset = self.pipeline.classifier.openset
-        return openset.target_frr if openset is not None else 0.0
+    def classifier(self) -> Classifier:
+        return self.pipeline.classifier
 
     def decides(self, item: ObservedItem) -> bool:
         return item.pipeline is self.pipeline
@@ -95,19 +83,30 @@ class BundleCandidate:
     def go_live(self, host: Host) -> BundleCandidate:
         return BundleCandidate(host.swap_bundle(self.pipeline))
 
-    def close(self) -> None:
-        pass
-
 
 Candidate = HeadCandidate | BundleCandidate
+
+
+def put_head_live(pipeline: ItemPipeline, enroller: Enroller | None, classifier: Classifier) -> Classifier:
+    """``classifier`` live in ``pipeline`` and, with ``enroller``, the store's current version (the
+    head watcher would otherwise swap the old one back); returns the one it replaced. A head the
+    pipeline refuses leaves the store as it was."""
+    if enroller is not None:
+        enroller.rollback(classifier.version)
+    try:
+        return pipeline.swap(classifier)
+    except BaseException:
+        if enroller is not None:
+            enroller.rollback(pipeline.classifier.version)
+        raise
 
 
 def check_newer(candidate: Manifest, live: Manifest, force: bool = False) -> None:
     """A bundle older than the live one (by its manifest's creation time) is refused unless
     ``force``: an old bundle, even one signed with the station's key, cannot roll it back."""
-    new, old = _created(candidate), _created(live)
     if force:
         return
+    new, old = _created(candidate), _created(live)
     if new is None or old is None:
         raise ShadowError(f"bundle {candidate.name}: its creation time ({candidate.created!r}) or the live one's "
                           f"({live.created!r}) cannot be read, so it cannot be shown newer; force it to run it")
@@ -139,14 +138,7 @@ class StationHost:
         return self.station.pipeline
 
     def swap_head(self, classifier: Classifier) -> Classifier:
-        if self.enroller is not None:
-            self.enroller.rollback(classifier.version)
-        try:
-            return self.station.pipeline.swap(classifier)
-        except BaseException:
-            if self.enroller is not None:
-                self.enroller.rollback(self.station.pipeline.classifier.version)
-            raise
+        return put_head_live(self.station.pipeline, self.enroller, classifier)
 
     def swap_bundle(self, pipeline: ItemPipeline) -> ItemPipeline:
         return self.station.reload(pipeline)

@@ -105,10 +105,6 @@ class ShadowLog:
     def __len__(self) -> int:
         return len(self._records)
 
-    @property
-    def write_errors(self) -> int:
-        return self._file.errors if self._file is not None else 0
-
     def start(self, candidate: str, live: str, at_item: int | None) -> None:
         """A new candidate: its records start afresh."""
         self._records.clear()

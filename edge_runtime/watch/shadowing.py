@@ -123,8 +123,6 @@ class Shadow:
     def start(self, candidate: Candidate) -> None:
         """Shadow ``candidate`` from the next item on (in place of any other)."""
         with self._lock:
-            if self.candidate is not None:
-                self.candidate.close()
             self.candidate, self.shadowed, self.verdict = candidate, 0, (False, "just started")
             live = self._live()
             self.log.start(candidate.name, f"{live['bundle']}/head {live['head']}" if live else "", self.last_item)
@@ -134,7 +132,6 @@ class Shadow:
         with self._lock:
             candidate, self.candidate = self.candidate, None
         if candidate is not None:
-            candidate.close()
             self._emit("shadow-stop", candidate=candidate.name, why=why)
 
     def forget(self, why: str) -> None:
@@ -162,7 +159,7 @@ class Shadow:
 
     def _expected(self, candidate: Candidate) -> tuple[list[tuple[int, int]], str]:
         """Per rate, hits and items the rollback watch holds the new version to (module docstring)."""
-        records = [r for r in self.log.records() if r.shadow_version == candidate.name]
+        records = self.log.records()  # the log holds the current candidate's only
         if len(records) >= self.policy.min_window_items:
             safe = self._host().live_bundle().policy.safe_exit
             flags = [(r.shadow.unsure, r.shadow.unknown, r.shadow.exit == safe) for r in records]
@@ -171,9 +168,13 @@ class Shadow:
             flags, source = list(self._baseline), "the previous version"
         return [(sum(f[k] for f in flags), len(flags)) for k in range(len(RATES))], source
 
-    def _judge(self, candidate: Candidate) -> tuple[bool, str]:
-        live_rejects = self._host().live_head().openset is not None
-        return judge(self.stats(), self.policy, None if live_rejects else candidate.calibrated_unknown)
+    def _judge(self, candidate: Candidate, stats: dict) -> tuple[bool, str]:
+        """The policy on ``stats``; a live head without an open set holds the candidate's unknown
+        rate to the share its own open set rejects by design (shadow.py)."""
+        if self._host().live_head().openset is not None:
+            return judge(stats, self.policy)
+        openset = candidate.classifier.openset
+        return judge(stats, self.policy, openset.target_frr if openset is not None else 0.0)
 
     def rollback(self, by: str = "operator", why: str = "") -> dict:
         """Put the version before the latest promotion back live."""
@@ -204,7 +205,8 @@ class Shadow:
         with self._lock:
             candidate, rollout = self.candidate, self.rollout
             stats = self.stats()
-            ready, why = self._judge(candidate) if candidate is not None and self.host else (False, "no candidate")
+            attached = candidate is not None and self.host is not None
+            ready, why = self._judge(candidate, stats) if attached else (False, "no candidate")
             return {"candidate": candidate.name if candidate else None,
                     "kind": candidate.kind if candidate else None,
                     "live": self._live(),
@@ -250,7 +252,7 @@ class Shadow:
             self.log.add(record)
             self.shadowed += 1
         if self.shadowed % JUDGE_EVERY == 0:
-            self.verdict = self._judge(candidate)
+            self.verdict = self._judge(candidate, self.stats())
             if self.policy.auto and self.verdict[0]:
                 try:
                     self.promote("policy", self.verdict[1])
