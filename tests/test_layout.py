@@ -25,9 +25,10 @@ ROOMS = {
     "labelling": {"model", "learning", "web", "station"},
     "station": {"model"},
     "watch": {"model", "learning", "station"},
-    "hil": {"model", "learning", "station", "daemon", "watch"},
-    "daemon": {"model", "learning", "station", "web", "watch"},
-    "cli": {"model", "learning", "detection", "labelling", "station", "daemon", "hil", "web", "watch"},
+    "plant": {"model", "station"},
+    "hil": {"model", "learning", "station", "daemon", "watch", "plant"},
+    "daemon": {"model", "learning", "station", "web", "watch", "plant"},
+    "cli": {"model", "learning", "detection", "labelling", "station", "daemon", "hil", "web", "watch", "plant"},
 }
 TOP_LEVEL_MAX = 10
 CLASS_MAX_LINES = 200

@@ -35,7 +35,8 @@ def _desktop(name: str):
 
 def register(commands: argparse._SubParsersAction) -> None:
     report, quiet, signing = flags.report(), flags.quiet(), flags.signing()
-    demo = commands.add_parser("demo", parents=[flags.line(), flags.runtime(), flags.watch(), quiet, report, signing],
+    demo = commands.add_parser("demo", parents=[flags.line(), flags.runtime(), flags.watch(), flags.plant(), quiet,
+                                                report, signing],
                                help="the whole loop on a simulated avocado line")
     demo.add_argument("--items", type=int, default=500, help="items to sort (default 500)")
     demo.add_argument("--backbone", default="resnet10", help="the backbone to pretrain (default resnet10)")

@@ -35,11 +35,14 @@ def demo(args: argparse.Namespace) -> dict:
                                   serve_port=args.port if args.serve else None, shift=args.shift,
                                   watch=not args.no_watch, queue=args.queue, adapt=args.adapt,
                                   labels_per_hour=args.labels_per_hour, refit_every=args.refit_every,
+                                  mqtt=args.mqtt, opcua=args.opcua,
                                   **({"false_alarm_items": args.false_alarm_items} if args.false_alarm_items else {})))
     print((Path(args.out) / "summary.md").read_text())
-    from sortline.edge_runtime.cli.flags import drift_line
+    from sortline.edge_runtime.cli.flags import drift_line, plant_line
 
     print(drift_line(summary))
+    if (said := plant_line(summary)) is not None:
+        print(said)
     if "adapt" in summary:
         from sortline.edge_runtime.cli.flags import adapt_line
 

@@ -36,6 +36,7 @@ from sortline.edge_runtime.model.bundle import (
 from sortline.edge_runtime.model.fusion import FusionSpec
 from sortline.edge_runtime.model.pipeline import ItemPipeline
 from sortline.edge_runtime.model.preprocess import InputSpec
+from sortline.edge_runtime.plant import Plant, local_plant
 from sortline.edge_runtime.watch import DriftConfig, QueueConfig, StationWatch
 from sortline.hardware.sim.faults import FaultRates
 from sortline.hardware.sim.line import LineConfig, Scenario
@@ -94,6 +95,8 @@ class DemoConfig:
     adapt: bool = False  # with a shift: the simulated operator labels, refits; the shadow promotes
     labels_per_hour: float = 3600.0  # the simulated operator's pace, in line time
     refit_every: int = 30  # labels between two refits
+    mqtt: str | None = None  # publish results to this MQTT broker (docs/integration.md)
+    opcua: str | None = None  # serve an OPC UA server on this loopback endpoint
 
 
 def demo_watch(cfg: DemoConfig, out: Path, on_label=None) -> StationWatch | None:
@@ -172,7 +175,7 @@ def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) 
 
 
 def _sort_and_serve(cfg: DemoConfig, bundle: Bundle, pipeline: ItemPipeline, line: LineConfig, scenario: Scenario,
-                    events: Path, out: Path, stop: threading.Event) -> LineRun:
+                    events: Path, out: Path, stop: threading.Event, plant: Plant | None) -> LineRun:
     from sortline.edge_runtime.daemon.api import start_api
     from sortline.edge_runtime.daemon.config import ApiSettings
     from sortline.edge_runtime.learning.enroll import Enroller, HeadWatcher
@@ -188,12 +191,18 @@ def _sort_and_serve(cfg: DemoConfig, bundle: Bundle, pipeline: ItemPipeline, lin
             return start_api(api, running, pipeline, enroller, HeadWatcher(enroller, pipeline), watch=watch).stop
 
         return sort_on_simulated_line(pipeline, line, scenario, event_log=events, progress=cfg.progress,
-                                      beside=serve_beside, stop=stop, watch=watch)
+                                      beside=serve_beside, stop=stop, watch=watch, plant=plant)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
     if cfg.adapt and (cfg.shift is None or not cfg.watch or cfg.serve_port is not None):
         raise ConfigError("--adapt needs a --shift and the watch, and runs without --serve")
+    if cfg.adapt and (cfg.mqtt or cfg.opcua):
+        raise ConfigError("--adapt runs without --mqtt and --opcua")
+    try:  # before the training: a wrong URL is said at once
+        plant = local_plant(cfg.mqtt, cfg.opcua, Path(cfg.out) / "mqtt-spool")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -222,9 +231,9 @@ def run_demo(cfg: DemoConfig) -> dict:
             run, adapt = _sort_and_adapt(cfg, bundle, pipeline, line, on_line, events, out, stop)
         elif cfg.serve_port is None:
             run = sort_on_simulated_line(pipeline, line, on_line, event_log=events, progress=cfg.progress,
-                                         stop=stop, watch=demo_watch(cfg, out))
+                                         stop=stop, watch=demo_watch(cfg, out), plant=plant)
         else:  # the daemon's HTTP side beside the simulated line, enrollment into out/enroll.sqlite
-            run = _sort_and_serve(cfg, bundle, pipeline, line, on_line, events, out, stop)
+            run = _sort_and_serve(cfg, bundle, pipeline, line, on_line, events, out, stop, plant)
     t = stage("sort", timings, t)
 
     summary = {

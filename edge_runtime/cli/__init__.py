@@ -11,6 +11,7 @@ package never imports the desktop one.
 - ``bundles.py``: ``bundle verify|keygen|sign|policy``, ``enroll``, ``heads``;
 - ``tools.py``: ``label``, ``detect``;
 - ``queue.py``: ``queue list|label|export``;
+- ``plant.py``: ``plant passwd|cert``, the OPC UA server's users and certificate;
 - ``shadow.py``: ``shadow status|head|bundle|promote|rollback|stop``, a running station's shadow
   through its HTTP API.
 """
@@ -28,7 +29,7 @@ from importlib.metadata import entry_points
 from sortline.edge_runtime.errors import SortlineError
 from sortline.hardware.files import sweep_temp
 
-from . import bundles, flags, queue, shadow, station, tools
+from . import bundles, flags, plant, queue, shadow, station, tools
 
 COMMANDS_GROUP = "sortline.commands"  # entry points: callables that add subcommands
 __all__ = ["COMMANDS_GROUP", "build_parser", "flags", "main"]
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add(commands)
     queue.add(commands)
     shadow.add(commands)
+    plant.add(commands)
     for entry in entry_points(group=COMMANDS_GROUP):  # the desktop's commands, when installed
         entry.load()(commands)
     bundles.add(commands)

@@ -99,6 +99,34 @@ def watch() -> argparse.ArgumentParser:
     return parser
 
 
+def plant() -> argparse.ArgumentParser:
+    """``--mqtt URL`` and ``--opcua URL``: a run's results on the plant network (docs/integration.md)."""
+    parser = _parent()
+    parser.add_argument("--mqtt", metavar="URL", help="publish results, stats and alarms to this MQTT broker "
+                        "(mqtt://host:1883) under sortline/demo, and take cmd/pause and cmd/resume")
+    parser.add_argument("--opcua", metavar="URL", help="serve an OPC UA server on this loopback endpoint "
+                        "(opc.tcp://127.0.0.1:4840/sortline): anonymous reading, unencrypted")
+    return parser
+
+
+def plant_line(summary: dict) -> str | None:
+    """What a run published to the plant network, in one line (None: it published nothing)."""
+    plant = summary.get("plant")
+    if not plant:
+        return None
+    said = []
+    if "mqtt" in plant:
+        m = plant["mqtt"]
+        said.append(f"MQTT {m['acked']}/{m['results']} results acknowledged, {m['spooled']} through the spool, "
+                    f"{m['lost']} lost, ack p99 {m['ack_ms_p99']} ms, {m['commands']} commands obeyed, "
+                    f"{m['refused']} refused")
+    if "opcua" in plant:
+        o = plant["opcua"]
+        said.append(f"OPC UA {o['events']}/{o['results']} result events, {o['lost']} lost, {o['calls']} calls, "
+                    f"{o['refused_calls']} refused, state {o['state']}")
+    return "Plant network: " + "; ".join(said) + "."
+
+
 def build_watch(args: argparse.Namespace, queue: Path | None = None, on_label=None):
     """The watch a run's flags ask for (None with --no-watch)."""
     from sortline.edge_runtime.watch import DriftConfig, QueueConfig, StationWatch

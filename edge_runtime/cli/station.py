@@ -22,16 +22,24 @@ def _simulate(args: argparse.Namespace) -> dict:
 
 
 def _replay(args: argparse.Namespace) -> dict:
+    from sortline.edge_runtime.errors import ConfigError
     from sortline.edge_runtime.hil.report import markdown
     from sortline.edge_runtime.hil.runs import replay_recording
     from sortline.edge_runtime.model.pipeline import ItemPipeline
+    from sortline.edge_runtime.plant import local_plant
 
     pipeline = ItemPipeline.for_station(args.bundle, threads=args.threads, runtime=args.runtime)
-    run = replay_recording(pipeline, args.recording, speed=args.speed,
-                           event_log=args.events, progress=not args.quiet, watch=flags.build_watch(args))
+    try:
+        plant = local_plant(args.mqtt, args.opcua, None, name="replay")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    run = replay_recording(pipeline, args.recording, speed=args.speed, event_log=args.events,
+                           progress=not args.quiet, watch=flags.build_watch(args), plant=plant)
     print(markdown(run.summary))
     faults = run.summary["faults"]
     print(flags.drift_line(run.summary))
+    if (said := flags.plant_line(run.summary)) is not None:
+        print(said)
     injected = run.summary["faults_injected"]
     print("Faults (observed / injected): " + ", ".join(f"{k} {faults[k]}/{injected[k]}" for k in faults))
     summary = {**run.summary, "ok": run.summary["lost"] == 0 and run.summary["duplicates"] == 0}
@@ -117,7 +125,7 @@ def add(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--bundle", type=Path, help="override the station file's bundle")
     serve.set_defaults(handler=_serve)
 
-    replay = commands.add_parser("replay", parents=[flags.runtime(), flags.watch(), quiet, report],
+    replay = commands.add_parser("replay", parents=[flags.runtime(), flags.watch(), flags.plant(), quiet, report],
                                  help="play a recording to the station runtime and judge it")
     replay.add_argument("recording", type=Path)
     replay.add_argument("--bundle", type=Path, required=True)

@@ -12,6 +12,7 @@
 - ``learning.py``: head versions, enrollment, refit, rollback, bundle reload;
 - ``watching.py``: the drift watch's alarms and the queue of unsure items;
 - ``shadowing.py``: a candidate head or bundle beside the live one, promotion and rollback;
+- ``plant.py``: the plant link (``[mqtt]``, ``[opcua]``) a station file asks for, credentials read;
 - ``models.py``: the API's request and response models.
 
 The operator page's files are in ``web/``.

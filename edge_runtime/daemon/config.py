@@ -3,6 +3,7 @@
 ::
 
     [station]
+    name = "line3"                       # optional: the station's name (default: the host's)
     bundle = "bundles/avocado-line3"     # serve: the bundle to run
     public_key = "keys/line3.pub"        # optional: run only bundles signed by its private key
     runtime = "auto"                     # auto | onnxruntime | openvino (auto: measured at start)
@@ -55,6 +56,16 @@
     min_labelled = 30                    # shown not less accurate (paired test) and not more
     window_items = 1000                  # unsure; after a promotion, rolled back by itself if
                                          # the rates worsen within this many items
+    [mqtt]                               # optional: results and state on the plant's broker
+    url = "mqtts://broker.plant:8883"    # (docs/integration.md); topics under sortline/<name>
+    username = "line3"                   # password in password_file or SORTLINE_MQTT_PASSWORD
+    password_file = "mqtt.password"
+    ca_file = "plant-ca.pem"
+    [opcua]                              # optional: an OPC UA server (OPC 40100 Machine Vision subset)
+    endpoint = "opc.tcp://0.0.0.0:4840/sortline"
+    certificate = "opcua/cert.der"       # Basic256Sha256 SignAndEncrypt with this certificate
+    private_key = "opcua/key.pem"
+    users_file = "opcua.users"           # name:hash lines, made with `sortline plant passwd`
 
     [[views]]                            # one table per view, in view order
     rgb = 0                              # an OpenCV device index, a video file, an RTSP URL,
@@ -120,6 +131,7 @@ Token = Annotated[StrictStr, Field(min_length=16, max_length=256)]
 
 
 class StationTable(_Table):
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
     bundle: Text | None = None
     event_log: Text | None = None
     public_key: Text | None = None  # the key that signed the bundles this station runs
@@ -210,6 +222,38 @@ class ShadowTable(_Table):
     rollback_on_drift: StrictBool = _SHADOW.rollback_on_drift
 
 
+class MqttTable(_Table):
+    """``[mqtt]``: results, state and commands over an MQTT broker (plant/mqtt.py, docs/integration.md)."""
+
+    url: Text  # mqtt://host:1883 or mqtts://host:8883
+    client_id: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None  # default sortline-<name>
+    prefix: Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=r"^[^/#+\x00][^#+\x00]*[^/#+\x00]$")] \
+        | None = None  # default sortline/<name>
+    username: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
+    password_file: Text | None = None  # or SORTLINE_MQTT_PASSWORD
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    ca_file: Text | None = None
+    cert_file: Text | None = None
+    key_file: Text | None = None
+    stats_every_s: Annotated[float, Field(ge=0.5, le=3600, allow_inf_nan=False)] = 10.0
+    spool: Text = "mqtt-spool"  # messages wait here while the broker is away
+    spool_max_mb: Annotated[float, Field(gt=0, le=1 << 20, allow_inf_nan=False)] = 64.0
+    queue: Annotated[StrictInt, Field(ge=100, le=10_000_000)] = 20000
+    window: Annotated[StrictInt, Field(ge=1, le=60000)] = 1000
+
+
+class OpcUaTable(_Table):
+    """``[opcua]``: the OPC UA server (plant/opcua.py, docs/integration.md)."""
+
+    endpoint: Text = "opc.tcp://127.0.0.1:4840/sortline"
+    certificate: Text | None = None  # the station's certificate and private key (Basic256Sha256)
+    private_key: Text | None = None
+    users_file: Text | None = None  # name:hash lines (sortline plant passwd)
+    allow_anonymous: StrictBool = False  # anonymous sessions may browse, read and subscribe
+    allow_unencrypted: StrictBool = False  # offer the None security policy too
+    results: Annotated[StrictInt, Field(ge=100, le=1_000_000)] = 10000  # GetResultById answers for these
+
+
 class StationFile(_Table):
     """A station file, checked; paths in it resolved against the file's folder (:attr:`path`)."""
 
@@ -222,6 +266,8 @@ class StationFile(_Table):
     drift: DriftTable = DriftTable()
     queue: QueueTable = QueueTable()
     shadow: ShadowTable = ShadowTable()
+    mqtt: MqttTable | None = None
+    opcua: OpcUaTable | None = None
     views: Annotated[list[ViewTable], Field(min_length=1, max_length=MAX_VIEWS)]
     _path: Path = PrivateAttr(default=Path("station.toml"))
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from sortline.edge_runtime.learning.enroll import Enroller, EnrollSession, HeadWatcher
 from sortline.edge_runtime.model.pipeline import ItemPipeline
+from sortline.edge_runtime.plant import Plant
 from sortline.edge_runtime.station.wiring import RunningStation
 from sortline.edge_runtime.watch import BundleCandidate, StationWatch
 
@@ -34,6 +35,7 @@ class StationControl:
     bundle_candidate: Callable[[str | None, bool], BundleCandidate] | None = None  # (path, force), serve only
     unsigned_allowed: bool = False  # the station file lets unsigned bundles run (shown on /metrics)
     watch: StationWatch | None = None  # the drift watch and the queue of unsure items
+    plant: Plant | None = None  # MQTT and OPC UA (plant/)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_example(self, label: str, features: np.ndarray, source: str) -> None:

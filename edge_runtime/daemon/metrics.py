@@ -103,6 +103,32 @@ class StationCollector:
                                 value=time.monotonic() - c.started)
         if c.watch is not None:
             yield from watch_metrics(c.watch)
+        if c.plant is not None:
+            yield from plant_metrics(c.plant.summary())
+
+
+def plant_metrics(summary: dict) -> Iterator:
+    """The plant link: MQTT messages and the OPC UA server's results (plant/)."""
+    mqtt = summary.get("mqtt")
+    if mqtt is not None:
+        yield GaugeMetricFamily("sortline_mqtt_connected", "1 while the MQTT broker is connected.",
+                                value=float(mqtt["connected"]))
+        for key, doc in (("results", "Results handed to the MQTT publisher."),
+                         ("acked", "Results the broker acknowledged."),
+                         ("spooled", "Results that waited in the spool."),
+                         ("lost", "Results that could not be kept (queue full, spool over its cap or disk failing)."),
+                         ("disconnects", "Times the broker went away."),
+                         ("commands", "Commands obeyed."), ("refused", "Commands refused (malformed, unknown).")):
+            yield _counter(f"sortline_mqtt_{key}", doc, mqtt[key])
+        yield GaugeMetricFamily("sortline_mqtt_spool_messages", "Results waiting in the spool.", value=mqtt["spool"])
+    opcua = summary.get("opcua")
+    if opcua is not None:
+        yield _counter("sortline_opcua_events", "ResultReady events sent.", opcua["events"])
+        yield _counter("sortline_opcua_lost", "Results the OPC UA server could not keep.", opcua["lost"])
+        yield _counter("sortline_opcua_refused_calls", "Method calls refused (wrong arguments or state).",
+                       opcua["refused_calls"])
+        yield _counter("sortline_opcua_refused_sessions", "Sessions refused (no or wrong credentials).",
+                       opcua["refused_sessions"])
 
 
 def watch_metrics(watch) -> Iterator:

@@ -23,6 +23,7 @@ from sortline.hardware.recording import RecordingWriter, StreamRecorder
 from . import systemd
 from .config import ConfigError, StationFile
 from .control import StationControl
+from .plant import build_plant
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,8 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
           config: StationConfig = StationConfig(),
           ready: threading.Event | None = None) -> tuple[StationStats, dict[str, int]]:
     """Run the station until ``stop`` is set (``ready`` is set once it takes items); return its
-    counters and the faults it saw. If the
-    station's loop dies, this raises :class:`StationError` at once (the daemon then exits
-    non-zero, and systemd restarts it) instead of staying alive and idle."""
+    counters and the faults it saw. If the station's loop dies, this raises :class:`StationError`
+    at once (the daemon then exits non-zero, and systemd restarts it) instead of staying idle."""
     bundle = bundle or station_file.file(station_file.station.bundle)
     if bundle is None:
         raise ConfigError(f"{station_file.path}: no station.bundle, and none given")
@@ -43,13 +43,14 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
     rig = station_file.build_rig()
     api = host = None
     ready = ready or threading.Event()
-    watch = station_file.build_watch()
+    watch, plant = station_file.build_watch(), build_plant(station_file)
     try:
         event_log = station_file.file(station_file.station.event_log)
         with RunningStation(pipeline, station_file.ports, rig, config, event_log=event_log,
-                            bauds=station_file.bauds, observers=[watch] if watch else ()) as running:
+                            bauds=station_file.bauds, observers=[watch] if watch else (),
+                            sinks=[plant] if plant else ()) as running:
             control = StationControl(running, pipeline, enroller, watcher, ready, started=time.monotonic(),
-                                     unsigned_allowed=station_file.unsigned_allowed, watch=watch)
+                                     unsigned_allowed=station_file.unsigned_allowed, watch=watch, plant=plant)
             host = _take_changes(control, station_file, bundle)
             if station_file.api.enabled:
                 from .api import serve_api
@@ -74,6 +75,8 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
             stats = running.stop()
             return stats, running.station.observed_faults()
     finally:
+        if plant is not None:
+            plant.stop()
         if watch is not None:
             watch.stop(drain=False)
         if host is not None:
@@ -88,11 +91,16 @@ def serve(station_file: StationFile, stop: threading.Event, bundle: Path | None 
 
 
 def _take_changes(control: StationControl, station_file: StationFile, bundle: Path) -> ServeHost:
-    """What changes the running station: hot reload, the shadow's candidates and promotions, and
-    the watch (started here) whose queue labels become examples in the store."""
+    """What changes the running station: hot reload, the shadow's candidates and promotions, the
+    watch (started here) whose queue labels become examples in the store, and the plant network's
+    commands (the plant link, started here; stopped after the station, so that its last results
+    are sent or spooled for the next run)."""
     host = ServeHost(control, station_file, bundle)
-    if control.watch is not None:
-        control.watch.attach(control.running.station, control.add_example, host=host).start()
+    watch = control.watch
+    if watch is not None:
+        watch.attach(control.running.station, control.add_example, host=host).start()
+    if control.plant is not None:
+        control.plant.attach(control.running.station, watch.drift if watch else None).start()
     control.reload = functools.partial(_reload, control, station_file, bundle)
     control.bundle_candidate = host.candidate
     return host

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from sortline.edge_runtime.datasets import load_image_set
 from sortline.edge_runtime.model.pipeline import Decision, ItemPipeline
+from sortline.edge_runtime.plant import Plant
 from sortline.edge_runtime.station import StationConfig, StationStats
 from sortline.edge_runtime.station.observers import Observer
 from sortline.edge_runtime.station.stats import REPORTED_ONLY
@@ -96,6 +97,7 @@ def sort_on_line(
     stop: threading.Event | None = None,
     watch: StationWatch | None = None,
     observers: Sequence[Observer] = (),
+    plant: Plant | None = None,
 ) -> LineRun:
     """Run a station on ``line`` until every item has passed; return what both sides saw.
     ``truth_names`` names the line's class indices when they are not the bundle's labels in
@@ -105,7 +107,7 @@ def sort_on_line(
     decided and tallied, and the run reports them. ``watch`` (the drift watch and queue of
     unsure items) is offered every decided item; its alarms go to the event log, and its
     ``drift`` and ``queue`` to the summary; ``observers`` are offered them too (a benchmark's
-    recorder)."""
+    recorder). ``plant`` (MQTT, OPC UA) gets every item's result, and the summary its ``plant``."""
     decisions: list[Decision] = []
     stop_beside: Callable[[], None] | None = None
     ports = {"controller": line.port("controller"), line.sensor: line.port(line.sensor)}
@@ -113,9 +115,12 @@ def sort_on_line(
         # A simulated device waits REOPEN_S (0.3 s) after coming back before it talks: reopen well within it.
         with RunningStation(pipeline, ports, line.rig, station_config, event_log=event_log, reconnect_s=0.05,
                             on_decision=decisions.append,
-                            observers=[*([watch] if watch else []), *observers]) as running:
+                            observers=[*([watch] if watch else []), *observers],
+                            sinks=[plant] if plant else ()) as running:
             if watch is not None:
                 watch.attach(running.station).start()
+            if plant is not None:
+                plant.attach(running.station, watch.drift if watch else None).start()
             if beside is not None:
                 stop_beside = beside(running)
             start = time.monotonic()
@@ -128,14 +133,18 @@ def sort_on_line(
             running.stop()
             station = running.station
     finally:
+        if stop_beside is not None:  # what runs beside may still read the plant link's results
+            stop_beside()
+        if plant is not None:
+            plant.stop()
         if watch is not None:
             watch.stop()
-        if stop_beside is not None:
-            stop_beside()
         line.stop()
     truth = _truth(line, pipeline, truth_names)
     summary = _summary(pipeline, station, decisions, truth, tally, wall_s)
     summary.update(watch.summary() if watch is not None else StationWatch.off())
+    if plant is not None:
+        summary["plant"] = plant.summary()
     return LineRun(tally, station.stats, decisions, truth, wall_s, summary)
 
 

@@ -37,7 +37,7 @@ from .gate import GateChannel
 from .ids import REPEATED, ItemIds
 from .items import Agenda, OpenItem, decide
 from .links import LinkBudget, item_bytes
-from .observers import Observer
+from .observers import Observer, ResultSink
 from .outcomes import Outcomes, Recent
 from .readings import DeviceClock, ReadingMatcher
 from .stats import StationStats, gather, observed_faults
@@ -79,27 +79,25 @@ class Station:
     def __init__(self, pipeline: ItemPipeline, rig: FrameSource, controller: SerialLink, sensor: SerialLink | None,
                  config: StationConfig = StationConfig(), event_log: Path | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_decision: Callable[[Decision], None] | None = None, observers: Sequence[Observer] = ()) -> None:
+                 on_decision: Callable[[Decision], None] | None = None, observers: Sequence[Observer] = (),
+                 sinks: Sequence[ResultSink] = ()) -> None:
         _check_links(pipeline, controller, sensor)
         fusion = pipeline.manifest.fusion
         c = self.config = config
-        self.pipeline = pipeline
-        self.controller = controller
-        self.sensor = sensor
+        self.pipeline, self.controller, self.sensor = pipeline, controller, sensor
         self.steps = 0
         self.paused_lanes: set[int] = set()  # lanes whose items go to the safe exit unseen (operator's pause)
+        self.halted = False  # every lane's items go to the safe exit unseen (a plant system's Halt)
         self.ids = ItemIds(c.max_id_gap, c.remember_items, c.unannounced_wait_ms / 1000)
         self.readings = ReadingMatcher(fusion.sensor, fusion.readings_expected, c.orphan_tap_ttl_ms / 1000,
                                        c.empty_plate_g, c.clock_tolerance_ms / 1000, c.limits)
         self.gate = GateChannel(controller, c.ack_timeout_ms / 1000, c.remember_items)
         self.flow = ItemFlow(rig, pipeline.embedder, self._flow_result, clock, c.workers, c.flow_queue,
                              c.max_batch_items)
-        self._stats = StationStats()
-        self._inbox = controller.inbox
-        self._clock = clock
+        self._stats, self._inbox, self._clock = StationStats(), controller.inbox, clock
         self._log = EventLog(event_log, int(c.event_log_max_mb * (1 << 20)), c.event_log_keep)
         self.recent = Recent(c.recent_decisions, THUMBNAILS, on_decision)
-        self.outcomes = Outcomes(self.gate, self._log, self._stats, self.recent, observers)
+        self.outcomes = Outcomes(self.gate, self._log, self._stats, self.recent, observers, sinks)
         self._open: dict[int, OpenItem] = {}
         self._agenda = Agenda()
         self._results: deque[FlowResult] = deque()
@@ -253,7 +251,7 @@ class Station:
         self._agenda.touch(self.readings.open(item_id, announced_at))
         self._agenda.schedule(item_id, item.sensor_until, decide_by)
         self._stats.lanes[arrival.lane] += 1
-        item.paused = arrival.lane in self.paused_lanes  # an operator paused it: the safe exit, at once
+        item.paused = self.halted or arrival.lane in self.paused_lanes  # paused: the safe exit, at once
         if item.paused or decide_by <= at or not self.flow.submit(item_id, decide_by, item.pipeline.embedder):
             item.result = FlowResult(item_id, None, shed=True)  # paused, no time, or no room: decide now
             self._agenda.touch((item_id,))

@@ -1,7 +1,8 @@
 """What a station shows of each decided item to those who watch it from beside the line (the
-drift watch, the queue of unsure items, a shadow head): the item as it was decided, handed over
-after its gate command has gone. An observer's ``offer`` must return at once: it keeps the item
-for its own thread, or drops it; the loop never waits for it."""
+drift watch, the queue of unsure items, a shadow head; the plant network's publishers): the
+item as it was decided, handed over after its gate command has gone. An observer's ``offer``
+must return at once: it keeps the item for its own thread, or drops it; the loop never waits
+for it."""
 
 from __future__ import annotations
 
@@ -36,6 +37,16 @@ class ObservedItem:
 class Observer(Protocol):
     def offer(self, item: ObservedItem) -> None:
         """Take the item for later, or drop it; never block."""
+        ...
+
+
+class ResultSink(Protocol):
+    """Who hears of every gate command as it goes (the plant network's publishers): each item's
+    record as the event log has it (``event_record``; for an item never announced, its decision),
+    announced or not, decided or shed."""
+
+    def result(self, record: dict) -> None:
+        """Take the record for later, or count it dropped; never block (it runs on the loop)."""
         ...
 
 

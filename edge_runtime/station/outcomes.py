@@ -15,7 +15,7 @@ from sortline.edge_runtime.model.pipeline import UNANNOUNCED, Decision, ItemPipe
 from .events import EventLog
 from .gate import GateChannel
 from .items import OpenItem, Outcome, event_record
-from .observers import ObservedItem, Observer
+from .observers import ObservedItem, Observer, ResultSink
 from .stats import StationStats
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,10 @@ class Outcomes:
     """Sends and records each decision; the loop only decides when."""
 
     def __init__(self, gate: GateChannel, log: EventLog, stats: StationStats, recent: Recent,
-                 observers: Sequence[Observer] = ()) -> None:
+                 observers: Sequence[Observer] = (), sinks: Sequence[ResultSink] = ()) -> None:
         self.gate, self.log, self.stats, self.recent = gate, log, stats, recent
         self.observers = tuple(observers)
+        self.sinks = tuple(sinks)
 
     def decided(self, item: OpenItem, outcome: Outcome, readings: Sequence[Reading], started: float, done: float,
                 sensor_rejected: bool) -> None:
@@ -42,8 +43,16 @@ class Outcomes:
         self.stats.latency_ms.add(record["latency_ms"])
         self.stats.compute_ms.add(record["compute_ms"])
         self.log.write(record)
+        self._publish(record)
         if self.observers:
             self._show(item, outcome.decision, readings)
+
+    def _publish(self, record: dict) -> None:
+        for sink in self.sinks:
+            try:
+                sink.result(record)
+            except Exception:  # a publisher's fault is never the line's
+                log.exception("result sink %r refused item %s", sink, record.get("item_id"))
 
     def _show(self, item: OpenItem, decision: Decision, readings: Sequence[Reading]) -> None:
         """Hand the decided item to its observers (after its command has gone)."""
@@ -62,7 +71,9 @@ class Outcomes:
         decision = pipeline.safe(item_id, UNANNOUNCED)
         sent = self.gate.send(item_id, decision.exit, now, deadline_at)
         self.book(decision)
-        self.log.write({**decision.to_dict(), "sent": sent, "bundle": pipeline.version})
+        record = {**decision.to_dict(), "sent": sent, "bundle": pipeline.version}
+        self.log.write(record)
+        self._publish(record)
 
     def book(self, decision: Decision) -> None:
         self.stats.reasons[decision.reason] += 1

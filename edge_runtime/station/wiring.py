@@ -14,7 +14,7 @@ from sortline.hardware.camera import FrameSource
 from sortline.hardware.serial_link import DEFAULT_BAUD, Received, SerialLink
 
 from .loop import Station, StationConfig, StationError
-from .observers import Observer
+from .observers import Observer, ResultSink
 from .stats import StationStats
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,13 @@ class RunningStation:
     def __init__(self, pipeline: ItemPipeline, ports: Mapping[str, str], rig: FrameSource,
                  config: StationConfig = StationConfig(), event_log: Path | None = None,
                  bauds: Mapping[str, int] | None = None, reconnect_s: float = 0.5,
-                 on_decision: Callable[[Decision], None] | None = None, observers: Sequence[Observer] = ()) -> None:
+                 on_decision: Callable[[Decision], None] | None = None, observers: Sequence[Observer] = (),
+                 sinks: Sequence[ResultSink] = ()) -> None:
         inbox: queue.Queue[Received] = queue.Queue(maxsize=INBOX)
         bauds = bauds or {}
         self.links = [SerialLink(url, name, inbox=inbox, reconnect_s=reconnect_s,
                                  baudrate=bauds.get(name, DEFAULT_BAUD)) for name, url in ports.items()]
-        self._args = (pipeline, rig, config, event_log, on_decision, tuple(observers))
+        self._args = (pipeline, rig, config, event_log, on_decision, tuple(observers), tuple(sinks))
         self.station: Station | None = None
         self.error: BaseException | None = None
         self.stopped = threading.Event()  # set when the loop has ended, for whatever reason
@@ -42,13 +43,13 @@ class RunningStation:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> RunningStation:
-        pipeline, rig, config, event_log, on_decision, observers = self._args
+        pipeline, rig, config, event_log, on_decision, observers, sinks = self._args
         try:
             for link in self.links:
                 link.open()
             controller, sensor = self.links[0], (self.links[1] if len(self.links) > 1 else None)
             self.station = Station(pipeline, rig, controller, sensor, config, event_log=event_log,
-                                   on_decision=on_decision, observers=observers)
+                                   on_decision=on_decision, observers=observers, sinks=sinks)
         except BaseException:
             self._close_links()
             raise

@@ -1,0 +1,476 @@
+"""The station on the plant network: results, stats and commands over MQTT against Debian's
+mosquitto broker (stopped and restarted in the middle of a run; ``mosquitto_sub`` as an outside
+client), and the OPC UA server against an asyncua client (result events, GetResultById, the state
+machine, users and Basic256Sha256). Hostile commands and sessions are refused and counted while
+the station keeps sorting."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from sortline.edge_runtime.errors import ConfigError
+from sortline.edge_runtime.model.pipeline import ItemPipeline
+from sortline.edge_runtime.plant import (
+    CommandError,
+    MqttSettings,
+    OpcUaSettings,
+    Plant,
+    PlantResult,
+    Spool,
+    hash_password,
+    make_certificate,
+    parse_command,
+)
+from sortline.edge_runtime.plant.messages import MAX_COMMAND_BYTES
+
+# CI installs mosquitto (.ci/run); elsewhere the broker tests say why they skip.
+needs_broker = pytest.mark.skipif(shutil.which("mosquitto") is None and not os.environ.get("CI"),
+                                  reason="Debian's mosquitto is not installed (apt install mosquitto "
+                                         "mosquitto-clients)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """Debian's mosquitto on a free port, persistent (a subscriber's queued messages survive a restart)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port, self.folder = _free_port(), folder
+        (folder / "mosquitto.conf").write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {folder}/\nmax_queued_messages 100000\n"
+            f"user {getpass.getuser()}\n")  # as root it would become `mosquitto`, who cannot write the folder
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> Broker:
+        self.process = subprocess.Popen(["mosquitto", "-c", str(self.folder / "mosquitto.conf")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path).start()
+    yield b
+    b.stop()
+
+
+def _record(item_id: int, lane: int = 0, reason: str = "confident") -> dict:
+    return {"item_id": item_id, "lane": lane, "label": "A" if reason == "confident" else None, "confidence": 0.9,
+            "exit": 1, "reason": reason, "head_version": 0, "bundle": "b", "latency_ms": 12.5}
+
+
+# --- what comes in is checked ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("action, payload", [
+    ("pause", b"not json"), ("pause", b'{"lane": 256}'), ("pause", b'{"lane": -1}'), ("pause", b'{"lane": true}'),
+    ("pause", b'{"lane": 1, "extra": 2}'), ("pause", b"[1]"), ("pause", b'{"lane": "1"}'), ("pause", b"\xff\xfe"),
+    ("resume", b" " * (MAX_COMMAND_BYTES + 1)), ("explode", b'{"lane": 1}'), ("pause/../resume", b'{"lane": 1}'),
+])
+def test_a_malformed_command_is_refused_with_a_reason(action, payload):
+    with pytest.raises(CommandError):
+        parse_command(action, payload)
+
+
+def test_good_commands_name_a_lane_or_all():
+    assert parse_command("pause", b'{"lane": 3}').to_dict() == {"command": "pause", "lane": 3}
+    assert parse_command("resume", b'{"lane": "all"}').lane is None
+
+
+def test_a_result_carries_what_the_plant_needs_and_survives_an_unannounced_item():
+    r = PlantResult.of(_record(7, lane=2), seq=3, at=0.0)
+    body = json.loads(r.to_json())
+    assert body["item_id"] == 7 and body["lane"] == 2 and body["utc"].startswith("1970-01-01T00:00:00")
+    assert r.result_id == "3-7"
+    unannounced = PlantResult.of({"item_id": 9, "exit": 0, "reason": "unannounced", "label": None,
+                                  "confidence": 0.0, "bundle": "b"}, seq=4, at=0.0)
+    assert unannounced.lane is None and unannounced.latency_ms is None
+
+
+def test_the_spool_keeps_order_counts_what_its_cap_gives_up_and_is_sent_first_after_a_restart(tmp_path):
+    spool = Spool(tmp_path / "spool", max_bytes=20_000, segment_bytes=2_000)
+    for k in range(1000):  # ~30 bytes each: more than the cap
+        spool.append(("t", json.dumps({"k": k}), float(k)))
+    assert spool.lost > 0 and spool.bytes <= 20_000
+    first = json.loads(spool.peek()[1])["k"]
+    assert first == spool.lost  # the oldest went, every one counted
+    for _ in range(10):
+        spool.pop()
+    spool.close()  # half a segment sent: the rest is kept for the next run
+    (tmp_path / "spool" / "spool-99999999.jsonl").write_text("garbage\n")  # a line that is not the station's
+    again = Spool(tmp_path / "spool", max_bytes=20_000, segment_bytes=2_000)
+    order = []
+    while (entry := again.peek()) is not None:
+        order.append(json.loads(entry[1])["k"])
+        again.pop()
+    assert order == list(range(first + 10, 1000))
+    assert again.lost == 1 and len(again) == 0
+
+
+def test_a_spool_on_a_full_disk_counts_what_it_cannot_keep(tmp_path, monkeypatch):
+    spool = Spool(tmp_path / "spool")
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("builtins.open", full)
+    assert spool.append(("t", "{}", 0.0)) is False
+    assert spool.lost == 1 and spool.errors == 1
+
+
+# --- MQTT against mosquitto -------------------------------------------------------------------------
+
+def _run_line(tiny_bundle, items: int, rate: float, lanes: int, plant: Plant, beside=None, seed: int = 5):
+    from sortline.edge_runtime.hil.runs import sort_on_simulated_line
+    from sortline.hardware.sim.line import LineConfig
+
+    return sort_on_simulated_line(ItemPipeline(tiny_bundle, threads=1),
+                                  LineConfig(items=items, pitch_ms=1000 / rate, lanes=lanes, seed=seed),
+                                  progress=False, plant=plant, beside=beside)
+
+
+@needs_broker
+@pytest.mark.slow
+def test_every_decision_reaches_mosquitto_sub_in_order_though_the_broker_is_away_for_10_s(tiny_bundle, broker,
+                                                                                      tmp_path):
+    """A 6-lane run with the broker stopped for 10 s in its middle: mosquitto_sub (a persistent
+    session, QoS 1) gets every decision, each lane's in order; the spool is empty within 10 s of
+    the broker's return; the station's gate commands never waited."""
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-c",
+                            "-i", "outside-client", "-t", "sortline/test/decision", "-t", "sortline/test/status",
+                            "-v"], stdout=(tmp_path / "sub.txt").open("w"))  # a pipe would fill and block it
+    time.sleep(0.5)  # subscribed before the first result
+    plant = Plant(MqttSettings(url=broker.url, prefix="sortline/test", client_id="station-under-test",
+                               spool=tmp_path / "spool", stats_every_s=1.0))
+    seen: dict[str, float] = {}
+
+    def outage(running):
+        done = threading.Event()
+
+        def act():
+            while running.station.stats.items < 60 and not done.is_set():
+                time.sleep(0.01)
+            broker.stop()
+            seen["down"] = time.monotonic()
+            done.wait(10)
+            broker.start()
+            seen["up"] = time.monotonic()
+            while not done.is_set():
+                status = plant.mqtt.status()
+                if status["connected"] and status["spool"] == 0 and status["pending"] == 0:
+                    seen.setdefault("drained", time.monotonic())
+                    return
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=act, daemon=True)
+        thread.start()
+        return lambda: (thread.join(30), done.set())
+
+    run = _run_line(tiny_bundle, items=480, rate=30, lanes=6, plant=plant, beside=outage)
+    s = run.summary
+    assert (s["items"], s["gate_commands"], s["lost"], s["deadline_misses"]) == (480, 480, 0, 0)
+    mqtt = s["plant"]["mqtt"]
+    assert mqtt["disconnects"] >= 1 and mqtt["spooled"] > 100 and mqtt["lost"] == 0, mqtt
+    assert seen["drained"] - seen["up"] < 10.0
+    time.sleep(1.0)
+    sub.terminate()
+    sub.wait(10)
+    lines = (tmp_path / "sub.txt").read_text().splitlines()
+    decisions = [json.loads(line.split(" ", 1)[1]) for line in lines if line.startswith("sortline/test/decision ")]
+    first = list(dict.fromkeys(d["item_id"] for d in decisions))  # QoS 1: a resent message may repeat
+    assert sorted(first) == list(range(1, 481))
+    for lane in range(6):
+        on_lane = [d["seq"] for d in {d["item_id"]: d for d in decisions}.values() if d["lane"] == lane]
+        assert on_lane == sorted(on_lane), f"lane {lane} out of order"
+    assert "sortline/test/status online" in lines
+
+
+@needs_broker
+@pytest.mark.slow
+def test_commands_pause_and_resume_a_lane_and_garbage_is_refused_while_the_station_sorts(tiny_bundle, broker,
+                                                                                       tmp_path):
+    plant = Plant(MqttSettings(url=broker.url, prefix="sortline/cmd-test", client_id="station",
+                               spool=tmp_path / "spool", stats_every_s=0.5))
+    answers: list[dict] = []
+    stats: list[dict] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="operator")
+
+    def on_message(_c, _u, m):
+        (answers if m.topic.endswith("cmd/ack") else stats).append(json.loads(m.payload))
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe([("sortline/cmd-test/cmd/ack", 1), ("sortline/cmd-test/stats", 1)])
+    client.loop_start()
+    moments: dict[str, int] = {}
+
+    def operator(running):
+        station, done = running.station, threading.Event()
+
+        def act():
+            for at, topic, payload in ((30, "cmd/pause", b'{"lane": 1}'), (35, "cmd/pause", b"not json"),
+                                       (40, "cmd/explode", b'{"lane": 1}'), (45, "cmd/pause", b"x" * 10_000_000),
+                                       (50, "cmd/resume", b'{"lane": 999}'), (110, "cmd/resume", b'{"lane": 1}')):
+                while station.stats.items < at and not done.is_set():
+                    time.sleep(0.005)
+                client.publish(f"sortline/cmd-test/{topic}", payload, qos=1).wait_for_publish(5)
+                moments[f"{topic}@{at}"] = station.stats.items
+
+        thread = threading.Thread(target=act, daemon=True)
+        thread.start()
+        return lambda: (thread.join(20), done.set())
+
+    log = tmp_path / "events.jsonl"
+    from sortline.edge_runtime.hil.runs import sort_on_simulated_line
+    from sortline.hardware.sim.line import LineConfig
+
+    run = sort_on_simulated_line(ItemPipeline(tiny_bundle, threads=1),
+                                 LineConfig(items=200, pitch_ms=1000 / 40, lanes=4, seed=6),
+                                 progress=False, plant=plant, beside=operator, event_log=log)
+    client.loop_stop()
+    s = run.summary
+    assert (s["items"], s["gate_commands"], s["lost"]) == (200, 200, 0)
+    assert s["plant"]["mqtt"]["commands"] == 2 and s["plant"]["mqtt"]["refused"] == 4
+    oks = [a for a in answers if a["ok"]]
+    assert [(a["command"], a["lane"]) for a in oks] == [("pause", 1), ("resume", 1)]
+    assert oks[0]["paused_lanes"] == [1] and oks[1]["paused_lanes"] == []
+    assert len([a for a in answers if not a["ok"]]) == 4
+    items = [json.loads(line) for line in log.read_text().splitlines()]
+    paused = [e for e in items if e.get("reason") == "paused"]
+    assert paused and {e["lane"] for e in paused} == {1}
+    assert all(moments["cmd/pause@30"] <= e["item_id"] <= moments["cmd/resume@110"] + 8 for e in paused)
+    assert stats and stats[-1]["items"] > 0 and "mqtt" in stats[-1]
+
+
+# --- OPC UA ---------------------------------------------------------------------------------------------
+
+USERS = {"operator": hash_password("correct horse", iterations=2000)}
+
+
+def test_opcua_settings_refuse_a_server_nobody_could_use_or_an_unencrypted_one_not_asked_for():
+    with pytest.raises(ValueError, match="unencrypted"):
+        OpcUaSettings(users=USERS)
+    with pytest.raises(ValueError, match="nobody"):
+        OpcUaSettings(allow_unencrypted=True)
+
+
+@pytest.mark.slow
+def test_an_opcua_client_gets_every_result_event_halts_the_station_and_garbage_is_refused(tiny_bundle):
+    from asyncua import Client, ua
+
+    endpoint = f"opc.tcp://127.0.0.1:{_free_port()}/sortline"
+    plant = Plant(opcua=OpcUaSettings(endpoint=endpoint, users=USERS, allow_anonymous=True, allow_unencrypted=True,
+                                      results=10000), simulated=True)
+    events: list = []
+    out: dict = {}
+
+    class Handler:
+        def event_notification(self, event):
+            events.append(event)
+
+    async def client_side(ready: threading.Event, running_ref: dict):
+        async with Client(endpoint) as anonymous:  # reads and subscribes; may not call
+            idx = await anonymous.get_namespace_index("urn:sortline:machine-vision")
+            system = await anonymous.nodes.objects.get_child(f"{idx}:VisionSystem")
+            etype = await anonymous.nodes.base_event_type.get_child(f"{idx}:ResultReadyEventType")
+            subscription = await anonymous.create_subscription(20, Handler())
+            await subscription.subscribe_events(system, etype)
+            ready.set()
+            machine = await system.get_child(f"{idx}:VisionStateMachine")
+            with pytest.raises(ua.UaStatusCodeError):
+                await machine.call_method(f"{idx}:Halt")
+            while "station" not in running_ref or running_ref["station"].stats.items < 80:
+                await asyncio.sleep(0.01)
+            user = Client(endpoint)
+            user.set_user("operator")
+            user.set_password("correct horse")
+            async with user:
+                machine = await user.nodes.objects.get_child([f"{idx}:VisionSystem", f"{idx}:VisionStateMachine"])
+                results = await user.nodes.objects.get_child([f"{idx}:VisionSystem", f"{idx}:ResultManagement"])
+                with pytest.raises(ua.UaStatusCodeError):  # wrong arguments
+                    await results.call_method(f"{idx}:GetResultById", ua.Variant(5, ua.VariantType.Int32))
+                with pytest.raises(ua.UaStatusCodeError):  # a state that does not allow it
+                    await machine.call_method(f"{idx}:SelectModeAutomatic")
+                await machine.call_method(f"{idx}:Halt")
+                out["halted_at"] = running_ref["station"].stats.items
+                await asyncio.sleep(1.0)
+                await machine.call_method(f"{idx}:Reset")
+                await machine.call_method(f"{idx}:SelectModeAutomatic")
+                out["resumed_at"] = running_ref["station"].stats.items
+                out["state"] = (await (await machine.get_child(f"{idx}:CurrentState")).read_value()).Text
+                for _ in range(600):  # every result's event, before the line ends
+                    if len(events) >= 240:
+                        break
+                    await asyncio.sleep(0.05)
+                last = events[-1]
+                out["by_id"] = await results.call_method(f"{idx}:GetResultById",
+                                                         ua.Variant(last.ResultId, ua.VariantType.String),
+                                                         ua.Variant(0, ua.VariantType.Int32))
+                out["missing"] = await results.call_method(f"{idx}:GetResultById",
+                                                           ua.Variant("no-such", ua.VariantType.String),
+                                                           ua.Variant(0, ua.VariantType.Int32))
+            wrong = Client(endpoint)
+            wrong.set_user("operator")
+            wrong.set_password("wrong")
+            with pytest.raises(ua.UaStatusCodeError):
+                async with wrong:
+                    pass
+            await subscription.delete()
+
+    ready, running_ref = threading.Event(), {}
+
+    def client_thread():
+        try:
+            asyncio.run(client_side(ready, running_ref))
+        except BaseException as exc:
+            out["error"] = exc
+            ready.set()
+
+    def beside(running):
+        running_ref["station"] = running.station
+        thread = threading.Thread(target=client_thread, daemon=True)
+        thread.start()
+        ready.wait(20)
+        return lambda: thread.join(30)
+
+    run = _run_line(tiny_bundle, items=240, rate=40, lanes=3, plant=plant, beside=beside)
+    assert "error" not in out, out.get("error")
+    s = run.summary
+    assert (s["items"], s["gate_commands"], s["lost"]) == (240, 240, 0)
+    ids = [e.ResultId for e in events]
+    assert len(ids) == len(set(ids)) == 240  # every result, once
+    assert sorted(int(e.PartId) for e in events) == list(range(1, 241))
+    assert all(e.IsSimulated for e in events)
+    paused = [e for e in events if e.Reason == "paused"]
+    assert paused and all(out["halted_at"] <= int(e.PartId) <= out["resumed_at"] + 8 for e in paused)
+    assert all(e.ResultState == 2 for e in paused)
+    assert {e.ResultState for e in events if e.Reason == "confident"} == {1}
+    assert out["state"] == "Operational"
+    error, part, product, state, exit_, confidence, _ = out["by_id"]
+    assert error == 0 and part == events[-1].PartId and exit_ == events[-1].Exit
+    assert out["missing"][0] != 0
+    opcua = s["plant"]["opcua"]
+    assert opcua["refused_calls"] == 2 and opcua["refused_sessions"] >= 1 and opcua["lost"] == 0
+
+
+def test_basic256sha256_with_users_refuses_plain_and_anonymous_sessions(tmp_path):
+    from asyncua import Client
+
+    server_cert, server_key = make_certificate(tmp_path / "server", "urn:sortline:t", "sortline t")
+    client_cert, client_key = make_certificate(tmp_path / "client", "urn:sortline:client", "client", client=True)
+    endpoint = f"opc.tcp://127.0.0.1:{_free_port()}/sortline"
+    plant = Plant(opcua=OpcUaSettings(endpoint=endpoint, application_uri="urn:sortline:t", certificate=server_cert,
+                                      private_key=server_key, users=USERS))
+    plant.start()
+
+    async def sessions() -> dict:
+        got = {}
+        try:
+            async with Client(endpoint) as plain:
+                got["plain"] = await plain.nodes.objects.read_browse_name()
+        except Exception as exc:
+            got["plain_refused"] = type(exc).__name__
+        for name, password in (("anonymous", None), ("wrong", "guess")):
+            client = Client(endpoint)
+            client.application_uri = "urn:sortline:client"
+            await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{client_cert},{client_key}")
+            if password is not None:
+                client.set_user("operator")
+                client.set_password(password)
+            try:
+                async with client:
+                    got[name] = await client.nodes.objects.read_browse_name()
+            except Exception as exc:
+                got[f"{name}_refused"] = type(exc).__name__
+        user = Client(endpoint)
+        user.application_uri = "urn:sortline:client"
+        await user.set_security_string(f"Basic256Sha256,SignAndEncrypt,{client_cert},{client_key}")
+        user.set_user("operator")
+        user.set_password("correct horse")
+        async with user:
+            idx = await user.get_namespace_index("urn:sortline:machine-vision")
+            state = await user.nodes.objects.get_child([f"{idx}:VisionSystem", f"{idx}:VisionStateMachine",
+                                                        f"{idx}:CurrentState"])
+            got["state"] = (await state.read_value()).Text
+        return got
+
+    try:
+        got = asyncio.run(sessions())
+    finally:
+        plant.stop()
+    assert "plain" not in got and "anonymous" not in got and "wrong" not in got, got
+    assert got["state"] == "Operational"
+    assert plant.opcua.users.refused >= 1
+
+
+# --- the station file -----------------------------------------------------------------------------------
+
+def test_a_station_file_names_the_broker_the_server_and_their_secrets(tmp_path, monkeypatch):
+    from sortline.edge_runtime.daemon.config import load_station_file
+    from sortline.edge_runtime.daemon.plant import build_plant
+
+    (tmp_path / "mqtt.password").write_text("s3cret\n")
+    (tmp_path / "opcua.users").write_text(f"# users\noperator:{USERS['operator']}\n")
+    text = """
+[station]
+name = "line3"
+[controller]
+port = "loop://"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+username = "line3"
+password_file = "mqtt.password"
+[opcua]
+endpoint = "opc.tcp://127.0.0.1:4840/sortline"
+users_file = "opcua.users"
+allow_unencrypted = true
+[[views]]
+rgb = 0
+"""
+    (tmp_path / "station.toml").write_text(text)
+    plant = build_plant(load_station_file(tmp_path / "station.toml"))
+    mqtt, opcua = plant.mqtt.settings, plant.opcua.settings
+    assert mqtt.prefix == "sortline/line3" and mqtt.password == "s3cret" and mqtt.spool == tmp_path / "mqtt-spool"
+    assert list(opcua.users) == ["operator"] and opcua.application_uri == "urn:sortline:line3"
+    (tmp_path / "station.toml").write_text(text.replace('url = "mqtt://127.0.0.1:1883"',
+                                                        'url = "mqtt://127.0.0.1:1883"\nprefix = "a/#"'))
+    with pytest.raises(ConfigError, match="prefix"):
+        load_station_file(tmp_path / "station.toml")
+    (tmp_path / "opcua.users").write_text("operator:plaintext\n")
+    (tmp_path / "station.toml").write_text(text)
+    with pytest.raises(ConfigError, match="users_file"):
+        build_plant(load_station_file(tmp_path / "station.toml"))
