@@ -5,9 +5,9 @@
     python benchmarks/plant.py outage --bundle AVOCADO     # the broker stopped 10 s in a 2,000-item run
     python benchmarks/plant.py opcua --bundle AVOCADO      # 100 results/s for 10 minutes to a subscribed client
 
-- ``mqtt``: runs of ``--items`` at ``--rate`` items/s over 6 lanes, alternated without and with
-  MQTT in one process; a subscriber with a persistent session (QoS 1) counts every decision; the
-  decision → broker acknowledgement times are the publisher's own.
+- ``mqtt``: runs of ``--items`` at each of ``--rates`` items/s over 6 lanes, alternated without
+  and with MQTT in one process; ``mosquitto_sub`` (a persistent session, QoS 1) counts every
+  decision; the decision → broker acknowledgement times are the publisher's own.
 - ``outage``: 2,000 items at 100 items/s, 6 lanes; the broker is stopped at item 500 for 10 s and
   started again: decisions lost at the subscriber, each lane's order, how long the spool took to empty.
 - ``opcua``: ``--seconds`` at 100 items/s, 4 lanes; a client (Basic256Sha256 SignAndEncrypt, a user)
@@ -72,35 +72,30 @@ class Broker:
 
 
 class Subscriber:
-    """A plant client: persistent session, QoS 1, every decision's item id and lane sequence kept."""
+    """A plant client in its own process (``mosquitto_sub``, persistent session, QoS 1) writing
+    every decision to a file: on a 2-core machine a subscriber in the station's process would
+    take the station's CPU, which a real MES does not."""
 
     def __init__(self, port: int, topic: str) -> None:
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.decisions: list[dict] = []
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}",
-                                  clean_session=False)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
-        self.client.on_message = lambda c, u, m: self.decisions.append(json.loads(m.payload))
-        self.client.reconnect_delay_set(1, 1)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
+        self.out = Path(tempfile.mkstemp(prefix="sortline-sub-", suffix=".jsonl")[1])
+        self.process = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-c",
+                                         "-i", f"bench-sub-{os.getpid()}-{time.monotonic_ns()}", "-t", topic],
+                                        stdout=self.out.open("w"))
         time.sleep(0.5)
 
     def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.process.terminate()
+        self.process.wait(10)
 
     def check(self, items: int) -> dict:
+        decisions = [json.loads(line) for line in self.out.read_text().splitlines() if line.startswith("{")]
         first = {}
-        for d in self.decisions:
+        for d in decisions:
             first.setdefault(d["item_id"], d)
         lanes: dict[int, list[int]] = {}
         for d in first.values():
             lanes.setdefault(d["lane"], []).append(d["seq"])
-        return {"at_subscriber": len(first), "missing": items - len(first),
-                "repeated": len(self.decisions) - len(first),
+        return {"at_subscriber": len(first), "missing": items - len(first), "repeated": len(decisions) - len(first),
                 "lanes_in_order": all(seqs == sorted(seqs) for seqs in lanes.values())}
 
 
@@ -127,34 +122,37 @@ def _mqtt_plant(broker: Broker, prefix: str):
 
 def mqtt(args: argparse.Namespace) -> dict:
     broker = Broker().start()
-    runs: dict[str, list[dict]] = {"off": [], "mqtt": []}
+    runs: dict[str, list[dict]] = {}
     try:
-        for rep in range(args.repeats):
-            for mode in (("off", "mqtt") if rep % 2 == 0 else ("mqtt", "off")):
-                prefix = f"bench/{mode}{rep}"
-                sub = Subscriber(broker.port, f"{prefix}/decision") if mode == "mqtt" else None
-                row = _sort(args.bundle, args.items, args.rate, 6, 63 + rep,
-                            plant=_mqtt_plant(broker, prefix) if mode == "mqtt" else None)
-                if sub is not None:
-                    time.sleep(1.0)
-                    sub.close()
-                    row.update(sub.check(row["items"]))
-                runs[mode].append(row)
-                print(mode, json.dumps(row), flush=True)
+        for rate in args.rates:
+            for rep in range(args.repeats):
+                for mode in (("off", "mqtt") if rep % 2 == 0 else ("mqtt", "off")):
+                    prefix = f"bench/{mode}{rep}-{int(rate)}"
+                    sub = Subscriber(broker.port, f"{prefix}/decision") if mode == "mqtt" else None
+                    row = _sort(args.bundle, args.items, rate, 6, 63 + rep,
+                                plant=_mqtt_plant(broker, prefix) if mode == "mqtt" else None)
+                    if sub is not None:
+                        time.sleep(1.0)
+                        sub.close()
+                        row.update(sub.check(row["items"]))
+                    runs.setdefault(f"{mode}@{rate:g}", []).append(row)
+                    print(mode, rate, json.dumps(row), flush=True)
     finally:
         broker.stop()
-    p99 = {m: statistics.median(r["p99"] for r in rs) for m, rs in runs.items()}
-    table = ["| MQTT | items | items/s | decision p50 / p99 ms | late | shed | at subscriber (missing) | "
-             "ack p50 / p99 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for mode, rs in runs.items():
+    p99 = {key: statistics.median(r["p99"] for r in rs) for key, rs in runs.items()}
+    table = ["| offered items/s | MQTT | items | items/s | decision p50 / p99 ms | late | shed | "
+             "at subscriber (missing) | ack p50 / p99 ms |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, rs in runs.items():
+        mode, rate = key.split("@")
         for r in rs:
             m = r["plant"].get("mqtt", {})
-            table.append(f"| {mode} | {r['items']} | {r['items_per_s']} | {r['p50']} / {r['p99']} | {r['late']} | "
-                         f"{r['overload']} | {r.get('at_subscriber', '—')} ({r.get('missing', '—')}) | "
+            table.append(f"| {rate} | {mode} | {r['items']} | {r['items_per_s']} | {r['p50']} / {r['p99']} | "
+                         f"{r['late']} | {r['overload']} | {r.get('at_subscriber', '—')} ({r.get('missing', '—')}) | "
                          f"{m.get('ack_ms_p50', '—')} / {m.get('ack_ms_p99', '—')} |")
-    table.append(f"\nDecision p99, median of runs: off {p99['off']} ms, MQTT {p99['mqtt']} ms "
-                 f"(ratio {round(p99['mqtt'] / p99['off'], 3)}).")
-    return {"runs": runs, "p99_median": p99, "ratio": round(p99["mqtt"] / p99["off"], 3), "table": "\n".join(table)}
+    ratios = {f"{rate:g}": round(p99[f"mqtt@{rate:g}"] / p99[f"off@{rate:g}"], 3) for rate in args.rates}
+    table.append("\nDecision p99, median of runs, MQTT against off: " +
+                 ", ".join(f"{rate} items/s ×{ratio}" for rate, ratio in ratios.items()) + ".")
+    return {"runs": runs, "p99_median": p99, "ratios": ratios, "table": "\n".join(table)}
 
 
 def outage(args: argparse.Namespace) -> dict:
@@ -288,7 +286,8 @@ def main() -> int:
     parser.add_argument("part", choices=["mqtt", "outage", "opcua"])
     parser.add_argument("--bundle", type=Path, required=True, help="the avocado demo bundle")
     parser.add_argument("--items", type=int, default=6000, help="mqtt: items per run")
-    parser.add_argument("--rate", type=float, default=300.0, help="mqtt: items per second over 6 lanes")
+    parser.add_argument("--rates", type=float, nargs="+", default=[300.0, 200.0],
+                        help="mqtt: items per second over 6 lanes (default 300 and 200)")
     parser.add_argument("--repeats", type=int, default=2, help="mqtt: runs of each mode")
     parser.add_argument("--seconds", type=float, default=600.0, help="opcua: how long the line runs at 100 items/s")
     parser.add_argument("--results", action="store_true")

@@ -152,6 +152,27 @@ def test_a_spool_on_a_full_disk_counts_what_it_cannot_keep(tmp_path, monkeypatch
     assert spool.lost == 1 and spool.errors == 1
 
 
+def test_alarms_say_new_faults_once_and_drift_alarms_when_raised_and_when_cleared():
+    from types import SimpleNamespace
+
+    from sortline.edge_runtime.plant.line import StationLine
+
+    faults = {"views_corrupt": 0, "garbled": 2}
+    alarms: list[dict] = []
+    station = SimpleNamespace(observed_faults=lambda: dict(faults), halted=False, paused_lanes=set())
+    line = StationLine(station, SimpleNamespace(summary=lambda: {"alarms": [dict(a) for a in alarms]}))
+    assert line.new_alarms() == [{"kind": "fault", "fault": "garbled", "count": 2, "new": 2}]
+    assert line.new_alarms() == []
+    faults["views_corrupt"] = 3
+    alarms.append({"kind": "camera", "statistic": "sharpness", "camera": 2, "at_item": 900, "cleared_at_item": None})
+    said = line.new_alarms()
+    assert said[0] == {"kind": "fault", "fault": "views_corrupt", "count": 3, "new": 3}
+    assert said[1]["kind"] == "drift" and said[1]["state"] == "raised" and said[1]["drift"]["camera"] == 2
+    assert line.new_alarms() == []
+    alarms[0]["cleared_at_item"] = 1400
+    assert [a["state"] for a in line.new_alarms()] == ["cleared"]
+
+
 # --- MQTT against mosquitto -------------------------------------------------------------------------
 
 def _run_line(tiny_bundle, items: int, rate: float, lanes: int, plant: Plant, beside=None, seed: int = 5):
@@ -474,3 +495,62 @@ rgb = 0
     (tmp_path / "station.toml").write_text(text)
     with pytest.raises(ConfigError, match="users_file"):
         build_plant(load_station_file(tmp_path / "station.toml"))
+
+
+@needs_broker
+@pytest.mark.slow
+def test_serve_publishes_every_item_serves_opcua_with_a_certificate_and_metrics_pass_promtool(tmp_path, tiny_bundle,
+                                                                                             broker):
+    """``sortline serve`` with [mqtt] and [opcua] (Basic256Sha256, a users file, a certificate made
+    by ``sortline plant cert``): a subscriber gets every item; a user reads the state machine;
+    /metrics has the plant's counters and passes promtool."""
+    from asyncua import Client
+    from test_api import _call, _station_with_api
+    from test_daemon import serve_simulated_line
+
+    from sortline.edge_runtime.cli import main
+
+    path, line, port = _station_with_api(tmp_path, tiny_bundle, 60, store=False)
+    assert main(["plant", "cert", "--name", "line9", "--out", str(tmp_path / "opcua")]) == 0
+    client_cert, client_key = make_certificate(tmp_path / "client", "urn:sortline:client", "client", client=True)
+    (tmp_path / "opcua.users").write_text(f"operator:{USERS['operator']}\n")
+    endpoint = f"opc.tcp://127.0.0.1:{_free_port()}/sortline"
+    text = path.read_text().replace("[station]\n", '[station]\nname = "line9"\n')
+    path.write_text(text + f'[mqtt]\nurl = "{broker.url}"\nstats_every_s = 1\n'
+                    f'[opcua]\nendpoint = "{endpoint}"\ncertificate = "opcua/cert.der"\nprivate_key = "opcua/key.pem"\n'
+                    'users_file = "opcua.users"\n')
+    decisions: list[dict] = []
+    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="mes", clean_session=False)
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("sortline/line9/decision", qos=1)
+    sub.on_message = lambda c, u, m: decisions.append(json.loads(m.payload))
+    sub.connect("127.0.0.1", broker.port)
+    sub.loop_start()
+    seen: dict = {}
+
+    async def read_state() -> str:
+        user = Client(endpoint)
+        user.application_uri = "urn:sortline:client"
+        await user.set_security_string(f"Basic256Sha256,SignAndEncrypt,{client_cert},{client_key}")
+        user.set_user("operator")
+        user.set_password("correct horse")
+        async with user:
+            idx = await user.get_namespace_index("urn:sortline:machine-vision")
+            node = await user.nodes.objects.get_child([f"{idx}:VisionSystem", f"{idx}:VisionStateMachine",
+                                                       f"{idx}:CurrentState"])
+            return (await node.read_value()).Text
+
+    def operate() -> None:
+        seen["state"] = asyncio.run(read_state())
+        time.sleep(1.5)  # a stats message and some items
+        seen["metrics"] = _call(port, "/metrics")[1]
+
+    tally, result = serve_simulated_line(path, line, operate)
+    time.sleep(1.0)
+    sub.loop_stop()
+    assert result["stats"].items == 60
+    assert sorted({d["item_id"] for d in decisions}) == list(range(1, 61))
+    assert seen["state"] == "Operational"
+    assert "sortline_mqtt_connected 1.0" in seen["metrics"] and "sortline_opcua_events_total" in seen["metrics"]
+    if shutil.which("promtool"):
+        check = subprocess.run(["promtool", "check", "metrics"], input=seen["metrics"], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sortline.hardware.protocol import MAX_LANE
@@ -49,9 +49,10 @@ class PlantResult:
 
     def to_json(self) -> str:
         """The MQTT payload (made on the publisher's thread, not the station's loop)."""
-        body = asdict(self)
-        del body["at"]
-        return json.dumps({**body, "utc": self.utc}, separators=(",", ":"))
+        return json.dumps({"seq": self.seq, "item_id": self.item_id, "lane": self.lane, "label": self.label,
+                           "confidence": self.confidence, "exit": self.exit, "reason": self.reason,
+                           "head_version": self.head_version, "bundle": self.bundle, "latency_ms": self.latency_ms,
+                           "simulated": self.simulated, "utc": self.utc}, separators=(",", ":"))
 
     @property
     def result_id(self) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import ssl
 import threading
 import time
@@ -38,6 +37,8 @@ from .spool import Entry, Spool
 log = logging.getLogger(__name__)
 SCHEMES = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
 ACK_TIMES = 20000  # the latest acknowledgement times kept for the percentiles
+TICK_S = 0.01  # the publisher's beat: results wait at most this long before they are sent
+RECONNECT_S = 1.0  # while the broker is away, try again this often
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,14 @@ class MqttLink:
         self.settings = s = settings
         self.counts = MqttCounts()
         self.line = None
-        self._queue: queue.Queue[PlantResult] = queue.Queue(maxsize=s.queue)
+        self._queue: deque[PlantResult] = deque()  # at most s.queue; appended by the loop, taken here
         self._spool = Spool(s.spool, int(s.spool_max_mb * (1 << 20))) if s.spool is not None else _MemorySpool(s.queue)
-        self._acks: deque[tuple[int, float]] = deque()  # (mid, when), appended on paho's thread
+        self._acks: deque[tuple[int, float]] = deque()  # (mid, when), appended by paho's callback
         self._pending: dict[int, Entry] = {}  # mid → message, published and not yet acknowledged
         self._ack_ms: deque[float] = deque(maxlen=ACK_TIMES)
-        self._connected = threading.Event()
+        self._connected = threading.Event()  # the broker acknowledged the connection
+        self._open = False  # a connection is open or being opened
+        self._tried = self._said_away = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client = client = make_client(s, self.topic("status"))
@@ -121,40 +124,37 @@ class MqttLink:
 
     def offer(self, result: PlantResult) -> None:
         self.counts.results += 1
-        try:
-            self._queue.put_nowait(result)
-        except queue.Full:
+        if len(self._queue) >= self.settings.queue:
             self.counts.lost += 1
+        else:
+            self._queue.append(result)  # no lock, no wake-up: the publisher looks every TICK_S
 
     # --- the publisher's thread ------------------------------------------------------------------
 
     def start(self) -> MqttLink:
-        s = self.settings
-        self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s,
-                                   **({"clean_start": True} if s.protocol == "5" else {}))
-        self._client.loop_start()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._thread.start()
-        log.info("MQTT: publishing to %s under %s/", s.url, s.prefix)
+        log.info("MQTT: publishing to %s under %s/", self.settings.url, self.settings.prefix)
         return self
 
     def _run(self) -> None:
-        next_stats = next_alarms = time.monotonic()
+        """One thread does it all (paho's network loop included): every TICK_S it takes what the
+        loop left, sends it (or spools it), and reads the broker's acknowledgements and commands.
+        Waking a few times per message cost the station's loop more than the publishing itself."""
+        next_stats = next_alarms = retry_at = time.monotonic()
         while not self._stop.is_set():
             try:
-                first = self._queue.get(timeout=0.02)
-            except queue.Empty:
-                first = None
-            self._take_acks()
-            batch = [first] if first is not None else []
-            while len(batch) < 512:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._pump([self._entry(result) for result in batch])
                 now = time.monotonic()
+                if not self._open and now >= retry_at:
+                    retry_at = now + RECONNECT_S
+                    self._connect()
+                self._pump([self._entry(self._queue.popleft()) for _ in range(min(len(self._queue), 4096))])
+                if self._open:
+                    if self._client.loop(timeout=TICK_S) != paho.MQTT_ERR_SUCCESS:
+                        self._lost()
+                else:
+                    time.sleep(TICK_S)
+                self._take_acks()
                 if self.line is not None and now >= next_alarms:
                     next_alarms = now + 1.0
                     for alarm in self.line.new_alarms():
@@ -165,6 +165,28 @@ class MqttLink:
             except Exception:  # the publisher must outlive any one fault; the line never waits on it
                 log.exception("MQTT publisher")
                 time.sleep(0.1)
+
+    def _connect(self) -> None:
+        s = self.settings
+        try:
+            if self.counts.connects == 0 and not self._tried:
+                self._tried = True
+                self._client.connect(s.host, s.port, keepalive=s.keepalive_s,
+                                     **({"clean_start": True} if s.protocol == "5" else {}))
+            else:
+                self._client.reconnect()  # paho sends again what it had not seen acknowledged
+            self._open = True
+        except (OSError, ValueError) as exc:
+            if not self._said_away:
+                self._said_away = True
+                log.warning("MQTT broker %s cannot be reached (%s); results go to the spool", s.url, exc)
+
+    def _lost(self) -> None:
+        self._open = False
+        if self._connected.is_set() and not self._stop.is_set():
+            self.counts.disconnects += 1
+            log.warning("MQTT: lost the broker %s; results go to the spool", self.settings.url)
+        self._connected.clear()
 
     def _pump(self, batch: list[Entry]) -> None:
         """Send in order: what the spool holds first, then the new results; what cannot go now
@@ -222,16 +244,14 @@ class MqttLink:
             log.error("MQTT broker %s refused the connection: %s", self.settings.url, reason_code)
             return
         self.counts.connects += 1
+        self._said_away = False
         client.subscribe(self.topic("cmd/#"), qos=1)
         client.publish(self.topic("status"), "online", qos=1, retain=True)
         self._connected.set()
         log.info("MQTT: connected to %s", self.settings.url)
 
-    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
-        if self._connected.is_set() and not self._stop.is_set():
-            self.counts.disconnects += 1
-            log.warning("MQTT: lost the broker %s (%s); results go to the spool", self.settings.url, reason_code)
-        self._connected.clear()
+    def _on_disconnect(self, _client, _userdata, _flags, _reason_code, _properties) -> None:
+        self._lost()
 
     def _on_message(self, client, _userdata, message) -> None:
         action = message.topic.removeprefix(self.topic("cmd/"))
@@ -258,36 +278,39 @@ class MqttLink:
         sent in the spool for the next run."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self._thread is not None and self._thread.is_alive() and \
-                (self._queue.qsize() or len(self._spool) or self._pending) and self._connected.is_set():
+                (self._queue or len(self._spool) or self._pending) and self._connected.is_set():
             time.sleep(0.02)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._take_acks()
-        for entry in [*self._pending.values(), *map(self._entry, _drain(self._queue))]:
+        for entry in [*self._pending.values(), *map(self._entry, self._queue)]:
             self._keep(entry)  # not acknowledged, or never sent: the next run sends them
+        self._queue.clear()
         if self._connected.is_set():
-            self._client.publish(self.topic("status"), "offline", qos=1, retain=True).wait_for_publish(1.0)
-        self._client.disconnect()
-        self._client.loop_stop()
+            info = self._client.publish(self.topic("status"), "offline", qos=1, retain=True)
+            until = time.monotonic() + 1.0
+            while not info.is_published() and time.monotonic() < until and \
+                    self._client.loop(timeout=0.05) == paho.MQTT_ERR_SUCCESS:
+                pass
+            self._client.disconnect()
         self._spool.close()
 
     def status(self) -> dict:
         ack = np.array(self._ack_ms) if self._ack_ms else None
-        return {"connected": self._connected.is_set(), **self.counts.__dict__, "waiting": self._queue.qsize(),
+        return {"connected": self._connected.is_set(), **self.counts.__dict__, "waiting": len(self._queue),
                 "pending": len(self._pending), "spool": len(self._spool),
                 "ack_ms_p50": round(float(np.percentile(ack, 50)), 2) if ack is not None else None,
                 "ack_ms_p99": round(float(np.percentile(ack, 99)), 2) if ack is not None else None}
 
 
 def make_client(s: MqttSettings, status_topic: str) -> paho.Client:
-    """A paho client for ``s``: its protocol, credentials, TLS, the last will on ``status_topic``;
-    paho reconnects by itself, within 2 s of the broker's return."""
+    """A paho client for ``s``: its protocol, credentials, TLS, the last will on ``status_topic``.
+    Its network loop is driven by :class:`MqttLink`'s thread, which also reconnects it."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
                          protocol=paho.MQTTv5 if s.protocol == "5" else paho.MQTTv311,
                          **({} if s.protocol == "5" else {"clean_session": True}))
     client.max_inflight_messages_set(100)
-    client.reconnect_delay_set(min_delay=1, max_delay=2)
     if s.username is not None:
         client.username_pw_set(s.username, s.password)
     if s.tls:
@@ -296,15 +319,6 @@ def make_client(s: MqttSettings, status_topic: str) -> paho.Client:
                        keyfile=str(s.key_file) if s.key_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
     client.will_set(status_topic, "offline", qos=1, retain=True)
     return client
-
-
-def _drain(q: queue.Queue) -> list:
-    out = []
-    while True:
-        try:
-            out.append(q.get_nowait())
-        except queue.Empty:
-            return out
 
 
 class _MemorySpool:
