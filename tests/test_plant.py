@@ -211,8 +211,8 @@ def test_every_decision_reaches_mosquitto_sub_in_order_though_the_broker_is_away
             broker.start()
             seen["up"] = time.monotonic()
             while not done.is_set():
-                status = plant.mqtt.status()
-                if status["connected"] and status["spool"] == 0 and status["pending"] == 0:
+                status = plant.summary().get("mqtt", {})
+                if status.get("connected") and status.get("spool") == 0 and status.get("pending") == 0:
                     seen.setdefault("drained", time.monotonic())
                     return
                 time.sleep(0.02)
@@ -408,6 +408,22 @@ def test_an_opcua_client_gets_every_result_event_halts_the_station_and_garbage_i
     assert opcua["refused_calls"] == 2 and opcua["refused_sessions"] >= 1 and opcua["lost"] == 0
 
 
+async def _read_state_securely(endpoint: str, client_cert: Path, client_key: Path) -> str:
+    """CurrentState, read as the user ``operator`` over Basic256Sha256 SignAndEncrypt."""
+    from asyncua import Client
+
+    user = Client(endpoint)
+    user.application_uri = "urn:sortline:client"
+    await user.set_security_string(f"Basic256Sha256,SignAndEncrypt,{client_cert},{client_key}")
+    user.set_user("operator")
+    user.set_password("correct horse")
+    async with user:
+        idx = await user.get_namespace_index("urn:sortline:machine-vision")
+        node = await user.nodes.objects.get_child([f"{idx}:VisionSystem", f"{idx}:VisionStateMachine",
+                                                   f"{idx}:CurrentState"])
+        return (await node.read_value()).Text
+
+
 def test_basic256sha256_with_users_refuses_plain_and_anonymous_sessions(tmp_path):
     from asyncua import Client
 
@@ -437,16 +453,7 @@ def test_basic256sha256_with_users_refuses_plain_and_anonymous_sessions(tmp_path
                     got[name] = await client.nodes.objects.read_browse_name()
             except Exception as exc:
                 got[f"{name}_refused"] = type(exc).__name__
-        user = Client(endpoint)
-        user.application_uri = "urn:sortline:client"
-        await user.set_security_string(f"Basic256Sha256,SignAndEncrypt,{client_cert},{client_key}")
-        user.set_user("operator")
-        user.set_password("correct horse")
-        async with user:
-            idx = await user.get_namespace_index("urn:sortline:machine-vision")
-            state = await user.nodes.objects.get_child([f"{idx}:VisionSystem", f"{idx}:VisionStateMachine",
-                                                        f"{idx}:CurrentState"])
-            got["state"] = (await state.read_value()).Text
+        got["state"] = await _read_state_securely(endpoint, client_cert, client_key)
         return got
 
     try:
@@ -455,7 +462,7 @@ def test_basic256sha256_with_users_refuses_plain_and_anonymous_sessions(tmp_path
         plant.stop()
     assert "plain" not in got and "anonymous" not in got and "wrong" not in got, got
     assert got["state"] == "Operational"
-    assert plant.opcua.users.refused >= 1
+    assert plant.summary()["opcua"]["refused_sessions"] >= 1
 
 
 # --- the station file -----------------------------------------------------------------------------------
@@ -484,7 +491,7 @@ rgb = 0
 """
     (tmp_path / "station.toml").write_text(text)
     plant = build_plant(load_station_file(tmp_path / "station.toml"))
-    mqtt, opcua = plant.mqtt.settings, plant.opcua.settings
+    mqtt, opcua = plant.mqtt_settings, plant.opcua_settings
     assert mqtt.prefix == "sortline/line3" and mqtt.password == "s3cret" and mqtt.spool == tmp_path / "mqtt-spool"
     assert list(opcua.users) == ["operator"] and opcua.application_uri == "urn:sortline:line3"
     (tmp_path / "station.toml").write_text(text.replace('url = "mqtt://127.0.0.1:1883"',
@@ -504,7 +511,6 @@ def test_serve_publishes_every_item_serves_opcua_with_a_certificate_and_metrics_
     """``sortline serve`` with [mqtt] and [opcua] (Basic256Sha256, a users file, a certificate made
     by ``sortline plant cert``): a subscriber gets every item; a user reads the state machine;
     /metrics has the plant's counters and passes promtool."""
-    from asyncua import Client
     from test_api import _call, _station_with_api
     from test_daemon import serve_simulated_line
 
@@ -527,20 +533,8 @@ def test_serve_publishes_every_item_serves_opcua_with_a_certificate_and_metrics_
     sub.loop_start()
     seen: dict = {}
 
-    async def read_state() -> str:
-        user = Client(endpoint)
-        user.application_uri = "urn:sortline:client"
-        await user.set_security_string(f"Basic256Sha256,SignAndEncrypt,{client_cert},{client_key}")
-        user.set_user("operator")
-        user.set_password("correct horse")
-        async with user:
-            idx = await user.get_namespace_index("urn:sortline:machine-vision")
-            node = await user.nodes.objects.get_child([f"{idx}:VisionSystem", f"{idx}:VisionStateMachine",
-                                                       f"{idx}:CurrentState"])
-            return (await node.read_value()).Text
-
     def operate() -> None:
-        seen["state"] = asyncio.run(read_state())
+        seen["state"] = asyncio.run(_read_state_securely(endpoint, client_cert, client_key))
         time.sleep(1.5)  # a stats message and some items
         seen["metrics"] = _call(port, "/metrics")[1]
 

@@ -10,19 +10,23 @@
 - ``certs.py``: a self-signed application certificate for the OPC UA server;
 - ``opcua.py``: :class:`OpcUaServer`, a subset of OPC 40100 Machine Vision (state machine, results
   and their events);
-- ``link.py``: :class:`Plant`, the one result sink the station hands each item to, fanned out.
+- ``link.py``: :class:`PlantSides`, each record fanned out to MQTT and OPC UA (in the plant link's
+  process);
+- ``process.py``: :class:`Plant`, the station's one result sink for the plant network: records
+  down a pipe to a process of its own, commands back up; the plant link of a demo or replay.
 
 docs/integration.md has the topics, payloads, nodes and security settings.
 """
 
 from .certs import make_certificate
-from .link import Plant, local_plant
+from .link import PlantSides
 from .messages import CommandError, LaneCommand, PlantResult, parse_command
 from .mqtt import MqttLink, MqttSettings
 from .opcua import OpcUaServer, OpcUaSettings
+from .process import Plant, local_plant
 from .spool import Spool
 from .users import hash_password
 
 __all__ = ["CommandError", "LaneCommand", "MqttLink", "MqttSettings", "OpcUaServer", "OpcUaSettings", "Plant",
-           "PlantResult", "Spool", "hash_password", "local_plant", "make_certificate",
+           "PlantResult", "PlantSides", "Spool", "hash_password", "local_plant", "make_certificate",
            "parse_command"]

@@ -19,6 +19,19 @@ class DriftAlarms(Protocol):
     def summary(self) -> dict: ...
 
 
+class Line(Protocol):
+    """What the plant's commands act on and its stats and alarms come from: the station itself
+    (:class:`StationLine`, in the station's process) or its mirror in the plant link's process."""
+
+    def apply(self, command: LaneCommand, source: str) -> dict: ...
+
+    def state(self) -> dict: ...
+
+    def stats(self) -> dict: ...
+
+    def new_alarms(self) -> list[dict]: ...
+
+
 class StationLine:
     """What MQTT commands and the OPC UA state machine act on. Pausing a lane sends its items to
     the safe exit unseen; pausing all halts the station (every lane, known or not)."""
@@ -31,14 +44,7 @@ class StationLine:
 
     def apply(self, command: LaneCommand, source: str) -> dict:
         station = self.station
-        if command.lane is None:
-            station.halted = command.action == "pause"
-            if command.action == "resume":
-                station.paused_lanes.clear()
-        elif command.action == "pause":
-            station.paused_lanes.add(command.lane)
-        else:
-            station.paused_lanes.discard(command.lane)
+        station.halted = change(command, station.halted, station.paused_lanes)
         log.warning("%s: %s %s", source, command.action, "every lane" if command.lane is None else
                     f"lane {command.lane}")
         return self.state()
@@ -69,6 +75,19 @@ class StationLine:
                 self._drift[key] = state
                 alarms.append({"kind": "drift", "state": state, "drift": alarm})
         return alarms
+
+
+def change(command: LaneCommand, halted: bool, paused: set[int]) -> bool:
+    """Pause or resume a lane in ``paused``, or every lane (the halt); returns whether halted."""
+    if command.lane is None:
+        if command.action == "resume":
+            paused.clear()
+        return command.action == "pause"
+    if command.action == "pause":
+        paused.add(command.lane)
+    else:
+        paused.discard(command.lane)
+    return halted
 
 
 def _round(value: float) -> float | None:

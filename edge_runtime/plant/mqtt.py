@@ -255,21 +255,8 @@ class MqttLink:
 
     def _on_message(self, client, _userdata, message) -> None:
         action = message.topic.removeprefix(self.topic("cmd/"))
-        if action == "ack":
-            return  # our own answers
-        try:
-            if self.line is None:
-                raise CommandError("the station is not running yet")
-            command: LaneCommand = parse_command(action, message.payload)
-            answer = {**command.to_dict(), "ok": True, **self.line.apply(command, "MQTT command")}
-            self.counts.commands += 1
-        except CommandError as exc:
-            self.counts.refused += 1
-            if self.counts.refused <= 10 or self.counts.refused % 1000 == 0:
-                log.warning("MQTT command on %s refused (%d so far): %s", message.topic[:120], self.counts.refused,
-                            exc)
-            answer = {"command": action[:40], "ok": False, "error": str(exc)}
-        client.publish(self.topic("cmd/ack"), json.dumps(answer), qos=1)
+        if action != "ack":  # not our own answers
+            client.publish(self.topic("cmd/ack"), json.dumps(obey(self.line, action, message, self.counts)), qos=1)
 
     # --- the end -----------------------------------------------------------------------------
 
@@ -302,6 +289,22 @@ class MqttLink:
                 "pending": len(self._pending), "spool": len(self._spool),
                 "ack_ms_p50": round(float(np.percentile(ack, 50)), 2) if ack is not None else None,
                 "ack_ms_p99": round(float(np.percentile(ack, 99)), 2) if ack is not None else None}
+
+
+def obey(line, action: str, message, counts: MqttCounts) -> dict:
+    """A command from the broker, checked and applied to ``line``; the answer for ``cmd/ack``."""
+    try:
+        if line is None:
+            raise CommandError("the station is not running yet")
+        command: LaneCommand = parse_command(action, message.payload)
+        answer = {**command.to_dict(), "ok": True, **line.apply(command, "MQTT command")}
+        counts.commands += 1
+    except CommandError as exc:
+        counts.refused += 1
+        if counts.refused <= 10 or counts.refused % 1000 == 0:
+            log.warning("MQTT command on %s refused (%d so far): %s", message.topic[:120], counts.refused, exc)
+        answer = {"command": action[:40], "ok": False, "error": str(exc)}
+    return answer
 
 
 def make_client(s: MqttSettings, status_topic: str) -> paho.Client:
