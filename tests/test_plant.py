@@ -498,6 +498,9 @@ rgb = 0
                                                         'url = "mqtt://127.0.0.1:1883"\nprefix = "a/#"'))
     with pytest.raises(ConfigError, match="prefix"):
         load_station_file(tmp_path / "station.toml")
+    monkeypatch.setenv("SORTLINE_MQTT_PASSWORD", "from-the-environment")
+    (tmp_path / "station.toml").write_text(text.replace('password_file = "mqtt.password"\n', ""))
+    assert build_plant(load_station_file(tmp_path / "station.toml")).mqtt_settings.password == "from-the-environment"
     (tmp_path / "opcua.users").write_text("operator:plaintext\n")
     (tmp_path / "station.toml").write_text(text)
     with pytest.raises(ConfigError, match="users_file"):
@@ -548,3 +551,81 @@ def test_serve_publishes_every_item_serves_opcua_with_a_certificate_and_metrics_
     if shutil.which("promtool"):
         check = subprocess.run(["promtool", "check", "metrics"], input=seen["metrics"], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A certificate authority and a server certificate for 127.0.0.1 signed by it (PEM)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject: str, key, issuer: str, signer, ca: bool):
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (x509.CertificateBuilder().subject_name(name)
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    files = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    files[0].write_bytes(cert("plant CA", ca_key, "plant CA", ca_key, True).public_bytes(serialization.Encoding.PEM))
+    files[1].write_bytes(cert("broker", server_key, "plant CA", ca_key, False).public_bytes(serialization.Encoding.PEM))
+    files[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return files
+
+
+@needs_broker
+def test_mqtt_5_over_tls_with_a_password_and_a_plant_ca(tmp_path):
+    """mqtts:// to a broker whose certificate the plant's CA signed, MQTT 5, a user with a password
+    from the environment: every result arrives; a wrong password is not a crash, only nothing sent."""
+    ca, cert, key = _tls_files(tmp_path)
+    port = _free_port()
+    (tmp_path / "passwords").write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(tmp_path / "passwords"), "line3", "s3cret-pass"], check=True)
+    (tmp_path / "mosquitto.conf").write_text(
+        f"listener {port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\nallow_anonymous false\n"
+        f"password_file {tmp_path / 'passwords'}\nuser {getpass.getuser()}\n")
+    broker = subprocess.Popen(["mosquitto", "-c", str(tmp_path / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        got: list[dict] = []
+        sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="mes", protocol=paho.MQTTv5)
+        sub.tls_set(ca_certs=str(ca))
+        sub.username_pw_set("line3", "s3cret-pass")
+        sub.on_connect = lambda c, u, f, rc, p: c.subscribe("sortline/tls/decision", qos=1)
+        sub.on_message = lambda c, u, m: got.append(json.loads(m.payload))
+        sub.connect("127.0.0.1", port)
+        sub.loop_start()
+        time.sleep(0.5)
+        results = {}
+        for password in ("s3cret-pass", "wrong"):
+            plant = Plant(MqttSettings(url=f"mqtts://127.0.0.1:{port}", prefix="sortline/tls",
+                                       client_id=f"st-{password}", username="line3", password=password, protocol="5",
+                                       ca_file=ca, spool=None))
+            plant.start()
+            for k in range(1, 51):
+                plant.result(_record(k, lane=k % 3))
+            time.sleep(1.5)
+            plant.stop(timeout_s=3)
+            results[password] = plant.summary()["mqtt"]
+        sub.loop_stop()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    assert sorted({d["item_id"] for d in got}) == list(range(1, 51))
+    assert results["s3cret-pass"]["acked"] == 50 and results["s3cret-pass"]["lost"] == 0
+    assert results["wrong"]["connects"] == 0 and results["wrong"]["acked"] == 0 and results["wrong"]["spooled"] == 50

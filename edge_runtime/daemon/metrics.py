@@ -109,6 +109,8 @@ class StationCollector:
 
 def plant_metrics(summary: dict) -> Iterator:
     """The plant link: MQTT messages and the OPC UA server's results (plant/)."""
+    yield _counter("sortline_plant_lost", "Results that never reached the plant link's process (its queue full, "
+                   "or the process gone).", summary.get("lost_before_the_link", 0))
     mqtt = summary.get("mqtt")
     if mqtt is not None:
         yield GaugeMetricFamily("sortline_mqtt_connected", "1 while the MQTT broker is connected.",

@@ -35,6 +35,9 @@ from .report import summarize
 
 __all__ = ["Shift", "ShiftError", "make_scenario", "replay_recording", "sort_on_line", "sort_on_simulated_line"]
 DISTINCT_ITEMS = 1000  # a simulated line renders at most this many distinct items, then repeats them
+# How long the watch may take, once the line has passed, to catch up on the items it kept (the queue
+# writes each unsure item's frames: 121 items took longer than 10 s on a loaded 2-core machine)
+DRAIN_S = 60.0
 
 
 class Line(Protocol):
@@ -129,7 +132,7 @@ def sort_on_line(
             tally = line.wait()
             wall_s = time.monotonic() - start
             if watch is not None:
-                watch.drain()  # its alarms reach the event log before the station closes it
+                watch.drain(DRAIN_S)  # its alarms reach the event log before the station closes it
             running.stop()
             station = running.station
     finally:

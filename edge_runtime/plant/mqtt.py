@@ -240,8 +240,11 @@ class MqttLink:
     # --- paho's thread -----------------------------------------------------------------------
 
     def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
-        if reason_code.is_failure:
-            log.error("MQTT broker %s refused the connection: %s", self.settings.url, reason_code)
+        if reason_code.is_failure:  # said once until a connection succeeds; tried again every RECONNECT_S
+            if not self._said_away:
+                self._said_away = True
+                log.error("MQTT broker %s refused the connection: %s; results go to the spool", self.settings.url,
+                          reason_code)
             return
         self.counts.connects += 1
         self._said_away = False

@@ -81,9 +81,9 @@ class StationWatch:
             runner.start()
         return self
 
-    def drain(self) -> None:
+    def drain(self, timeout_s: float = 10.0) -> None:
         for runner in self._runners():
-            runner.drain()
+            runner.drain(timeout_s)
 
     def stop(self, drain: bool = True) -> None:
         if drain:
