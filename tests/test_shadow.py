@@ -466,6 +466,8 @@ def test_the_operator_page_shows_the_candidate_beside_the_live_head_and_promotes
             wait.until(lambda b: "is live" in b.find_element(By.ID, "message").text)
             seen["message"] = browser.find_element(By.ID, "message").text
             wait.until(lambda b: "head v1" in b.find_element(By.ID, "head").text)
+            # the verdict is refreshed by its own poll, which may come a beat after the head's
+            wait.until(lambda b: "by operator" in b.find_element(By.ID, "shadow-verdict").text)
             seen["after"] = browser.find_element(By.ID, "shadow-verdict").text
         except Exception as exc:  # reported by the test below, not lost on this thread
             seen["error"] = repr(exc)

@@ -216,6 +216,7 @@ def child_main(conn, mqtt: MqttSettings | None, opcua: OpcUaSettings | None, sim
     from .link import PlantSides
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("asyncua").setLevel(logging.WARNING)  # its sessions and subscriptions, at INFO, every one
     try:
         os.nice(NICE)  # off the decision path: under load the station's process gets the CPU first
     except OSError:
