@@ -34,10 +34,8 @@ import threading
 import time
 from pathlib import Path
 
-from machine import cpu_name  # benchmarks/machine.py
+from machine import cpu_name, write_results  # benchmarks/machine.py
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 # The broker and the subscriber stand for machines elsewhere on the plant network: on this one they
 # run at the lowest priority, so that they take only what the station leaves (a station does not
 # host the plant's broker).
@@ -305,11 +303,7 @@ def main() -> int:
                   args={k: str(v) for k, v in vars(args).items()})
     print(result["table"])
     if args.results:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"plant_{args.part}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-        md = [f"# Plant network: {args.part}", "", f"CPU: {result['cpu']}, {result['cores']} cores; "
-              f"{result['seconds']} s; `python benchmarks/plant.py {args.part}`", "", result["table"]]
-        (RESULTS / f"plant_{args.part}.md").write_text("\n".join(md) + "\n")
+        write_results("plant", args.part, "Plant network", result)
     return 0
 
 

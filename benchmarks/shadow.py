@@ -29,10 +29,8 @@ import time
 from pathlib import Path
 
 from drift import line_seeds  # benchmarks/drift.py: line worlds the demo bundles never saw
-from machine import cpu_name  # benchmarks/machine.py
+from machine import cpu_name, write_results  # benchmarks/machine.py
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 AT = 2000
 
 
@@ -149,11 +147,7 @@ def main() -> int:
                   args={k: str(v) for k, v in vars(args).items()})
     print(result["table"])
     if args.results:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"shadow_{args.part}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-        md = [f"# Shadow: {args.part}", "", f"CPU: {result['cpu']}, {result['cores']} cores; {result['seconds']} s; "
-              f"`python benchmarks/shadow.py {args.part}`", "", result["table"]]
-        (RESULTS / f"shadow_{args.part}.md").write_text("\n".join(md) + "\n")
+        write_results("shadow", args.part, "Shadow", result)
     return 0
 
 

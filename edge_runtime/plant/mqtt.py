@@ -109,7 +109,7 @@ class MqttLink:
         self._ack_ms: deque[float] = deque(maxlen=ACK_TIMES)
         self._connected = threading.Event()  # the broker acknowledged the connection
         self._open = False  # a connection is open or being opened
-        self._tried = self._said_away = False
+        self._said_away = False  # the broker's absence is said once, until it is back
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client = client = make_client(s, self.topic("status"))
@@ -167,14 +167,12 @@ class MqttLink:
                 time.sleep(0.1)
 
     def _connect(self) -> None:
+        """Open a connection (again): paho's connect is its reconnect with these settings, and
+        sends again what it had not seen acknowledged."""
         s = self.settings
         try:
-            if self.counts.connects == 0 and not self._tried:
-                self._tried = True
-                self._client.connect(s.host, s.port, keepalive=s.keepalive_s,
-                                     **({"clean_start": True} if s.protocol == "5" else {}))
-            else:
-                self._client.reconnect()  # paho sends again what it had not seen acknowledged
+            self._client.connect(s.host, s.port, keepalive=s.keepalive_s,
+                                 **({"clean_start": True} if s.protocol == "5" else {}))
             self._open = True
         except (OSError, ValueError) as exc:
             if not self._said_away:
