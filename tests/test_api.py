@@ -173,6 +173,20 @@ def test_the_daemon_serves_health_metrics_and_a_guarded_api(tmp_path, tiny_bundl
     assert paused and all(e["exit"] == 0 for e in paused) and events[-1]["reason"] != "paused"
 
 
+def test_a_head_swapped_in_by_the_daemons_own_poll_is_reported_as_swapped():
+    """The daemon polls the store every 0.2 s: when its poll puts a refit's head in before the
+    API's own, the reply still says the new version serves (CI saw ``swapped: false`` once)."""
+    from types import SimpleNamespace
+
+    from sortline.edge_runtime.daemon.learning import _swap
+
+    serving = SimpleNamespace(version=1)
+    control = SimpleNamespace(lock=threading.Lock(), watcher=SimpleNamespace(poll=lambda: False),
+                              pipeline=SimpleNamespace(classifier=serving))
+    assert _swap(control, 1) is True
+    assert _swap(control, 2) is False  # refused or not yet current: the old head serves
+
+
 def test_without_a_token_the_api_changes_nothing(tmp_path, tiny_bundle, monkeypatch):
     monkeypatch.delenv("SORTLINE_API_TOKEN", raising=False)
     _camera_folders(tmp_path / "cams")

@@ -32,10 +32,13 @@ router = APIRouter(tags=["learning"])
 changes = APIRouter(tags=["learning"], dependencies=[Depends(authorised)])
 
 
-def _swap(c: StationControl) -> bool:
-    """Put the store's current head live now, if it changed."""
+def _swap(c: StationControl, version: int) -> bool:
+    """Put the store's current head live now, if it changed; True when ``version`` is the head
+    serving afterwards (the daemon's own poll, every 0.2 s, may have swapped it in first)."""
     with c.lock:
-        return c.watcher.poll() if c.watcher else False
+        if c.watcher is not None:
+            c.watcher.poll()
+        return c.pipeline.classifier.version == version
 
 
 @router.get("/api/heads")
@@ -50,7 +53,7 @@ def heads(c: Control, engine: Engine) -> Heads:
 def rollback(body: Rollback, c: Control, engine: Engine) -> RolledBack:
     """Make a version current (default: the current one's parent)."""
     version = engine.rollback(body.version)
-    return RolledBack(head_version=version, swapped=_swap(c))
+    return RolledBack(head_version=version, swapped=_swap(c, version))
 
 
 @router.get("/api/enroll")
@@ -97,7 +100,7 @@ def refit(body: Refit, c: Control, engine: Engine) -> Refitted:
     if candidate:
         shadow.start(HeadCandidate(engine.classifier(report.version)))
     return Refitted(head_version=report.version, labels=list(report.labels), seconds=report.seconds,
-                    check=report.metrics, swapped=False if candidate else _swap(c), shadowed=candidate)
+                    check=report.metrics, swapped=False if candidate else _swap(c, report.version), shadowed=candidate)
 
 
 @changes.post("/api/bundle/reload")

@@ -139,7 +139,7 @@ class Heads(BaseModel):
 class RolledBack(BaseModel):
     ok: bool = True
     head_version: int
-    swapped: bool
+    swapped: bool  # that version serves now
 
 
 class EnrollState(BaseModel):
@@ -165,7 +165,7 @@ class Refitted(BaseModel):
     labels: list[str]
     seconds: float
     check: dict
-    swapped: bool
+    swapped: bool  # the new version serves now
     shadowed: bool = False  # a candidate in the shadow, not live yet
 
 
