@@ -1,4 +1,4 @@
-"""The nine methods behind one loop: each lowers its loss on a small synthetic set, the
+"""The ten methods behind one loop: each lowers its loss on a small synthetic set, the
 collapse monitor is logged, training resumes exactly, and every method runs from the command
 line on image folders and on simulator data (multi-view item folders with NIR)."""
 
@@ -34,6 +34,8 @@ def blobs(classes: int = 8, copies: int = 8, channels: int = 4, size: int = 32) 
 
 
 def small(name: str, backbone, **extra):
+    if name == "supervised":
+        return build_method(name, backbone, classes=16, **extra)
     sizes = dict(hidden_dim=64)
     if name in ("simclr", "moco", "byol", "supcon", "distill"):
         sizes["proj_dim"] = 32
@@ -264,8 +266,9 @@ def test_pretrain_errors_are_clear(tmp_path, capsys):
     flat.mkdir()
     for p in list((images / "class0").iterdir())[:4]:
         p.rename(flat / p.name)
-    assert main(["pretrain", "--method", "supcon", "--data", str(flat), "--quiet"]) == 2
-    assert "needs labels" in capsys.readouterr().err
+    for method in ("supcon", "supervised"):
+        assert main(["pretrain", "--method", method, "--data", str(flat), "--quiet"]) == 2
+        assert "needs labels" in capsys.readouterr().err
     assert main(["pretrain", "--method", "distill", "--data", str(images), "--quiet"]) == 2
     assert "--teacher" in capsys.readouterr().err
     assert main(["pretrain", "--method", "simclr", "--data", str(tmp_path / "nowhere"), "--quiet"]) == 2

@@ -245,3 +245,31 @@ def test_recipe_label_stage_runs_inside_the_budget_where_labels_exist(store, tmp
     assert main(["pretrain", "--recipe", "small-data", "--data", str(store / "train.txt"), "--resume",
                  str(tmp_path / "labels.labels.state.pt"), "--out", str(tmp_path / "labels.ckpt"), "--quiet"]) == 2
     assert "resume from the self-supervised stage" in capsys.readouterr().err
+
+
+def test_the_supervised_baseline_trains_from_scratch_on_the_labelled_images_within_the_budget(store, tmp_path):  # noqa: F811
+    """``benchmarks/quality.py --baseline supervised``: the same backbone and augmentation,
+    cross-entropy on the labelled images only, the whole budget planned at its recipe's margin."""
+    from sortline.train.data import UNLABELED, TrainingSet, load_training_set
+
+    data = load_training_set(store / "train.txt", 32)
+    masked = TrainingSet(data.images, np.where(np.arange(len(data)) % 2 == 1, UNLABELED, data.labels),
+                         data.class_names, data.spec)
+    recipe = RECIPES["supervised"]
+    assert (recipe.backbone, recipe.augment, recipe.phases, recipe.seconds) == (
+        RECIPES["small-data"].backbone, RECIPES["small-data"].augment, RECIPES["small-data"].phases,
+        RECIPES["small-data"].seconds)
+    cfg = PretrainConfig.from_recipe("supervised", store / "train.txt", image_size=32, batch_size=8, max_seconds=8,
+                                     out=tmp_path / "baseline.ckpt", progress=False)
+    report = run_pretrain(cfg, masked)
+    assert report["method"] == "supervised" and "label_stage" not in report
+    assert report["images"] == (masked.labels != UNLABELED).sum()  # the unlabelled half is left out
+    assert report["plan"]["margin"] == recipe.rate_margin and report["steps"] == report["total_steps"] > 0
+    assert report["seconds"] <= 8
+    backbone, spec, meta = load_checkpoint(tmp_path / "baseline.ckpt")
+    assert meta["method"] == "supervised" and spec.size == 32
+    with torch.no_grad():
+        assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, backbone.embedding_dim)
+    unlabelled = TrainingSet(data.images, np.full(len(data), UNLABELED), data.class_names, data.spec)
+    with pytest.raises(Exception, match="needs labels"):
+        run_pretrain(cfg, unlabelled)

@@ -115,9 +115,8 @@ def _training_set(cfg: PretrainConfig) -> TrainingSet:
         labels = labels_from_pairs(read_pairs(cfg.pairs, cfg.data), len(data)).numpy()
     if cfg.method in ("supcon", "distill") and (labels == UNLABELED).all():
         raise DatasetError(f"{cfg.method} needs labels: a labeled data set or --pairs")
-    if cfg.method == "supcon" and (labels == UNLABELED).any():
-        keep = labels != UNLABELED
-        data = TrainingSet(data.images[keep], labels[keep], data.class_names, data.spec)
+    if cfg.method == "supcon":
+        data = _labelled_only(cfg, TrainingSet(data.images, labels, data.class_names, data.spec))
         labels = data.labels
     if cfg.negatives is not None:
         if cfg.method != "supcon":
@@ -138,6 +137,20 @@ def _training_set(cfg: PretrainConfig) -> TrainingSet:
     return TrainingSet(data.images, labels, data.class_names, data.spec)
 
 
+LABELLED_ONLY = ("supcon", "supervised")  # methods that train on the labelled images alone
+
+
+def _labelled_only(cfg: PretrainConfig, data: TrainingSet) -> TrainingSet:
+    """The labelled images of ``data`` (a method in :data:`LABELLED_ONLY` has nothing to learn
+    from the others)."""
+    keep = data.labels != UNLABELED
+    if not keep.any():
+        raise DatasetError(f"{cfg.method} needs labels: {cfg.data} has none")
+    if keep.all():
+        return data
+    return TrainingSet(data.images[keep], data.labels[keep], data.class_names, data.spec)
+
+
 def run_pretrain(cfg: PretrainConfig, data: TrainingSet | None = None) -> dict:
     """Pretrain on ``cfg.data`` or, when given, on ``data`` already in memory (a station's pool
     of views); write the checkpoint, its logs and state."""
@@ -153,6 +166,8 @@ def run_pretrain(cfg: PretrainConfig, data: TrainingSet | None = None) -> dict:
         raise PretrainError(f"{cfg.resume}: resume from the self-supervised stage's OUT.state.pt; the label "
                             "stage then runs again from its start")
     data = _training_set(cfg) if data is None else data
+    if cfg.method in LABELLED_ONLY:
+        data = _labelled_only(cfg, data)
     label_share = cfg.label_stage if cfg.label_stage and can_label(data) else 0.0
     if label_share and cfg.method != "simclr":
         raise PretrainError("a recipe's label stage goes with simclr")
@@ -161,6 +176,8 @@ def run_pretrain(cfg: PretrainConfig, data: TrainingSet | None = None) -> dict:
     options: dict[str, object] = {}
     if cfg.method in ("supcon", "distill"):
         options["hard_negatives"] = cfg.hard_negatives
+    if cfg.method == "supervised":
+        options["classes"] = max(len(data.class_names), int(data.labels.max()) + 1)
     if cfg.method == "distill":
         teacher, teacher_spec, _ = load_checkpoint(cfg.teacher)
         if teacher_spec.channels != data.spec.channels:
@@ -292,7 +309,7 @@ def _recipe_plan(cfg: PretrainConfig, model, dataset: ViewsDataset, seconds: flo
             raise PretrainError(f"{saved}: not a readable plan ({exc.__class__.__name__}: {exc}); the resumed "
                                 "run must follow the plan it started with") from None
     try:
-        plan = plan_for(model, dataset, phases, seconds, cfg.batch_size)
+        plan = plan_for(model, dataset, phases, seconds, cfg.batch_size, r.rate_margin)
     except ValueError as exc:
         raise PretrainError(f"recipe {cfg.recipe}: {exc}") from None
     with atomic_file(saved, "plan") as tmp:  # read again on --resume: whole or not there

@@ -28,13 +28,8 @@ from pathlib import Path
 from .data import ResolutionSchedule, ViewsDataset
 from .loop import TrainConfig, train
 from .methods.base import Method
+from .recipe_book import RATE_MARGIN
 
-# A whole run trains up to a tenth slower than its short probe, and more with another job on the
-# machine (AMD EPYC, 2 cores, ResNet-10 at 64 px, views/s run/probe: 320/320, 314/341, 284/322
-# with a job beside it; the demo's RGB+NIR pool 272/297). Plans assume this fraction of the
-# probe's speed: a schedule that ends a little early loses less than one that the hard stop cuts
-# before its learning rate has come down.
-RATE_MARGIN = 0.8
 # A stage planned from the speed a run has itself kept so far (the label stage, after the
 # self-supervised stage at the same size) needs less margin: at 0.8 of a probe's, three 30-minute
 # runs used 1,452, 1,589 and 1,674 s of their 1,800 (docs/quality.md).
@@ -49,8 +44,8 @@ def measure_rate(model: Method, dataset: ViewsDataset, size: int, batch_size: in
     probe = copy.deepcopy(model)
     n = min(len(dataset), batch_size * steps)
     batch = max(1, min(batch_size, n // steps))
-    sample = ViewsDataset(dataset.images[:n], dataset.augment, views=dataset.views, seed=dataset.seed + 1,
-                          resolution=ResolutionSchedule.constant(size))
+    sample = ViewsDataset(dataset.images[:n], dataset.augment, views=dataset.views, labels=dataset.labels[:n],
+                          seed=dataset.seed + 1, resolution=ResolutionSchedule.constant(size))
     with tempfile.TemporaryDirectory(prefix="sortline-rate-") as tmp:
         log = Path(tmp) / "rate.csv"
         train(probe, sample, TrainConfig(epochs=1, batch_size=batch, warmup_steps=1, log_path=log), progress=False)
@@ -106,8 +101,9 @@ def plan_schedule(phases: tuple[tuple[float, int], ...], images: int, views: int
 
 
 def plan_for(model: Method, dataset: ViewsDataset, phases: tuple[tuple[float, int], ...], seconds: float,
-             batch_size: int) -> Plan:
-    """Measure the model's speed at each phase's size, then plan what is left of ``seconds``."""
+             batch_size: int, margin: float = RATE_MARGIN) -> Plan:
+    """Measure the model's speed at each phase's size, then plan what is left of ``seconds`` at
+    ``margin`` times that speed."""
     started = time.perf_counter()
     rates = {size: measure_rate(model, dataset, size, batch_size) for _, size in phases}
     spent = time.perf_counter() - started
@@ -115,4 +111,4 @@ def plan_for(model: Method, dataset: ViewsDataset, phases: tuple[tuple[float, in
     if left <= 0:
         raise ValueError(f"the time budget of {seconds:.0f} s was spent measuring the model's speed "
                          f"({spent:.0f} s); give a larger one")
-    return plan_schedule(phases, len(dataset), dataset.views, left, rates.__getitem__, RATE_MARGIN)
+    return plan_schedule(phases, len(dataset), dataset.views, left, rates.__getitem__, margin)

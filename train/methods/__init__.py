@@ -1,18 +1,19 @@
 """The training methods by name: each a small module over a backbone and shared heads/losses.
 
-=========  ====================================================  ======  ======
-name       what it learns from                                    views   labels
-=========  ====================================================  ======  ======
-simclr     two views of an image vs. the rest of the batch        2       –
-moco       two views vs. a queue of momentum-encoded keys         2       –
-byol       predict a momentum target's view                       2       –
-simsiam    predict the other view, stop-gradient                  2       –
-barlow     decorrelated, view-invariant dimensions                2       –
-rotnet     which of four rotations                                1       –
-jigsaw     which permutation of 3×3 tiles                         1       –
-supcon     views of same-label images together                    2       yes
-distill    supcon on pairs + a frozen teacher on unlabeled        2       some
-=========  ====================================================  ======  ======
+==========  ====================================================  ======  ======
+name        what it learns from                                    views   labels
+==========  ====================================================  ======  ======
+simclr      two views of an image vs. the rest of the batch        2       –
+moco        two views vs. a queue of momentum-encoded keys         2       –
+byol        predict a momentum target's view                       2       –
+simsiam     predict the other view, stop-gradient                  2       –
+barlow      decorrelated, view-invariant dimensions                2       –
+rotnet      which of four rotations                                1       –
+jigsaw      which permutation of 3×3 tiles                         1       –
+supcon      views of same-label images together                    2       yes
+distill     supcon on pairs + a frozen teacher on unlabeled        2       some
+supervised  an image's class, cross-entropy (the baseline)         1       yes
+==========  ====================================================  ======  ======
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _PLACES = {
     "jigsaw": ("pretext", "Jigsaw"),
     "supcon": ("supervised", "SupCon"),
     "distill": ("supervised", "Distill"),
+    "supervised": ("supervised", "Classifier"),
 }
 
 

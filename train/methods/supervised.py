@@ -1,5 +1,6 @@
-"""Methods that use labels or image pairs: supervised-contrastive training of a teacher, and a
-student distilled from it.
+"""Methods that use labels or image pairs: supervised-contrastive training of a teacher, a
+student distilled from it, and plain classifiers (an image's class; an item's class from all
+its views).
 
 The recipe (after the product-recognition works this package follows): train a teacher on
 product image pairs with a supervised-contrastive loss and hard-negative mining; then train a
@@ -86,6 +87,29 @@ class Distill(Method):
             pred = self.regressor(h[unlabeled][:, 0]).float()
             loss = loss + self.distill_weight * F.smooth_l1_loss(pred, target)
         return StepOutput(loss, h[:, 0])
+
+
+class Classifier(Method):
+    """Supervised from scratch: a linear layer on the backbone's embedding of one augmented view,
+    cross-entropy with label smoothing. The honest baseline beside self-supervision
+    (``benchmarks/quality.py --baseline supervised``): the same backbone, augmentation and time
+    budget, with the labels alone."""
+
+    views = 1
+    needs_labels = True
+
+    def __init__(self, backbone: Backbone, classes: int, smoothing: float = 0.1) -> None:
+        super().__init__(backbone)
+        if classes < 2:
+            raise ValueError(f"a classifier needs at least two classes, got {classes}")
+        self.head = nn.Linear(backbone.embedding_dim, classes)
+        self.smoothing = float(smoothing)
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        if (labels < 0).any():
+            raise ValueError("a classifier needs a label for every image")
+        h = self.backbone(views[:, 0])
+        return StepOutput(F.cross_entropy(self.head(h), labels, label_smoothing=self.smoothing), h)
 
 
 class ItemClassifier(Method):
