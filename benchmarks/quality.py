@@ -1,6 +1,6 @@
 """Recognition quality of a pretraining recipe on real photos, beside a colour histogram.
 
-    python benchmarks/quality.py [--budget-minutes 30] [--seeds 3] [--recipe small-data]
+    python benchmarks/quality.py [--budget-minutes 30] [--seeds 3] [--first-seed 0] [--recipe small-data]
         [--labels none|all|K] [--baseline supervised] [--holdout SHARE]
         [--data ../shared/datasets/grocery-store] [--out benchmarks/results]
         [--backbone B] [--image-size PX] [--colour-weight W] [--phases 0.5:48,0.5:64] [--label-stage SHARE]
@@ -142,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="pretraining wall time per seed")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--recipe", default="small-data")
     parser.add_argument("--labels", type=parse_labels, default="none",
                         help="train labels the recipe may use: none (self-supervised only), all, or K per class")
@@ -177,7 +178,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         keep = args.keep or Path(tmp)
         keep.mkdir(parents=True, exist_ok=True)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             runs.append(run_seed(args, seed, keep))
     write(args, runs, time.perf_counter() - started)
     print((args.out / f"{args.name}.md").read_text())
@@ -259,6 +260,7 @@ def write(args: argparse.Namespace, runs: list[dict], total_s: float) -> None:
         f"Published for reference, {PUBLISHED}.",
         "",
         f"Command: `python benchmarks/quality.py --budget-minutes {args.budget_minutes:g} --seeds {len(runs)}"
+        + (f" --first-seed {args.first_seed}" if args.first_seed else "")
         + "".join(f" --{k.replace('_', '-')} {v}" for k, v in (
             ("baseline", args.baseline),
             ("recipe", args.recipe if args.recipe != "small-data" and not args.baseline else None),

@@ -75,12 +75,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.set_defaults(handler=_desktop("demo"))
 
     pretrain = commands.add_parser(
-        "pretrain", parents=[quiet, report], help="pretrain a backbone (self-supervised, supcon or distill)")
+        "pretrain", parents=[quiet, report], help="pretrain a backbone (self-supervised, supcon, distill, supervised)")
     how = pretrain.add_mutually_exclusive_group(required=True)
     how.add_argument("--method", choices=list(METHODS))
     how.add_argument("--recipe", choices=sorted(RECIPES),
                      help="small-data: the settings that work on a few thousand real photos (docs/quality.md), "
-                          "fitted to --max-seconds (default 1800); the flags below override its choices")
+                          "fitted to --max-seconds (default 1800); supervised: its backbone and budget trained "
+                          "from scratch on the labels (the baseline); the flags below override their choices")
     pretrain.add_argument("--data", type=Path, required=True,
                           help="a folder of images, a split file, a multi-view item folder or a recording")
     pretrain.add_argument("--backbone",
