@@ -492,15 +492,21 @@ def test_the_device_clock_is_the_least_offset_of_the_last_two_seconds():
 
 
 def test_a_station_whose_loop_dies_says_so_instead_of_idling(tiny_bundle, monkeypatch):
+    import gc
+
     from sortline.edge_runtime.station import StationError
     from sortline.edge_runtime.station.wiring import RunningStation
 
     monkeypatch.setattr(ItemFlow, "alive", property(lambda self: False))  # a worker thread has died
     with RunningStation(ItemPipeline(tiny_bundle, threads=1), {"controller": "loop://", "taps": "loop://"},
                         _Rig()) as running:
+        # what was alive when it started (model, bundle, imports) is left out of the collector's
+        # full passes while it runs (one such pass held the loop 155 ms), and thawed after
+        assert gc.get_freeze_count() > 1000
         assert running.stopped.wait(10)  # the loop ends by itself
         with pytest.raises(StationError, match="died"):
             running.stop()
+    assert gc.get_freeze_count() == 0
 
 
 # --- hostile readings ---------------------------------------------------------------------------

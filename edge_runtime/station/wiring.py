@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -19,6 +20,17 @@ from .stats import StationStats
 
 log = logging.getLogger(__name__)
 INBOX = 4096  # messages from all devices waiting for the loop; more are dropped (oldest first), counted
+
+
+def settle_heap() -> None:
+    """Collect, then move every object alive now (the model, the bundle, the imports, a recorded
+    line) into the collector's permanent generation: a full collection during the run then walks
+    only what the line made since. On the simulated avocado line at 300 items/s (AMD EPYC, 2
+    cores, a throwaway probe timing the collections) a full collection over the ~200,000 objects a
+    station's process tracks took 155 ms, and 3 of 6 runs had a decision p99 of 84-114 ms; with
+    them frozen, 17,000 were left and 6 of 6 runs had 46-51 ms."""
+    gc.collect()
+    gc.freeze()
 
 
 class RunningStation:
@@ -53,6 +65,7 @@ class RunningStation:
         except BaseException:
             self._close_links()
             raise
+        settle_heap()
         self._thread = threading.Thread(target=self._run, name="station", daemon=True)
         self._thread.start()
         return self
@@ -64,6 +77,7 @@ class RunningStation:
                 self._thread.join(timeout=10)
         finally:
             self._close_links()
+            gc.unfreeze()  # what the station held may be collected again
 
     def stop(self, timeout_s: float = 10.0) -> StationStats:
         """End the loop (items in flight are finished first) and return the station's counters."""
