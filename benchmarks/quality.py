@@ -114,7 +114,7 @@ def holdout_split(data: Path, share: float, folder: Path) -> Path:
 
 
 def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict:
-    data = holdout_split(args.data, args.holdout, tmp / f"holdout{seed}") if args.holdout else args.data
+    data = holdout_split(args.data, args.holdout, tmp / "holdout") if args.holdout else args.data
     overrides = dict(backbone=args.backbone, image_size=args.image_size, colour_weight=args.colour_weight,
                      phases=args.phases, augment=args.augment, label_stage=args.label_stage, lr=args.lr)
     if overrides["image_size"] is None and torch.cuda.is_available():

@@ -250,6 +250,7 @@ def test_recipe_label_stage_runs_inside_the_budget_where_labels_exist(store, tmp
 def test_the_supervised_baseline_trains_from_scratch_on_the_labelled_images_within_the_budget(store, tmp_path):  # noqa: F811
     """``benchmarks/quality.py --baseline supervised``: the same backbone and augmentation,
     cross-entropy on the labelled images only, the whole budget planned at its recipe's margin."""
+    from sortline.edge_runtime.datasets import DatasetError
     from sortline.train.data import UNLABELED, TrainingSet, load_training_set
 
     data = load_training_set(store / "train.txt", 32)
@@ -271,5 +272,5 @@ def test_the_supervised_baseline_trains_from_scratch_on_the_labelled_images_with
     with torch.no_grad():
         assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, backbone.embedding_dim)
     unlabelled = TrainingSet(data.images, np.full(len(data), UNLABELED), data.class_names, data.spec)
-    with pytest.raises(Exception, match="needs labels"):
+    with pytest.raises(DatasetError, match="needs labels"):
         run_pretrain(cfg, unlabelled)

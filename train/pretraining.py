@@ -115,9 +115,6 @@ def _training_set(cfg: PretrainConfig) -> TrainingSet:
         labels = labels_from_pairs(read_pairs(cfg.pairs, cfg.data), len(data)).numpy()
     if cfg.method in ("supcon", "distill") and (labels == UNLABELED).all():
         raise DatasetError(f"{cfg.method} needs labels: a labeled data set or --pairs")
-    if cfg.method == "supcon":
-        data = _labelled_only(cfg, TrainingSet(data.images, labels, data.class_names, data.spec))
-        labels = data.labels
     if cfg.negatives is not None:
         if cfg.method != "supcon":
             raise PretrainError("--negatives is for supcon")

@@ -63,9 +63,9 @@ RECIPES: dict[str, Recipe] = {
         batch_size=128,
         lr=2e-3,
         seconds=1800.0,
-        # a classifier's run against its short probe, views/s (5-minute runs, AMD EPYC): 418/378,
-        # 408/393, 396/468. At 0.8 the first ended after 74 % of its budget; at 1.0 the last was
-        # cut by the hard stop before its schedule ended
+        # a classifier's runs against their 8-step probes, views/s as logged (AMD EPYC, 2 cores):
+        # 5-minute runs 395/378, 398/393, 386/468, 362/450; 30 minutes 386/415. At 0.8 the first
+        # ended after 73 % of its budget; at 1.0 the third and fourth were cut by the hard stop
         rate_margin=0.9,
     ),
 }
