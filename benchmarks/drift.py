@@ -12,10 +12,12 @@
 - ``soak``: a stable line of ``--items`` items at 100 items/s with the thresholds as shipped:
   alarms (all false), the queue folder's largest size against its cap, and the resident memory.
 - ``overhead``: decision p99 at 8 lanes × 15 items/s with the watch and queue on and off, runs
-  alternated in one process.
-- ``adapt``: after ``cultivar@2000``, 50 items labelled from the queue's ranking (entries of items
-  2,000-2,999) against 50 picked at random from the same span; each set added to a copy of the
-  bundle's examples and the head refitted; MCC on items 3,000-3,999 (mean over seeds).
+  alternated in one process; then the line overloaded (``--overload-rate``), on and off
+  alternated (``--overload-repeats``): items shed, and items late (never, the target).
+- ``adapt``: after ``cultivar@2000``, 50 items labelled from the queue's ranking of its entries of
+  items 2,000-2,999 against 50 picked at random from the same span (the mean of ``--draws``
+  draws); each set added to a copy of the bundle's examples and the head refitted; MCC on items
+  3,000-3,999 (mean over seeds).
 
 Bundles: the avocado one from ``sortline demo`` (its default bundle: SimCLR ResNet-10, taps), the
 checkout one from ``sortline demo --scenario checkout``. ``--results`` writes
@@ -66,10 +68,11 @@ def _run(bundle: Path, scenario: str, seed: int, items: int, rate: float, shift:
     return sort_on_simulated_line(pipeline, config, line, progress=False, watch=watch, observers=observers)
 
 
-def _watch(queue: Path | None = None, per_hour: int = 120):
+def _watch(queue: Path | None = None, per_hour: int = 120, drift_per_hour: int = 120):
     from sortline.edge_runtime.watch import DriftConfig, QueueConfig, StationWatch
 
-    return StationWatch.build(DriftConfig(), QueueConfig(queue, per_hour=per_hour) if queue else None)
+    return StationWatch.build(DriftConfig(), QueueConfig(queue, per_hour=per_hour, drift_per_hour=drift_per_hour)
+                              if queue else None)
 
 
 def _right(shift: str, alarm: dict) -> bool:
@@ -163,15 +166,20 @@ def overhead(args: argparse.Namespace) -> dict:
             print(mode, runs[mode][-1], flush=True)
     p99 = {mode: statistics.median(r["p99"] for r in rs) for mode, rs in runs.items()}
     compute = {mode: statistics.median(r["compute_p99"] for r in rs) for mode, rs in runs.items()}
-    # overload: twice what the station can take, the watch and queue on: shed, never late
-    queue = Path(tempfile.mkdtemp(prefix="sortline-drift-overload-")) / "queue"
-    s = _run(args.bundle, "avocado", 73, args.items, args.overload_rate, None, lanes=8, watch=_watch(queue)).summary
-    overload = {"rate": args.overload_rate, "overload": s["overload"], "late": s["deadline_misses"],
-                "lost": s["lost"], "p99": s["latency_ms_p99"], "sampled_out": s["drift"]["sampled_out"],
-                "items": s["items"]}
-    print("overload", overload, flush=True)
+    # overload: more than the station can take, runs with the watch and queue on and off alternated: shed, never late
+    overload = {"rate": args.overload_rate, "on": [], "off": []}
+    for rep in range(args.overload_repeats):
+        for mode in (("on", "off") if rep % 2 == 0 else ("off", "on")):
+            queue = Path(tempfile.mkdtemp(prefix="sortline-drift-overload-")) / "queue"
+            s = _run(args.bundle, "avocado", 73 + rep, args.items, args.overload_rate, None, lanes=8,
+                     watch=_watch(queue) if mode == "on" else None).summary
+            overload[mode].append({"overload": s["overload"], "late": s["deadline_misses"], "lost": s["lost"],
+                                   "p99": s["latency_ms_p99"], "sampled_out": s["drift"].get("sampled_out", 0),
+                                   "items": s["items"]})
+            print("overload", mode, overload[mode][-1], flush=True)
     return {"runs": runs, "p99_median": p99, "ratio": round(p99["on"] / p99["off"], 3), "compute_p99_median": compute,
-            "compute_ratio": round(compute["on"] / compute["off"], 3), "overloaded": overload}
+            "compute_ratio": round(compute["on"] / compute["off"], 3), "overloaded": overload,
+            "late_overloaded": {mode: sum(r["late"] for r in overload[mode]) for mode in ("on", "off")}}
 
 
 class Recorder:
@@ -190,38 +198,57 @@ def adapt(args: argparse.Namespace) -> dict:
 
     from sortline.edge_runtime.learning.enroll import Enroller
     from sortline.edge_runtime.model.bundle import load_bundle
+    from sortline.edge_runtime.watch.unsure import rank_entries
     from sortline.hardware.sim.avocado import CLASSES
 
+    bundle = load_bundle(args.bundle)
     rows = []
     for seed in line_seeds(args.seeds):
         work = Path(tempfile.mkdtemp(prefix="sortline-drift-adapt-"))
         recorder = Recorder()
-        watch = _watch(work / "queue", per_hour=100_000)  # a simulated hour is seconds: no hourly cap here
+        # a simulated hour is seconds: no hourly caps here
+        watch = _watch(work / "queue", per_hour=100_000, drift_per_hour=100_000)
         run = _run(args.bundle, "avocado", seed, 4000, args.rate, "cultivar", watch=watch, observers=[recorder])
         truth = run.truth
         span = [i for i in range(AT, AT + 1000) if i in recorder.items]
         test = [i for i in range(AT + 1000, AT + 2000) if i in recorder.items]
-        ranked = [e for e in watch.queue.ranked() if AT <= e.item_id < AT + 1000][:50]
-        picks = {"queue": [e.item_id for e in ranked], "random": random.Random(seed).sample(span, 50)}
-        bundle = load_bundle(args.bundle)
         x_test = np.array([recorder.items[i] for i in test])
         y_test = [truth[i] for i in test]
-        base = matthews_corrcoef(y_test, bundle.load_head().predict_proba(x_test).argmax(axis=1))
-        row = {"seed": seed, "before": round(float(base), 4), "queue_found": len(ranked)}
-        for name, ids in picks.items():
+
+        def refit(ids: list[int], name: str, work=work, truth=truth, features=recorder.items, x_test=x_test,
+                  y_test=y_test) -> float:
             with Enroller(bundle, work / f"{name}.sqlite") as enroller:
                 for i in ids:
-                    enroller.add(CLASSES[truth[i]], recorder.items[i][None], f"{name}:{i}")
+                    enroller.add(CLASSES[truth[i]], features[i][None], f"{name}:{i}")
                 enroller.refit(force=True)
                 head = enroller.classifier().head
             predicted = [CLASSES.index(head.labels[k]) for k in head.predict_proba(x_test).argmax(axis=1)]
-            row[name] = round(float(matthews_corrcoef(y_test, predicted)), 4)
-            row[f"{name}_defects"] = sum(truth[i] != 0 for i in ids)
+            return float(matthews_corrcoef(y_test, predicted))
+
+        # the queue's ranking of what it kept from the span (as the operator page lists the queue
+        # once the items before the shift are labelled or cleared)
+        kept = [e for e in watch.queue.ranked() if AT <= e.item_id < AT + 1000 and e.item_id in recorder.items]
+        queued = [int(key.split("-")[0]) for key in rank_entries(kept)[:50]]
+        draws = [random.Random(seed * 1000 + d).sample(span, 50) for d in range(args.draws)]
+        base = matthews_corrcoef(y_test, bundle.load_head().predict_proba(x_test).argmax(axis=1))
+        random_mcc = [refit(ids, f"random{d}") for d, ids in enumerate(draws)]
+        row = {"seed": seed, "before": round(float(base), 4), "queue_kept": len(kept),
+               "alarm_at": next((a["at_item"] for a in watch.summary()["drift"]["alarms"] if a["kind"] == "items"),
+                                None),
+               "queue": round(refit(queued, "queue"), 4), "queue_defects": sum(truth[i] != 0 for i in queued),
+               "random": round(float(np.mean(random_mcc)), 4), "random_std": round(float(np.std(random_mcc)), 4),
+               "random_defects": round(float(np.mean([sum(truth[i] != 0 for i in ids) for ids in draws])), 1)}
         rows.append(row)
         print(row, flush=True)
     mean = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("before", "queue", "random")}
+    table = ["| line world | alarm at | queue kept (of the span) | MCC before | queue's 50 | random 50 (mean of "
+             f"{args.draws} draws ± std) |", "|---:|---:|---:|---:|---:|---:|"]
+    table += [f"| {r['seed']} | {r['alarm_at']} | {r['queue_kept']} | {r['before']:.3f} | {r['queue']:.3f} | "
+              f"{r['random']:.3f} ± {r['random_std']:.3f} |" for r in rows]
+    table.append(f"| mean | | | {mean['before']:.3f} | {mean['queue']:.3f} | {mean['random']:.3f} |")
     return {"rows": rows, "mean": mean, "gain_queue": round(mean["queue"] - mean["before"], 4),
-            "gain_random": round(mean["random"] - mean["before"], 4)}
+            "gain_random": round(mean["random"] - mean["before"], 4),
+            "queue_wins": sum(r["queue"] > r["random"] for r in rows), "table": "\n".join(table)}
 
 
 def main() -> int:
@@ -234,6 +261,9 @@ def main() -> int:
     parser.add_argument("--items", type=int, help="items per run (delays 3000, soak 100000, overhead 6000)")
     parser.add_argument("--rate", type=float, default=100.0, help="items per second (delays, soak, adapt)")
     parser.add_argument("--repeats", type=int, default=2, help="overhead: runs with the watch on and off each")
+    parser.add_argument("--overload-repeats", type=int, default=3,
+                        help="overhead: overloaded runs with the watch on and off each")
+    parser.add_argument("--draws", type=int, default=10, help="adapt: random picks of 50 per line world, averaged")
     parser.add_argument("--overload-rate", type=float, default=400.0,
                         help="overhead: items per second of the overloaded run (more than the station can take)")
     parser.add_argument("--results", action="store_true")

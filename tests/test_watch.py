@@ -14,7 +14,7 @@ from sortline.edge_runtime.model.pipeline import CONFIDENT, UNSURE, Decision, It
 from sortline.edge_runtime.station.observers import ObservedItem
 from sortline.edge_runtime.watch import DriftConfig, DriftWatch, QueueConfig, StationWatch, UnsureQueue
 from sortline.edge_runtime.watch.monitors import BlockMonitor, RateMonitor, Reference, Window
-from sortline.edge_runtime.watch.unsure import export
+from sortline.edge_runtime.watch.unsure import Entry, export, rank_entries
 from sortline.hardware.sim.avocado import AvocadoScenario
 from sortline.hardware.sim.checkout import Catalog, CheckoutScenario
 from sortline.hardware.sim.process import CachedScenario
@@ -211,7 +211,7 @@ def test_the_queue_keeps_unsure_items_within_its_caps_and_ranks_lookalikes_down(
     assert len(views) == 4 and views[0].nir is not None
 
 
-def test_the_queue_ranks_by_uncertainty_and_diversity(tmp_path, pipeline, avocado):
+def test_look_alikes_take_one_place_in_the_queue(tmp_path, pipeline, avocado):
     queue = UnsureQueue(QueueConfig(tmp_path / "q", per_hour=100, reserve_mb=0))
     base = _observe(pipeline, avocado, 3)
     for k in range(4):  # near-identical items, very unsure
@@ -221,7 +221,59 @@ def test_the_queue_ranks_by_uncertainty_and_diversity(tmp_path, pipeline, avocad
     for i in (20, 40):  # different items, a little less unsure
         queue.take(_unsure(pipeline, _observe(pipeline, avocado, i), spread=0.4))
     order = [e.item_id for e in queue.ranked()]
-    assert order[0] >= 100 and set(order[1:3]) == {20, 40}, order
+    assert len(order) == 3 and {20, 40} < set(order) and order[1] >= 100, order  # typical, then most unsure
+
+
+def _confident(pipeline, item: ObservedItem) -> ObservedItem:
+    """The item as if the head had been sure of it, from every view."""
+    decision = Decision(item.item_id, 1, CONFIDENT, "A", 0.99, (0.99, 0.005, 0.003, 0.002))
+    return ObservedItem(item.item_id, item.lane, decision, pipeline, item.embeddings, item.views, item.readings)
+
+
+def test_while_the_items_drift_the_queue_keeps_a_sample_of_the_line(tmp_path, pipeline, avocado):
+    queue = UnsureQueue(QueueConfig(tmp_path / "q", per_hour=2, drift_per_hour=4, reserve_mb=0),
+                        clock=lambda: 1_000_000.0, seed=0)
+    drifting = [False]
+    queue.drifting = lambda: drifting[0]
+    queue.take(_confident(pipeline, _observe(pipeline, avocado, 1)))
+    assert queue.summary()["kept"] == 0  # a sure item of a steady line: not worth a label
+    drifting[0] = True
+    for i in range(2, 30):
+        queue.take(_confident(pipeline, _observe(pipeline, avocado, i)))
+    kept = [e for e in queue.ranked() if e.drift_only]  # (the tiny head's views disagree on some: those
+    assert len(kept) == 4 and queue.dropped["hourly"] >= 28 - 4 - 2  # take the unsure places, 2 an hour)
+    assert max(e.item_id for e in kept) > 5  # a sample of the hour, not its first four
+    for i in (40, 41, 42):  # unsure items keep their own places: the drift sample takes none of them
+        queue.take(_unsure(pipeline, _observe(pipeline, avocado, i)))
+    others = [e.item_id for e in queue.ranked() if not e.drift_only]
+    assert len(others) == 2 and set(others) <= {40, 41, 42}, others
+    assert sorted(e.item_id for e in queue.ranked() if e.drift_only) == sorted(e.item_id for e in kept)
+    again = UnsureQueue(QueueConfig(tmp_path / "q", reserve_mb=0))  # read back, features and all
+    assert sorted(e.item_id for e in again.ranked()) == sorted(e.item_id for e in queue.ranked())
+    assert all(e.features.shape == kept[0].features.shape for e in again.ranked())
+
+
+def _entries(rows: np.ndarray, uncertainty: list[float], first_id: int = 0) -> list[Entry]:
+    return [Entry(f"{first_id + k}-20260101T000000000000", first_id + k, 0, u, ["margin"], {}, None, 0, row, row)
+            for k, (row, u) in enumerate(zip(rows, uncertainty, strict=True))]
+
+
+def test_the_ranking_puts_typical_items_of_the_commonest_kinds_first():
+    rng = np.random.default_rng(0)
+    # one kind of item: five alike, and a sixth further out that the head is most unsure of
+    centre = rng.normal(size=16)
+    group = np.vstack([centre + rng.normal(scale=0.05, size=(5, 16)), centre + rng.normal(scale=0.6, size=16)])
+    order = [int(k.split("-")[0]) for k in rank_entries(_entries(group, [0.3] * 5 + [0.9]))]
+    assert order[0] != 5 and order[1] == 5, order  # the most typical first, then the most unsure
+    # three kinds of 100, 50 and 25 items, and five odd ones out that the head is sure of nothing about
+    kinds = [rng.normal(size=16) * 3 for _ in range(3)]
+    rows = np.vstack([k + rng.normal(size=(n, 16)) for k, n in zip(kinds, (100, 50, 25), strict=True)]
+                     + [rng.normal(size=(5, 16)) * 3])
+    order = [int(k.split("-")[0]) for k in rank_entries(_entries(rows, [0.1] * 175 + [1.0] * 5))]
+    top = order[:20]
+    kind_of = [0] * 100 + [1] * 50 + [2] * 25 + [3] * 5
+    counts = np.bincount([kind_of[i] for i in top], minlength=4)
+    assert counts[3] == 0 and all(counts[:3] > 0) and counts[0] >= counts[1] >= counts[2], counts
 
 
 def test_hostile_queue_folders_are_skipped_and_counted(tmp_path, pipeline, avocado):

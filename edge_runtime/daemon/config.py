@@ -47,6 +47,7 @@
     [queue]                              # optional: the queue of unsure items (watch/unsure.py)
     folder = "queue"                     # none: no queue
     per_hour = 120                       # at most this many items an hour
+    drift_per_hour = 120                 # and a sample of this many while the items drift
     max_mb = 256                         # and this much disk (the oldest go)
     [shadow]                             # optional: new heads and bundles run beside the live
     enabled = true                       # one first (docs/adaptation.md); off by default
@@ -203,6 +204,7 @@ class QueueTable(_Table):
     max_mb: Annotated[float, Field(gt=0, le=1 << 30, allow_inf_nan=False)] = _QUEUE.max_mb
     reserve_mb: Annotated[float, Field(ge=0, le=1 << 30, allow_inf_nan=False)] = _QUEUE.reserve_mb
     margin: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = _QUEUE.margin
+    drift_per_hour: Annotated[StrictInt, Field(ge=0, le=10_000_000)] = _QUEUE.drift_per_hour
 
 
 class ShadowTable(_Table):

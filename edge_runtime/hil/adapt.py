@@ -74,8 +74,8 @@ def adapt_on_line(bundle: Bundle, pipeline: ItemPipeline, line: LineConfig, scen
     classes = scenario.classes
     with Enroller(bundle, out / "enroll.sqlite") as enroller:
         # a simulated hour passes in seconds: the queue's hourly cap would keep a handful of items
-        watch = StationWatch.build(drift, QueueConfig(out / "queue", per_hour=1_000_000), on_label=enroller.add,
-                                   shadow=policy, shadow_log=out / "shadow.jsonl")
+        queue = QueueConfig(out / "queue", per_hour=1_000_000, drift_per_hour=1_000_000)
+        watch = StationWatch.build(drift, queue, on_label=enroller.add, shadow=policy, shadow_log=out / "shadow.jsonl")
         person = SimulatedOperator(watch, enroller, lambda i: classes[t] if (t := scenario.label(i)) < len(classes)
                                    else None, operator.labels_per_hour, operator.refit_every)
         run = sort_on_simulated_line(pipeline, line, scenario, watch=watch, beside=person.beside, **kwargs)

@@ -215,6 +215,11 @@ class DriftWatch:
         with self._lock:
             return [a for a in self.alarms if a.cleared_at_item is None]
 
+    def items_drifting(self) -> bool:
+        """An alarm on the items (not a camera's) is up."""
+        with self._lock:
+            return any(a.kind == ITEMS and a.cleared_at_item is None for a in self.alarms)
+
     def statistics(self) -> list[dict]:
         """Every monitor: its latest block's value against its threshold."""
         with self._lock:

@@ -5,24 +5,32 @@ An item is a candidate when the head was unsure of it (``unsure``), found it far
 another class from some of its views alone (``views-disagree``), or looks unlike every item of
 the drift watch's reference (``novel``: its strangeness, ``drift.Strangeness``, at least NOVEL_Z).
 Its uncertainty is 1 for an unknown item, else ``max(1 - margin, share of disagreeing views / 2,
-strangeness / (2 NOVEL_Z))``, at most 1.
+strangeness / (2 NOVEL_Z))``, at most 1. While the drift watch holds an alarm on the items (the
+line changed: a new variety, a new supplier), every item is a candidate too (``drift``): what the
+line looks like now is worth labels, not only what the head is unsure of.
 
 The queue is a folder, one sub-folder an item (``<item>-<time>/``: ``item.json``, the views as
 ``v<k>.rgb.png`` and ``v<k>.nir.png``, the head's features ``features.npy`` and the pooled
-embedding ``pooled.npy``), written whole in one rename. It is bounded three ways: at most
+embedding ``pooled.npy``), written whole in one rename. It is bounded four ways: at most
 ``per_hour`` items an hour (a more uncertain candidate takes the place of the least uncertain
-unlabelled one of the hour), at most ``max_items`` items and ``max_mb`` in all (the oldest go),
-and nothing is written while the disk has less than ``reserve_mb`` free. A candidate that
-repeats an item already queued (its pooled embedding as close as a repeat) takes its place only
-when it is more uncertain. What is not kept is counted.
+unlabelled one of the hour), at most ``drift_per_hour`` items an hour kept for the drift alone (a
+uniform sample of the hour's drifted items, by reservoir sampling), at most ``max_items`` items
+and ``max_mb`` in all (the oldest go), and nothing is written while the disk has less than
+``reserve_mb`` free. A candidate that repeats an item already queued (its pooled embedding as
+close as a repeat) takes its place only when it is more uncertain. What is not kept is counted.
 
-:meth:`UnsureQueue.ranked` orders the queue by uncertainty and diversity: the unlabelled items
-are grouped (k-means on their pooled embeddings, up to 50 groups), and the ranking takes one
-item from each group in turn, larger and more uncertain groups first, the most uncertain (then
-the most typical) item of a group first; so fifty look-alikes are one group and take one place
-at the top, and the top fifty span what the queue holds. Labels given (:meth:`UnsureQueue.label`,
-the operator page, ``sortline queue label``) are kept in the item's ``item.json`` and become
-examples in the enrollment store.
+:meth:`UnsureQueue.ranked` orders the queue by typicality, diversity and uncertainty, as
+TypiClust does for small labelling budgets (Hacohen et al., "Active learning on a budget", ICML
+2022): the unlabelled items are grouped (k-means on their features as the head takes them, as
+unit vectors; up to RANK_GROUPS groups, of GROUP_ITEMS items or more on average), and the
+ranking takes one item from each group in turn, larger groups first; a group's first item is its
+most typical (the densest: nearest on average to its TYPICAL_NEIGHBOURS nearest neighbours in the
+group), the ones after it the most uncertain first. So fifty look-alikes are one group and take
+one place at the top, and the top fifty are the fifty kinds of item the queue holds most of, each
+by its most typical member: a few labels of typical items teach a refit more than a few of the
+oddest ones (measured in docs/drift.md). Labels given (:meth:`UnsureQueue.label`, the operator
+page, ``sortline queue label``) are kept in the item's ``item.json`` and become examples in the
+enrollment store.
 """
 
 from __future__ import annotations
@@ -53,11 +61,14 @@ from sortline.hardware.files import atomic_file
 
 log = logging.getLogger(__name__)
 ITEM_FILE = "item.json"
+DRIFT = "drift"  # the reason of an item taken because the items drifted
 KEY = re.compile(r"^\d{1,10}-\d{8}T\d{6}\d{0,6}$")
 MAX_ITEM_JSON = 1 << 20
 NOVEL_Z = 3.0  # strangeness (in the reference's own deviations) from which an item is novel
 FAST_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # lossless still; a third of the default's time
-RANK_GROUPS = 50  # clusters the ranking draws from in turn
+RANK_GROUPS = 50  # clusters the ranking draws from in turn, at most
+GROUP_ITEMS = 5  # and at least this many items a cluster on average (a typical member needs others)
+TYPICAL_NEIGHBOURS = 20  # a member's typicality: its mean distance to this many nearest members
 REPEAT_SHARE = 0.05  # closer than this share of the queue's spacing: a repeat of a queued item
 SPACING_EVERY = 32
 
@@ -74,10 +85,13 @@ class QueueConfig:
     max_mb: float = 256.0
     reserve_mb: float = 256.0  # free space the queue never takes
     margin: float = 0.2  # two best classes closer than this: a candidate
+    drift_per_hour: int = 120  # items kept an hour because the line drifted (a uniform sample); 0: none
 
     def __post_init__(self) -> None:
         if self.per_hour < 1 or self.max_items < 1 or not self.max_mb > 0 or self.reserve_mb < 0:
             raise ConfigError("queue: per_hour and max_items ≥ 1, max_mb > 0, reserve_mb ≥ 0")
+        if self.drift_per_hour < 0:
+            raise ConfigError("queue: drift_per_hour ≥ 0")
         if not 0 <= self.margin <= 1:
             raise ConfigError(f"queue: margin {self.margin} is not in 0..1")
 
@@ -93,6 +107,12 @@ class Entry:
     label: str | None
     bytes: int
     pooled: np.ndarray = field(repr=False)
+    features: np.ndarray = field(repr=False)  # as the head takes them (features.npy)
+
+    @property
+    def drift_only(self) -> bool:
+        """Kept because the line drifted, nothing else."""
+        return self.reasons == [DRIFT]
 
     def to_dict(self) -> dict:
         return {"key": self.key, "item_id": self.item_id, "uncertainty": round(self.uncertainty, 4),
@@ -101,7 +121,8 @@ class Entry:
                 "views": self.decision.get("views", []), "hour": self.hour}
 
 
-def assess(item: ObservedItem, margin: float, strangeness: float | None = None) -> tuple[list[str], float] | None:
+def assess(item: ObservedItem, margin: float, strangeness: float | None = None,
+           drifting: bool = False) -> tuple[list[str], float] | None:
     """Why the item is worth a label, and how uncertain it is; None when it is not."""
     d = item.decision
     if d.label is None or item.embeddings is None or not d.probabilities:
@@ -122,6 +143,8 @@ def assess(item: ObservedItem, margin: float, strangeness: float | None = None) 
     novel = strangeness is not None and strangeness >= NOVEL_Z
     if novel:
         reasons.append("novel")
+    if drifting:
+        reasons.append(DRIFT)
     if not reasons:
         return None
     if d.reason == UNKNOWN:
@@ -133,23 +156,26 @@ class UnsureQueue:
     """The queue (module docstring); ``take`` runs on the item watch's thread, the rest anywhere."""
 
     def __init__(self, config: QueueConfig, on_label: Callable[[str, np.ndarray, str], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, seed: int | None = None) -> None:
         self.config = config
         self.folder = Path(config.folder)
         self.on_label = on_label  # (label, features, source): into the enrollment store
         self.on_labelled: Callable[[int, str], None] | None = None  # (item id, label): the shadow log
         self.strangeness: Callable[[ObservedItem], float | None] | None = None  # the drift watch's
+        self.drifting: Callable[[], bool] | None = None  # the drift watch holds an alarm on the items
+        self._drifted = Reservoir(config.drift_per_hour, seed)
         self.clock = clock
         self.kept = 0  # written by this process
         self.dropped: dict[str, int] = {"hourly": 0, "repeat": 0, "disk": 0, "cap": 0, "write": 0}
-        self.rejected = 0  # entries on disk that could not be read back
         self._entries: dict[str, Entry] = {}
         self._ranked: list[str] | None = None
+        self._changes = 0  # entries kept, removed or labelled: a ranking made before is stale
         self._spacing_at: tuple[int, float] | None = None  # (kept, spacing) when last measured
         self._matrix: tuple[list[Entry], np.ndarray] | None = None
         self._lock = threading.Lock()
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._load()
+        found, self.rejected = read_folder(self.folder)  # rejected: entries on disk that cannot be read back
+        self._entries.update((entry.key, entry) for entry in found)
 
     # --- summary ----------------------------------------------------------------------------------
 
@@ -163,14 +189,15 @@ class UnsureQueue:
     # --- the watch's thread -----------------------------------------------------------------------
 
     def take(self, item: ObservedItem) -> None:
-        judged = assess(item, self.config.margin, self.strangeness(item) if self.strangeness else None)
+        drifting = bool(self.config.drift_per_hour and self.drifting is not None and self.drifting())
+        judged = assess(item, self.config.margin, self.strangeness(item) if self.strangeness else None, drifting)
         if judged is None:
             return
         reasons, uncertainty = judged
         hour = int(self.clock() // 3600)
         pooled = _unit(item.embeddings.mean(axis=0))
         with self._lock:
-            out = self._make_room(hour, uncertainty, pooled)
+            out = self._make_room(hour, uncertainty, pooled, reasons == [DRIFT])
         if out is False:
             return
         try:
@@ -187,11 +214,11 @@ class UnsureQueue:
             if isinstance(out, str) and out in self._entries:
                 self._remove(out)
             self._entries[entry.key] = entry
-            self._ranked = self._matrix = None
+            self._changed()
             self.kept += 1
             self._trim()
 
-    def _make_room(self, hour: int, uncertainty: float, pooled: np.ndarray) -> str | bool:
+    def _make_room(self, hour: int, uncertainty: float, pooled: np.ndarray, drift_only: bool) -> str | bool:
         """Whether a candidate may be kept: True, False (dropped), or the key it replaces."""
         unlabelled, matrix = self._unlabelled()
         if unlabelled:
@@ -202,7 +229,9 @@ class UnsureQueue:
                 if uncertainty > unlabelled[nearest].uncertainty:
                     return unlabelled[nearest].key
                 return False
-        this_hour = [e for e in self._entries.values() if e.hour == hour]
+        if drift_only:
+            return self._sample(hour)
+        this_hour = [e for e in self._entries.values() if e.hour == hour and not e.drift_only]
         if len(this_hour) < self.config.per_hour:
             return True
         replaceable = [e for e in this_hour if e.label is None]
@@ -212,6 +241,13 @@ class UnsureQueue:
             return weakest.key
         self._drop("hourly")
         return False
+
+    def _sample(self, hour: int) -> str | bool:
+        kept = [e for e in self._entries.values() if e.hour == hour and e.drift_only and e.label is None]
+        out = self._drifted.admit(hour, kept)
+        if out is not True:
+            self._drop("hourly")
+        return out
 
     def _unlabelled(self) -> tuple[list[Entry], np.ndarray]:
         """The unlabelled entries and their pooled embeddings as rows (kept until the queue changes)."""
@@ -231,6 +267,11 @@ class UnsureQueue:
             np.fill_diagonal(distances, np.inf)
             self._spacing_at = (self.kept, float(np.median(distances.min(axis=1))))
         return self._spacing_at[1]
+
+    def _changed(self) -> None:
+        """Under the lock: the entries changed."""
+        self._ranked = self._matrix = None
+        self._changes += 1
 
     def _drop(self, why: str) -> None:
         self.dropped[why] += 1
@@ -257,26 +298,10 @@ class UnsureQueue:
 
     def _remove(self, key: str) -> None:
         self._entries.pop(key, None)
-        self._ranked = self._matrix = None
+        self._changed()
         shutil.rmtree(self.folder / key, ignore_errors=True)
 
     # --- reading back -----------------------------------------------------------------------------
-
-    def _load(self) -> None:
-        for leftover in self.folder.glob(".incoming-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        found = []
-        for path in self.folder.iterdir():
-            if not path.is_dir() or not KEY.match(path.name):
-                continue
-            entry = _read_entry(path)
-            if entry is None:
-                self.rejected += 1
-                log.warning("queue %s: %s cannot be read back; left alone", self.folder, path.name)
-            else:
-                found.append(entry)
-        for entry in sorted(found, key=lambda e: (e.key.split("-")[1], e.item_id)):
-            self._entries[entry.key] = entry
 
     def entry(self, key: str) -> Entry:
         with self._lock:
@@ -293,11 +318,16 @@ class UnsureQueue:
         return path
 
     def ranked(self) -> list[Entry]:
-        """Unlabelled entries by uncertainty and diversity (module docstring), then labelled ones."""
+        """Unlabelled entries by typicality, diversity and uncertainty (module docstring), then labelled ones."""
         with self._lock:
-            if self._ranked is None:
-                self._ranked = _rank(list(self._entries.values()))
-            return [self._entries[k] for k in self._ranked if k in self._entries]
+            ranked, entries, changes = self._ranked, list(self._entries.values()), self._changes
+        if ranked is None:  # k-means: outside the lock, so that the watch's thread never waits on it
+            ranked = rank_entries(entries)
+            with self._lock:
+                if self._changes == changes:  # nothing changed meanwhile
+                    self._ranked = ranked
+        with self._lock:
+            return [self._entries[k] for k in ranked if k in self._entries]
 
     def label(self, key: str, label: str) -> Entry:
         """Give a queued item its class; its features become an example in the enrollment store."""
@@ -316,10 +346,48 @@ class UnsureQueue:
             tmp.write_text(json.dumps(record), encoding="utf-8")
         with self._lock:
             entry.label = label
-            self._ranked = self._matrix = None
+            self._changed()
         if self.on_labelled is not None:
             self.on_labelled(entry.item_id, label)
         return entry
+
+
+class Reservoir:
+    """A uniform sample of each hour's drifted items, at most ``size`` (Vitter's algorithm R): the
+    n-th of the hour takes a place with probability size / n, that of a random one kept before."""
+
+    def __init__(self, size: int, seed: int | None = None) -> None:
+        self.size = size
+        self._hour, self._seen = -1, 0
+        self._random = np.random.default_rng(seed)
+
+    def admit(self, hour: int, kept: list[Entry]) -> str | bool:
+        """True: keep it, there is room; False: drop it; a key: keep it in that entry's place."""
+        self._seen = self._seen + 1 if hour == self._hour else 1
+        self._hour = hour
+        if len(kept) < self.size:
+            return True
+        if self._random.random() * self._seen < self.size:
+            return kept[int(self._random.integers(len(kept)))].key
+        return False
+
+
+def read_folder(folder: Path) -> tuple[list[Entry], int]:
+    """A queue folder's entries, oldest first, and how many sub-folders could not be read back
+    (left alone, logged); a writer's leftovers (``.incoming-*``) are removed."""
+    for leftover in folder.glob(".incoming-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    found, rejected = [], 0
+    for path in folder.iterdir():
+        if not path.is_dir() or not KEY.match(path.name):
+            continue
+        entry = _read_entry(path)
+        if entry is None:
+            rejected += 1
+            log.warning("queue %s: %s cannot be read back; left alone", folder, path.name)
+        else:
+            found.append(entry)
+    return sorted(found, key=lambda e: (e.key.split("-")[1], e.item_id)), rejected
 
 
 def export(queue: UnsureQueue, out: Path) -> int:
@@ -358,7 +426,8 @@ def write_entry(folder: Path, key: str, item: ObservedItem, hour: int, reasons: 
                 cv2.imwrite(str(staging / f"v{k}.rgb.png"), cv2.cvtColor(view.rgb, cv2.COLOR_RGB2BGR), FAST_PNG)
                 if view.nir is not None:
                     cv2.imwrite(str(staging / f"v{k}.nir.png"), view.nir, FAST_PNG)
-        np.save(staging / "features.npy", item.pipeline.features(item.item_id, item.embeddings, item.readings))
+        features = item.pipeline.features(item.item_id, item.embeddings, item.readings)
+        np.save(staging / "features.npy", features)
         np.save(staging / "pooled.npy", pooled)
         (staging / ITEM_FILE).write_text(json.dumps(record), encoding="utf-8")
         size = sum(p.stat().st_size for p in staging.iterdir())
@@ -366,7 +435,7 @@ def write_entry(folder: Path, key: str, item: ObservedItem, hour: int, reasons: 
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Entry(key, item.item_id, hour, uncertainty, reasons, decision, None, size, pooled)
+    return Entry(key, item.item_id, hour, uncertainty, reasons, decision, None, size, pooled, features)
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -374,28 +443,42 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
 
-def _rank(entries: list[Entry]) -> list[str]:
-    """Unlabelled entries grouped into up to RANK_GROUPS clusters of their pooled embeddings
-    (k-means); each round takes one item from each cluster, the clusters in order of their size
-    times their mean uncertainty, and within a cluster the most uncertain first (ties: the one
-    nearest the cluster's centre, the most typical). Then the labelled entries."""
+def rank_entries(entries: list[Entry]) -> list[str]:
+    """Unlabelled entries grouped into up to RANK_GROUPS clusters of their features (k-means on
+    unit vectors); each round takes one item from each cluster, larger clusters first (ties: the
+    more uncertain first); a cluster's first item is its most typical, the rest by uncertainty.
+    Then the labelled entries."""
     todo = [e for e in entries if e.label is None]
     done = [e.key for e in entries if e.label is not None]
     if len(todo) < 2:
         return [e.key for e in todo] + done
-    pooled = np.array([e.pooled for e in todo])
+    size = max(set(lengths := [len(e.features) for e in todo]), key=lengths.count)
+    if len(set(lengths)) > 1:  # kept under bundles of other feature sizes: those after, by uncertainty
+        others = sorted((e for e in todo if len(e.features) != size), key=lambda e: -e.uncertainty)
+        return rank_entries([e for e in todo if len(e.features) == size]) + [e.key for e in others] + done
+    features = np.array([_unit(e.features) for e in todo])
     uncertainty = np.array([e.uncertainty for e in todo])
-    groups = min(RANK_GROUPS, len(todo))
-    kmeans = KMeans(groups, n_init=3, random_state=0).fit(pooled)
-    spread = np.linalg.norm(pooled - kmeans.cluster_centers_[kmeans.labels_], axis=1)
+    groups = max(1, min(RANK_GROUPS, len(todo) // GROUP_ITEMS))
+    found = KMeans(groups, n_init=3, random_state=0).fit(features).labels_
     members = []
-    for g in range(groups):
-        inside = np.flatnonzero(kmeans.labels_ == g)
-        inside = inside[np.lexsort((spread[inside], -np.round(uncertainty[inside], 1)))]
-        members.append((len(inside) * float(uncertainty[inside].mean()), list(inside)))
-    members.sort(key=lambda m: -m[0])
+    for g in np.unique(found):
+        inside = np.flatnonzero(found == g)
+        first = inside[int(np.argmax(_typicality(features[inside])))]
+        rest = sorted((i for i in inside if i != first), key=lambda i: -uncertainty[i])
+        members.append(((-len(inside), -float(uncertainty[inside].max())), [first, *rest]))
+    members.sort(key=lambda m: m[0])
     order = [m[1][r] for r in range(max(len(m[1]) for m in members)) for m in members if r < len(m[1])]
     return [todo[i].key for i in order] + done
+
+
+def _typicality(rows: np.ndarray) -> np.ndarray:
+    """Each row's density among ``rows`` (unit vectors): the inverse of its mean cosine distance
+    to its TYPICAL_NEIGHBOURS nearest others (TypiClust's typicality); all alike below two rows."""
+    k = min(TYPICAL_NEIGHBOURS, len(rows) - 1)
+    if k < 1:
+        return np.ones(len(rows))
+    distances = np.sort(1 - rows @ rows.T, axis=1)[:, 1:k + 1]  # the first is the row itself
+    return 1 / (np.maximum(distances, 0).mean(axis=1) + 1e-9)
 
 
 def _read_entry(path: Path) -> Entry | None:
@@ -406,10 +489,12 @@ def _read_entry(path: Path) -> Entry | None:
             return None
         record = json.loads(item_file.read_text(encoding="utf-8"))
         pooled = np.load(path / "pooled.npy", allow_pickle=False)
+        features = np.load(path / "features.npy", allow_pickle=False)
         size = sum(p.stat().st_size for p in path.iterdir())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or pooled.ndim != 1 or not np.isfinite(pooled).all():
+    if not isinstance(record, dict) or not all(a.ndim == 1 and a.dtype.kind == "f" and np.isfinite(a).all()
+                                               for a in (pooled, features)):
         return None
     item_id, hour, uncertainty = record.get("item_id"), record.get("hour"), record.get("uncertainty")
     reasons, decision, label = record.get("reasons"), record.get("decision"), record.get("label")
@@ -421,4 +506,4 @@ def _read_entry(path: Path) -> Entry | None:
     except SortlineError:
         return None
     return Entry(path.name, item_id, hour, float(uncertainty), [str(r) for r in reasons], decision, label, size,
-                 _unit(pooled))
+                 _unit(pooled), features)

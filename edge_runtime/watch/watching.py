@@ -41,6 +41,7 @@ class StationWatch:
         unsure = UnsureQueue(queue, on_label) if queue is not None else None
         if watch is not None and unsure is not None:
             unsure.strangeness = watch.strangeness_of  # the queue runs after the watch, on its thread
+            unsure.drifting = watch.items_drifting
         runner = Shadow(shadow, ShadowLog(shadow_log), events=events, drift=watch) if shadow is not None else None
         if runner is not None and unsure is not None:
             unsure.on_labelled = runner.label  # the operator's labels join the shadow log
