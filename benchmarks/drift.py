@@ -144,6 +144,7 @@ def soak(args: argparse.Namespace) -> dict:
     result = {"items": args.items, "alarms": run.summary["drift"]["alarms"], "queue": run.summary["queue"],
               "queue_mb_max": round(max((s[2] for s in samples), default=0.0), 2), "queue_cap_mb": cap_mb,
               "rss_mb_after_warmup": round(warm[0][1], 1) if warm else None,
+              "rss_mb_half": round(next(s[1] for s in samples if s[0] >= samples[-1][0] / 2), 1) if samples else None,
               "rss_mb_end": round(samples[-1][1], 1) if samples else None,
               "watch": {k: run.summary["drift"][k] for k in ("offered", "watched", "sampled_out", "busy_ms_per_item")},
               "latency_ms_p99": run.summary["latency_ms_p99"], "lost": run.summary["lost"],
