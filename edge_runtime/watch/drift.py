@@ -217,8 +217,7 @@ class DriftWatch:
 
     def items_drifting(self) -> bool:
         """An alarm on the items (not a camera's) is up."""
-        with self._lock:
-            return any(a.kind == ITEMS and a.cleared_at_item is None for a in self.alarms)
+        return any(a.kind == ITEMS for a in self.active())
 
     def statistics(self) -> list[dict]:
         """Every monitor: its latest block's value against its threshold."""

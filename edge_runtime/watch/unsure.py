@@ -336,11 +336,10 @@ class UnsureQueue:
         path = self.folder / entry.key
         try:
             record = json.loads((path / ITEM_FILE).read_text(encoding="utf-8"))
-            features = np.load(path / "features.npy", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise QueueError(f"item {key}: cannot be read ({exc})") from exc
-        if self.on_label is not None:
-            self.on_label(label, np.atleast_2d(features), f"queue:{entry.key}")
+        if self.on_label is not None:  # the features as kept (and checked) when the entry was written or read back
+            self.on_label(label, np.atleast_2d(entry.features), f"queue:{entry.key}")
         record["label"] = label
         with atomic_file(path / ITEM_FILE, "label") as tmp:
             tmp.write_text(json.dumps(record), encoding="utf-8")
