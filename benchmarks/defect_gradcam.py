@@ -94,8 +94,9 @@ def main() -> None:
         import tempfile
 
         with tempfile.TemporaryDirectory() as work:
-            stage_report = train_on_items(backbone, labeled, len(classes), spec,
-                                          FitConfig(item_epochs=DEFAULT_ITEM_EPOCHS, seed=args.seed), Path(work))
+            stage_report = train_on_items(backbone, labeled, classes, spec,
+                                          FitConfig(item_epochs=DEFAULT_ITEM_EPOCHS, seed=args.seed),
+                                          Path(work)).report
         meta = {"method": f"{meta.get('method')} + item stage ({stage_report.get('steps')} steps, "
                           f"{stage_report.get('seconds')} s)"}
     embedder = TorchEmbedder(backbone, spec)

@@ -7,11 +7,14 @@ the scale's weight (``fusion_ablation_checkout.md``).
     python benchmarks/fusion_ablation.py [--scenario avocado] [--epochs 6] [--item-epochs 10]
                                          [--ceiling-seconds 480] [--test-items 1000]
 
-Two backbones are trained the demo's way (SimCLR, ResNet-10, 64 px, on the same unlabeled pool,
-then the item stage on the 600 labeled fruit: ``train/station_fit.py``): one on RGB, one on
-RGB+NIR; each exported to int8. The heads are fitted on the same 600 labeled fruit and scored on
-fruit of the line's world, decided as the station decides them (int8 embeddings, view pooling,
-sensor features, logistic head).
+Each row with all the views is a station trained the demo's way (SimCLR, ResNet-10, 64 px, on
+the same unlabeled pool, then the item stage on the 600 labeled fruit with that row's inputs,
+its linear layer the head: ``train/station_fit.py``), exported to int8 and scored with its own
+bundle's head; the row with the sensor takes the views-only row's pretrained backbone
+(``pretrained.ckpt``) and runs its own item stage with the readings. The one-view row fits a
+logistic head on one view's embeddings of the RGB station's backbone. Scored on fruit of the
+line's world, decided as the station decides them (int8 embeddings, view pooling, sensor
+features, head).
 
 The ceiling: the same backbone trained from scratch, supervised, on the views alone with the
 labels of the whole pool (2,000 fruit), for the demo's training budget (``--ceiling-seconds``:
@@ -62,12 +65,25 @@ def _score(name: str, embedder, labeled, test, classes, views: int, sensor: str,
     fitted = fit_fusion_head(embedder, _views(labeled, views), classes, fusion, seed=seed)
     features = np.stack([fuse(embedder.embed_views(item.views), item.readings, fitted.fusion)
                          for item in _views(test, views)])
-    truth = np.array([item.label for item in test])
-    predicted = fitted.head.predict_proba(features).argmax(axis=1)
+    return _row(name, np.array([item.label for item in test]), fitted.head.predict_proba(features).argmax(axis=1),
+                classes, {"head": "fitted"})
+
+
+def _score_station(name: str, trained, test, classes) -> dict:
+    """A row decided by a trained station's own bundle: its int8 backbone, its fusion, its head."""
+    manifest, head = trained.manifest, trained.bundle.load_head()
+    embedder = OnnxEmbedder(trained.bundle.backbone_path, manifest.input)
+    features = np.stack([fuse(embedder.embed_views(item.views), item.readings, manifest.fusion) for item in test])
+    return _row(name, np.array([item.label for item in test]), head.predict_proba(features).argmax(axis=1), classes,
+                {"head": "the item stage's" if manifest.metrics["item_stage"]["ran"] else "fitted",
+                 "item_stage": {k: manifest.metrics["item_stage"].get(k) for k in ("steps", "seconds", "sensor")}})
+
+
+def _row(name: str, truth: np.ndarray, predicted: np.ndarray, classes, extra: dict | None = None) -> dict:
     recall = recall_score(truth, predicted, labels=range(len(classes)), average=None, zero_division=0)
     row = {"inputs": name, "mcc": round(float(matthews_corrcoef(truth, predicted)), 4),
            "accuracy": round(float(accuracy_score(truth, predicted)), 4),
-           "recall": {c: round(float(r), 3) for c, r in zip(classes, recall)}}
+           "recall": {c: round(float(r), 3) for c, r in zip(classes, recall)}, **(extra or {})}
     print(f"  {name:34s} MCC {row['mcc']:.4f}  recall {row['recall']}", flush=True)
     return row
 
@@ -78,8 +94,8 @@ def _ceiling(trained, pool_items: list[SimItem], seconds: float, work: Path, see
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     backbone = build_backbone("resnet10", in_channels=len(spec.channels))
-    report = train_on_items(backbone, pool_items, len(trained.manifest.labels), spec,
-                            FitConfig(item_epochs=1000.0, item_seconds=seconds, seed=seed), work)
+    report = train_on_items(backbone, pool_items, trained.manifest.labels, spec,
+                            FitConfig(item_epochs=1000.0, item_seconds=seconds, seed=seed), work).report
     rng = np.random.default_rng(seed)
     views = np.concatenate([views_to_uint8(item.views, spec) for item in pool_items[:64]])
     sample = model_input(views[rng.choice(len(views), size=min(256, len(views)), replace=False)], spec)
@@ -105,21 +121,32 @@ def main() -> None:
     rows, backbones = [], {}
     started_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sortline-ablation-") as work:
-        for channels in dict.fromkeys(channels for _, channels, _, _ in cases):
-            name = "rgb" if channels else "own"
+        full_views = max(views for _, _, views, _ in cases)
+        for _, channels, views, sensor in cases:  # one station for each set of inputs with all the views
+            key = (channels, sensor if views == full_views else "none")
+            if key in backbones:
+                continue
+            name = f"{'rgb' if channels else 'own'}-{key[1]}"
+            pretrained = Path(work) / f"{'rgb' if channels else 'own'}-none" / "pretrained.ckpt"
             started = time.perf_counter()
             cfg = DemoConfig(epochs=args.epochs, item_epochs=args.item_epochs, channels=channels, seed=args.seed,
-                             pool_fruit=args.pool_fruit, progress=True, scenario=args.scenario)
-            trained = train_station_bundle(cfg, Path(work) / name, {})
-            backbones[channels] = trained
+                             pool_fruit=args.pool_fruit, progress=True, scenario=args.scenario, sensor=key[1],
+                             checkpoint=pretrained if pretrained.is_file() else None)
+            backbones[key] = train_station_bundle(cfg, Path(work) / name, {})
             print(f"{name}: trained and exported in {time.perf_counter() - started:.0f} s", flush=True)
-        first = backbones[None]
+        first = backbones[(None, "none")]
         classes = first.manifest.labels
         labeled = list(sim_items(first.scenarios["labeled"], 600))
         test = list(sim_items(first.scenarios["line"], args.test_items, desc="render test"))
         readings = first.scenarios["line"].readings_expected
         for name, channels, views, sensor in cases:
-            trained = backbones[channels]
+            if views == full_views:
+                rows.append(_score_station(name, backbones[(channels, sensor)], test, classes))
+                if sensor != "none":  # the same station when its sensor has failed: every reading missing
+                    rows.append(_score_station(f"{name}, the sensor failed", backbones[(channels, sensor)],
+                                               [SimItem(item.label, item.views, []) for item in test], classes))
+                continue
+            trained = backbones[(channels, "none")]
             embedder = OnnxEmbedder(trained.bundle.backbone_path, trained.manifest.input)
             rows.append(_score(name, embedder, labeled, test, classes, views, sensor, args.seed, readings))
         ceiling = None
@@ -141,7 +168,10 @@ def _report(args, rows: list[dict], ceiling: dict | None, test, classes, seconds
     line = "avocado line" if args.scenario == "avocado" else "checkout"
     md = [f"# Fusion ablation on the simulated {line}\n",
           f"SimCLR ResNet-10, 64 px, {args.epochs:g} epochs on {args.pool_fruit:,} unlabeled items, {stage}; "
-          f"int8; heads on 600 labeled items; scored on {len(test)} items of the line's world "
+          f"int8; each row with all the views decided by its own station's head (the item stage's linear layer, "
+          f"trained with that row's inputs; a fitted logistic head where the stage is off), the one-view row and "
+          f"the ceiling by a logistic head fitted on the 600 labeled items; scored on {len(test)} items of the "
+          f"line's world "
           f"({dict(zip(classes, counts.tolist()))}). "
           f"{seconds / 60:.0f} minutes in all.\n"]
     per_class = len(classes) <= 6  # else the lowest and the mean recall

@@ -4,6 +4,7 @@ station while it sorts."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import multiprocessing
@@ -94,6 +95,25 @@ def _accuracy(pipeline: ItemPipeline, product: int, count: int, start: int = 30_
 
 
 # --- the store -------------------------------------------------------------------------------
+
+
+def test_a_head_trained_with_the_backbone_is_kept_and_one_of_another_shape_refused():
+    """fit_fusion_head with ``head`` (the item stage's): the head is kept as it is and the items'
+    features are still computed (the bundle's examples); a head for other features or other
+    labels is refused, not written into a bundle."""
+    scenario = _scenario()
+    spec = InputSpec.for_channels(scenario.channels, 32, views=scenario.views)
+    items = [LabeledItem(scenario.label(i), *_item(scenario, i)) for i in range(40)]
+    embedder = OnnxEmbedder(tiny_backbone_onnx(3), spec)
+    fusion = FusionSpec.for_sensor("scale", scenario.readings_expected)
+    fitted = fit_fusion_head(embedder, items, scenario.classes, fusion)
+    given = dataclasses.replace(fitted.head, coef=fitted.head.coef * 2)
+    kept = fit_fusion_head(embedder, items, scenario.classes, fusion, head=given)
+    assert kept.head is given and np.array_equal(kept.features, fitted.features) and kept.fusion == fitted.fusion
+    narrow = LogisticHead(given.labels, given.mean[:-1], given.scale[:-1], given.coef[:, :-1], given.intercept)
+    for wrong, labels in ((narrow, scenario.classes), (given, scenario.classes[::-1])):
+        with pytest.raises(ValueError, match="given head"):
+            fit_fusion_head(embedder, items, labels, fusion, head=wrong)
 
 
 def test_store_keeps_examples_and_refuses_what_it_cannot_hold(tmp_path):

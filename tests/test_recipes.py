@@ -147,8 +147,9 @@ def test_a_station_pool_of_rgb_and_nir_views_pretrains_with_the_recipe(tmp_path)
     assert pretrain["method"].startswith("recipe small-data (simclr")
     assert pretrain["pool_views"] == 64 and pretrain["plan"]["resolution"] == [[0, 32]]
     assert 0 < pretrain["steps"] <= pretrain["total_steps"]
-    _, spec, meta = load_checkpoint(tmp_path / "demo" / "backbone.ckpt")
+    _, spec, meta = load_checkpoint(tmp_path / "demo" / "pretrained.ckpt")  # the recipe's, before the item stage
     assert spec.channels == ("r", "g", "b", "nir") and meta["colour_weight"] > 0
+    assert load_checkpoint(tmp_path / "demo" / "backbone.ckpt")[2]["method"].endswith("+ item stage")  # the bundle's
 
 
 def test_simclr_label_stage_learns_from_labeled_rows_only():

@@ -11,7 +11,7 @@ import torch
 from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.train.augment import MultiChannelAugment
 from sortline.train.backbones import build_backbone
-from sortline.train.data import ViewsDataset, model_input
+from sortline.train.data import ViewsDataset, model_input, views_to_uint8
 from sortline.train.loop import TrainConfig, embedding_std, train
 from sortline.train.methods import build_method
 
@@ -112,6 +112,125 @@ def test_items_dataset_turns_mirrors_and_shifts_each_view_and_nothing_else():
         ItemsDataset(items, np.array([0, 1, -1, 0]), spec)  # an unlabelled item
 
 
+def test_items_dataset_gives_each_item_its_sensor_features_or_drops_them():
+    """With sensor features a sample is (views, label, sensors); an item's sensors are dropped
+    (zeros: the station's fill, standardised) about as often as asked, the same way for the same
+    index; the views do not change with them."""
+    from sortline.train.data import ItemsDataset
+
+    spec = InputSpec.for_channels(("r", "g", "b", "nir"), 32, views=4)
+    items, labels = _items(4)
+    sensors = np.arange(1, 13, dtype=np.float32).reshape(4, 3)
+    data = ItemsDataset(items, labels, spec, seed=3, sensors=sensors, sensor_dropout=0.3)
+    plain = ItemsDataset(items, labels, spec, seed=3)
+    dropped = 0
+    for index in range(400):
+        views, label, given = data[index]
+        assert label == labels[index % 4] and given.shape == (3,)
+        assert torch.equal(given, torch.zeros(3)) or torch.equal(given, torch.from_numpy(sensors[index % 4]))
+        dropped += int(not given.any())
+        assert torch.equal(data[index][2], given)
+    assert torch.equal(data[5][0], plain[5][0])
+    assert 80 <= dropped <= 160  # 0.3 of 400
+    with pytest.raises(ValueError):
+        ItemsDataset(items, labels, spec, sensors=sensors[:3])
+    with pytest.raises(ValueError):
+        ItemsDataset(items, labels, spec, sensors=np.full((4, 3), np.nan, np.float32))
+
+
+def test_the_stage_head_gives_the_stage_layers_logits_on_the_station_features():
+    """The item stage's linear layer as the station's head: on the station's fused features
+    (views pooled by ``fuse``, then the raw readings) it gives exactly the logits the layer gives
+    on the pooled embeddings and the standardised readings, for each of the station's poolings."""
+    from sortline.edge_runtime.model.fusion import FusionSpec, fuse, sensor_features
+    from sortline.train.methods.supervised import ItemClassifier
+    from sortline.train.station_fit import stage_head
+
+    rng = np.random.default_rng(4)
+    torch.manual_seed(4)
+    backbone = build_backbone("resnet10", in_channels=4).eval()
+    views = torch.from_numpy(rng.normal(size=(3, 4, 4, 32, 32)).astype(np.float32))
+    readings = [_taps(i, i == 1, rng) for i in range(3)]
+    for pools in (("mean", "max"), ("mean",)):
+        fusion = FusionSpec.for_sensor("taps", 5, view_pools=pools)
+        rows = np.stack([sensor_features(r, fusion) for r in readings])
+        mean, scale = rows.mean(axis=0) + 0.5, rows.std(axis=0) + 2.0  # any standardisation
+        model = ItemClassifier(backbone, 3, pools, len(fusion.sensor_features)).eval()
+        torch.nn.init.normal_(model.head.weight)
+        with torch.no_grad():
+            h = backbone(views.flatten(0, 1)).view(3, 4, -1)
+            pooled = [h.mean(dim=1) if name == "mean" else h.amax(dim=1) for name in pools]
+            z = torch.from_numpy(((rows - mean) / scale).astype(np.float32))
+            logits = model.head(torch.cat([*pooled, z], dim=1)).numpy()
+        head = stage_head(model, ("a", "b", "c"), mean.astype(np.float32), scale.astype(np.float32))
+        fused = np.stack([fuse(h[i].numpy(), readings[i], fusion) for i in range(3)])
+        assert np.allclose(head.decision_function(fused), logits, atol=1e-3), pools
+
+
+def _taps(item_id: int, soft: bool, rng: np.random.Generator) -> list:
+    """A tap series: a soft fruit gives a lower peak, less rebound and a slower decay."""
+    from sortline.hardware.protocol import TapReading
+
+    peak = (12.0 if soft else 20.0) + rng.normal(0, 0.5)
+    return [TapReading(item_id, k, 5, peak, 0.3 if soft else 0.6, 50.0 if soft else 25.0, 10 * k) for k in range(5)]
+
+
+def test_with_a_sensor_the_item_stage_head_takes_the_views_and_the_readings(tmp_path):
+    """Three classes: a dark spot in one view's NIR (the views tell it), a soft tap (only the
+    sensor tells it), neither. The stage's linear layer, as the station's head on the fused
+    features (``fuse``: pooled views, then the readings), finds the spot on new items from their
+    views, and on every new item a soft tap series makes the soft class more likely than a firm
+    one (a few dozen steps on noise views are too few to say more: Adam moves the layer's
+    weights by about the learning rate a step)."""
+    from sortline.edge_runtime.model.fusion import FusionSpec, LabeledItem, fuse, sensor_features
+    from sortline.hardware.camera import ViewFrame
+    from sortline.train.station_fit import FitConfig, train_on_items
+
+    spec = InputSpec.for_channels(("r", "g", "b", "nir"), 32, views=4)
+    rng = np.random.default_rng(1)
+
+    def made(n: int, seed: int) -> list[LabeledItem]:
+        items, spots = _items(n, seed=seed)
+        out = []
+        for i, (item, spot) in enumerate(zip(items, spots)):
+            soft = not spot and i % 4 == 0
+            label = 1 if spot else 2 if soft else 0
+            taps = _taps(i, soft, rng)
+            out.append(LabeledItem(label, [ViewFrame(rgb=np.ascontiguousarray(v[:3].transpose(1, 2, 0)), nir=v[3])
+                                           for v in item], taps))
+        return out
+
+    train_items, new_items = made(64, 0), made(32, 5)
+    fusion = FusionSpec.for_sensor("taps", 5)
+    fusion = fusion.with_fill(np.stack([sensor_features(item.readings, fusion) for item in train_items]))
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet10", in_channels=4)
+    classes = ("plain", "spot", "soft")
+    stage = train_on_items(backbone, train_items, classes, spec,
+                           FitConfig(item_epochs=40, seed=0, progress=False), tmp_path, fusion)
+    assert stage.report["ran"] and stage.report["sensor"] == "taps" and stage.report["sensor_dropout"] > 0
+    head = stage.head
+    assert head.labels == classes and head.n_features == 2 * backbone.embedding_dim + len(fusion.sensor_features)
+
+    def features(items):
+        with torch.no_grad():
+            out = []
+            for item in items:
+                views = torch.from_numpy(model_input(views_to_uint8(item.views, spec), spec))
+                out.append(fuse(backbone(views).numpy(), item.readings, fusion))
+            return np.stack(out)
+
+    truth = np.array([item.label for item in new_items])
+    predicted = head.predict(features(new_items))
+    assert (predicted[truth == 1] == 1).all(), (predicted, truth)  # the spot, which the views show
+    # the same items with a soft tap are more likely soft than with a firm one, every one of them
+    soft = [LabeledItem(item.label, item.views, _taps(0, True, rng)) for item in new_items]
+    firm = [LabeledItem(item.label, item.views, _taps(0, False, rng)) for item in new_items]
+    assert (head.predict_proba(features(soft))[:, 2] > head.predict_proba(features(firm))[:, 2]).all()
+    views = 2 * backbone.embedding_dim  # the pooled views are taken as they are; the readings standardised
+    assert (head.mean[:views] == 0).all() and (head.scale[:views] == 1).all() and (head.scale[views:] > 0).all()
+
+
 def test_the_item_stage_teaches_the_backbone_a_defect_one_view_shows(tmp_path):
     """train_on_items: the backbone learns, from all of an item's views together, evidence that
     one view's NIR holds (what it does on the avocado line: benchmarks/results/fusion_ablation.md)."""
@@ -126,9 +245,10 @@ def test_the_item_stage_teaches_the_backbone_a_defect_one_view_shows(tmp_path):
     torch.manual_seed(0)
     backbone = build_backbone("resnet10", in_channels=4)
     before = [p.detach().clone() for p in backbone.parameters()]
-    report = train_on_items(backbone, labeled, 2, spec, FitConfig(item_epochs=6, seed=0, progress=False), tmp_path)
+    report = train_on_items(backbone, labeled, ("plain", "spot"), spec,
+                            FitConfig(item_epochs=6, seed=0, progress=False), tmp_path).report
     assert report["ran"] and report["items"] == 48 and (tmp_path / "items.csv").is_file()
     assert report["final_loss"] < 0.5 * report["first_loss"]  # it learns the spot (ln 2 = 0.69 at chance)
     assert any(not torch.equal(a, b) for a, b in zip(before, backbone.parameters())) and not backbone.training
-    off = train_on_items(backbone, labeled, 2, spec, FitConfig(item_epochs=0), tmp_path)
-    assert not off["ran"] and "off" in off["why"]
+    off = train_on_items(backbone, labeled, ("plain", "spot"), spec, FitConfig(item_epochs=0), tmp_path)
+    assert not off.report["ran"] and "off" in off.report["why"] and off.head is None

@@ -52,8 +52,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="labeled items for the fusion head")
     demo.add_argument("--epochs", type=float, default=6.0, help="pretraining epochs over the pool (0: random init)")
     demo.add_argument("--item-epochs", type=float,
-                      help="the item stage: epochs over the labelled fruit, all views of each together, at most "
-                           "150 s (default: 30 with --sensor none, else none; docs/defects.md)")
+                      help="the item stage: epochs over the labelled fruit, all views of each together with the "
+                           "sensor's readings, at most 150 s; its linear layer is the head (default 30; 0: none, "
+                           "the head fitted afterwards; docs/defects.md)")
     demo.add_argument("--sensor", choices=["none"],
                       help="none: the head decides on the views alone (a station without a tap sensor or scale)")
     demo.add_argument("--recipe", choices=sorted(RECIPES),
@@ -163,9 +164,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--recipe", choices=sorted(RECIPES),
                         help="pretrain with this recipe (its backbone and schedule) within --max-seconds")
     fit.add_argument("--item-epochs", type=float,
-                     help="the item stage: epochs over the labelled items, all views of each together, at most "
-                          "150 s (default: 30 where the items have no sensor readings, else none; "
-                          "docs/defects.md)")
+                     help="the item stage: epochs over the labelled items, all views of each together with the "
+                          "sensor's readings, at most 150 s; its linear layer is the head (default 30; 0: none, "
+                          "the head fitted afterwards; docs/defects.md)")
     fit.add_argument("--policy", type=Path, help="decision policy file (TOML): class → exit, confidence, safe exit")
     fit.add_argument("--backbone", default="resnet10")
     fit.add_argument("--image-size", type=int, default=64)

@@ -140,22 +140,34 @@ class ItemsDataset(Dataset):
     (on the simulated avocado line, views-only MCC 0.872 with mirroring alone, 0.937 with this
     and 30 epochs in the same two minutes; docs/defects.md). Nothing else is augmented: a crop
     could cut away the very patch that makes an item a defect, and colour jitter would wash out
-    the darker NIR of a bruise. Indices are ``epoch·N + i``, as in :class:`ViewsDataset`."""
+    the darker NIR of a bruise. Indices are ``epoch·N + i``, as in :class:`ViewsDataset`.
 
-    def __init__(self, items: np.ndarray, labels: np.ndarray, spec: InputSpec, seed: int = 0) -> None:
+    With ``sensors`` (``N×F`` float32, the items' sensor features standardised, 0 where a reading
+    is missing) a sample is ``(views, label, sensors)``; each item's readings are then dropped
+    (all zero, as the station fills a missing reading) with probability ``sensor_dropout``, so
+    that what is learned still decides an item whose sensor failed."""
+
+    def __init__(self, items: np.ndarray, labels: np.ndarray, spec: InputSpec, seed: int = 0,
+                 sensors: np.ndarray | None = None, sensor_dropout: float = 0.0) -> None:
         if items.dtype != np.uint8 or items.ndim != 5:
             raise ValueError(f"expected N×V×C×S×S uint8 items, got {items.shape} {items.dtype}")
         if len(labels) != len(items) or (np.asarray(labels) < 0).any():
             raise ValueError(f"{len(labels)} labels for {len(items)} items; every item needs one")
+        if sensors is not None and (sensors.ndim != 2 or len(sensors) != len(items) or not np.isfinite(sensors).all()):
+            raise ValueError(f"sensors must be N×F finite numbers for {len(items)} items, got {sensors.shape}")
+        if not 0.0 <= sensor_dropout < 1.0:
+            raise ValueError(f"sensor_dropout {sensor_dropout} is outside [0, 1)")
         self.items = items
         self.labels = np.asarray(labels, dtype=np.int64)
         self.seed = seed
         self.spec = spec
+        self.sensors = None if sensors is None else np.asarray(sensors, np.float32)
+        self.sensor_dropout = float(sensor_dropout)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, torch.Tensor]:
         epoch, i = divmod(int(index), len(self.items))
         rng = np.random.default_rng(_sample_seed(self.seed, epoch, i))
         shift = self.spec.size // 16
@@ -165,7 +177,10 @@ class ItemsDataset(Dataset):
             if rng.random() < 0.5:
                 view = view.flip(-1)
             views.append(torch.roll(view, tuple(int(d) for d in rng.integers(-shift, shift + 1, 2)), dims=(-2, -1)))
-        return torch.stack(views), int(self.labels[i])
+        if self.sensors is None:
+            return torch.stack(views), int(self.labels[i])
+        keep = rng.random() >= self.sensor_dropout
+        return torch.stack(views), int(self.labels[i]), torch.from_numpy(self.sensors[i] * np.float32(keep))
 
 
 class EpochSampler(Sampler[int]):

@@ -72,11 +72,12 @@ class DemoConfig:
     channels: tuple[str, ...] | None = None  # the model's input channels (default: all the scenario's)
     image_size: int = 64
     epochs: float = 6.0
-    item_epochs: float | None = None  # the item stage (train/station_fit.py; None: on for a views-only head)
+    item_epochs: float | None = None  # the item stage (train/station_fit.py; None: its default, 30)
     sensor: str | None = None  # the item sensor the head fuses: the scenario's (None), or "none" (views alone)
     batch_size: int = 128
     max_pretrain_s: float | None = 360.0
     recipe: str | None = None  # pretrain with a named recipe (small-data) instead of plain SimCLR
+    checkpoint: Path | None = None  # take this backbone (e.g. an earlier run's pretrained.ckpt) instead of pretraining
     pitch_ms: float = 100.0
     lanes: int = 1
     deadline_ms: int = 300
@@ -168,7 +169,8 @@ def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) 
         DecisionPolicy(exits_for(first), SAFE_EXIT, cfg.min_confidence),
         FitConfig(backbone=cfg.backbone, image_size=cfg.image_size, epochs=cfg.epochs, item_epochs=cfg.item_epochs,
                   batch_size=cfg.batch_size,
-                  max_pretrain_s=cfg.max_pretrain_s, seed=cfg.seed, progress=cfg.progress, recipe=cfg.recipe),
+                  max_pretrain_s=cfg.max_pretrain_s, seed=cfg.seed, progress=cfg.progress, recipe=cfg.recipe,
+                  checkpoint=cfg.checkpoint),
         out, out / "bundle", f"{cfg.scenario}-{cfg.recipe or cfg.backbone + '-simclr'}", timings)
     bundle, backbone, manifest = fitted.bundle, fitted.backbone, fitted.manifest
     return TrainedStation(bundle, backbone, scenarios, manifest, fitted.export_report)

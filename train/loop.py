@@ -230,13 +230,14 @@ def train(model: Method, dataset: ViewsDataset, config: TrainConfig, progress: b
         while result.steps < total_steps and not stopped_early:
             epoch, done = divmod(result.steps, max(1, steps_per_epoch))
             sampler.set_epoch(epoch, skip=done * config.batch_size)
-            for views, labels in loader:
+            for views, labels, *extra in loader:  # extra: what else a dataset gives (an item's sensor features)
                 views = views.to(dev, non_blocking=True)  # N×V×C×S×S; the weights are channels-last
                 n, v = views.shape[:2]
                 labels = labels.to(dev, non_blocking=True)
+                extra = [x.to(dev, non_blocking=True) for x in extra]
                 torch.manual_seed(_step_seed(config.seed, result.steps))
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    loss, embeddings = net(views, labels)
+                    loss, embeddings = net(views, labels, *extra)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

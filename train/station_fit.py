@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from sortline.edge_runtime.labelling.book import ItemData, LabelError
 from sortline.edge_runtime.learning.enroll import EXAMPLES_FILE, write_examples
 from sortline.edge_runtime.model.bundle import Bundle, DecisionPolicy, Manifest, write_bundle
 from sortline.edge_runtime.model.choice import CHECK_FILE, CHECK_ITEMS, write_check_set
-from sortline.edge_runtime.model.fusion import FusionSpec, LabeledItem, fit_fusion_head
+from sortline.edge_runtime.model.fusion import FusionSpec, LabeledItem, fit_fusion_head, sensor_features
+from sortline.edge_runtime.model.head import LogisticHead
 from sortline.edge_runtime.model.preprocess import InputSpec, preprocess_views
 from sortline.export.build import ExportConfig, export_model
 
@@ -40,6 +42,7 @@ from .pretraining import PretrainConfig, run_pretrain
 log = logging.getLogger(__name__)
 SAFE_EXIT = 0
 DEFAULT_ITEM_EPOCHS = 30.0
+SENSOR_DROPOUT = 0.3  # the item stage drops an item's sensor features this often
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,8 @@ class FitConfig:
     epochs: float = 6.0  # SimCLR over every item's views (0: keep the random initialisation)
     batch_size: int = 128
     max_pretrain_s: float | None = 360.0
-    # The item stage: epochs over the labelled items (0: none). None: 30 where the head decides on
-    # the views alone, none where it fuses a sensor: a head fitted on the very items the stage
-    # trained on trusts their views too much and leaves the taps aside (docs/defects.md).
+    # The item stage: epochs over the labelled items (0: none; None: DEFAULT_ITEM_EPOCHS). Its
+    # linear layer, on the pooled views and the sensor's features, is the station's head.
     item_epochs: float | None = None
     item_seconds: float | None = 150.0  # and at most this long
     checkpoint: Path | None = None  # a backbone to take instead of pretraining one
@@ -87,7 +89,8 @@ def fit_station_bundle(pool: np.ndarray, labeled: Sequence[LabeledItem], classes
                        loaded: tuple | None = None) -> FittedStation:
     """``pool``: every view to pretrain on (``N×C×S×S`` uint8, through the edge preprocessing);
     ``labeled``: the items the head is fitted on; ``loaded``: ``cfg.checkpoint`` already read.
-    Writes ``work/backbone.ckpt`` (when it pretrains), ``work/pretrain.{csv,png}`` and the bundle
+    Writes ``work/backbone.ckpt`` (when it pretrains or trains; the pretrained backbone is kept as
+    ``work/pretrained.ckpt`` when the item stage changes it), ``work/pretrain.{csv,png}`` and the bundle
     ``out``."""
     work.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -124,15 +127,15 @@ def fit_station_bundle(pool: np.ndarray, labeled: Sequence[LabeledItem], classes
         pretrain = {"method": "simclr" if result.steps else "none (random initialisation)",
                     "pool_views": len(pool), **result.to_dict()}
     t = stage("pretrain", timings, t)
-    if cfg.item_epochs is None and fusion.sensor != "none":
-        item_stage = {"ran": False, "why": f"off by default where the head fuses a {fusion.sensor} sensor"}
-    else:
-        epochs = DEFAULT_ITEM_EPOCHS if cfg.item_epochs is None else cfg.item_epochs
-        item_stage = train_on_items(backbone, labeled, len(classes), spec,
-                                    dataclasses.replace(cfg, item_epochs=epochs), work)
-        if item_stage["ran"]:  # the checkpoint beside the bundle is the backbone the bundle holds
-            save_checkpoint(work / "backbone.ckpt", backbone, spec, method=f"{pretrain['method']} + item stage",
-                            item_stage=item_stage)
+    fusion = fusion.with_fill(np.stack([sensor_features(item.readings, fusion) for item in labeled]))
+    epochs = DEFAULT_ITEM_EPOCHS if cfg.item_epochs is None else cfg.item_epochs
+    item_stage = train_on_items(backbone, labeled, classes, spec, dataclasses.replace(cfg, item_epochs=epochs),
+                                work, fusion)
+    if item_stage.report["ran"]:  # the checkpoint beside the bundle is the backbone the bundle holds
+        if (work / "backbone.ckpt").is_file():  # and the pretrained one stays, for another stage (--checkpoint)
+            shutil.copyfile(work / "backbone.ckpt", work / "pretrained.ckpt")
+        save_checkpoint(work / "backbone.ckpt", backbone, spec, method=f"{pretrain['method']} + item stage",
+                        item_stage=item_stage.report)
     t = stage("item_stage", timings, t)
 
     # Export (parity-checked against PyTorch), int8 with calibration views from the pool.
@@ -141,13 +144,13 @@ def fit_station_bundle(pool: np.ndarray, labeled: Sequence[LabeledItem], classes
     exported = export_model(backbone, spec, sample, work, ExportConfig(precision="int8", seed=cfg.seed))
     t = stage("export", timings, t)
 
-    # The fusion head on the int8 embeddings of the labelled items, then the bundle.
-    fitted = fit_fusion_head(exported.embedder, labeled, classes, fusion, seed=cfg.seed)
+    # The fusion head: the item stage's, else fitted on the int8 embeddings of the labelled items.
+    fitted = fit_fusion_head(exported.embedder, labeled, classes, fusion, seed=cfg.seed, head=item_stage.head)
     counts = np.bincount([item.label for item in labeled], minlength=len(classes))
     manifest = Manifest(
         name=name, input=spec, embedding_dim=backbone.embedding_dim, labels=tuple(classes), decision=policy,
         fusion=fitted.fusion,
-        metrics={**(metrics or {}), "pretrain": pretrain, "item_stage": item_stage, "export": exported.report,
+        metrics={**(metrics or {}), "pretrain": pretrain, "item_stage": item_stage.report, "export": exported.report,
                  "head_training": {classes[i]: int(n) for i, n in enumerate(counts)}},
     )
     check = write_check_set(work / CHECK_FILE, np.concatenate([preprocess_views(item.views, spec)
@@ -159,27 +162,69 @@ def fit_station_bundle(pool: np.ndarray, labeled: Sequence[LabeledItem], classes
     return FittedStation(bundle, backbone, manifest, exported.report)
 
 
-def train_on_items(backbone: Backbone, labeled: Sequence[LabeledItem], classes: int, spec: InputSpec,
-                   cfg: FitConfig, work: Path) -> dict:
+@dataclass(frozen=True)
+class ItemStage:
+    """What the item stage did (``report``) and, where it ran, its linear layer as the station's
+    head on the fused features (views pooled, then the standardised sensor features)."""
+
+    report: dict
+    head: LogisticHead | None = None
+
+
+def train_on_items(backbone: Backbone, labeled: Sequence[LabeledItem], classes: Sequence[str], spec: InputSpec,
+                   cfg: FitConfig, work: Path, fusion: FusionSpec | None = None) -> ItemStage:
     """The item stage: the backbone learns from the labelled items what tells their classes apart
-    (:class:`ItemClassifier`: all of an item's views, pooled as the station pools them), for
-    ``cfg.item_epochs`` over them (at most ``cfg.item_seconds``), classes sampled evenly. Changes
-    ``backbone`` in place; returns what it did."""
+    (:class:`ItemClassifier`: all of an item's views, pooled as the station pools them, and with a
+    ``fusion`` that has a sensor, the item's sensor features), for ``cfg.item_epochs`` over them
+    (at most ``cfg.item_seconds``), classes sampled evenly. Changes ``backbone`` in place.
+
+    ``fusion`` is the station's (its ``sensor_fill`` set: a missing reading is filled as the
+    station fills it); the sensor features are standardised over the items, and dropped for an
+    item with probability ``SENSOR_DROPOUT`` while training, as a failed sensor drops them."""
     whole = [item for item in labeled if len(item.views) == spec.views]
     present = {item.label for item in whole}
     if not cfg.item_epochs or len(present) < 2:
-        return {"ran": False, "why": "off (item_epochs 0)" if not cfg.item_epochs else
-                f"{len(present)} class(es) among the {len(whole)} items with all {spec.views} views"}
+        return ItemStage({"ran": False, "why": "off (item_epochs 0)" if not cfg.item_epochs else
+                          f"{len(present)} class(es) among the {len(whole)} items with all {spec.views} views"})
+    fusion = fusion or FusionSpec.for_sensor("none", 0)
     items = np.stack([views_to_uint8(item.views, spec) for item in whole])
     labels = np.array([item.label for item in whole])
+    sensors, mean, scale = _standardised_sensors(whole, fusion)
     torch.manual_seed(cfg.seed)
-    model = ItemClassifier(backbone, classes)
-    result = train(model, ItemsDataset(items, labels, spec, seed=cfg.seed + 7),
+    model = ItemClassifier(backbone, len(classes), fusion.view_pools, sensors.shape[1])
+    dataset = ItemsDataset(items, labels, spec, seed=cfg.seed + 7, sensors=sensors if sensors.shape[1] else None,
+                           sensor_dropout=SENSOR_DROPOUT)
+    result = train(model, dataset,
                    TrainConfig(epochs=cfg.item_epochs, batch_size=min(32, len(items)), lr=1e-3, seed=cfg.seed,
                                balanced=True, max_seconds=cfg.item_seconds, log_path=work / "items.csv"),
                    progress=cfg.progress, desc="item stage")
     backbone.cpu().to(memory_format=torch.contiguous_format).eval()
-    return {"ran": True, "items": len(items), "views": spec.views, **result.to_dict()}
+    return ItemStage({"ran": True, "items": len(items), "views": spec.views, "sensor": fusion.sensor,
+                      "sensor_dropout": SENSOR_DROPOUT if sensors.shape[1] else 0.0, **result.to_dict()},
+                     stage_head(model, classes, mean, scale))
+
+
+def stage_head(model: ItemClassifier, classes: Sequence[str], mean: np.ndarray, scale: np.ndarray) -> LogisticHead:
+    """The stage's linear layer as a station head on the fused features: the pooled views as they
+    are, the sensor features standardised by ``mean`` and ``scale`` as the stage saw them."""
+    coef, intercept = model.head_arrays()
+    views = coef.shape[1] - len(mean)
+    return LogisticHead(labels=tuple(classes), mean=np.concatenate([np.zeros(views, np.float32), mean]),
+                        scale=np.concatenate([np.ones(views, np.float32), scale]), coef=coef, intercept=intercept)
+
+
+def _standardised_sensors(items: Sequence[LabeledItem], fusion: FusionSpec) -> tuple[np.ndarray, ...]:
+    """The items' sensor features, a missing one filled as ``fusion`` fills it (its mean over the
+    items where ``fusion`` has no fill yet), standardised as the head standardises its features (a
+    feature that never varies keeps scale 1): ``(N×F, mean, scale)``."""
+    if not fusion.sensor_features:
+        return np.zeros((len(items), 0), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)
+    rows = np.stack([sensor_features(item.readings, fusion) for item in items]).astype(np.float64)
+    fill = np.asarray(fusion.sensor_fill) if fusion.sensor_fill else np.nanmean(rows, axis=0)
+    rows = np.where(np.isnan(rows), fill, rows)
+    mean, std = rows.mean(axis=0), rows.std(axis=0)
+    scale = np.where(std > 0, std, 1.0)
+    return ((rows - mean) / scale).astype(np.float32), mean.astype(np.float32), scale.astype(np.float32)
 
 
 def _whole_items(items: Sequence[LabeledItem], spec: InputSpec) -> list[LabeledItem]:

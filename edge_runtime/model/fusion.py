@@ -212,15 +212,20 @@ class FusionFit:
 
 
 def fit_fusion_head(embedder: Embedder, items: Sequence[LabeledItem], labels: Sequence[str], fusion: FusionSpec,
-                    seed: int = 0) -> FusionFit:
+                    seed: int = 0, head: LogisticHead | None = None) -> FusionFit:
     """The head on ``embedder``'s embeddings (the exported model's own, quantized or not: the
     numbers the station will compute), and the fusion spec completed with the training means
-    for missing readings."""
+    for missing readings. ``head``: one trained with the backbone (the item stage's), kept as it
+    is; the items' features are still computed, as the bundle's examples."""
     embeddings = [embedder.embed_views(item.views) for item in items]
     fusion = fusion.with_fill(np.stack([sensor_features(item.readings, fusion) for item in items]))
     features = np.stack([fuse(e, item.readings, fusion) for e, item in zip(embeddings, items)])
     targets = np.array([item.label for item in items])
-    return FusionFit(LogisticHead.fit(features, targets, labels, C=C_GRID, seed=seed), fusion, features, targets)
+    if head is not None and (head.n_features != features.shape[1] or tuple(head.labels) != tuple(labels)):
+        raise ValueError(f"the given head takes {head.n_features} features for {head.labels}; the items have "
+                         f"{features.shape[1]} for {tuple(labels)}")
+    head = head or LogisticHead.fit(features, targets, labels, C=C_GRID, seed=seed)
+    return FusionFit(head, fusion, features, targets)
 
 
 class Embedder(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,24 +115,47 @@ class Classifier(Method):
 
 class ItemClassifier(Method):
     """A class for each whole item from all its camera views, pooled as the station pools them
-    (mean and max over the views, ``model/fusion.py``), through a linear layer with cross-entropy.
+    (``view_pools``: mean and max over the views, ``model/fusion.py``), and the item's sensor
+    features beside them, through one linear layer with cross-entropy.
 
     The stage that teaches a backbone what tells the classes apart where labels exist: a scab
-    seen by one view of four, a bruise as a darker region in NIR. The backbone keeps what it
-    learns; the linear layer is thrown away (the station fits its own head).
+    seen by one view of four, a bruise as a darker region in NIR. With a sensor the linear layer
+    learns from the readings from the first step on, and the backbone learns what they do not
+    already tell; that layer is the station's head (:meth:`head_arrays`). A head fitted afterwards
+    on the same items would not do: on the items the backbone learnt, their views alone separate
+    the classes, and it leaves the readings aside (docs/defects.md).
     """
 
     needs_labels = True
     vertical_flip = False
 
-    def __init__(self, backbone: Backbone, classes: int) -> None:
+    def __init__(self, backbone: Backbone, classes: int, view_pools: tuple[str, ...] = ("mean", "max"),
+                 sensor_features: int = 0) -> None:
         super().__init__(backbone)
-        self.head = nn.Linear(2 * backbone.embedding_dim, classes)
+        if not view_pools or set(view_pools) - {"mean", "max"}:
+            raise ValueError(f"view pools must be some of mean and max, not {view_pools}")
+        self.view_pools = tuple(view_pools)
+        self.sensor_features = int(sensor_features)
+        self.head = nn.Linear(len(self.view_pools) * backbone.embedding_dim + self.sensor_features, classes)
 
-    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+    def forward(self, views: torch.Tensor, labels: torch.Tensor, sensors: torch.Tensor | None = None) -> StepOutput:
         if (labels < 0).any():
             raise ValueError("the item stage needs a label for every item")
+        if (sensors is None) != (self.sensor_features == 0):
+            raise ValueError(f"this stage takes {self.sensor_features} sensor features an item, "
+                             f"got {None if sensors is None else tuple(sensors.shape)}")
         n, v = views.shape[:2]
         h = self.backbone(views.flatten(0, 1)).view(n, v, -1)
-        logits = self.head(torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=1))
+        pooled = {"mean": lambda: h.mean(dim=1), "max": lambda: h.amax(dim=1)}
+        parts = [pooled[name]() for name in self.view_pools]
+        if sensors is not None:
+            parts.append(sensors.to(parts[0].dtype))
+        logits = self.head(torch.cat(parts, dim=1))
         return StepOutput(F.cross_entropy(logits, labels), h[:, 0])
+
+    @torch.no_grad()
+    def head_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The linear layer as float32 ``(coef K×F, intercept K)``, on the fused feature vector
+        ``[pooled views…, standardised sensor features]``."""
+        return (self.head.weight.detach().float().cpu().numpy().copy(),
+                self.head.bias.detach().float().cpu().numpy().copy())
