@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import mobilenetv3, resnet
 from torchvision.models.resnet import BasicBlock, ResNet
@@ -89,6 +90,47 @@ class GlobalAvgPool(nn.Module):
         return fmap.mean(dim=(-2, -1))
 
 
+SMALL_MAP = 4  # output cells (2×2) at or under which a bf16 convolution on the CPU is a matrix product
+
+
+class _Conv2d(nn.Conv2d):
+    """A convolution that, under CPU bf16 autocast, computes a small output map (at most
+    ``SMALL_MAP`` cells, or an input one pixel wide or high) as im2col and one matrix product
+    instead of calling oneDNN's convolution. Two reasons, both measured on an AMX Xeon with
+    torch 2.14.1:
+
+    - oneDNN returns garbage weight gradients for a 3×3 stride-2 convolution over a map one pixel
+      wide (relative error up to 1e35, some non-finite, changing from call to call; forward and
+      input gradients right): Jigsaw's 10-pixel tiles reach layer4 at 1×1 and its loss turned to
+      NaN after a few steps in one run of three.
+    - Its kernels are slow on 2×2 maps: ResNet-18's layer4 at 64 px (a 512→512 3×3 convolution
+      over 2×2, 256 views) took 143 ms forward and backward, 54 ms as a matrix product; the
+      whole SimCLR step went from 1.01 to 0.90 s.
+
+    Elsewhere (larger maps, fp32, export) it is ``nn.Conv2d``; parameters and state-dict keys are
+    the same."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or self.groups != 1 or not torch.is_autocast_enabled("cpu"):
+            return super().forward(x)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        oh = (x.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (x.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if (oh * ow > SMALL_MAP and min(x.shape[-2:]) > 1) or self.padding_mode != "zeros":
+            return super().forward(x)
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # N×(C·kh·kw)×L
+        y = (cols.transpose(1, 2) @ self.weight.flatten(1).t()).transpose(1, 2)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1)
+        return y.reshape(len(x), self.out_channels, oh, ow)
+
+
+def _small_map_convs(net: nn.Module) -> None:
+    for module in net.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = _Conv2d  # same parameters and state-dict keys, the forward above
+
+
 class Backbone(nn.Module):
     """A feature extractor: ``N×C×S×S`` → ``N×D`` (the last feature map, pooled)."""
 
@@ -111,6 +153,7 @@ class Backbone(nn.Module):
         else:  # MobileNetV3: the embedding is the last feature map's width, before the classifier
             self.embedding_dim = net.classifier[0].in_features
             net.classifier = nn.Identity()
+        _small_map_convs(net)
         self.net = net
         self.pooling = LCAPool() if pool == "lca" else GlobalAvgPool()
         self.name = name
