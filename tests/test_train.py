@@ -7,9 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import RandomResizedCrop
 
 from sortline.edge_runtime.model.preprocess import InputSpec
-from sortline.train.augment import MultiChannelAugment
+from sortline.train import augment
+from sortline.train.augment import AugmentConfig, MultiChannelAugment
 from sortline.train.backbones import build_backbone
 from sortline.train.data import ViewsDataset, model_input, views_to_uint8
 from sortline.train.loop import TrainConfig, embedding_std, train
@@ -30,6 +34,43 @@ def test_backbone_embeds_any_channel_count_and_extends_rgb_weights(tmp_path):
         build_backbone("vgg", 4)
 
 
+def test_bf16_training_gets_true_gradients_where_a_strided_convolution_sees_a_one_pixel_map():
+    """16-pixel views reach layer4's stride-2 convolution at 1×1, where oneDNN's bf16 weight
+    gradients are garbage on AMX CPUs (train/backbones.py); the backbone computes it in fp32."""
+    torch.manual_seed(0)
+    model = build_backbone("resnet10", 3).train()
+    x = torch.randn(96, 3, 16, 16)
+    model(x).float().square().sum().backward()
+    exact = model.net.layer4[0].conv1.weight.grad.clone()
+    grads = []
+    for _ in range(10):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().square().sum()
+        loss.backward()
+        grads.append(model.net.layer4[0].conv1.weight.grad.clone())
+        assert torch.isfinite(grads[-1]).all()
+        assert float((grads[-1] - exact).norm() / exact.norm()) < 0.5  # bf16's own error here: about 0.1
+    assert all(torch.equal(g, grads[0]) for g in grads)  # the garbage changed from call to call
+
+
+@pytest.mark.parametrize("kernel, stride, side", [(3, 1, 2), (3, 2, 4), (1, 2, 4), (3, 2, 1), (7, 2, 3)])
+def test_a_small_map_convolution_as_a_matrix_product_is_the_convolution(kernel, stride, side):
+    torch.manual_seed(0)
+    model = build_backbone("resnet10", 3)
+    conv = model.net.layer2[0].conv1  # one of the backbone's own convolutions
+    conv = type(conv)(64, 96, kernel, stride, kernel // 2, bias=True)
+    x = torch.randn(8, 64, side, side, requires_grad=True)
+    exact = F.conv2d(x, conv.weight, conv.bias, stride, kernel // 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    assert y.shape == exact.shape
+    assert float((y.float() - exact).norm() / exact.norm()) < 0.02
+    y.float().sum().backward()
+    expected = torch.autograd.grad(exact.sum(), conv.weight)[0]
+    assert float((conv.weight.grad - expected).norm() / expected.norm()) < 0.02
+
+
 def test_augmentation_moves_channels_together_and_spares_nir_from_colour():
     spec = InputSpec(size=32)
     x = torch.rand(4, 40, 40)
@@ -47,6 +88,60 @@ def test_augmentation_moves_channels_together_and_spares_nir_from_colour():
     # NIR is only touched by geometry, blur and its own brightness/contrast: stays uniform.
     per_image_nir_std = outs[:, 3].flatten(1).std(dim=1)
     assert float(per_image_nir_std.max()) < 1e-4
+
+
+def test_batched_augmentation_does_what_torchvisions_transforms_do():
+    """Each operation, given the same parameters, gives torchvision v2's result; the crop boxes
+    are drawn as RandomResizedCrop draws them."""
+    rng = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, generator=rng)
+    for factor in (0.3, 1.7):
+        f = torch.full((6, 1, 1, 1), factor)
+        assert torch.allclose(augment._contrast(x.clone(), f), TF.adjust_contrast(x, factor), atol=1e-5)
+        assert torch.allclose(augment._saturation(x.clone(), f), TF.adjust_saturation(x, factor), atol=1e-5)
+        assert torch.allclose(augment._brightness(x.clone(), f), TF.adjust_brightness(x, factor), atol=1e-5)
+    for shift in (-0.2, 0.07, 0.45):
+        assert torch.allclose(augment._hue(x, torch.full((6,), shift)), TF.adjust_hue(x, shift), atol=1e-4)
+    u = torch.zeros(6, 2)
+    u[:, 1] = torch.linspace(0, 1, 6)  # sigma 0.1 .. 1.2, every image blurred
+    blurred = augment._blur(x.clone(), u, p=1.0)
+    for i, sigma in enumerate((0.1 + 1.1 * u[:, 1]).tolist()):
+        assert torch.allclose(blurred[i], TF.gaussian_blur(x[i], [5, 5], [sigma, sigma]), atol=1e-5)
+
+    draws = torch.from_numpy(augment.uniforms(np.arange(4000), 22)).float()
+    boxes = augment._crop_boxes(draws, 48, 64, 0.3)
+    ours = boxes[:, 2] * boxes[:, 3] / (48 * 64)
+    boxes_tv = [RandomResizedCrop.get_params(torch.zeros(3, 48, 64), [0.3, 1.0], [3 / 4, 4 / 3]) for _ in range(4000)]
+    theirs = torch.tensor([h * w / (48 * 64) for _, _, h, w in boxes_tv])
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 64 + 1e-4).all()
+    assert (boxes[:, 1] >= 0).all() and (boxes[:, 1] + boxes[:, 3] <= 48 + 1e-4).all()
+    assert abs(float(ours.mean() - theirs.mean())) < 0.02 and abs(float(ours.std() - theirs.std())) < 0.02
+
+
+def test_an_images_view_depends_on_its_seed_alone_not_on_its_batch():
+    images = np.random.default_rng(1).integers(0, 255, (10, 4, 24, 24), dtype=np.uint8)
+    dataset = ViewsDataset(images, MultiChannelAugment(InputSpec(size=16)), views=3, seed=5)
+    together, labels = dataset.__getitems__([2, 7, 9])
+    alone = dataset[7][0]
+    assert together.shape == (3, 3, 4, 16, 16) and labels.tolist() == [-1, -1, -1]
+    assert torch.equal(together[1], alone)
+    assert not torch.equal(alone[0], alone[1])  # the views differ
+    assert not torch.equal(dataset[7 + len(images)][0], alone)  # and so do the epochs
+    with pytest.raises(ValueError, match="one epoch"):
+        dataset.__getitems__([1, 1 + len(images)])
+
+
+def test_tile_shuffle_keeps_every_pixel_and_moves_the_tiles():
+    spec = InputSpec.for_channels(("r", "g", "b"), 16)
+    cfg = AugmentConfig(strength=0.0, blur=0.0, min_scale=1.0, tile_shuffle=1.0, vertical_flip=False)
+    image = torch.arange(3 * 16 * 16, dtype=torch.float).view(3, 16, 16) / (3 * 16 * 16)
+    aug = MultiChannelAugment(spec, cfg)
+    moved = 0
+    for seed in range(8):
+        view = aug(image.unsqueeze(0), seeds=[seed])[0] * aug.std[0] + aug.mean[0]
+        assert torch.allclose(view.flatten().sort().values, image.flatten().sort().values, atol=1e-5)
+        moved += not torch.allclose(view[:, :8, :8], image[:, :8, :8], atol=1e-5)
+    assert moved >= 4
 
 
 def test_simclr_lowers_its_loss_on_a_small_set():

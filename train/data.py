@@ -8,8 +8,9 @@ Sources (:func:`load_training_set`):
 - a recording (``sortline simulate --record``, ``sortline record``): its frames, labeled by its
   ground truth where known.
 
-Randomness is keyed by position, not by history: sample ``i`` of epoch ``e`` is augmented with a
-generator seeded from ``(seed, e, i)``, and epoch ``e``'s order comes from ``(seed, e)``. Training
+Randomness is keyed by position, not by history: view ``v`` of sample ``i`` of epoch ``e`` is
+augmented with draws keyed by ``(seed, e, i, v)`` (whole batches are augmented at once, each image
+with its own draws), and epoch ``e``'s order comes from ``(seed, e)``. Training
 resumed at any step therefore sees exactly the batches an uninterrupted run would, with or
 without data-loading workers.
 """
@@ -17,7 +18,7 @@ without data-loading workers.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from sortline.hardware.recording import Recording
 from .augment import MultiChannelAugment
 
 UNLABELED = -1
+MAX_VIEWS = 64  # views of one image a sample may ask for (each has its own seed)
 
 
 def views_to_uint8(views: list[ViewFrame], spec: InputSpec) -> np.ndarray:
@@ -111,6 +113,8 @@ class ViewsDataset(Dataset):
             raise ValueError(f"expected N×C×S×S uint8 images, got {images.shape} {images.dtype}")
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"{len(labels)} labels for {len(images)} images")
+        if not 1 <= views <= MAX_VIEWS:
+            raise ValueError(f"{views} views an image; 1 to {MAX_VIEWS}")
         self.images = images
         self.labels = np.full(len(images), UNLABELED) if labels is None else np.asarray(labels, dtype=np.int64)
         self.augment = augment
@@ -122,12 +126,26 @@ class ViewsDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        epoch, i = divmod(int(index), len(self.images))
-        torch.random.default_generator.manual_seed(_sample_seed(self.seed, epoch, i))  # v2 draws from it
-        image = torch.from_numpy(self.images[i]).float().div_(255)
+        views, labels = self.__getitems__([index])
+        return views[0], int(labels[0])
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch (``N×V×C×S×S`` views, ``N`` labels), augmented together; the loader
+        takes it as it is (:meth:`collate`). View ``v`` of sample ``i`` of epoch ``e`` is keyed
+        by ``(seed, e, i, v)`` alone."""
+        epochs, rows = np.divmod(np.asarray(indices, dtype=np.int64), len(self.images))
+        if len(set(epochs.tolist())) != 1:
+            raise ValueError(f"a batch holds one epoch's samples, got epochs {sorted(set(epochs.tolist()))}")
+        epoch = int(epochs[0])
+        seeds = np.array([(_sample_seed(self.seed, epoch, int(i)) * MAX_VIEWS + v) % 2**64
+                          for i in rows for v in range(self.views)], dtype=np.uint64)
         size = self.resolution.size_at(epoch) if self.resolution else None
-        views = torch.stack([self.augment(image.clone(), size) for _ in range(self.views)])
-        return views, int(self.labels[i])
+        views = self.augment(torch.from_numpy(self.images[np.repeat(rows, self.views)]), size, seeds)
+        return views.unflatten(0, (len(rows), self.views)), torch.from_numpy(self.labels[rows])
+
+    @staticmethod
+    def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch
 
 
 class ItemsDataset(Dataset):

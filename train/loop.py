@@ -189,7 +189,8 @@ def train(model: Method, dataset: ViewsDataset, config: TrainConfig, progress: b
     workers = loader_workers(dev, config.num_workers)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                         drop_last=per_rank >= config.batch_size, num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=dev.type == "cuda")
+                        persistent_workers=workers > 0, pin_memory=dev.type == "cuda",
+                        collate_fn=getattr(dataset, "collate", None))  # a data set that makes whole batches
     steps_per_epoch = batches_per_epoch(len(dataset), config.batch_size, ddp.world)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch)) if config.epochs > 0 else 0
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad],
