@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py [--backbones resnet10,resnet18,...] [--methods ...]
         [--image-size 64] [--batch-size 64] [--steps 6] [--out DIR]
-    python benchmarks/train_speed.py --peer DATA [--backbones resnet18] [--image-size 64]
+    python benchmarks/train_speed.py --peer DATA [--backbones resnet18,resnet10] [--image-size 64]
         [--batch-size 128] [--steps 10] [--peer-workers 2]
 
 Each (backbone, method) trains for ``--steps`` steps after two warm-up steps (which build the
@@ -157,40 +157,44 @@ def lightly_simclr(paths: list[Path] | None, images: np.ndarray | None, backbone
 def peer(args: argparse.Namespace) -> None:
     image_set = load_image_set(args.peer)
     data = image_set_arrays(image_set, args.image_size, progress=True)
-    spec = data.spec
-    backbone = args.backbones.split(",")[0]
+    spec, n = data.spec, args.batch_size
     bf16 = bf16_available(torch.device("cpu"))
-    rows: dict[str, dict] = {}
-    runs = [
-        ("sortline (as `sortline pretrain`: decoded once, batched augmentation, channels-last, bf16 where the CPU "
-         "has it)", lambda: sortline_simclr(data.images, spec, backbone, args.batch_size, args.steps)),
-        ("sortline, fp32", lambda: sortline_simclr(data.images, spec, backbone, args.batch_size, args.steps, "off")),
-        (f"LightlySSL 1.6 SimCLR (its example: files, PIL, {args.peer_workers} workers, fp32)",
-         lambda: lightly_simclr(list(image_set.paths), None, backbone, args.image_size, args.batch_size, args.steps,
-                                args.peer_workers)),
-        (f"LightlySSL, images in memory at {args.image_size} px", lambda: lightly_simclr(
-            None, data.images, backbone, args.image_size, args.batch_size, args.steps, args.peer_workers)),
-    ]
-    for name, run in runs:
-        rows[name] = run()
-        print(f"{name}: {rows[name]['images_per_s']:.1f} images/s", flush=True)
-    parts = step_parts(data.images, spec, backbone, args.batch_size, args.steps)
-    base = rows[runs[2][0]]["images_per_s"]
+    backbones = args.backbones.split(",")
+    runs = {
+        "sortline (as `sortline pretrain`: decoded once, batched augmentation, channels-last, bf16 where the CPU "
+        "has it)": lambda b: sortline_simclr(data.images, spec, b, n, args.steps),
+        "sortline, fp32": lambda b: sortline_simclr(data.images, spec, b, n, args.steps, "off"),
+        f"LightlySSL 1.6 SimCLR (its example: files, PIL, {args.peer_workers} workers, fp32)": lambda b: lightly_simclr(
+            list(image_set.paths), None, b, args.image_size, n, args.steps, args.peer_workers),
+        f"LightlySSL, images in memory at {args.image_size} px": lambda b: lightly_simclr(
+            None, data.images, b, args.image_size, n, args.steps, args.peer_workers),
+    }
+    peer_run = list(runs)[2]
+    rows: dict[str, dict[str, dict]] = {}
+    parts: dict[str, dict[str, float]] = {}
+    for backbone in backbones:
+        rows[backbone] = {}
+        for name, run in runs.items():
+            rows[backbone][name] = run(backbone)
+            print(f"{backbone} {name}: {rows[backbone][name]['images_per_s']:.1f} images/s", flush=True)
+        parts[backbone] = step_parts(data.images, spec, backbone, n, args.steps)
     cpu = platform.processor() or platform.machine()
-    lines = [f"# SimCLR beside LightlySSL: {backbone}, {args.image_size} px, batch {args.batch_size}",
+    lines = [f"# SimCLR beside LightlySSL: {', '.join(backbones)}, {args.image_size} px, batch {n}",
              "", f"CPU: {args.cpu or cpu}, {torch.get_num_threads()} threads; bf16 autocast available: {bf16}. "
              f"{len(data.images)} images of `{args.peer}`; {args.steps} timed steps after the warm-up, one run "
              "after the other in one process. Images/s counts images (two views each).", "",
-             "| run | images/s | s per epoch | × LightlySSL |", "|---|---:|---:|---:|"]
-    for name, row in rows.items():
-        lines.append(f"| {name} | {row['images_per_s']:.0f} | {len(data.images) / row['images_per_s']:.1f} | "
-                     f"{row['images_per_s'] / base:.2f} |")
-    total = sum(parts.values())
+             "| backbone | run | images/s | s per epoch | × LightlySSL |", "|---|---|---:|---:|---:|"]
+    for backbone, by_run in rows.items():
+        base = by_run[peer_run]["images_per_s"]
+        lines += [f"| {backbone} | {name} | {row['images_per_s']:.0f} | {len(data.images) / row['images_per_s']:.1f} | "
+                  f"{row['images_per_s'] / base:.2f} |" for name, row in by_run.items()]
     lines += ["", "sortline's step, part by part (median seconds, timed one after the other):", "",
-              "| part | seconds | share |", "|---|---:|---:|"]
-    lines += [f"| {name} | {seconds:.3f} | {seconds / total:.0%} |" for name, seconds in parts.items()]
-    lines += ["", f"Command: `python benchmarks/train_speed.py --peer {args.peer} --backbones {backbone} "
-              f"--image-size {args.image_size} --batch-size {args.batch_size} --steps {args.steps} "
+              "| backbone | " + " | ".join(next(iter(parts.values()))) + " |", "|---|" + "---:|" * 4]
+    for backbone, by_part in parts.items():
+        total = sum(by_part.values())
+        lines.append(f"| {backbone} | " + " | ".join(f"{s:.3f} ({s / total:.0%})" for s in by_part.values()) + " |")
+    lines += ["", f"Command: `python benchmarks/train_speed.py --peer {args.peer} --backbones {args.backbones} "
+              f"--image-size {args.image_size} --batch-size {n} --steps {args.steps} "
               f"--peer-workers {args.peer_workers}`", ""]
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
