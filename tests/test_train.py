@@ -57,9 +57,8 @@ def test_bf16_training_gets_true_gradients_where_a_strided_convolution_sees_a_on
 @pytest.mark.parametrize("kernel, stride, side", [(3, 1, 2), (3, 2, 4), (1, 2, 4), (3, 2, 1), (7, 2, 3)])
 def test_a_small_map_convolution_as_a_matrix_product_is_the_convolution(kernel, stride, side):
     torch.manual_seed(0)
-    model = build_backbone("resnet10", 3)
-    conv = model.net.layer2[0].conv1  # one of the backbone's own convolutions
-    conv = type(conv)(64, 96, kernel, stride, kernel // 2, bias=True)
+    conv_class = type(build_backbone("resnet10", 3).net.layer2[0].conv1)  # the backbone's own convolutions
+    conv = conv_class(64, 96, kernel, stride, kernel // 2, bias=True)
     x = torch.randn(8, 64, side, side, requires_grad=True)
     exact = F.conv2d(x, conv.weight, conv.bias, stride, kernel // 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):

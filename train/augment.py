@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from sortline.edge_runtime.model.preprocess import InputSpec
@@ -67,10 +68,10 @@ class MultiChannelAugment(nn.Module):
     on that seed alone, never on the batch it came in: resumed training and several processes
     see exactly the views one uninterrupted process would. The work is done on the whole batch at
     once: one affine resampling for the crop, flips and turn, colour factors per image, one grouped
-    convolution for the blur. For a 256-view step at 64 px this takes about 0.05 s where the
-    per-image torchvision v2 pipeline it replaces took about 0.18 s (one core; docs/quality.md,
-    "Throughput").
-    """
+    convolution for the blur. A 256-view batch at 64 px took 81-135 ms on one thread where the
+    per-image torchvision v2 transforms it replaces took 164-184 ms (same process, 3 rounds, another
+    job on the machine); in the training benchmark's step on two idle threads, 53-70 ms
+    (docs/quality.md, "Throughput")."""
 
     def __init__(self, spec: InputSpec, config: AugmentConfig | None = None, *, strength: float | None = None,
                  min_scale: float | None = None) -> None:
@@ -145,7 +146,7 @@ class MultiChannelAugment(nn.Module):
                       cfg.hue, p=0.8)
         if cfg.grayscale > 0:
             grey = (u[:, _GREY] < cfg.grayscale).view(-1, 1, 1, 1)
-            rgb = torch.where(grey, _grey(rgb).expand_as(rgb), rgb)
+            rgb = torch.where(grey, TF.rgb_to_grayscale(rgb).expand_as(rgb), rgb)
         if cfg.channel_shuffle > 0:
             order = torch.argsort(u[:, _SHUFFLE], dim=1)
             order = torch.where((u[:, _SHUFFLE_P] < cfg.channel_shuffle).unsqueeze(1), order, torch.arange(3))
@@ -203,21 +204,17 @@ def _crop_boxes(u: torch.Tensor, h: int, w: int, min_scale: float) -> torch.Tens
     return torch.stack([x0, y0, bw, bh], 1)
 
 
-def _grey(rgb: torch.Tensor) -> torch.Tensor:
-    return (0.2989 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]).unsqueeze(1)
-
-
 def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return (x * f).clamp_(0, 1)
 
 
 def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    mean = (_grey(x) if x.shape[1] == 3 else x).mean(dim=(-3, -2, -1), keepdim=True)
+    mean = (TF.rgb_to_grayscale(x) if x.shape[1] == 3 else x).mean(dim=(-3, -2, -1), keepdim=True)
     return (f * x + (1 - f) * mean).clamp_(0, 1)
 
 
 def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (f * x + (1 - f) * _grey(x)).clamp_(0, 1)
+    return (f * x + (1 - f) * TF.rgb_to_grayscale(x)).clamp_(0, 1)
 
 
 def _hue(rgb: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -239,15 +236,16 @@ def _jitter(x: torch.Tensor, u: torch.Tensor, brightness: float, contrast: float
     first three, ± ``hue``) in an order of its own."""
     apply = u[:, 0] < p
     order = torch.argsort(u[:, 1:5], dim=1)
-    ops = [(_brightness, brightness, 1 + brightness * (2 * u[:, 5] - 1)),
-           (_contrast, contrast, 1 + contrast * (2 * u[:, 6] - 1)),
-           (_saturation, saturation, 1 + saturation * (2 * u[:, 7] - 1)),
-           (_hue, hue, hue * (2 * u[:, 8] - 1))]
+    def scale(amount: float, draws: torch.Tensor) -> torch.Tensor:  # 1 ± amount, never below 0, per image
+        return (1 + amount * (2 * draws - 1)).clamp(min=0).view(-1, 1, 1, 1)
+
+    ops = [(_brightness, brightness, scale(brightness, u[:, 5])), (_contrast, contrast, scale(contrast, u[:, 6])),
+           (_saturation, saturation, scale(saturation, u[:, 7])), (_hue, hue, hue * (2 * u[:, 8] - 1))]
     for position in range(4):
         for k, (op, amount, factor) in enumerate(ops):
             rows = (apply & (order[:, position] == k)).nonzero()[:, 0]
             if amount > 0 and len(rows):
-                x[rows] = op(x[rows], factor[rows].clamp(min=0).view(-1, 1, 1, 1) if op is not _hue else factor[rows])
+                x[rows] = op(x[rows], factor[rows])
     return x
 
 
