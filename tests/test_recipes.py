@@ -63,6 +63,23 @@ def test_logged_rate_reads_a_runs_speed_after_a_given_step(tmp_path):
         logged_rate(log, 100)
 
 
+def test_a_recipe_whose_probe_under_read_the_speed_replans_to_spend_its_budget(store, tmp_path, monkeypatch):  # noqa: F811
+    from sortline.train import recipes
+
+    real = recipes.measure_rate
+    monkeypatch.setattr(recipes, "measure_rate", lambda *a, **k: real(*a, **k) / 4)  # a probe 4× too slow
+    monkeypatch.setattr(recipes, "REPLAN_MIN_STEPS", 2)  # this data set's epoch is 4 steps
+    monkeypatch.setattr(recipes, "REPLAN_WARM_STEPS", 1)
+    report = run_pretrain(PretrainConfig.from_recipe("small-data", store / "train.txt", backbone="resnet10",
+                                                     image_size=32, batch_size=8, max_seconds=20, label_stage=0,
+                                                     out=tmp_path / "r.ckpt", progress=False))
+    replanned = report["plan"]["replanned"]
+    assert report["total_steps"] > 2 * round(replanned["epochs_before"] * (report["total_steps"] / report["plan"]["epochs"]))
+    assert report["seconds"] <= 20 + 1  # the hard stop still guards
+    assert json.loads((tmp_path / "r.plan.json").read_text())["replanned"] == replanned  # a resumed run follows it
+    assert load_checkpoint(tmp_path / "r.ckpt")[2]["plan"]["replanned"]["at_step"] == replanned["at_step"]
+
+
 def test_colour_objective_is_zero_only_for_the_right_histogram_and_trains_the_embedding():
     rgb = torch.zeros(2, 3, 8, 8)
     rgb[1, 0] = 1.0  # pure red

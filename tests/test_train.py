@@ -16,7 +16,7 @@ from sortline.train import augment
 from sortline.train.augment import AugmentConfig, MultiChannelAugment
 from sortline.train.backbones import build_backbone
 from sortline.train.data import ViewsDataset, model_input, views_to_uint8
-from sortline.train.loop import TrainConfig, embedding_std, train
+from sortline.train.loop import Replan, TrainConfig, embedding_std, train
 from sortline.train.methods import build_method
 
 
@@ -156,6 +156,25 @@ def test_simclr_lowers_its_loss_on_a_small_set():
     first, last = np.mean(result.losses[:3]), np.mean(result.losses[-3:])
     assert last < 0.8 * first, (first, last)
     assert len(result.embedding_std) == result.steps and result.embedding_std[-1] > 0.01
+
+
+def test_a_run_replans_its_length_once_and_its_cosine_ends_there(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (16, 4, 16, 16), dtype=np.uint8)
+    seen = []
+
+    def total(result):
+        seen.append((result.steps, result.total_steps))
+        return 9
+
+    model = build_method("simclr", build_backbone("resnet10", 4), hidden_dim=16, proj_dim=8)
+    log = tmp_path / "log.csv"
+    result = train(model, ViewsDataset(images, MultiChannelAugment(InputSpec(size=16), strength=0.3)),
+                   TrainConfig(epochs=1, batch_size=4, warmup_steps=1, amp="off", log_path=log), progress=False,
+                   replan=Replan(2, total))
+    assert seen == [(2, 4)]  # once, after step 2, with the plan's 4 steps (one epoch of 4 batches)
+    assert result.steps == result.total_steps == 9
+    lrs = [float(line.split(",")[2]) for line in log.read_text().splitlines()[1:]]
+    assert len(lrs) == 9 and lrs[-1] == pytest.approx(0.0, abs=1e-9) and lrs[2] > lrs[1] * 0.9  # no cliff
 
 
 def test_embedding_std_detects_collapse():

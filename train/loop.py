@@ -86,6 +86,17 @@ class TrainResult:
         }
 
 
+@dataclass(frozen=True)
+class Replan:
+    """Once, after step ``step``, the schedule's length is set anew to ``total(result)`` steps (at
+    least one more): a run planned from a short probe's speed re-plans from the speed it has
+    itself kept, and its cosine then ends where the time does. Called on the main process only;
+    the others take its answer."""
+
+    step: int
+    total: Callable[[TrainResult], int]
+
+
 def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -158,14 +169,25 @@ def _save_state(path: Path, model: Method, optimizer, scheduler, result: TrainRe
         torch.save(state, tmp)
 
 
+def _replanned(replan: Replan, result: TrainResult, ddp, dev: torch.device) -> int:
+    total = max(result.steps + 1, int(replan.total(result))) if ddp.main else 0
+    if ddp.world > 1:
+        shared = torch.tensor([total], device=dev)
+        dist.broadcast(shared, src=0)
+        total = int(shared.item())
+    log.info("re-planned at step %d: %d steps in all (was %d)", result.steps, total, result.total_steps)
+    return total
+
+
 def _step_seed(seed: int, step: int) -> int:
     return seed * 1_000_033 + step
 
 
 def train(model: Method, dataset: ViewsDataset, config: TrainConfig, progress: bool = True,
           resume: Path | None = None, on_epoch: Callable[[float], None] | None = None,
-          desc: str = "pretrain") -> TrainResult:
-    """Train ``model`` on ``dataset``; with ``resume``, continue from a training-state file.
+          desc: str = "pretrain", replan: Replan | None = None) -> TrainResult:
+    """Train ``model`` on ``dataset``; with ``resume``, continue from a training-state file;
+    with ``replan``, the number of steps is set again once, mid-run (:class:`Replan`).
 
     ``on_epoch(epochs_done)`` is called after every epoch and after the last step (fine-tuning
     scores its test set there for a learning curve); it gets the model in training mode and
@@ -249,6 +271,9 @@ def train(model: Method, dataset: ViewsDataset, config: TrainConfig, progress: b
                 result.losses.append(loss.item())
                 result.embedding_std.append(embedding_std(embeddings))
                 result.seconds = time.perf_counter() - start
+                if replan is not None and result.steps == replan.step < total_steps:
+                    total_steps = result.total_steps = _replanned(replan, result, ddp, dev)
+                    bar.total = total_steps
                 bar.update()
                 bar.set_postfix(loss=f"{result.losses[-1]:.3f}", std=f"{result.embedding_std[-1]:.3f}")
                 if writer:

@@ -37,12 +37,12 @@ from .data import (
     load_training_set,
     read_pairs,
 )
-from .loop import TrainConfig, train
+from .loop import Replan, TrainConfig, TrainResult, train
 from .losses import ColourPredictionLoss, labels_from_pairs
 from .methods import METHODS, build_method
 from .pseudolabels import can_label, pseudo_label
 from .recipe_book import get_recipe
-from .recipes import RUN_RATE_MARGIN, Plan, logged_rate, plan_for
+from .recipes import RUN_RATE_MARGIN, Plan, logged_rate, plan_for, replan_step, replanned_total
 
 log = logging.getLogger(__name__)
 
@@ -198,20 +198,23 @@ def run_pretrain(cfg: PretrainConfig, data: TrainingSet | None = None) -> dict:
     augment = MultiChannelAugment(data.spec, recipe)
     labels = data.labels if (model.needs_labels or cfg.balanced) else None
     dataset = ViewsDataset(data.images, augment, views=model.views, labels=labels, seed=cfg.seed)
-    epochs, plan, max_seconds = cfg.epochs, None, cfg.max_seconds
+    epochs, plan, max_seconds, replanner = cfg.epochs, None, cfg.max_seconds, None
     started = time.perf_counter()
     if cfg.recipe is not None:
         ssl_seconds = (1 - label_share) * cfg.max_seconds
         plan = _recipe_plan(cfg, model, dataset, ssl_seconds)
         epochs, dataset.resolution = plan.epochs, plan.resolution
         max_seconds = ssl_seconds - (time.perf_counter() - started)  # measuring is part of the budget
+        replanner = _Replanner(cfg, plan, len(dataset), dataset.views, max_seconds)
     paths = cfg.paths()
     paths["checkpoint"].parent.mkdir(parents=True, exist_ok=True)
+    at = replanner.step() if replanner else None
     result = train(model, dataset,
                    TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                                balanced=cfg.balanced, max_seconds=max_seconds, num_workers=cfg.workers,
                                log_path=paths["log"], state_path=paths["state"]),
-                   progress=cfg.progress, resume=cfg.resume)
+                   progress=cfg.progress, resume=cfg.resume, replan=Replan(at, replanner) if at else None)
+    plan = replanner.plan if replanner else plan
     labels = None
     if label_share:
         labels = _label_stage(cfg, model, data, augment, plan, deadline=started + cfg.max_seconds)
@@ -298,10 +301,7 @@ def _recipe_plan(cfg: PretrainConfig, model, dataset: ViewsDataset, seconds: flo
     saved = cfg.paths()["log"].with_suffix(".plan.json")
     if cfg.resume is not None and saved.is_file():
         try:
-            data = json.loads(saved.read_text())
-            return Plan(float(data["epochs"]), ResolutionSchedule(tuple(tuple(s) for s in data["resolution"])),
-                        {int(k): float(v) for k, v in data["views_per_s"].items()},
-                        float(data["planned_seconds"]), float(data.get("margin", 1.0)))
+            return Plan.from_dict(json.loads(saved.read_text()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PretrainError(f"{saved}: not a readable plan ({exc.__class__.__name__}: {exc}); the resumed "
                                 "run must follow the plan it started with") from None
@@ -309,6 +309,37 @@ def _recipe_plan(cfg: PretrainConfig, model, dataset: ViewsDataset, seconds: flo
         plan = plan_for(model, dataset, phases, seconds, cfg.batch_size, r.rate_margin)
     except ValueError as exc:
         raise PretrainError(f"recipe {cfg.recipe}: {exc}") from None
-    with atomic_file(saved, "plan") as tmp:  # read again on --resume: whole or not there
-        tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+    _save_plan(saved, plan)
     return plan
+
+
+def _save_plan(path: Path, plan: Plan) -> None:
+    with atomic_file(path, "plan") as tmp:  # read again on --resume: whole or not there
+        tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+
+
+class _Replanner:
+    """The recipe's self-supervised stage sets its length again once, from the speed its log
+    shows in its last phase (:func:`sortline.train.recipes.replanned_total`), and saves the plan
+    so that a resumed run follows it."""
+
+    def __init__(self, cfg: PretrainConfig, plan: Plan, images: int, views: int, max_seconds: float):
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        self.cfg, self.plan, self.max_seconds = cfg, plan, max_seconds
+        self.per_epoch = batches_per_epoch(images, cfg.batch_size, world)
+        self.per_step = views * min(cfg.batch_size, images // world) * world  # the log counts every process's views
+
+    def step(self) -> int | None:
+        return replan_step(self.plan, self.per_epoch)
+
+    def __call__(self, result: TrainResult) -> int:
+        log_path = self.cfg.paths()["log"]
+        try:
+            plan, total = replanned_total(self.plan, log_path, result.steps, self.per_step, self.per_epoch,
+                                          self.max_seconds - result.seconds)
+        except (OSError, ValueError, KeyError, ZeroDivisionError) as exc:
+            log.warning("keeping the probe's plan: the log does not tell the run's speed (%s)", exc)
+            return result.total_steps
+        self.plan = plan
+        _save_plan(log_path.with_suffix(".plan.json"), plan)
+        return total

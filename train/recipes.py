@@ -8,7 +8,9 @@ the command line still overrides it.
 
 The budget is spent, not cut: the views/s of the model at each resolution of the schedule is
 measured on the data before training, and the number of epochs at each resolution is chosen
-so that the whole cosine schedule ends inside the budget (a hard stop past it still guards).
+so that the whole cosine schedule ends inside the budget (a hard stop past it still guards);
+a tenth of the way into the last phase the run sets that phase's length again from the speed
+it has itself kept (a probe of 8 steps can read the machine low or high).
 Where some of the images have labels, the last ``label_stage`` share of the budget goes to the label
 stage (:mod:`sortline.train.pseudolabels`): a teacher fitted on the labeled images labels the
 rest, and the backbone trains on both beside its self-supervised loss.
@@ -34,6 +36,32 @@ from .recipe_book import RATE_MARGIN
 # self-supervised stage at the same size) needs less margin: at 0.8 of a probe's, three 30-minute
 # runs used 1,452, 1,589 and 1,674 s of their 1,800 (docs/quality.md).
 RUN_RATE_MARGIN = 0.95
+# The self-supervised stage re-plans its last phase once from its own speed, this share of the
+# phase's planned steps into it (at least REPLAN_MIN_STEPS, the first of which are slower): a
+# label-free 30-minute run planned at 0.8 of its probe ended 5 minutes early.
+REPLAN_AT = 0.1
+REPLAN_MIN_STEPS = 30
+REPLAN_WARM_STEPS = 5  # steps after the phase's start that the speed leaves out
+
+
+def replan_step(plan: Plan, steps_per_epoch: int) -> int | None:
+    """The step at which a run of ``plan`` re-plans (None: a plan too short to)."""
+    start = round(plan.resolution.steps[-1][0] * steps_per_epoch)
+    last = round(plan.epochs * steps_per_epoch) - start
+    at = start + max(REPLAN_MIN_STEPS, round(REPLAN_AT * last))
+    return at if at < start + last and plan.replanned is None else None
+
+
+def replanned_total(plan: Plan, log: Path, steps: int, views_per_step: int, steps_per_epoch: int,
+                    seconds_left: float) -> tuple[Plan, int]:
+    """The plan again, after ``steps``, with ``seconds_left``: the last phase runs at
+    ``RUN_RATE_MARGIN`` times the speed the run's log shows since the phase's start."""
+    start = round(plan.resolution.steps[-1][0] * steps_per_epoch)
+    rate = logged_rate(log, views_per_step, from_step=start + REPLAN_WARM_STEPS)
+    total = steps + max(1, math.floor(RUN_RATE_MARGIN * rate * max(0.0, seconds_left) / views_per_step))
+    record = {"at_step": steps, "views_per_s": round(rate, 1), "margin": RUN_RATE_MARGIN,
+              "epochs_before": plan.epochs}
+    return Plan(total / steps_per_epoch, plan.resolution, plan.rates, plan.seconds, plan.margin, record), total
 
 
 def measure_rate(model: Method, dataset: ViewsDataset, size: int, batch_size: int, steps: int = 8,
@@ -73,11 +101,23 @@ class Plan:
     rates: dict[int, float]  # measured views/s per size
     seconds: float  # the training time planned
     margin: float = 1.0  # the fraction of the measured speed the plan assumed
+    replanned: dict | None = None  # where the run set its length again, from its own speed
 
     def to_dict(self) -> dict:
         return {"epochs": self.epochs, "resolution": [list(s) for s in self.resolution.steps],
                 "views_per_s": {str(k): round(v, 1) for k, v in self.rates.items()},
-                "margin": self.margin, "planned_seconds": round(self.seconds, 1)}
+                "margin": self.margin, "planned_seconds": round(self.seconds, 1),
+                **({"replanned": self.replanned} if self.replanned else {})}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        """The plan :meth:`to_dict` wrote (KeyError, TypeError or ValueError for anything else)."""
+        replanned = data.get("replanned")
+        if replanned is not None and not isinstance(replanned, dict):
+            raise TypeError(f"replanned is a {type(replanned).__name__}, not a mapping")
+        return cls(float(data["epochs"]), ResolutionSchedule(tuple(tuple(s) for s in data["resolution"])),
+                   {int(k): float(v) for k, v in data["views_per_s"].items()}, float(data["planned_seconds"]),
+                   float(data.get("margin", 1.0)), replanned)
 
 
 def plan_schedule(phases: tuple[tuple[float, int], ...], images: int, views: int, seconds: float,
