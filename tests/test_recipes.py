@@ -74,7 +74,7 @@ def test_a_recipe_whose_probe_under_read_the_speed_replans_to_spend_its_budget(s
                                                      image_size=32, batch_size=8, max_seconds=20, label_stage=0,
                                                      out=tmp_path / "r.ckpt", progress=False))
     replanned = report["plan"]["replanned"]
-    assert report["total_steps"] > 2 * round(replanned["epochs_before"] * (report["total_steps"] / report["plan"]["epochs"]))
+    assert report["total_steps"] > replanned["epochs_before"] * 4  # longer than planned (4 steps an epoch)
     assert report["seconds"] <= 20 + 1  # the hard stop still guards
     assert json.loads((tmp_path / "r.plan.json").read_text())["replanned"] == replanned  # a resumed run follows it
     assert load_checkpoint(tmp_path / "r.ckpt")[2]["plan"]["replanned"]["at_step"] == replanned["at_step"]
