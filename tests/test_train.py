@@ -54,20 +54,23 @@ def test_bf16_training_gets_true_gradients_where_a_strided_convolution_sees_a_on
     assert all(torch.equal(g, grads[0]) for g in grads)  # the garbage changed from call to call
 
 
-@pytest.mark.parametrize("kernel, stride, side", [(3, 1, 2), (3, 2, 4), (1, 2, 4), (3, 2, 1), (7, 2, 3)])
-def test_a_small_map_convolution_as_a_matrix_product_is_the_convolution(kernel, stride, side):
+# im2col: (3, 2, 4), (1, 2, 4); a dense matrix (no more cells than taps): (3, 1, 2), (3, 2, 1), (3, 1, 1), (7, 2, 3)
+@pytest.mark.parametrize("kernel, stride, side", [(3, 1, 2), (3, 2, 4), (1, 2, 4), (3, 2, 1), (3, 1, 1), (7, 2, 3)])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_a_small_map_convolution_as_a_matrix_product_is_the_convolution(kernel, stride, side, memory_format):
     torch.manual_seed(0)
     conv_class = type(build_backbone("resnet10", 3).net.layer2[0].conv1)  # the backbone's own convolutions
     conv = conv_class(64, 96, kernel, stride, kernel // 2, bias=True)
-    x = torch.randn(8, 64, side, side, requires_grad=True)
+    x = torch.randn(8, 64, side, side).to(memory_format=memory_format).requires_grad_(True)
     exact = F.conv2d(x, conv.weight, conv.bias, stride, kernel // 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = conv(x)
     assert y.shape == exact.shape
     assert float((y.float() - exact).detach().norm() / exact.detach().norm()) < 0.02
-    y.float().sum().backward()
-    expected = torch.autograd.grad(exact.sum(), conv.weight)[0]
-    assert float((conv.weight.grad - expected).norm() / expected.norm()) < 0.02
+    y.float().square().sum().backward()
+    expected = torch.autograd.grad(exact.square().sum(), (conv.weight, conv.bias, x))
+    for got, want in zip((conv.weight.grad, conv.bias.grad, x.grad), expected):
+        assert float((got - want).norm() / want.norm()) < 0.02
 
 
 def test_augmentation_moves_channels_together_and_spares_nir_from_colour():
