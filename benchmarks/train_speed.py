@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name  # benchmarks/machine.py
 
 from sortline.edge_runtime.datasets import load_image_set
 from sortline.edge_runtime.model.preprocess import InputSpec
@@ -178,9 +178,9 @@ def peer(args: argparse.Namespace) -> None:
             rows[backbone][name] = run(backbone)
             print(f"{backbone} {name}: {rows[backbone][name]['images_per_s']:.1f} images/s", flush=True)
         parts[backbone] = step_parts(data.images, spec, backbone, n, args.steps)
-    cpu = platform.processor() or platform.machine()
+    cpu = args.cpu or cpu_name()
     lines = [f"# SimCLR beside LightlySSL: {', '.join(backbones)}, {args.image_size} px, batch {n}",
-             "", f"CPU: {args.cpu or cpu}, {torch.get_num_threads()} threads; bf16 autocast available: {bf16}. "
+             "", f"CPU: {cpu}, {torch.get_num_threads()} threads; bf16 autocast available: {bf16}. "
              f"{len(data.images)} images of `{args.peer}`; {args.steps} timed steps after the warm-up, one run "
              "after the other in one process. Images/s counts images (two views each).", "",
              "| backbone | run | images/s | s per epoch | × LightlySSL |", "|---|---|---:|---:|---:|"]
@@ -213,7 +213,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--peer", type=Path, help="an image set: time SimCLR beside LightlySSL's on it")
     parser.add_argument("--peer-workers", type=int, default=2, help="the peer's DataLoader workers")
-    parser.add_argument("--cpu", help="the CPU's name for the table (default: what platform says)")
+    parser.add_argument("--cpu", help="the CPU's name for the table (default: lscpu's)")
     args = parser.parse_args()
     if args.peer:
         return peer(args)
