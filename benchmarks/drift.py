@@ -16,8 +16,11 @@
   alternated (``--overload-repeats``): items shed, and items late (never, the target).
 - ``adapt``: after ``cultivar@2000``, 50 items labelled from the queue's ranking of its entries of
   items 2,000-2,999 against 50 picked at random from the same span (the mean of ``--draws``
-  draws); each set added to a copy of the bundle's examples and the head refitted; MCC on items
-  3,000-3,999 (mean over seeds).
+  draws), and more random labels (``--label-counts``); each set added to a copy of the bundle's
+  examples and the head refitted; MCC on items 3,000-3,999 (mean over seeds), beside the MCC on
+  items 1,000-1,999 (before the shift) and that of the bundle's head with no labels at all, as
+  it is and with its input standardisation moved by the span's mean change (the mean of items
+  2,000-2,999 less that of items 0-1,999, no label used: AdaBN's idea at the head).
 
 Bundles: the avocado one from ``sortline demo`` (its default bundle: SimCLR ResNet-10, taps), the
 checkout one from ``sortline demo --scenario checkout``. ``--results`` writes
@@ -27,6 +30,7 @@ benchmarks/results/drift_<part>.md and .json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -215,6 +219,11 @@ def adapt(args: argparse.Namespace) -> dict:
         test = [i for i in range(AT + 1000, AT + 2000) if i in recorder.items]
         x_test = np.array([recorder.items[i] for i in test])
         y_test = [truth[i] for i in test]
+        early = [i for i in range(AT - 1000, AT) if i in recorder.items]
+        head = bundle.load_head()
+        moved = np.mean([recorder.items[i] for i in span], axis=0) - np.mean(
+            [recorder.items[i] for i in range(AT) if i in recorder.items], axis=0)
+        mean_shifted = dataclasses.replace(head, mean=head.mean + moved)  # standardised on the new line
 
         def refit(ids: list[int], name: str, work=work, truth=truth, features=recorder.items, x_test=x_test,
                   y_test=y_test) -> float:
@@ -231,9 +240,18 @@ def adapt(args: argparse.Namespace) -> dict:
         kept = [e for e in watch.queue.ranked() if AT <= e.item_id < AT + 1000 and e.item_id in recorder.items]
         queued = [int(key.split("-")[0]) for key in rank_entries(kept)[:50]]
         draws = [random.Random(seed * 1000 + d).sample(span, 50) for d in range(args.draws)]
-        base = matthews_corrcoef(y_test, bundle.load_head().predict_proba(x_test).argmax(axis=1))
+        base = matthews_corrcoef(y_test, head.predict(x_test))
         random_mcc = [refit(ids, f"random{d}") for d, ids in enumerate(draws)]
+        more = {}
+        for count in (c for c in args.label_counts if c != 50):
+            runs = [refit(random.Random(seed * 1000 + d).sample(span, count), f"random{count}-{d}")
+                    for d in range(args.draws)]
+            more[str(count)] = [round(float(np.mean(runs)), 4), round(float(np.std(runs)), 4)]
         row = {"seed": seed, "before": round(float(base), 4), "queue_kept": len(kept),
+               "before_shift": round(float(matthews_corrcoef(
+                   [truth[i] for i in early], head.predict(np.array([recorder.items[i] for i in early])))), 4),
+               "mean_shifted": round(float(matthews_corrcoef(y_test, mean_shifted.predict(x_test))), 4),
+               "random_more": more,
                "alarm_at": next((a["at_item"] for a in watch.summary()["drift"]["alarms"] if a["kind"] == "items"),
                                 None),
                "queue": round(refit(queued, "queue"), 4), "queue_defects": sum(truth[i] != 0 for i in queued),
@@ -241,12 +259,22 @@ def adapt(args: argparse.Namespace) -> dict:
                "random_defects": round(float(np.mean([sum(truth[i] != 0 for i in ids) for ids in draws])), 1)}
         rows.append(row)
         print(row, flush=True)
-    mean = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("before", "queue", "random")}
-    table = ["| line world | alarm at | queue kept (of the span) | MCC before | queue's 50 | random 50 (mean of "
-             f"{args.draws} draws ± std) |", "|---:|---:|---:|---:|---:|---:|"]
-    table += [f"| {r['seed']} | {r['alarm_at']} | {r['queue_kept']} | {r['before']:.3f} | {r['queue']:.3f} | "
-              f"{r['random']:.3f} ± {r['random_std']:.3f} |" for r in rows]
-    table.append(f"| mean | | | {mean['before']:.3f} | {mean['queue']:.3f} | {mean['random']:.3f} |")
+    mean = {k: round(float(np.mean([r[k] for r in rows])), 4)
+            for k in ("before_shift", "before", "mean_shifted", "queue", "random")}
+    counts = [c for c in args.label_counts if c != 50]
+    table = ["| line world | alarm at | queue kept (of the span) | MCC before the shift | bundle's head after it | "
+             "the same, mean-shifted (no labels) | queue's 50 | random 50 | "
+             + " | ".join(f"random {c}" for c in counts) + " |", "|---:|" * 1 + "---:|" * (7 + len(counts))]
+    table += [f"| {r['seed']} | {r['alarm_at']} | {r['queue_kept']} | {r['before_shift']:.3f} | {r['before']:.3f} | "
+              f"{r['mean_shifted']:.3f} | {r['queue']:.3f} | {r['random']:.3f} ± {r['random_std']:.3f} | "
+              + " | ".join(f"{r['random_more'][str(c)][0]:.3f} ± {r['random_more'][str(c)][1]:.3f}" for c in counts)
+              + " |" for r in rows]
+    table.append(f"| mean | | | {mean['before_shift']:.3f} | {mean['before']:.3f} | {mean['mean_shifted']:.3f} | "
+                 f"{mean['queue']:.3f} | {mean['random']:.3f} | "
+                 + " | ".join(f"{np.mean([r['random_more'][str(c)][0] for r in rows]):.3f}" for c in counts) + " |")
+    table.append("")
+    table.append(f"MCC on items 3,000-3,999; random N: the mean ± std of {args.draws} draws of N labelled items "
+                 "from items 2,000-2,999.")
     return {"rows": rows, "mean": mean, "gain_queue": round(mean["queue"] - mean["before"], 4),
             "gain_random": round(mean["random"] - mean["before"], 4),
             "queue_wins": sum(r["queue"] > r["random"] for r in rows), "table": "\n".join(table)}
@@ -264,7 +292,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="overhead: runs with the watch on and off each")
     parser.add_argument("--overload-repeats", type=int, default=3,
                         help="overhead: overloaded runs with the watch on and off each")
-    parser.add_argument("--draws", type=int, default=10, help="adapt: random picks of 50 per line world, averaged")
+    parser.add_argument("--draws", type=int, default=10, help="adapt: random picks per line world, averaged")
+    parser.add_argument("--label-counts", type=int, nargs="+", default=[50, 100, 200],
+                        help="adapt: how many random labels each refit gets (50 is always one)")
     parser.add_argument("--overload-rate", type=float, default=400.0,
                         help="overhead: items per second of the overloaded run (more than the station can take)")
     parser.add_argument("--results", action="store_true")
