@@ -139,7 +139,7 @@ class _Conv2d(nn.Conv2d):
         n, c, h, w = x.shape
         co, ci, kh, kw = self.weight.shape
         taps = _dense_taps(h, w, kh, kw, *self.stride, *self.padding).to(x.device)
-        kernel = self.weight.to(torch.bfloat16).reshape(co, ci, kh * kw).permute(2, 0, 1)
+        kernel = self.weight.to(torch.get_autocast_dtype("cpu")).reshape(co, ci, kh * kw).permute(2, 0, 1)
         kernel = torch.cat([kernel, kernel.new_zeros(1, co, ci)])  # the last tap: no connection
         dense = kernel.index_select(0, taps.flatten()).reshape(oh * ow, h * w, co, ci)
         dense = dense.permute(0, 2, 1, 3).reshape(oh * ow * co, h * w * ci)
