@@ -59,8 +59,11 @@ def test_every_method_lowers_its_loss_and_logs_the_collapse_monitor(name, tmp_pa
     augment = MultiChannelAugment(InputSpec(size=32), AugmentConfig(strength=0.3, vertical_flip=model.vertical_flip))
     dataset = ViewsDataset(images, augment, views=model.views, labels=labels)
     log_path = tmp_path / "log.csv"
-    result = train(model, dataset, TrainConfig(epochs=12, batch_size=32, lr=3e-3, warmup_steps=2, log_path=log_path),
-                   progress=False)
+    # MoCo's loss falls slowly here: over 12 epochs by 1.4-5.8 % (3 seeds; bf16 and fp32 alike), over
+    # 24 by 5.7-8.3 %
+    epochs = 24 if name == "moco" else 12
+    result = train(model, dataset, TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, warmup_steps=2,
+                                               log_path=log_path), progress=False)
     skip = 1 if name == "moco" else 0  # MoCo's loss rises once real keys replace the random queue
     first, last = np.mean(result.losses[skip:skip + 3]), np.mean(result.losses[-3:])
     assert last < first - 0.05 * abs(first), (name, first, last)
