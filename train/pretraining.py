@@ -42,7 +42,15 @@ from .losses import ColourPredictionLoss, labels_from_pairs
 from .methods import METHODS, build_method
 from .pseudolabels import can_label, pseudo_label
 from .recipe_book import get_recipe
-from .recipes import RUN_RATE_MARGIN, Plan, logged_rate, plan_for, replan_step, replanned_total
+from .recipes import (
+    RUN_RATE_MARGIN,
+    Plan,
+    last_phase_start,
+    logged_rate,
+    plan_for,
+    replan_step,
+    replanned_total,
+)
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +280,7 @@ def _last_phase_rate(cfg: PretrainConfig, plan: Plan, images: int, views: int) -
     """Views/s the label stage can plan on: ``RUN_RATE_MARGIN`` times what the self-supervised
     stage kept over its last phase (the same size), from its log; the plan's assumption if the
     log cannot tell."""
-    first_step = int(plan.resolution.steps[-1][0]) * batches_per_epoch(images, cfg.batch_size, 1)
+    first_step = last_phase_start(plan, batches_per_epoch(images, cfg.batch_size, 1))
     per_step = views * min(cfg.batch_size, images)  # a set smaller than a batch is one batch
     try:
         return RUN_RATE_MARGIN * logged_rate(cfg.paths()["log"], per_step, from_step=first_step)

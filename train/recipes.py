@@ -44,9 +44,14 @@ REPLAN_MIN_STEPS = 30
 REPLAN_WARM_STEPS = 5  # steps after the phase's start that the speed leaves out
 
 
+def last_phase_start(plan: Plan, steps_per_epoch: int) -> int:
+    """The first step of ``plan``'s last resolution phase."""
+    return round(plan.resolution.steps[-1][0] * steps_per_epoch)
+
+
 def replan_step(plan: Plan, steps_per_epoch: int) -> int | None:
     """The step at which a run of ``plan`` re-plans (None: a plan too short to)."""
-    start = round(plan.resolution.steps[-1][0] * steps_per_epoch)
+    start = last_phase_start(plan, steps_per_epoch)
     last = round(plan.epochs * steps_per_epoch) - start
     at = start + max(REPLAN_MIN_STEPS, round(REPLAN_AT * last))
     return at if at < start + last and plan.replanned is None else None
@@ -56,7 +61,7 @@ def replanned_total(plan: Plan, log: Path, steps: int, views_per_step: int, step
                     seconds_left: float) -> tuple[Plan, int]:
     """The plan again, after ``steps``, with ``seconds_left``: the last phase runs at
     ``RUN_RATE_MARGIN`` times the speed the run's log shows since the phase's start."""
-    start = round(plan.resolution.steps[-1][0] * steps_per_epoch)
+    start = last_phase_start(plan, steps_per_epoch)
     rate = logged_rate(log, views_per_step, from_step=start + REPLAN_WARM_STEPS)
     total = steps + max(1, math.floor(RUN_RATE_MARGIN * rate * max(0.0, seconds_left) / views_per_step))
     record = {"at_step": steps, "views_per_s": round(rate, 1), "margin": RUN_RATE_MARGIN,
