@@ -52,7 +52,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sortline.edge_runtime.detection.config import DetectError
+from sortline.edge_runtime.detection.config import DetectError, WindowHeadConfig
 from sortline.edge_runtime.detection.correlation import CorrelationConfig
 from sortline.edge_runtime.detection.detector import DetectConfig, Detector, draw
 from sortline.edge_runtime.detection.evaluation import PasteConfig, paste_scenes, score_detections
@@ -191,6 +191,9 @@ def main() -> None:
                         help="station: small, soft exemplars from store photos, the template-matching floor beside "
                              "every row (issue 36); iconic: the catalogue images and the window ablation (issue 17)")
     parser.add_argument("--background-frames", type=int, default=10, help="the station set's calibration frames")
+    parser.add_argument("--rows", nargs="+", metavar="TEXT",
+                        help="the station set: only the detector rows whose name holds one of these")
+    parser.add_argument("--name", default="detection_station", help="the station set's results file name")
     args = parser.parse_args()
     if args.set == "station" and not args.write_finetune_data:
         station_benchmark(args)
@@ -313,6 +316,8 @@ STATION_ROWS = {  # name → DetectConfig changes from the defaults
     "keypoints only": {"windows": False, "correlation": None},
     "correlation only": {"windows": False, "keypoints": None},
     "all three (the default)": {},
+    "windows only, learned head (opt-in)": {"keypoints": None, "correlation": None, "window_head": WindowHeadConfig()},
+    "all three, learned head (opt-in)": {"window_head": WindowHeadConfig()},
 }
 
 
@@ -365,6 +370,8 @@ def station_benchmark(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for exemplars, set_names in searched:
         for row, change in STATION_ROWS.items():
+            if args.rows and not any(text in row for text in args.rows):
+                continue
             try:  # one detector, calibrated once, for every set its exemplars serve
                 detector = Detector.build(embedder, bundle.manifest.input, {k: [v] for k, v in exemplars.items()},
                                           DetectConfig(**change))
@@ -372,9 +379,14 @@ def station_benchmark(args: argparse.Namespace) -> None:
                 for set_name in set_names:
                     results["rows"][set_name][row] = {"skipped": str(exc)}
                 continue
+            started = time.perf_counter()
             detector.calibrate(tqdm(backgrounds, desc=f"{row} calibration", leave=False), FALSE_PER_FRAME)
+            calibration_s = round(time.perf_counter() - started, 1)
             for set_name in set_names:
                 entry, decided = _station_row(detector, sets[set_name], plain, f"{set_name}: {row}")
+                entry["calibration_s"] = calibration_s
+                if "window_head" in detector.calibration:
+                    entry["window_head"] = detector.calibration["window_head"]
                 results["rows"][set_name][row] = entry
                 print(f"{set_name} | {row}: {json.dumps(entry)}", flush=True)
                 if set_name == "other view" and row == "all three (the default)":
@@ -382,13 +394,13 @@ def station_benchmark(args: argparse.Namespace) -> None:
                     picture = draw(scene.image, decided[0])
                     for _, box in scene.boxes:
                         cv2.rectangle(picture, box[:2], box[2:], (255, 255, 255), 1)
-                    cv2.imwrite(str(args.out / "detection_station.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+                    cv2.imwrite(str(args.out / f"{args.name}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     sheet = np.full((2 * 136, 8 * 136, 3), 255, np.uint8)  # the first eight classes: exemplar over other view
     for i, label in enumerate(sorted(own)[:8]):
         for j, crop in enumerate((own[label], other[label])):
             sheet[j * 136 + 4: j * 136 + 4 + crop.shape[0], i * 136 + 4: i * 136 + 4 + crop.shape[1]] = crop
-    cv2.imwrite(str(args.out / "detection_station_exemplars.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    (args.out / "detection_station.json").write_text(json.dumps(results, indent=1))
+    cv2.imwrite(str(args.out / f"{args.name}_exemplars.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     lines = ["# Detection with a station's exemplars: small, soft, plain, beside the template-matching floor", "",
              f"CPU: {results['cpu']}, {args.threads} threads. Bundle {results['bundle']}. {results['classes']} "
              f"classes ({len(plain)} of them plain: fruit and vegetables), one exemplar each: a crop of a store "
@@ -412,11 +424,13 @@ def station_benchmark(args: argparse.Namespace) -> None:
                          f"{e['frame_p99_s']:.2f} s |")
     lines += ["", "–: the keypoints alone refuse a set where an exemplar has too few keypoints to be found by "
               "them (a plain one); the default leaves those to the other stages.",
-              "", f"Command: `python benchmarks/detection.py --bundle {args.bundle[0].name} --scenes {args.scenes}` "
+              "", f"Command: `python benchmarks/detection.py --bundle {args.bundle[0].name} --scenes {args.scenes}"
+              + (" --rows " + " ".join(f"'{r}'" for r in args.rows) if args.rows else "")
+              + (f" --name {args.name}" if args.name != "detection_station" else "") + "` "
               "(how the bundle was made: docs/detection.md)", "",
-              "![exemplars (top) and other views (bottom)](detection_station_exemplars.png)", "",
-              "![other view, the default detector](detection_station.png)", ""]
-    (args.out / "detection_station.md").write_text("\n".join(lines) + "\n")
+              f"![exemplars (top) and other views (bottom)]({args.name}_exemplars.png)", "",
+              f"![other view, the default detector]({args.name}.png)", ""]
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 
 ABLATION = {
