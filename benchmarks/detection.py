@@ -52,7 +52,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sortline.edge_runtime.detection.config import DetectError, WindowHeadConfig
+from sortline.edge_runtime.detection.config import DetectError
 from sortline.edge_runtime.detection.correlation import CorrelationConfig
 from sortline.edge_runtime.detection.detector import DetectConfig, Detector, draw
 from sortline.edge_runtime.detection.evaluation import PasteConfig, paste_scenes, score_detections
@@ -316,8 +316,6 @@ STATION_ROWS = {  # name → DetectConfig changes from the defaults
     "keypoints only": {"windows": False, "correlation": None},
     "correlation only": {"windows": False, "keypoints": None},
     "all three (the default)": {},
-    "windows only, learned head (opt-in)": {"keypoints": None, "correlation": None, "window_head": WindowHeadConfig()},
-    "all three, learned head (opt-in)": {"window_head": WindowHeadConfig()},
 }
 
 
@@ -385,8 +383,6 @@ def station_benchmark(args: argparse.Namespace) -> None:
             for set_name in set_names:
                 entry, decided = _station_row(detector, sets[set_name], plain, f"{set_name}: {row}")
                 entry["calibration_s"] = calibration_s
-                if "window_head" in detector.calibration:
-                    entry["window_head"] = detector.calibration["window_head"]
                 results["rows"][set_name][row] = entry
                 print(f"{set_name} | {row}: {json.dumps(entry)}", flush=True)
                 if set_name == "other view" and row == "all three (the default)":

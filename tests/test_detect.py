@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import DETECT_SPEC, FIXTURES
 
-from sortline.edge_runtime.detection.config import STAGES, WindowHeadConfig
+from sortline.edge_runtime.detection.config import STAGES
 from sortline.edge_runtime.detection.correlation import CorrelationConfig, CorrelationError, CorrelationMatcher
 from sortline.edge_runtime.detection.detector import (
     DetectConfig,
@@ -234,43 +234,6 @@ def test_store_examples_are_exemplars(embedder, exemplars, tiny_detector_bundle,
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["labels"] == wanted and result["mode"] == "dense" and "not calibrated" in run.stderr  # the default
-
-
-def test_a_learned_window_head_tells_pasted_items_from_the_background_on_frames_it_never_saw(embedder, exemplars):
-    """The opt-in head (docs/detection.md: it lost to the cosine on the station set's own views)
-    learns from the exemplars pasted on the first half of the background frames, and the
-    thresholds come from the other half. On new pasted scenes each item's best window scores
-    above nearly all of the background's windows for its label; a label known only from a
-    store keeps its cosine; with one frame there is nothing to hold out, and no head."""
-    frames = [background(np.random.default_rng(100 + i)) for i in range(6)]
-    labels = sorted(exemplars)
-    images = {k: exemplars[k] for k in labels[1:]}
-    cosine = detector(embedder, exemplars, rotations=(0,))
-    stored = {labels[0]: cosine.embedding.crop_embeddings([exemplars[labels[0]]])}
-    det = Detector.build(embedder, DETECT_SPEC, {k: [v] for k, v in images.items()},
-                         DetectConfig(min_window=40, keypoints=None, correlation=None, rotations=(0,),
-                                      window_head=WindowHeadConfig(pastes=4, scale=(0.5, 1.0))), stored)
-    report = det.calibrate(frames, false_per_frame=1.0)
-    learned = report["window_head"]
-    assert learned["frames"] == 3 and learned["pasted_frames"] == 7 and learned["positives"] > 50
-    assert list(det.head.learned) == [label != labels[0] for label in det.labels]
-    separated = items = 0
-    for scene in paste_scenes(images, background, 4, seed=4, config=EASY):
-        scored = det.scores(scene.image)
-        assert (np.abs(scored.scores) < 1).all()
-        for label, box in scene.boxes:
-            c = det.labels.index(label)
-            overlap = np.array([iou(w, box) for w in scored.boxes])
-            others = np.array([max([iou(w, b) for _, b in scene.boxes]) for w in scored.boxes]) < 0.3
-            items += 1
-            separated += scored.scores[overlap >= 0.5, c].max() > np.quantile(scored.scores[others, c], 0.99)
-    assert items >= 4 and separated >= 0.75 * items, (separated, items)
-    plain = Detector.build(embedder, DETECT_SPEC, {k: [v] for k, v in images.items()},
-                           DetectConfig(min_window=40, keypoints=None, correlation=None, rotations=(0,)), stored)
-    frame = frames[0]
-    c = det.labels.index(labels[0])
-    np.testing.assert_allclose(det.scores(frame).scores[:, c], plain.scores(frame).scores[:, c], atol=1e-5)
-    assert "window_head" not in det.calibrate(frames[:1], 1.0) and det.head is None
 
 
 def test_bad_input_is_refused_clearly(embedder, exemplars):

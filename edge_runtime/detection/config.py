@@ -48,31 +48,6 @@ class Detection:
 
 
 @dataclass(frozen=True)
-class WindowHeadConfig:
-    pastes: int = 8  # of each exemplar, each on a background frame
-    per_frame: int = 3  # exemplars pasted on one frame
-    scale: tuple[float, float] = (0.6, 1.6)  # the pasted item's size, of its exemplar's
-    rotation: float = 10.0  # degrees either way (and quarter turns where the detector turns its prototypes)
-    gain: tuple[float, float] = (0.8, 1.2)
-    bias: float = 12.0
-    blur: float = 1.0  # Gaussian σ up to this, half the time
-    positive_iou: float = 0.5  # a window on a pasted item with at least this IoU is the item
-    negative_iou: float = 0.3  # a window under this with every pasted item is the background
-    negatives_per_frame: int = 1500  # sampled from each frame's background windows …
-    hard_per_class: int = 8  # … and each frame's highest windows by the prototypes' cosine, per class
-    c: float = 1.0  # inverse regularisation strength
-    fit_share: float = 0.5  # of the background frames: the head's; the rest set the thresholds
-
-    def __post_init__(self) -> None:
-        if not (1 <= self.pastes <= 1000 and 1 <= self.per_frame <= 20):
-            raise DetectError("window head: pastes 1..1000, per_frame 1..20")
-        if not (0.1 <= self.scale[0] <= self.scale[1] <= 10 and 0 <= self.rotation <= 180):
-            raise DetectError("window head: scale within 0.1..10, rotation 0..180 degrees")
-        if not (0 < self.negative_iou <= self.positive_iou < 1 and 0 < self.fit_share < 1 and self.c > 0):
-            raise DetectError("window head: 0 < negative_iou <= positive_iou < 1, 0 < fit_share < 1, c > 0")
-
-
-@dataclass(frozen=True)
 class DetectConfig:
     mode: str = "dense"  # 20-30× the windows/s of crops, at the same AP with keypoints (docs/detection.md)
     min_window: int = 48  # px: the smallest window side
@@ -89,8 +64,6 @@ class DetectConfig:
     agnostic: bool = True  # one suppression over all classes (a place holds one item), or one per class
     keypoints: KeypointConfig | None = KeypointConfig()  # place exemplars by their keypoints too (None: windows only)
     correlation: CorrelationConfig | None = CorrelationConfig()  # and by their pixels (None: not)
-    window_head: WindowHeadConfig | None = None  # windows scored by a head learned at calibration from the
-    # exemplars pasted on the background frames (None: by the prototypes' cosine; docs/detection.md says why)
     windows: bool = True  # False: keypoint placements only (no sliding windows, no model run per frame)
     threshold: float = 0.5  # for classes without a calibrated threshold
     max_detections: int = 100

@@ -31,7 +31,7 @@ ONNX model.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -50,7 +50,6 @@ from .correlation import CorrelationMatcher
 from .keypoints import KeypointMatcher
 from .pooling import centred_cosine, integral_image, pool_windows
 from .prototypes import WindowEmbedder
-from .window_head import WindowHead, fit_window_head
 from .windows import WindowGrid, crops
 
 __all__ = ["DetectConfig", "DetectError", "Detection", "Detector", "WindowScores", "draw", "store_features"]
@@ -71,8 +70,6 @@ class Detector:
     matcher: KeypointMatcher | None = None  # the exemplars' keypoints (config.keypoints)
     correlator: CorrelationMatcher | None = None  # the exemplars' templates (config.correlation)
     correlation_thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    exemplars: dict[str, list[np.ndarray]] = field(default_factory=dict)  # label → its checked image crops
-    head: WindowHead | None = None  # the windows' learned scores (config.window_head, fitted by calibrate)
 
     @classmethod
     def build(cls, embedder: Embedder, spec: InputSpec, exemplars: Mapping[str, Sequence[np.ndarray]],
@@ -93,8 +90,8 @@ class Detector:
             if config.window_px % stride:
                 raise DetectError(f"window_px {config.window_px} is not a multiple of the model's stride {stride}")
             base = config.window_px // stride
+        detector = cls(embedder, spec, labels, config, WindowGrid(config, stride, base), {})
         exemplar_crops = {label: [_check_exemplar(label, c) for c in exemplars.get(label, ())] for label in labels}
-        detector = cls(embedder, spec, labels, config, WindowGrid(config, stride, base), {}, exemplars=exemplar_crops)
         if config.windows:  # the keypoints alone need no prototype
             detector.prototypes = detector.embedding.prototypes(labels, exemplar_crops, features or {})
         if config.keypoints is not None and any(exemplar_crops.values()):
@@ -127,11 +124,27 @@ class Detector:
         (config.keypoints), which scores its inlier count for its class (at least
         ``min_inliers``, so above every cosine)."""
         rgb = check_frame(rgb)
+        height, width = rgb.shape[:2]
         started = time.perf_counter()
         boxes, scores = [], []
-        for shape, level_boxes, emb in self.window_batches(rgb):
-            boxes.append(level_boxes)
-            scores.append(self.window_scores(shape, emb))
+        for level in self.grid.levels(height, width) if self.config.windows else ():
+            fmap = self.embedding.feature_map(rgb, level.size) if self.config.mode == "dense" else None
+            integral = integral_image(fmap) if fmap is not None else None
+            if fmap is not None and fmap.shape[1:] != level.grid:
+                raise DetectError(f"the backbone gave a {fmap.shape[1]}×{fmap.shape[2]} map for a "
+                                  f"{level.size[0]}×{level.size[1]} input; expected {level.grid[0]}×{level.grid[1]}")
+            for shape in self.grid.shapes:
+                level_boxes = self.grid.boxes(level, shape, height, width)
+                if not len(level_boxes):
+                    continue
+                if fmap is not None:
+                    emb = pool_windows(fmap, shape, self.config.pool, integral, self.config.grid)
+                    protos = self.prototypes[shape]
+                else:
+                    emb = self.embedding.crop_embeddings(crops(rgb, level_boxes))
+                    protos = self.prototypes[(0, 0)]
+                boxes.append(level_boxes)
+                scores.append(centred_cosine(emb, protos, self.config.center, len(self.config.rotations)))
         found = {}  # stage → (rows, seconds): each find a box that scores for its own class only
         for stage, finder, value in (("correlation", self.correlator, "score"), ("keypoints", self.matcher, "inliers")):
             placed = time.perf_counter()
@@ -147,36 +160,6 @@ class Detector:
             boxes, scores = [np.zeros((0, 4), np.float32)], [np.zeros((0, len(self.labels)), np.float32)]
         return WindowScores(np.concatenate(boxes), np.concatenate(scores), time.perf_counter() - started,
                             *found["keypoints"], *found["correlation"])
-
-    def window_batches(self, rgb: np.ndarray) -> Iterator[tuple[tuple[int, int], np.ndarray, np.ndarray]]:
-        """The frame's windows, a batch per pyramid level and window shape: the shape (its
-        prototypes' key), the boxes and the embeddings."""
-        height, width = rgb.shape[:2]
-        for level in self.grid.levels(height, width) if self.config.windows else ():
-            fmap = self.embedding.feature_map(rgb, level.size) if self.config.mode == "dense" else None
-            integral = integral_image(fmap) if fmap is not None else None
-            if fmap is not None and fmap.shape[1:] != level.grid:
-                raise DetectError(f"the backbone gave a {fmap.shape[1]}×{fmap.shape[2]} map for a "
-                                  f"{level.size[0]}×{level.size[1]} input; expected {level.grid[0]}×{level.grid[1]}")
-            for shape in self.grid.shapes:
-                level_boxes = self.grid.boxes(level, shape, height, width)
-                if not len(level_boxes):
-                    continue
-                if fmap is not None:
-                    yield shape, level_boxes, pool_windows(fmap, shape, self.config.pool, integral, self.config.grid)
-                else:
-                    yield (0, 0), level_boxes, self.embedding.crop_embeddings(crops(rgb, level_boxes))
-
-    def window_scores(self, shape: tuple[int, int], emb: np.ndarray, learned: bool = True) -> np.ndarray:
-        """N×C: each window's score for each class: the learned head's where it is fitted
-        (``learned``) and knows the class, else the centred cosine to the class's prototypes."""
-        head = self.head if learned else None
-        if head is not None and head.learned.all():
-            return head.scores(emb)
-        cosine = centred_cosine(emb, self.prototypes[shape], self.config.center, len(self.config.rotations))
-        if head is not None:
-            cosine[:, head.learned] = head.scores(emb)[:, head.learned]
-        return cosine
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -238,55 +221,35 @@ class Detector:
         highest peaks (:func:`background_threshold`), never below the empirical one."""
         if not 0 <= false_per_frame <= 100:
             raise DetectError(f"false_per_frame {false_per_frame}: 0..100")
-        frames = list(backgrounds)
-        if not frames:
-            raise DetectError("calibration needs at least one background frame")
-        learned_from = self.learn_windows(frames)
         stages = [name for name, on in (("window", self.config.windows or self.matcher is not None),
                                         ("correlation", self.correlator is not None)) if on]
         peaks = {name: [[] for _ in self.labels] for name in stages}  # every peak, per stage and class
         maxima = {name: [[] for _ in self.labels] for name in stages}  # each frame's highest
-        counted = dict.fromkeys(stages, 0)  # frames per stage (the head's own frames set no window threshold)
-        for i, rgb in enumerate(frames):
-            these = [name for name in stages if name != "window" or i >= learned_from]
-            for name, per_class in background_peaks(self.scores(rgb), these, self.config.nms_iou,
+        frames = 0
+        for rgb in backgrounds:
+            frames += 1
+            for name, per_class in background_peaks(self.scores(rgb), stages, self.config.nms_iou,
                                                     self.config.max_detections).items():
-                counted[name] += 1
                 for c, new in enumerate(per_class):
                     peaks[name][c].extend(new)
                     maxima[name][c].extend([max(new)] if new else [])
+        if frames == 0:
+            raise DetectError("calibration needs at least one background frame")
         rate = false_per_frame / (len(self.labels) * len(stages))
         for name in stages:
             current = self.thresholds if name == "window" else self.correlation_thresholds
-            fitted = np.asarray([background_threshold(peaks[name][c], maxima[name][c], counted[name], rate)
+            fitted = np.asarray([background_threshold(peaks[name][c], maxima[name][c], frames, rate)
                                  if peaks[name][c] else current[c] for c in range(len(self.labels))], np.float32)
             if name == "window":
                 self.thresholds = fitted
             else:
                 self.correlation_thresholds = fitted
-        self.calibration = {"frames": len(frames), "false_per_frame": false_per_frame, "stages": stages,
+        self.calibration = {"frames": frames, "false_per_frame": false_per_frame, "stages": stages,
                             "thresholds": {label: round(float(t), 4) for label, t in zip(self.labels, self.thresholds)}}
-        if self.head is not None:
-            self.calibration["window_head"] = self.head.report
         if "correlation" in stages:
             self.calibration["correlation_thresholds"] = {
                 label: round(float(t), 4) for label, t in zip(self.labels, self.correlation_thresholds)}
         return self.calibration
-
-    def learn_windows(self, frames: Sequence[np.ndarray]) -> int:
-        """Fits the windows' head (config.window_head) on the first share of ``frames``, with
-        the image exemplars pasted on them; how many frames it took (0: no head: it is off, the
-        windows are, no label has an image exemplar, or there are fewer than two frames, since
-        the thresholds need frames the head never saw)."""
-        cfg = self.config.window_head
-        self.head = None
-        if cfg is None or not self.config.windows or len(frames) < 2 or not any(self.exemplars.values()):
-            return 0
-        taken = min(len(frames) - 1, max(1, round(len(frames) * cfg.fit_share)))
-        self.head = fit_window_head(self.window_batches, self.labels, self.exemplars, frames[:taken], cfg,
-                                    self.config.rotations,
-                                    hard=lambda shape, emb: self.window_scores(shape, emb, learned=False))
-        return taken
 
 
 def check_frame(rgb: object) -> np.ndarray:

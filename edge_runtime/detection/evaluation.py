@@ -48,7 +48,7 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def transform_item(item: np.ndarray, side: int, angle: float, rng: np.random.Generator,
+def _transformed(item: np.ndarray, side: int, angle: float, rng: np.random.Generator,
                  cfg: PasteConfig) -> tuple[np.ndarray, np.ndarray]:
     """The item scaled so its longer side is ``side`` px, turned by ``angle`` degrees, relit;
     and its mask."""
@@ -86,7 +86,7 @@ def paste_scenes(exemplars: Mapping[str, np.ndarray], background: Callable[[np.r
             if config.quarter_turns:
                 item = np.ascontiguousarray(np.rot90(item, int(rng.integers(4))))
             side = int(rng.uniform(*config.scale) * (max(item.shape[:2]) if config.relative else min(height, width)))
-            patch, mask = transform_item(item, side, rng.uniform(-config.rotation, config.rotation), rng, config)
+            patch, mask = _transformed(item, side, rng.uniform(-config.rotation, config.rotation), rng, config)
             ph, pw = mask.shape
             if ph >= height or pw >= width:
                 continue

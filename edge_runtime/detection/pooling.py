@@ -93,15 +93,6 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def centred_units(emb: np.ndarray) -> np.ndarray:
-    """Each unit window seen from the windows' mean unit window, scaled to unit length again:
-    the vectors whose dot products :func:`centred_cosine` computes (a learned head's input)."""
-    units = unit(emb)
-    if len(units) > 1:
-        units = unit(units - units.mean(axis=0))
-    return units
-
-
 # -- likeness --------------------------------------------------------------------------------
 
 
