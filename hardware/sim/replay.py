@@ -21,7 +21,9 @@ from .referee import GateReferee, LineTally
 log = logging.getLogger(__name__)
 
 MAX_LAG_S = 0.05  # at speed=max, how far an item may be played behind the replay's lead
-DRAIN_S = 1.0  # at speed=max, the longest wait for the station to read a device's last bytes before its unplug
+DRAIN_S = 5.0  # at speed=max, the longest wait for the station to read a device's last bytes before its unplug
+# (it returns as soon as they are read; 1 s was too short for a station on 2 loaded cores, whose unread
+# frames then counted as dropped beyond those injected)
 SETTLE_S = 0.15  # at speed=max, recorded time after which an item's readings have all been played
 
 
@@ -166,7 +168,7 @@ class ReplayedLine:
                 unplug_at = now + QUIET_S if self.speed == "max" else now  # its last bytes get read
                 unplugged[device] = (t, unplug_at)
                 if self.speed == "max":  # the station reads slower than a replay writes: let it
-                    lines[device].submit(unplug_at, self.devices[device].drain, DRAIN_S)
+                    lines[device].submit(unplug_at, _drain, self.devices[device], device)
                 lines[device].submit(unplug_at, self.devices[device].disconnect)
             elif kind == "reconnect":
                 device = payload[0]
@@ -193,6 +195,12 @@ class ReplayedLine:
             for message in self.controller.receive(timeout_s=0.05):
                 if isinstance(message, GateCommand) and self.referee.receive(message, time.monotonic()):
                     self.controller.send(Ack(item_id=message.item_id))
+
+
+def _drain(device: PtyDevice, name: str) -> None:
+    if not device.drain(DRAIN_S):
+        log.warning("replay: the station left %d bytes of the %s port unread for %.1f s; they are lost with "
+                    "its unplug", device.unread(), name, DRAIN_S)
 
 
 def _wait_reader(device: PtyDevice, name: str) -> None:
