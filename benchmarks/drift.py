@@ -207,6 +207,7 @@ def adapt(args: argparse.Namespace) -> dict:
     from sortline.hardware.sim.avocado import CLASSES
 
     bundle = load_bundle(args.bundle)
+    counts = [c for c in args.label_counts if c != 50]  # random 50 is its own column, beside the queue's 50
     rows = []
     for seed in line_seeds(args.seeds):
         work = Path(tempfile.mkdtemp(prefix="sortline-drift-adapt-"))
@@ -243,7 +244,7 @@ def adapt(args: argparse.Namespace) -> dict:
         base = matthews_corrcoef(y_test, head.predict(x_test))
         random_mcc = [refit(ids, f"random{d}") for d, ids in enumerate(draws)]
         more = {}
-        for count in (c for c in args.label_counts if c != 50):
+        for count in counts:
             runs = [refit(random.Random(seed * 1000 + d).sample(span, count), f"random{count}-{d}")
                     for d in range(args.draws)]
             more[str(count)] = [round(float(np.mean(runs)), 4), round(float(np.std(runs)), 4)]
@@ -261,10 +262,9 @@ def adapt(args: argparse.Namespace) -> dict:
         print(row, flush=True)
     mean = {k: round(float(np.mean([r[k] for r in rows])), 4)
             for k in ("before_shift", "before", "mean_shifted", "queue", "random")}
-    counts = [c for c in args.label_counts if c != 50]
     table = ["| line world | alarm at | queue kept (of the span) | MCC before the shift | bundle's head after it | "
              "the same, mean-shifted (no labels) | queue's 50 | random 50 | "
-             + " | ".join(f"random {c}" for c in counts) + " |", "|---:|" * 1 + "---:|" * (7 + len(counts))]
+             + " | ".join(f"random {c}" for c in counts) + " |", "|" + "---:|" * (8 + len(counts))]
     table += [f"| {r['seed']} | {r['alarm_at']} | {r['queue_kept']} | {r['before_shift']:.3f} | {r['before']:.3f} | "
               f"{r['mean_shifted']:.3f} | {r['queue']:.3f} | {r['random']:.3f} ± {r['random_std']:.3f} | "
               + " | ".join(f"{r['random_more'][str(c)][0]:.3f} ± {r['random_more'][str(c)][1]:.3f}" for c in counts)
