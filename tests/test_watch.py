@@ -211,6 +211,33 @@ def test_the_queue_keeps_unsure_items_within_its_caps_and_ranks_lookalikes_down(
     assert len(views) == 4 and views[0].nir is not None
 
 
+def test_an_item_trimmed_while_it_is_labelled_goes_after_its_label(tmp_path, pipeline, avocado):
+    """The operator labels the oldest item while the watch keeps a new one that the cap of one
+    trims it for: the trim waits for the label, so the label reaches the store and item.json
+    alike (the adapt loop's simulated operator once stored a label whose item was gone)."""
+    import threading
+
+    stored, taking = [], []
+    queue = UnsureQueue(QueueConfig(tmp_path / "q", per_hour=100, max_items=1, reserve_mb=0))
+    queue.take(_unsure(pipeline, _observe(pipeline, avocado, 2)))
+    (first,) = queue.ranked()
+    newcomer = _unsure(pipeline, _observe(pipeline, avocado, 30))
+
+    def on_label(label, features, source):  # the store's write, with the watch taking an item meanwhile
+        thread = threading.Thread(target=queue.take, args=(newcomer,))
+        thread.start()
+        thread.join(timeout=0.3)
+        taking.append(thread)
+        stored.append(source)
+
+    queue.on_label = on_label
+    entry = queue.label(first.key, "external")
+    taking[0].join(timeout=10)
+    assert entry.label == "external" and stored == [f"queue:{first.key}"]
+    assert not (tmp_path / "q" / first.key).exists()  # trimmed after its label, not during it
+    assert [e.item_id for e in queue.ranked()] == [30]
+
+
 def test_look_alikes_take_one_place_in_the_queue(tmp_path, pipeline, avocado):
     queue = UnsureQueue(QueueConfig(tmp_path / "q", per_hour=100, reserve_mb=0))
     base = _observe(pipeline, avocado, 3)

@@ -211,8 +211,8 @@ class UnsureQueue:
         if entry is None:
             return
         with self._lock:
-            if isinstance(out, str) and out in self._entries:
-                self._remove(out)
+            if isinstance(out, str) and out in self._entries and self._entries[out].label is None:
+                self._remove(out)  # (labelled since it was picked: it stays, and the caps trim the oldest)
             self._entries[entry.key] = entry
             self._changed()
             self.kept += 1
@@ -332,18 +332,24 @@ class UnsureQueue:
     def label(self, key: str, label: str) -> Entry:
         """Give a queued item its class; its features become an example in the enrollment store."""
         label = check_label(label)
-        entry = self.entry(key)
-        path = self.folder / entry.key
-        try:
-            record = json.loads((path / ITEM_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise QueueError(f"item {key}: cannot be read ({exc})") from exc
-        if self.on_label is not None:  # the features as kept (and checked) when the entry was written or read back
-            self.on_label(label, np.atleast_2d(entry.features), f"queue:{entry.key}")
-        record["label"] = label
-        with atomic_file(path / ITEM_FILE, "label") as tmp:
-            tmp.write_text(json.dumps(record), encoding="utf-8")
+        # Under the lock: the entry is not trimmed or replaced while it is labelled, so a label that
+        # reaches the store is also written beside its item (a removal in between left the store
+        # with an example whose item.json could no longer be written). The store's write is
+        # milliseconds; the watch's thread waits that long at most, never a gate.
         with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                raise QueueError(f"no item {key!r} in the queue {self.folder}")
+            path = self.folder / entry.key
+            try:
+                record = json.loads((path / ITEM_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise QueueError(f"item {key}: cannot be read ({exc})") from exc
+            if self.on_label is not None:  # the features as kept (and checked) when written or read back
+                self.on_label(label, np.atleast_2d(entry.features), f"queue:{entry.key}")
+            record["label"] = label
+            with atomic_file(path / ITEM_FILE, "label") as tmp:
+                tmp.write_text(json.dumps(record), encoding="utf-8")
             entry.label = label
             self._changed()
         if self.on_labelled is not None:
