@@ -332,11 +332,7 @@ class UnsureQueue:
     def label(self, key: str, label: str) -> Entry:
         """Give a queued item its class; its features become an example in the enrollment store."""
         label = check_label(label)
-        # Under the lock: the entry is not trimmed or replaced while it is labelled, so a label that
-        # reaches the store is also written beside its item (a removal in between left the store
-        # with an example whose item.json could no longer be written). The store's write is
-        # milliseconds; the watch's thread waits that long at most, never a gate.
-        with self._lock:
+        with self._lock:  # no trim while labelling: a label in the store is in item.json too (ms; no gate waits)
             entry = self._entries.get(key)
             if entry is None:
                 raise QueueError(f"no item {key!r} in the queue {self.folder}")
