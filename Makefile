@@ -8,7 +8,7 @@ EDGE_VENV := .venv-edge
 EDGE_TESTS := tests/test_station_parts.py tests/test_station.py tests/test_protocol.py tests/test_fusion.py \
 	tests/test_head.py tests/test_preprocess.py tests/test_bundle.py tests/test_hostile.py tests/test_security.py \
 	tests/test_runtimes.py tests/test_enroll.py tests/test_api.py tests/test_detect.py tests/test_layout.py \
-	tests/test_shadow.py tests/test_plant.py
+	tests/test_shadow.py tests/test_plant.py tests/test_item_folders.py
 
 .PHONY: setup demo test edge-check lint clean
 

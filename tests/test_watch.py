@@ -211,10 +211,26 @@ def test_the_queue_keeps_unsure_items_within_its_caps_and_ranks_lookalikes_down(
     assert len(views) == 4 and views[0].nir is not None
 
 
-def test_an_item_trimmed_while_it_is_labelled_goes_after_its_label(tmp_path, pipeline, avocado):
+def test_labelled_items_outlast_unlabelled_ones_at_the_cap(tmp_path, pipeline, avocado):
+    """After a drift alarm every item is a candidate, and a full queue turns over in seconds: the
+    oldest unlabelled items make room first, so the operator's labels stay for the retrain."""
+    queue = UnsureQueue(QueueConfig(tmp_path / "q", max_items=3, reserve_mb=0))
+    for i in (2, 3, 4):
+        queue.take(_unsure(pipeline, _observe(pipeline, avocado, i), spread=i / 10))
+    oldest = min(queue.ranked(), key=lambda e: e.item_id)
+    queue.label(oldest.key, "A")
+    for i in (5, 6, 7, 8):
+        queue.take(_unsure(pipeline, _observe(pipeline, avocado, i), spread=i / 10))
+    kept = {e.item_id: e.label for e in queue.ranked()}
+    assert len(kept) == 3 and kept[oldest.item_id] == "A" and queue.dropped["cap"] == 4
+    assert sorted(kept) == [oldest.item_id, 7, 8]  # the newest unlabelled ones beside it
+
+
+def test_an_item_labelled_while_the_cap_is_reached_keeps_its_label(tmp_path, pipeline, avocado):
     """The operator labels the oldest item while the watch keeps a new one that the cap of one
-    trims it for: the trim waits for the label, so the label reaches the store and item.json
-    alike (the adapt loop's simulated operator once stored a label whose item was gone)."""
+    would trim it for: the trim waits for the label, so the label reaches the store and item.json
+    alike (the adapt loop's simulated operator once stored a label whose item was gone), and then
+    the labelled item stays: the unlabelled newcomer makes room."""
     import threading
 
     stored, taking = [], []
@@ -234,8 +250,8 @@ def test_an_item_trimmed_while_it_is_labelled_goes_after_its_label(tmp_path, pip
     entry = queue.label(first.key, "external")
     taking[0].join(timeout=10)
     assert entry.label == "external" and stored == [f"queue:{first.key}"]
-    assert not (tmp_path / "q" / first.key).exists()  # trimmed after its label, not during it
-    assert [e.item_id for e in queue.ranked()] == [30]
+    assert json.loads((tmp_path / "q" / first.key / "item.json").read_text())["label"] == "external"
+    assert [e.item_id for e in queue.ranked()] == [2] and queue.dropped["cap"] == 1
 
 
 def test_look_alikes_take_one_place_in_the_queue(tmp_path, pipeline, avocado):
@@ -376,6 +392,18 @@ def test_sortline_queue_lists_labels_and_exports(tmp_path, pipeline, avocado, ti
         assert any(source.startswith("queue:") for source in store.examples().sources)
     code, exported = sortline("queue", "export", "--dir", str(tmp_path / "q"), "--out", str(tmp_path / "out"))
     assert code == 0 and exported["exported"] == 1 and (tmp_path / "out" / "labels.csv").is_file()
+    # the export is what `sortline fit` reads: the item's views and the taps the station matched to it
+    from sortline.edge_runtime.labelling.book import folder_items
+
+    data = folder_items(tmp_path / "out")
+    item_id = queue.ranked()[0].item_id
+    assert [i.label for i in data.items] == ["both"] and data.sensor == "taps" and data.readings_expected == 5
+    from sortline.hardware.protocol import Encoder, Parser
+
+    encoder = Encoder()  # as the sensor sends them: its protocol rounds the values
+    sent = Parser().feed(b"".join(encoder.encode(r) for r in avocado.readings(item_id, 0)))
+    assert data.items[0].readings == sent and len(sent) == 5 and len(data.items[0].views) == 4
+    assert np.array_equal(data.items[0].views[2].nir, avocado.render(item_id, avocado.frame_px, 4)[2].nir)
     code, refused = sortline("queue", "label", "--dir", str(tmp_path / "nowhere"), key, "A")
     assert code == 2 and "no such queue folder" in refused["error"]
 

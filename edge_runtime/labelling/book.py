@@ -10,7 +10,8 @@ recording, from its ground truth.
 Items come from a recording (each announced item: its views from ``frames/<item>/`` and its
 sensor readings matched to it by the station's own :class:`ReadingMatcher`, fed the recorded
 serial bytes in order) or from an item folder tree (``ITEMS/<class>/<item>/`` with one image per
-view, or ``ITEMS/<class>/<image>``: an item of one view, without readings).
+view and the readings it kept, as ``sortline queue export`` writes them, or ``ITEMS/<class>/<image>``:
+an item of one view, without readings).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sortline.edge_runtime.learning.store import check_label
 from sortline.edge_runtime.model.fusion import Reading
 from sortline.hardware.camera import FrameError, ViewFrame
 from sortline.hardware.images import IMAGE_SUFFIXES
+from sortline.hardware.items import read_readings
 from sortline.hardware.protocol import ITEM_ID_MAX, Heartbeat, ItemArrival, Parser, ScaleReading, TapReading
 from sortline.hardware.recording import RecordedRig, Recording, RecordingError
 
@@ -268,7 +270,9 @@ def _channels(items: list[StationItem]) -> tuple[str, ...]:
 
 
 def folder_items(root: Path) -> ItemData:
-    """``ROOT/<class>/<item folder or image>``: labelled items without sensor readings."""
+    """``ROOT/<class>/<item folder or image>``: labelled items, with the sensor readings an item
+    folder keeps (``readings.serial``, hardware/items.py; lines that do not check out are left
+    out and logged). The sensor is the one the readings come from; all items must agree."""
     from sortline.edge_runtime.learning.enroll import read_item
 
     root = Path(root)
@@ -280,12 +284,19 @@ def folder_items(root: Path) -> ItemData:
         for entry in sorted(class_dir.iterdir()):
             if entry.is_dir() or entry.suffix.lower() in IMAGE_SUFFIXES:
                 try:
-                    items.append(StationItem(len(items), read_item(entry), [], label, str(entry)))
+                    views = read_item(entry)
                 except FrameError as exc:
                     raise LabelError(f"{entry}: {exc}") from exc
+                readings = read_readings(entry)[0] if entry.is_dir() else []
+                items.append(StationItem(len(items), views, readings, label, str(entry)))
     if not items:
         raise LabelError(f"{root}: no class folders with items (ROOT/<class>/<item>/ or ROOT/<class>/<image>)")
-    return ItemData(items, "none", 0, _channels(items), max(len(i.views) for i in items))
+    kinds = {type(r) for item in items for r in item.readings}
+    if len(kinds) > 1:
+        raise LabelError(f"{root}: its items have both tap readings and weights: one station's items at a time")
+    sensor = {TapReading: "taps", ScaleReading: "scale"}.get(kinds.pop(), "none") if kinds else "none"
+    return ItemData(items, sensor, _readings_expected(items, sensor), _channels(items),
+                    max(len(i.views) for i in items))
 
 
 def load_items(paths: Iterable[Path], progress=None) -> ItemData:

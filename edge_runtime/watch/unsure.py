@@ -15,8 +15,8 @@ embedding ``pooled.npy``), written whole in one rename. It is bounded four ways:
 ``per_hour`` items an hour (a more uncertain candidate takes the place of the least uncertain
 unlabelled one of the hour), at most ``drift_per_hour`` items an hour kept for the drift alone (a
 uniform sample of the hour's drifted items, by reservoir sampling), at most ``max_items`` items
-and ``max_mb`` in all (the oldest go), and nothing is written while the disk has less than
-``reserve_mb`` free. A candidate that repeats an item already queued (its pooled embedding as
+and ``max_mb`` in all (the oldest go, unlabelled ones first), and nothing is written while the
+disk has less than ``reserve_mb`` free. A candidate that repeats an item already queued (its pooled embedding as
 close as a repeat) takes its place only when it is more uncertain. What is not kept is counted.
 
 :meth:`UnsureQueue.ranked` orders the queue by typicality, diversity and uncertainty, as
@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import cv2
 import numpy as np
 from sklearn.cluster import KMeans
 
@@ -58,6 +57,7 @@ from sortline.edge_runtime.learning.store import check_label
 from sortline.edge_runtime.model.pipeline import UNKNOWN, UNSURE
 from sortline.edge_runtime.station.observers import ObservedItem
 from sortline.hardware.files import atomic_file
+from sortline.hardware.items import readings_from_dicts, write_readings, write_views
 
 log = logging.getLogger(__name__)
 ITEM_FILE = "item.json"
@@ -65,7 +65,6 @@ DRIFT = "drift"  # the reason of an item taken because the items drifted
 KEY = re.compile(r"^\d{1,10}-\d{8}T\d{6}\d{0,6}$")
 MAX_ITEM_JSON = 1 << 20
 NOVEL_Z = 3.0  # strangeness (in the reference's own deviations) from which an item is novel
-FAST_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # lossless still; a third of the default's time
 RANK_GROUPS = 50  # clusters the ranking draws from in turn, at most
 GROUP_ITEMS = 5  # and at least this many items a cluster on average (a typical member needs others)
 TYPICAL_NEIGHBOURS = 20  # a member's typicality: its mean distance to this many nearest members
@@ -257,8 +256,7 @@ class UnsureQueue:
         return self._matrix
 
     def _spacing(self) -> float:
-        """The median distance of a queued item to its nearest neighbour (0 with fewer than 3),
-        measured again after every SPACING_EVERY items kept."""
+        """Median distance of an item to its nearest neighbour (0 under 3), every SPACING_EVERY kept."""
         if len(self._entries) < 3:
             return 0.0
         if self._spacing_at is None or abs(self.kept - self._spacing_at[0]) >= SPACING_EVERY:
@@ -289,11 +287,13 @@ class UnsureQueue:
             return None
 
     def _trim(self) -> None:
-        """The oldest out, until the queue is within its caps."""
-        cap_bytes = self.config.max_mb * 1e6
-        while self._entries and (len(self._entries) > self.config.max_items
-                                 or sum(e.bytes for e in self._entries.values()) > cap_bytes):
-            self._remove(next(iter(self._entries)))
+        """The oldest out, unlabelled ones first (a label is a person's work), until within the caps."""
+        total = sum(e.bytes for e in self._entries.values())
+        for entry in sorted(self._entries.values(), key=lambda e: e.label is not None):  # oldest first in each
+            if len(self._entries) <= self.config.max_items and total <= self.config.max_mb * 1e6:
+                break
+            total -= entry.bytes
+            self._remove(entry.key)
             self._drop("cap")
 
     def _remove(self, key: str) -> None:
@@ -392,8 +392,9 @@ def read_folder(folder: Path) -> tuple[list[Entry], int]:
 
 
 def export(queue: UnsureQueue, out: Path) -> int:
-    """The labelled items as an item folder tree (``OUT/<label>/<item>/``, as ``sortline fit``
-    and ``sortline enroll`` read), with ``OUT/labels.csv``; returns how many."""
+    """The labelled items as an item folder tree (``OUT/<label>/<item>/``: the views and the
+    readings, as ``sortline fit`` and ``sortline enroll`` read), with ``OUT/labels.csv``; returns
+    how many. An item whose ``item.json`` cannot be read back is exported without its readings."""
     out = Path(out)
     labelled = [e for e in queue.ranked() if e.label is not None]
     rows = []
@@ -402,6 +403,13 @@ def export(queue: UnsureQueue, out: Path) -> int:
         target.mkdir(parents=True, exist_ok=True)
         for image in (queue.folder / entry.key).glob("v*.png"):
             shutil.copy2(image, target / image.name)
+        try:
+            record = json.loads((queue.folder / entry.key / ITEM_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("queue %s: %s exported without its readings (%s)", queue.folder, entry.key, exc)
+            record = {}
+        rows_in = record.get("readings") if isinstance(record, dict) else None
+        write_readings(target, readings_from_dicts(rows_in if isinstance(rows_in, list) else []))
         rows.append((entry.item_id, entry.key, entry.label))
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as f:
@@ -422,11 +430,7 @@ def write_entry(folder: Path, key: str, item: ObservedItem, hour: int, reasons: 
               "readings": [dataclasses.asdict(r) for r in item.readings if dataclasses.is_dataclass(r)]}
     try:
         staging.mkdir()
-        for k, view in enumerate(item.views):
-            if view is not None:
-                cv2.imwrite(str(staging / f"v{k}.rgb.png"), cv2.cvtColor(view.rgb, cv2.COLOR_RGB2BGR), FAST_PNG)
-                if view.nir is not None:
-                    cv2.imwrite(str(staging / f"v{k}.nir.png"), view.nir, FAST_PNG)
+        write_views(staging, item.views)
         features = item.pipeline.features(item.item_id, item.embeddings, item.readings)
         np.save(staging / "features.npy", features)
         np.save(staging / "pooled.npy", pooled)
