@@ -189,6 +189,22 @@ def test_a_refit_that_loses_the_known_classes_is_refused(tmp_path, six_products)
         assert enroller.refit(force=True).version == 2
 
 
+def test_a_refit_never_changes_the_blas_thread_count(tmp_path, six_products, monkeypatch):
+    """The BLAS thread count is set once, when the first enroller (or station) is made: OpenBLAS
+    can hang a thread that is inside a BLAS call while another changes it (a refit's
+    threadpool_limits once froze the queue's thread inside a matrix product for good)."""
+    from threadpoolctl import ThreadpoolController, threadpool_info
+
+    with Enroller(six_products, tmp_path / "store.sqlite") as enroller:
+        assert {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"} == {1}
+        changed = []
+        for controller in ThreadpoolController().lib_controllers:
+            monkeypatch.setattr(type(controller), "set_num_threads",
+                                lambda self, n: changed.append((self.internal_api, n)))
+        enroller.refit(force=True)
+        assert changed == []
+
+
 def test_a_refit_that_would_lose_known_classes_is_refused(tmp_path, tiny_checkout_bundle):
     """Known classes' held-back examples must not be lost: here a copy of a known class's
     distribution is enrolled under a new name, and would take half of its items."""

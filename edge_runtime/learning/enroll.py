@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import binomtest
-from threadpoolctl import threadpool_limits
 
 from sortline.edge_runtime.errors import SortlineError
 from sortline.edge_runtime.model.arrays import read_npz
@@ -35,7 +34,7 @@ from sortline.edge_runtime.model.bundle import Bundle, BundleError, DecisionPoli
 from sortline.edge_runtime.model.fusion import Reading, fuse
 from sortline.edge_runtime.model.head import HeadError, LogisticHead, OpenSet
 from sortline.edge_runtime.model.pipeline import Classifier, Decision, ItemPipeline, load_embedder
-from sortline.edge_runtime.model.runtimes import Embedder
+from sortline.edge_runtime.model.runtimes import Embedder, one_blas_thread
 from sortline.hardware.camera import FrameError, ViewFrame
 from sortline.hardware.images import IMAGE_SUFFIXES, read_image
 
@@ -142,6 +141,7 @@ class Enroller:
     station's loop may call it at once."""
 
     def __init__(self, bundle: Bundle, store: str | Path, embedder: Embedder | None = None) -> None:
+        one_blas_thread()
         self.bundle = bundle
         m = bundle.manifest
         self.feature_count = m.fusion.feature_count(m.embedding_dim)
@@ -253,10 +253,9 @@ class Enroller:
             x, y = stored.features, np.array([index[label] for label in stored.labels])
             fit = functools.partial(LogisticHead.fit, C=C, seed=seed, tol=REFIT_TOL)
             held = held_back(stored.ids, y)
-            # Measured on the grocery-store memory (2,300 examples × 512, 81 classes): one of these
-            # fits takes 0.69 s on one BLAS thread and 1.17 s on two, and two fits side by side
-            # on one thread each 0.63 s. So the check and the final head are fitted at once.
-            with threadpool_limits(1), ThreadPoolExecutor(2, thread_name_prefix="refit") as pool:
+            # Grocery-store memory (2,300 × 512, 81 classes): a fit takes 0.69 s on one BLAS thread
+            # (one_blas_thread, set when the enroller was made), 1.17 s on two; two side by side 0.63 s.
+            with ThreadPoolExecutor(2, thread_name_prefix="refit") as pool:
                 control = self._control(current, stored, x, y, labels, held, fit) if current else None
                 start = control or (current.head if current else None)
                 checking = (pool.submit(fit, x[~held], y[~held], labels, init=start)

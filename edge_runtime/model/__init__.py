@@ -9,6 +9,7 @@ files that carry it from the desktop to the station. Depends on nothing else in 
 - ``preprocess.py``: the one inference-time preprocessing, shared with training evaluation;
 - ``embedder.py``: ONNX Runtime on a bundle's backbone, and embedding parity;
 - ``runtimes.py``: the runtimes behind one :class:`Embedder` interface (ONNX Runtime, OpenVINO);
+  numpy's BLAS on one thread, set once for the process;
 - ``choice.py``: the runtime and thread count chosen by measurement, on the bundle's check inputs;
 - ``head.py``: the logistic-regression head as plain arrays, and the open-set test;
 - ``arrays.py``: ``.npz`` files read with every array's header checked before allocating;

@@ -42,6 +42,23 @@ from .preprocess import InputSpec, preprocess_views
 log = logging.getLogger(__name__)
 RUNTIMES = ("onnxruntime", "openvino")
 AUTO = "auto"
+_BLAS = threading.Lock()
+_blas_set = False
+
+
+def one_blas_thread() -> None:
+    """numpy's BLAS on one thread for the rest of this process, set by the first call; later calls
+    do nothing. A station's own matrices are small (heads, fusion, the watch's statistics) and the
+    embedding has the cores. The count is process-wide and is never changed again: OpenBLAS can
+    hang a thread that is inside a BLAS call while another changes it (threadpoolctl issue 205),
+    which is how a refit's ``threadpool_limits`` once froze the queue's thread for good."""
+    global _blas_set
+    with _BLAS:
+        if not _blas_set:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(1, user_api="blas")
+            _blas_set = True
 
 
 class Embedder(Protocol):

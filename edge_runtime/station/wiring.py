@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from sortline.edge_runtime.model.pipeline import Decision, ItemPipeline
+from sortline.edge_runtime.model.runtimes import one_blas_thread
 from sortline.hardware.camera import FrameSource
 from sortline.hardware.serial_link import DEFAULT_BAUD, Received, SerialLink
 
@@ -43,6 +44,7 @@ class RunningStation:
                  bauds: Mapping[str, int] | None = None, reconnect_s: float = 0.5,
                  on_decision: Callable[[Decision], None] | None = None, observers: Sequence[Observer] = (),
                  sinks: Sequence[ResultSink] = ()) -> None:
+        one_blas_thread()  # before the station's threads: set once, never while one is inside BLAS
         inbox: queue.Queue[Received] = queue.Queue(maxsize=INBOX)
         bauds = bauds or {}
         self.links = [SerialLink(url, name, inbox=inbox, reconnect_s=reconnect_s,
