@@ -5,6 +5,7 @@ API, serve) are further down."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -526,6 +527,48 @@ def test_the_adapt_loop_labels_after_the_alarm_refits_and_shadows(tmp_path, tiny
         assert promotion["by"] == "policy" and promotion["at_item"] > adapt["alarm_at_item"]
     at, mcc = rolling_mcc(run.decisions, run.truth, pipeline.labels)
     assert len(at) == len(mcc) > 5 and np.all(np.diff(at) > 0)
+
+
+def test_the_adapt_loop_shadows_each_retrained_bundle_and_no_head_refit_replaces_it(tmp_path, tiny_bundle):
+    """With a retrain (the desktop's `sortline fit`, here a stand-in that re-issues the live bundle
+    and keeps what it was given): after every 8 labels, one retrain at a time, the queue's labels
+    go to it as an item folder tree with their taps; the bundle it makes is loaded as the station
+    loads one and shadowed; while it is the candidate or live, no head refit takes its place."""
+    from test_watch import SMALL
+
+    from sortline.edge_runtime.hil.adapt import Operator, adapt_on_line
+    from sortline.edge_runtime.hil.runs import make_scenario
+    from sortline.edge_runtime.labelling.book import folder_items
+    from sortline.edge_runtime.model.bundle import with_policy
+    from sortline.hardware.sim.line import LineConfig
+    from sortline.hardware.sim.shifts import Shift
+
+    given = []
+
+    def retrain(labels, stop):
+        data = folder_items(labels)
+        given.append((len(data.items), data.sensor, {len(i.readings) for i in data.items}))
+        time.sleep(1.0)  # the labels go on meanwhile
+        return with_policy(tiny_bundle, tiny_bundle.manifest.decision, tmp_path / f"retrained-{len(given)}").root
+
+    scenario = make_scenario("avocado", 13, shift=Shift("cultivar", 250), distinct=900)
+    pipeline = ItemPipeline(tiny_bundle, threads=1)
+    policy = ShadowPolicy(auto=True, min_items=40, min_labelled=5, window_items=200, rate_bound=0.99,
+                          rollback_on_drift=False)  # no rollback: each promotion stays
+    run, adapt = adapt_on_line(tiny_bundle, pipeline, LineConfig(items=900, seed=13, pitch_ms=20), scenario,
+                               tmp_path / "run", 250, Operator(labels_per_hour=36_000, refit_every=4, retrain_after=8),
+                               SMALL, policy, retrain=retrain, progress=False)
+    assert run.summary["lost"] == 0 and run.summary["items"] == 900
+    retrains = adapt["retrains"]
+    assert len(retrains) == len(given) >= 2 and [r["error"] for r in retrains] == [None] * len(retrains), retrains
+    for record, (items, sensor, readings) in zip(retrains, given):
+        assert items == record["labels"] >= record["after_labels"] and sensor == "taps" and readings == {5}
+    assert all(b["after_labels"] - a["after_labels"] >= 8 for a, b in zip(retrains, retrains[1:]))
+    events = [json.loads(x) for x in (tmp_path / "run" / "shadow.jsonl").read_text().splitlines()]
+    starts = [e["candidate"] for e in events if e.get("shadow") == "start"]
+    first_bundle = next(k for k, name in enumerate(starts) if name.startswith("bundle "))
+    assert starts[0].startswith("head ") and all(name.startswith("bundle ") for name in starts[first_bundle:]), starts
+    assert {f"bundle {r['bundle']}" for r in retrains if r["bundle"]} >= set(starts[first_bundle:])
 
 
 def test_the_running_tally_equals_a_count_of_the_records_kept():

@@ -12,6 +12,7 @@ from pathlib import Path
 from sortline.edge_runtime.cli import flags
 from sortline.edge_runtime.daemon.config import API_PORT
 from sortline.edge_runtime.errors import SortlineError
+from sortline.edge_runtime.hil.adapt import RETRAIN_AFTER
 
 from .methods import METHODS
 from .recipe_book import RECIPES
@@ -73,6 +74,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="--adapt: the simulated operator's pace, labels per hour of line time (default 3600)")
     demo.add_argument("--refit-every", type=flags.positive(int), default=30,
                       help="--adapt: refit a candidate after this many labels (default 30)")
+    demo.add_argument("--retrain-after", type=flags.positive(int, zero=True), default=RETRAIN_AFTER,
+                      help="--adapt: after this many labels the desktop retrains the bundle on them (`sortline "
+                           f"fit` from its backbone) and the shadow runs it (default {RETRAIN_AFTER}; 0: heads only)")
     demo.set_defaults(handler=_desktop("demo"))
 
     pretrain = commands.add_parser(

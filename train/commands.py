@@ -35,6 +35,7 @@ def demo(args: argparse.Namespace) -> dict:
                                   serve_port=args.port if args.serve else None, shift=args.shift,
                                   watch=not args.no_watch, queue=args.queue, adapt=args.adapt,
                                   labels_per_hour=args.labels_per_hour, refit_every=args.refit_every,
+                                  retrain_after=args.retrain_after,
                                   mqtt=args.mqtt, opcua=args.opcua,
                                   **({"false_alarm_items": args.false_alarm_items} if args.false_alarm_items else {})))
     print((Path(args.out) / "summary.md").read_text())

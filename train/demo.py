@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 
 from sortline.edge_runtime.cli.flags import until_signalled
 from sortline.edge_runtime.errors import ConfigError
-from sortline.edge_runtime.hil.adapt import Operator, adapt_on_line, rolling_mcc
+from sortline.edge_runtime.hil.adapt import RETRAIN_AFTER, Operator, adapt_on_line, rolling_mcc
 from sortline.edge_runtime.hil.report import markdown
 from sortline.edge_runtime.hil.runs import DISTINCT_ITEMS, LineRun, make_scenario, sort_on_simulated_line
 from sortline.edge_runtime.model.bundle import (
@@ -33,7 +34,7 @@ from sortline.edge_runtime.model.bundle import (
     sign_bundle,
     signing_key,
 )
-from sortline.edge_runtime.model.fusion import FusionSpec
+from sortline.edge_runtime.model.fusion import FusionSpec, LabeledItem
 from sortline.edge_runtime.model.pipeline import ItemPipeline
 from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.edge_runtime.plant import Plant, local_plant
@@ -43,6 +44,7 @@ from sortline.hardware.sim.line import LineConfig, Scenario
 from sortline.hardware.sim.shifts import Shift, shifted_scenario
 
 from .plots import adapt_png, confusion_png, latency_png
+from .retrain import desktop_retrain
 from .sim_data import sim_items, unlabeled_views
 from .station_fit import SAFE_EXIT, FitConfig, fit_station_bundle, stage
 
@@ -96,6 +98,7 @@ class DemoConfig:
     adapt: bool = False  # with a shift: the simulated operator labels, refits; the shadow promotes
     labels_per_hour: float = 3600.0  # the simulated operator's pace, in line time
     refit_every: int = 30  # labels between two refits
+    retrain_after: int = RETRAIN_AFTER  # --adapt: labels before the desktop retrains the bundle (0: heads only)
     mqtt: str | None = None  # publish results to this MQTT broker (docs/integration.md)
     opcua: str | None = None  # serve an OPC UA server on this loopback endpoint
 
@@ -109,11 +112,15 @@ def demo_watch(cfg: DemoConfig, out: Path, on_label=None) -> StationWatch | None
 
 
 def _sort_and_adapt(cfg: DemoConfig, bundle: Bundle, pipeline: ItemPipeline, line: LineConfig, scenario: Scenario,
-                    events: Path, out: Path, stop: threading.Event) -> tuple[LineRun, dict]:
+                    events: Path, out: Path, stop: threading.Event,
+                    labeled: Sequence[LabeledItem]) -> tuple[LineRun, dict]:
+    retrain = desktop_retrain(out / "retrain", labeled, scenario.classes, out / "backbone.ckpt",
+                              bundle.manifest.decision, cfg.seed, cfg.key)
     run, adapt = adapt_on_line(bundle, pipeline, line, scenario, out, cfg.shift.at_item,
-                               Operator(cfg.labels_per_hour, cfg.refit_every),
+                               Operator(cfg.labels_per_hour, cfg.refit_every, cfg.retrain_after),
                                DriftConfig(items_between_false_alarms=cfg.false_alarm_items),
-                               event_log=events, progress=cfg.progress, stop=stop)
+                               retrain=retrain, public_key=public_key_path(signing_key(cfg.key)), event_log=events,
+                               progress=cfg.progress, stop=stop)
     at, mcc = rolling_mcc(run.decisions, run.truth, pipeline.labels)
     adapt_png(at, mcc, adapt, out / "adapt.png")
     return run, adapt
@@ -131,6 +138,7 @@ class TrainedStation:
     bundle: Bundle
     backbone: torch.nn.Module
     scenarios: dict[str, Scenario]  # "pool", "labeled", "line": three worlds of one scenario
+    labeled: list[LabeledItem]  # the items the head (and the item stage) learned from
     manifest: Manifest
     export_report: dict
 
@@ -173,7 +181,7 @@ def train_station_bundle(cfg: DemoConfig, out: Path, timings: dict[str, float]) 
                   checkpoint=cfg.checkpoint),
         out, out / "bundle", f"{cfg.scenario}-{cfg.recipe or cfg.backbone + '-simclr'}", timings)
     bundle, backbone, manifest = fitted.bundle, fitted.backbone, fitted.manifest
-    return TrainedStation(bundle, backbone, scenarios, manifest, fitted.export_report)
+    return TrainedStation(bundle, backbone, scenarios, labeled, manifest, fitted.export_report)
 
 
 def _sort_and_serve(cfg: DemoConfig, bundle: Bundle, pipeline: ItemPipeline, line: LineConfig, scenario: Scenario,
@@ -230,7 +238,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     adapt = None
     with until_signalled() as stop:
         if cfg.adapt:
-            run, adapt = _sort_and_adapt(cfg, bundle, pipeline, line, on_line, events, out, stop)
+            run, adapt = _sort_and_adapt(cfg, bundle, pipeline, line, on_line, events, out, stop, trained.labeled)
         elif cfg.serve_port is None:
             run = sort_on_simulated_line(pipeline, line, on_line, event_log=events, progress=cfg.progress,
                                          stop=stop, watch=demo_watch(cfg, out), plant=plant)

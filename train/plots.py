@@ -207,7 +207,9 @@ def adapt_png(at: np.ndarray, mcc: np.ndarray, adapt: dict, path: Path) -> Path:
     ax.plot(at, mcc, color="#1f4e79", lw=1.5, label="MCC, last 200 items")
     marks = [(adapt["shift_at_item"], "shift", "#b22222", "--"),
              (adapt["alarm_at_item"], "drift alarm", "#e67e22", ":")]
-    marks += [(p["at_item"], "promotion", "#2e8b57", "-") for p in adapt["promotions"]]
+    marks += [(p.get("decided_from_item") or p["at_item"],
+               "retrained bundle live" if p["candidate"].startswith("bundle ") else "head promoted",
+               "#2e8b57" if p["candidate"].startswith("bundle ") else "#6b8e23", "-") for p in adapt["promotions"]]
     marks += [(r["at_item"], "rollback", "#7f3f98", "-.") for r in adapt["rollbacks"]]
     shown = set()
     for x, name, colour, style in marks:
@@ -219,9 +221,10 @@ def adapt_png(at: np.ndarray, mcc: np.ndarray, adapt: dict, path: Path) -> Path:
     ax.set_ylim(min(0.0, float(np.nanmin(mcc)) if len(mcc) else 0.0) - 0.05, 1.0)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
-    after = adapt["mcc_after_promotion"]
+    after = [p["mcc_after"] for p in adapt["promotions"] if p.get("mcc_after") is not None]
     ax.set_title(f"MCC {adapt['mcc_before_shift']} before the shift, {adapt['mcc_after_shift']} after it, "
-                 f"{after if after is not None else '—'} after the promotion ({adapt['labelled']} labels)", fontsize=9)
+                 f"{' then '.join(str(a) for a in after) or '—'} on the 1,000 items after each promotion "
+                 f"({adapt['labelled']} labels)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

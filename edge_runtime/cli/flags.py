@@ -13,16 +13,16 @@ from pathlib import Path
 from sortline.edge_runtime.model.runtimes import AUTO, RUNTIMES
 
 
-def positive(kind: type) -> Callable[[str], float | int]:
-    """An argparse type: a number of ``kind`` above zero."""
+def positive(kind: type, zero: bool = False) -> Callable[[str], float | int]:
+    """An argparse type: a number of ``kind`` above zero (or ``zero`` too)."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
+        if not (value >= 0 if zero else value > 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'zero or more' if zero else 'above zero'}")
         return value
 
     return parse
