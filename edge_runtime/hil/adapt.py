@@ -271,18 +271,26 @@ def adapt_summary(decisions: Sequence[Decision], truth: Mapping[int, int], label
     promotion counts from the first item its version decided."""
     alarms = [a for a in watch.drift.summary()["alarms"] if a["at_item"] >= shift_at]
     history = watch.shadow.history
-    promotions = [{**e, "decided_from_item": decided.first(e["candidate"])} for e in history
-                  if e["event"] == "shadow-promote"]
-    promoted_at = promotions[0]["decided_from_item"] if promotions else None
     ordered = sorted(decisions, key=lambda d: d.item_id)
+
+    def span(at: int | None) -> list[Decision]:  # the after_items items from item `at` on
+        return [d for d in ordered if at is not None and at <= d.item_id < at + after_items]
+
+    def mcc_after(at: int | None) -> float | None:
+        items = span(at)
+        return _mcc(items, truth, labels) if len(items) >= after_items // 2 else None
+
+    promotions = []
+    for e in history:
+        if e["event"] == "shadow-promote":
+            first = decided.first(e["candidate"])
+            promotions.append({**{k: e[k] for k in ("candidate", "at_item", "by", "why")},
+                               "decided_from_item": first, "mcc_after": mcc_after(first)})
+    first = promotions[0] if promotions else {"decided_from_item": None, "mcc_after": None}
+    bundle = next((p for p in promotions if p["candidate"].startswith("bundle ")), {})
+    promoted_at = first["decided_from_item"]
     before = [d for d in ordered if d.item_id < shift_at]
     after_shift = [d for d in ordered if d.item_id >= shift_at and (promoted_at is None or d.item_id <= promoted_at)]
-
-    def after(at: int | None) -> float | None:  # the MCC on the after_items items from item `at` on
-        span = [d for d in ordered if at is not None and at <= d.item_id < at + after_items]
-        return _mcc(span, truth, labels) if len(span) >= after_items // 2 else None
-
-    bundles = [e for e in promotions if str(e["candidate"]).startswith("bundle ")]
     return {
         "shift_at_item": shift_at,
         "alarm_at_item": alarms[0]["at_item"] if alarms else None,
@@ -290,17 +298,15 @@ def adapt_summary(decisions: Sequence[Decision], truth: Mapping[int, int], label
         "refits": operator.refits,
         "retrains": operator.retrains,
         "promoted_at_item": promoted_at,
-        "promotions": [{**{k: e[k] for k in ("candidate", "at_item", "decided_from_item", "by", "why")},
-                        "mcc_after": after(e["decided_from_item"])} for e in promotions],
+        "promotions": promotions,
         "rollbacks": [{k: e[k] for k in ("version", "at_item", "by", "why")} for e in history
                       if e["event"] == "shadow-rollback"],
         "mcc_before_shift": _mcc(before, truth, labels),
         "mcc_after_shift": _mcc(after_shift, truth, labels),
-        "mcc_after_promotion": after(promoted_at),
-        "items_after_promotion": sum(1 for d in ordered if promoted_at is not None
-                                     and promoted_at <= d.item_id < promoted_at + after_items),
-        "bundle_promoted_at_item": bundles[0]["decided_from_item"] if bundles else None,
-        "mcc_after_bundle_promotion": after(bundles[0]["decided_from_item"]) if bundles else None,
+        "mcc_after_promotion": first["mcc_after"],
+        "items_after_promotion": len(span(promoted_at)),
+        "bundle_promoted_at_item": bundle.get("decided_from_item"),
+        "mcc_after_bundle_promotion": bundle.get("mcc_after"),
     }
 
 
