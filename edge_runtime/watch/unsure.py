@@ -21,16 +21,18 @@ close as a repeat) takes its place only when it is more uncertain. What is not k
 
 :meth:`UnsureQueue.ranked` orders the queue by typicality, diversity and uncertainty, as
 TypiClust does for small labelling budgets (Hacohen et al., "Active learning on a budget", ICML
-2022): the unlabelled items are grouped (k-means on their features as the head takes them, as
-unit vectors; up to RANK_GROUPS groups, of GROUP_ITEMS items or more on average), and the
-ranking takes one item from each group in turn, larger groups first; a group's first item is its
-most typical (the densest: nearest on average to its TYPICAL_NEIGHBOURS nearest neighbours in the
+2022): the items are grouped (k-means on their features as the head takes them, as unit vectors,
+labelled items too; up to RANK_GROUPS groups, of GROUP_ITEMS items or more on average), and the
+groups with the fewest labels give the next ones, the larger group first: before any label that
+is one item from each group in turn, larger groups first. A group's first item is its most
+typical (the densest: nearest on average to its TYPICAL_NEIGHBOURS nearest neighbours in the
 group), the ones after it the most uncertain first. So fifty look-alikes are one group and take
-one place at the top, and the top fifty are the fifty kinds of item the queue holds most of, each
-by its most typical member: a few labels of typical items teach a refit more than a few of the
-oddest ones (measured in docs/drift.md). Labels given (:meth:`UnsureQueue.label`, the operator
-page, ``sortline queue label``) are kept in the item's ``item.json`` and become examples in the
-enrollment store.
+one place at the top, the top fifty are the fifty kinds of item the queue holds most of, each by
+its most typical member, and labels given one at a time (the ranking made again after each, as an
+operator works) spread over the kinds instead of all going to the commonest one: a few labels of
+typical items teach a refit more than a few of the oddest ones (measured in docs/drift.md).
+Labels given (:meth:`UnsureQueue.label`, the operator page, ``sortline queue label``) are kept
+in the item's ``item.json`` and become examples in the enrollment store.
 """
 
 from __future__ import annotations
@@ -449,31 +451,40 @@ def _unit(vector: np.ndarray) -> np.ndarray:
 
 
 def rank_entries(entries: list[Entry]) -> list[str]:
-    """Unlabelled entries grouped into up to RANK_GROUPS clusters of their features (k-means on
-    unit vectors); each round takes one item from each cluster, larger clusters first (ties: the
-    more uncertain first); a cluster's first item is its most typical, the rest by uncertainty.
-    Then the labelled entries."""
+    """Unlabelled entries ranked as TypiClust picks (module docstring): all entries of the commonest
+    feature size, labelled ones too, grouped into up to RANK_GROUPS clusters (k-means on unit
+    vectors); an unlabelled item's place is the label it would be in its cluster (the cluster's
+    labels so far plus its place among the cluster's unlabelled items: the most typical first, then
+    the most uncertain), ties to the larger cluster, then the more uncertain one. Before any label
+    that is one item from each cluster in turn, larger clusters first; after labels, the clusters
+    with fewest labels come first, so labels given one at a time, the ranking made again after
+    each, still spread over the kinds of item instead of all going to the commonest kind.
+    Unlabelled items of other feature sizes follow by uncertainty, then the labelled entries."""
     todo = [e for e in entries if e.label is None]
-    done = [e.key for e in entries if e.label is not None]
+    done = [e for e in entries if e.label is not None]
     if len(todo) < 2:
-        return [e.key for e in todo] + done
+        return [e.key for e in todo + done]
     size = max(set(lengths := [len(e.features) for e in todo]), key=lengths.count)
-    if len(set(lengths)) > 1:  # kept under bundles of other feature sizes: those after, by uncertainty
-        others = sorted((e for e in todo if len(e.features) != size), key=lambda e: -e.uncertainty)
-        return rank_entries([e for e in todo if len(e.features) == size]) + [e.key for e in others] + done
-    features = np.array([_unit(e.features) for e in todo])
+    others = sorted((e for e in todo if len(e.features) != size), key=lambda e: -e.uncertainty)
+    todo = [e for e in todo if len(e.features) == size]
+    known = [e for e in done if len(e.features) == size]
+    features = np.array([_unit(e.features) for e in todo + known])
     uncertainty = np.array([e.uncertainty for e in todo])
-    groups = max(1, min(RANK_GROUPS, len(todo) // GROUP_ITEMS))
-    found = KMeans(groups, n_init=3, random_state=0).fit(features).labels_
-    members = []
+    groups = max(1, min(RANK_GROUPS, len(features) // GROUP_ITEMS))
+    found = KMeans(groups, n_init=3, random_state=0).fit(features).labels_ if groups > 1 else np.zeros(len(features))
+    places = []  # (the label it would be in its cluster, -cluster size, -uncertainty, index)
     for g in np.unique(found):
         inside = np.flatnonzero(found == g)
-        first = inside[int(np.argmax(_typicality(features[inside])))]
-        rest = sorted((i for i in inside if i != first), key=lambda i: -uncertainty[i])
-        members.append(((-len(inside), -float(uncertainty[inside].max())), [first, *rest]))
-    members.sort(key=lambda m: m[0])
-    order = [m[1][r] for r in range(max(len(m[1]) for m in members)) for m in members if r < len(m[1])]
-    return [todo[i].key for i in order] + done
+        unlabelled = inside[inside < len(todo)]
+        if not len(unlabelled):
+            continue
+        typicality = _typicality(features[inside])[np.searchsorted(inside, unlabelled)]
+        first = unlabelled[int(np.argmax(typicality))]
+        members = [first, *sorted((i for i in unlabelled if i != first), key=lambda i: -uncertainty[i])]
+        labels_so_far = len(inside) - len(unlabelled)
+        places += [(labels_so_far + p, -len(inside), -float(uncertainty[i]), i) for p, i in enumerate(members)]
+    order = [place[-1] for place in sorted(places)]
+    return [todo[i].key for i in order] + [e.key for e in others] + [e.key for e in done]
 
 
 def _typicality(rows: np.ndarray) -> np.ndarray:
