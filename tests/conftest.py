@@ -42,10 +42,11 @@ def _items(scenario, count: int) -> list[LabeledItem]:
                         list(scenario.readings(i, 0))) for i in range(count)]
 
 
-def make_tiny_bundle(out: Path, work: Path, labeled_fruit: int = 120) -> Bundle:
-    """A bundle whose head is fitted on the tiny backbone's embeddings of simulated fruit."""
+def make_tiny_bundle(out: Path, work: Path, labeled_fruit: int = 120, retrained: bool = False) -> Bundle:
+    """A bundle whose head is fitted on the tiny backbone's embeddings of simulated fruit
+    (``retrained``: on the same net with other weights, as a retrain leaves it)."""
 
-    onnx_path = tiny_backbone_onnx(4)
+    onnx_path = FIXTURES / "tiny-4ch-retrained.onnx" if retrained else tiny_backbone_onnx(4)
     embedder = OnnxEmbedder(onnx_path, SPEC)
     items = []
     for i in range(labeled_fruit):

@@ -15,13 +15,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_daemon import _camera_folders, _station_file, serve_simulated_line
 
-from sortline.edge_runtime.learning.enroll import Enroller
+from sortline.edge_runtime.learning.enroll import Enroller, enroll_label
 from sortline.hardware.sim.line import LineConfig, SimulatedLine
 
 TOKEN = "test-token-0123456789abcdef"
@@ -548,7 +549,7 @@ def test_the_operator_page_shows_drift_alarms_and_labels_the_queue(tmp_path, tin
     enroller = Enroller(tiny_bundle, tmp_path / "enroll.sqlite")
     watch = StationWatch.build(DriftConfig(reference_items=60, step=10, camera_window=20, item_window=40,
                                            components=4), QueueConfig(tmp_path / "queue", reserve_mb=0),
-                               on_label=enroller.add)
+                               on_label=partial(enroll_label, enroller))
     shot = tmp_path / "operator-drift.png"
     seen: dict = {}
 

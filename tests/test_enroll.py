@@ -436,3 +436,50 @@ def test_serve_runs_the_stores_head_and_follows_a_rollback(tmp_path, tiny_bundle
     events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     versions = [e["head_version"] for e in sorted(events, key=lambda e: e["item_id"])]
     assert versions[0] == 1 and versions[-1] == 0 and versions == sorted(versions, reverse=True)
+
+
+def test_a_retrained_bundle_keeps_a_store_of_its_own_and_labels_stay_with_their_backbone(tmp_path, tiny_bundle):
+    """A bundle retrained on the desktop (another backbone), loaded by the station as a reload or
+    a shadowed candidate loads it, keeps its examples and heads in a store of its own beside the
+    first one, which stays as it was for a rollback (the station refused it before: "made with
+    the backbone …"). A queue label of an item the first bundle decided goes to the first one's
+    store only, never among the retrained bundle's examples."""
+    from conftest import make_tiny_bundle
+    from test_daemon import _station_file
+
+    from sortline.edge_runtime.daemon.config import load_station_file
+    from sortline.edge_runtime.daemon.service import _load
+    from sortline.edge_runtime.learning.enroll import enroll_label
+    from sortline.edge_runtime.learning.store import store_for
+
+    (tmp_path / "work").mkdir()
+    retrained = make_tiny_bundle(tmp_path / "retrained", tmp_path / "work", retrained=True)
+    store = tmp_path / "enroll.sqlite"
+    with Enroller(tiny_bundle, store) as enroller:
+        assert enroller.refit().version == 1
+    path = _station_file(tmp_path / "station.toml", "loop://", "loop://", bundle=tiny_bundle.root)
+    path.write_text(path.read_text().replace("[station]\n", '[station]\nstore = "enroll.sqlite"\n'))
+    station = load_station_file(path)
+    first_backbone, backbone = (b.manifest.files[b.manifest.backbone] for b in (tiny_bundle, retrained))
+    assert first_backbone != backbone
+    loaded = [_load(station, tiny_bundle.root), _load(station, retrained.root)]
+    try:
+        (first, first_enroller, _), (second, second_enroller, _) = loaded
+        assert first_enroller.store.path == store and first.classifier.version == 1
+        assert second_enroller.store.path == tmp_path / f"enroll-{backbone[:12]}.sqlite"
+        assert second.classifier.version == 0  # its own head: the first one's heads are the first backbone's
+        features = np.ones((1, first_enroller.feature_count), np.float32)  # made by the first backbone
+        kept = len(second_enroller.store.examples().ids)
+        assert not enroll_label(second_enroller, "A", features, "queue:1-20260101T000000", first_backbone)
+        assert len(second_enroller.store.examples().ids) == kept
+        before = len(first_enroller.store.examples().ids)
+        assert enroll_label(first_enroller, "A", features, "queue:1-20260101T000000", first_backbone)
+        assert len(first_enroller.store.examples().ids) == before + 1
+    finally:
+        for _, enroller, _ in loaded:
+            enroller.close()
+    assert store_for(store, first_backbone) == store  # a rollback finds the first store as it was
+    assert store_for(store, backbone) == tmp_path / f"enroll-{backbone[:12]}.sqlite"
+    (tmp_path / "broken.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreError, match="not a readable sortline store"):
+        store_for(tmp_path / "broken.sqlite", backbone)

@@ -32,23 +32,27 @@ def _list(args: argparse.Namespace) -> dict:
 
 def _label(args: argparse.Namespace) -> dict:
     from sortline.edge_runtime.errors import ConfigError
-    from sortline.edge_runtime.learning.enroll import Enroller
+    from sortline.edge_runtime.learning.enroll import Enroller, enroll_label
     from sortline.edge_runtime.model.bundle import load_bundle
 
     queue = _open(args)
     if (args.store is None) != (args.bundle is None):
         raise ConfigError("--store and --bundle go together")
     enroller = Enroller(load_bundle(args.bundle), args.store) if args.store else None
+    enrolled: list[bool] = []
     try:
         if enroller is not None:
-            queue.on_label = lambda label, features, source: enroller.add(label, features, source)
+            queue.on_label = lambda *given: enrolled.append(enroll_label(enroller, *given))
         entry = queue.label(args.key, args.label)
     finally:
         if enroller is not None:
             enroller.close()
-    where = f" and in {args.store} (refit to use it: the operator page, or POST /api/refit)" if enroller else ""
+    where = ""
+    if enroller is not None:
+        where = (f" and in {args.store} (refit to use it: the operator page, or POST /api/refit)" if all(enrolled)
+                 else f"; not in {args.store}: another bundle's backbone made its features")
     print(f"{entry.key}: labelled {entry.label} in the queue{where}")
-    return {"ok": True, **entry.to_dict(), "enrolled": enroller is not None}
+    return {"ok": True, **entry.to_dict(), "enrolled": enroller is not None and all(enrolled)}
 
 
 def _export(args: argparse.Namespace) -> dict:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sortline.edge_runtime.learning.enroll import Enroller, EnrollSession, HeadWatcher
+from sortline.edge_runtime.learning.enroll import Enroller, EnrollSession, HeadWatcher, enroll_label
 from sortline.edge_runtime.model.pipeline import ItemPipeline
 from sortline.edge_runtime.plant import Plant
 from sortline.edge_runtime.station.wiring import RunningStation
@@ -38,13 +38,14 @@ class StationControl:
     plant: Plant | None = None  # MQTT and OPC UA (plant/)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add_example(self, label: str, features: np.ndarray, source: str) -> None:
-        """A labelled item (from the queue of unsure items) as an example in the store; without
-        a store the label stays in the queue only (for ``sortline queue export``)."""
+    def add_example(self, label: str, features: np.ndarray, source: str, backbone: str = "") -> None:
+        """A labelled item (from the queue of unsure items) as an example in the live bundle's
+        store (``enroll_label``: not when another backbone made its features); without a store the
+        label stays in the queue only (for ``sortline queue export``)."""
         if self.enroller is None:
             log.info("%s labelled %s; no [station] store, so it is not an enrolled example", source, label)
             return
-        self.enroller.add(label, features, source)
+        enroll_label(self.enroller, label, features, source, backbone)
 
     @property
     def is_ready(self) -> bool:

@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sortline.edge_runtime.learning.enroll import Enroller, HeadWatcher
+from sortline.edge_runtime.learning.store import store_for
 from sortline.edge_runtime.model.bundle import Bundle
 from sortline.edge_runtime.model.pipeline import Classifier, ItemPipeline
 from sortline.edge_runtime.station import StationConfig, StationStats
@@ -114,7 +115,8 @@ def _load(station_file: StationFile, bundle: Path) -> tuple[ItemPipeline, Enroll
     def store_head(loaded: Bundle) -> Classifier | None:  # the store's current head, if there is a store
         if station_file.station.store is None:
             return None
-        enrollers.append(Enroller(loaded, station_file.file(station_file.station.store)))
+        backbone = loaded.manifest.files[loaded.manifest.backbone]  # (checked as the bundle was loaded)
+        enrollers.append(Enroller(loaded, store_for(station_file.file(station_file.station.store), backbone)))
         return enrollers[0].classifier()
 
     try:

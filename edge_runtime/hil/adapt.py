@@ -5,13 +5,14 @@ watch has raised an alarm it labels the queue of unsure items at a fixed pace of
 (``labels_per_hour``), the truth of the simulated line standing in for the person's eye, the most
 worth-labelling item first (while a candidate runs: among the items the candidate saw, so the
 labels also judge it). Each label becomes an example in the station's store (the queue's
-``on_label``) and joins the shadow log. After every ``refit_every`` labels, unless the running
-candidate is about to be promoted, it refits a head from the store as a candidate (not live) and
-puts it in the shadow, in place of the one before;
-the shadow's policy promotes it when it has shown itself (``watch/shadow.py``), and rolls it back
-if its rates worsen. With a ``Retrain`` (the desktop's, train/retrain.py), every ``retrain_after``
-labels the queue's labelled items are exported and the bundle is retrained on them; the bundle it
-makes is loaded as a station loads one and shadowed in place of a head, and promoted the same way.
+``on_label``: ``enroll_label``, not for an item a retrained bundle decided) and joins the shadow
+log. After every ``refit_every`` labels, unless the running candidate is about to be promoted, it
+refits a head from the store as a candidate (not live) and puts it in the shadow, in place of the
+one before; the shadow's policy promotes it when it has shown itself (``watch/shadow.py``), and
+rolls it back if its rates worsen. With a ``Retrain`` (the desktop's, train/retrain.py), every
+``retrain_after`` labels the queue's labelled items are exported and the bundle is retrained on
+them; the bundle it makes is loaded as a station loads one and shadowed in place of a head, and
+promoted the same way.
 
 :func:`adapt_summary` reads the run afterwards: where the alarm and the promotions came, and the
 MCC on the items before the shift, between the shift and the first promotion, and on the
@@ -26,12 +27,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import matthews_corrcoef
 
-from sortline.edge_runtime.learning.enroll import Enroller, RefitRefused
+from sortline.edge_runtime.learning.enroll import Enroller, RefitRefused, enroll_label
 from sortline.edge_runtime.model.bundle import Bundle
 from sortline.edge_runtime.model.pipeline import Decision, ItemPipeline
 from sortline.edge_runtime.station.observers import ObservedItem
@@ -96,7 +98,8 @@ def adapt_on_line(bundle: Bundle, pipeline: ItemPipeline, line: LineConfig, scen
     with Enroller(bundle, out / "enroll.sqlite") as enroller:
         # a simulated hour passes in seconds: the queue's hourly cap would keep a handful of items
         queue = QueueConfig(out / "queue", per_hour=1_000_000, drift_per_hour=1_000_000)
-        watch = StationWatch.build(drift, queue, on_label=enroller.add, shadow=policy, shadow_log=out / "shadow.jsonl")
+        watch = StationWatch.build(drift, queue, on_label=partial(enroll_label, enroller), shadow=policy,
+                                   shadow_log=out / "shadow.jsonl")
         person = SimulatedOperator(watch, enroller, lambda i: classes[t] if (t := scenario.label(i)) < len(classes)
                                    else None, operator, retrain, out / "retrain", public_key)
         decided = DecidedBy()

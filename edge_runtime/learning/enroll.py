@@ -338,6 +338,20 @@ class Enroller:
         return session
 
 
+def enroll_label(enroller: Enroller, label: str, features: np.ndarray, source: str, backbone: str = "") -> bool:
+    """A label given to a queued item, as an example in ``enroller``'s store, unless another
+    backbone made its features (an item decided before a bundle with another backbone went live):
+    they would mean nothing to this store's heads, and the label stays in the queue only (its
+    export retrains from the views). ``backbone``: that backbone's sha256 ("": not recorded, as in
+    queues written before it was, taken as this store's). True when it was enrolled."""
+    if backbone and backbone != enroller.store.backbone_sha256:
+        log.info("%s labelled %s: its features are another backbone's (%s…); kept in the queue only", source,
+                 label, backbone[:12])
+        return False
+    enroller.add(label, features, source)
+    return True
+
+
 class HeadWatcher:
     """Keeps a running station on the store's current head: when another process (``sortline
     enroll``, ``heads rollback``) or the daemon's API makes another version current, it is

@@ -38,6 +38,29 @@ class StoreError(SortlineError, ValueError):
     """A store that cannot be used as asked; the message names the file and the fault."""
 
 
+def store_for(base: str | Path, backbone_sha256: str) -> Path:
+    """The store file of a backbone: ``base`` while it does not exist or holds this backbone's
+    examples, else ``<stem>-<first 12 hex digits of the backbone's sha256><suffix>`` beside it. A
+    station whose bundle was retrained (another backbone) keeps its own examples and heads there,
+    and the first bundle's store stays as it was, for a rollback."""
+    base = Path(base)
+    if not base.is_file() or _meta(base).get("backbone_sha256", backbone_sha256) == backbone_sha256:
+        return base
+    return base.with_name(f"{base.stem}-{backbone_sha256[:12]}{base.suffix}")
+
+
+def _meta(path: Path) -> dict[str, str]:
+    """A store file's meta table, read only."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return dict(db.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: not a readable sortline store ({exc})") from exc
+
+
 @dataclass(frozen=True)
 class Examples:
     ids: np.ndarray  # (N,) int64
@@ -98,7 +121,7 @@ class EmbeddingStore:
     def __init__(self, path: str | Path, backbone_sha256: str, feature_count: int, bundle_name: str = "",
                  create: bool = True) -> None:
         self.path = Path(path)
-        self.feature_count = int(feature_count)
+        self.backbone_sha256, self.feature_count = backbone_sha256, int(feature_count)
         if not create and not self.path.is_file():
             raise StoreError(f"{self.path}: no such store")
         try:
@@ -118,12 +141,7 @@ class EmbeddingStore:
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"{path}: no such store")
-        try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            db.close()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path}: not a readable sortline store ({exc})") from exc
+        meta = _meta(path)
         if "backbone_sha256" not in meta or "feature_count" not in meta:
             raise StoreError(f"{path}: not a sortline store (no backbone recorded)")
         return cls(path, meta["backbone_sha256"], int(meta["feature_count"]), create=False)

@@ -74,6 +74,11 @@ REPEAT_SHARE = 0.05  # closer than this share of the queue's spacing: a repeat o
 SPACING_EVERY = 32
 
 
+# A label given (label, the item's features, "queue:<key>", the sha256 of the backbone that made
+# them or ""): into the enrollment store (learning/enroll.py: enroll_label)
+OnLabel = Callable[[str, np.ndarray, str, str], object]
+
+
 class QueueError(SortlineError, ValueError):
     """A queue request that cannot be met (no such item, a bad label); the message says why."""
 
@@ -109,6 +114,12 @@ class Entry:
     bytes: int
     pooled: np.ndarray = field(repr=False)
     features: np.ndarray = field(repr=False)  # as the head takes them (features.npy)
+
+    @property
+    def backbone(self) -> str:
+        """The sha256 of the backbone that made its features ("" when not recorded)."""
+        value = self.decision.get("backbone")
+        return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) else ""
 
     @property
     def drift_only(self) -> bool:
@@ -156,11 +167,11 @@ def assess(item: ObservedItem, margin: float, strangeness: float | None = None,
 class UnsureQueue:
     """The queue (module docstring); ``take`` runs on the item watch's thread, the rest anywhere."""
 
-    def __init__(self, config: QueueConfig, on_label: Callable[[str, np.ndarray, str], None] | None = None,
+    def __init__(self, config: QueueConfig, on_label: OnLabel | None = None,
                  clock: Callable[[], float] = time.time, seed: int | None = None) -> None:
         self.config = config
         self.folder = Path(config.folder)
-        self.on_label = on_label  # (label, features, source): into the enrollment store
+        self.on_label = on_label  # into the enrollment store
         self.on_labelled: Callable[[int, str], None] | None = None  # (item id, label): the shadow log
         self.strangeness: Callable[[ObservedItem], float | None] | None = None  # the drift watch's
         self.drifting: Callable[[], bool] | None = None  # the drift watch holds an alarm on the items
@@ -344,7 +355,7 @@ class UnsureQueue:
             except (OSError, ValueError) as exc:
                 raise QueueError(f"item {key}: cannot be read ({exc})") from exc
             if self.on_label is not None:  # the features as kept (and checked) when written or read back
-                self.on_label(label, np.atleast_2d(entry.features), f"queue:{entry.key}")
+                self.on_label(label, np.atleast_2d(entry.features), f"queue:{entry.key}", entry.backbone)
             record["label"] = label
             with atomic_file(path / ITEM_FILE, "label") as tmp:
                 tmp.write_text(json.dumps(record), encoding="utf-8")
@@ -426,6 +437,7 @@ def write_entry(folder: Path, key: str, item: ObservedItem, hour: int, reasons: 
     """The item's folder, assembled aside and renamed into place whole; OSError when it cannot be."""
     staging = folder / f".incoming-{key}"
     decision = {**item.decision.to_dict(), "lane": item.lane, "bundle": item.pipeline.version,
+                "backbone": item.pipeline.manifest.files.get(item.pipeline.manifest.backbone, ""),
                 "views": [k for k, v in enumerate(item.views) if v is not None]}
     record = {"item_id": item.item_id, "hour": hour, "uncertainty": uncertainty, "reasons": reasons,
               "decision": decision, "label": None,

@@ -6,8 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from sortline.edge_runtime.learning.enroll import Enroller
 from sortline.edge_runtime.station.loop import Station
 from sortline.edge_runtime.station.observers import Busy, ObservedItem
@@ -17,7 +15,7 @@ from .drift import DriftConfig, DriftWatch
 from .runner import ItemWatch
 from .shadow import ShadowLog, ShadowPolicy
 from .shadowing import Shadow
-from .unsure import QueueConfig, UnsureQueue
+from .unsure import OnLabel, QueueConfig, UnsureQueue
 
 
 @dataclass
@@ -35,7 +33,7 @@ class StationWatch:
     @classmethod
     def build(cls, drift: DriftConfig | None = DriftConfig(), queue: QueueConfig | None = None,
               events: Callable[[dict], None] | None = None,
-              on_label: Callable[[str, np.ndarray, str], None] | None = None,
+              on_label: OnLabel | None = None,
               shadow: ShadowPolicy | None = None, shadow_log: Path | None = None) -> StationWatch:
         watch = DriftWatch(drift, events) if drift is not None else None
         unsure = UnsureQueue(queue, on_label) if queue is not None else None
@@ -48,7 +46,7 @@ class StationWatch:
         return cls(ItemWatch([c for c in (watch, unsure) if c is not None]), watch, unsure, runner,
                    ItemWatch([runner], name="shadow") if runner is not None else None)
 
-    def attach(self, station: Station, on_label: Callable[[str, np.ndarray, str], None] | None = None,
+    def attach(self, station: Station, on_label: OnLabel | None = None,
                enroller: Enroller | None = None, host: Host | None = None) -> StationWatch:
         """Watch ``station``: the drift watch's alarms and the shadow's events to its event log,
         nothing taken while it is busy; queue labels to ``on_label`` (the enrollment store), when
