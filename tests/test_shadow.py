@@ -332,6 +332,7 @@ def test_serve_shadows_a_refit_and_a_bundle_promotes_and_rolls_back_through_the_
     import subprocess
     import time
 
+    from conftest import make_tiny_bundle
     from prometheus_client.parser import text_string_to_metric_families
     from test_api import TOKEN, _call, _station_with_api
     from test_daemon import serve_simulated_line
@@ -339,7 +340,9 @@ def test_serve_shadows_a_refit_and_a_bundle_promotes_and_rolls_back_through_the_
     from sortline.edge_runtime.cli import main
 
     older = _bundle_made(tiny_bundle, tmp_path / "older", "2020-01-01T00:00:00+00:00")
-    newer = _bundle_made(tiny_bundle, tmp_path / "newer", "")
+    (tmp_path / "work").mkdir()  # the bundle retrained on the desktop: another backbone, a store of its own
+    newer = make_tiny_bundle(tmp_path / "newer", tmp_path / "work", retrained=True)
+    assert newer.manifest.files[newer.manifest.backbone] != tiny_bundle.manifest.files[tiny_bundle.manifest.backbone]
     path, line, port = _station_with_api(tmp_path, tiny_bundle, 260)
     path.write_text(path.read_text() + '[shadow]\nenabled = true\nlog = "shadow.jsonl"\nmin_items = 20\n')
     seen: dict = {}
@@ -411,6 +414,8 @@ def test_serve_shadows_a_refit_and_a_bundle_promotes_and_rolls_back_through_the_
     items = [e for e in events if "event" not in e]
     assert sorted(e["item_id"] for e in items) == list(range(1, 261))
     assert {e["bundle"] for e in items} == {tiny_bundle.version, newer.version}
+    stores = sorted(p.name for p in tmp_path.glob("enroll*.sqlite"))
+    assert stores == ["enroll-" + newer.manifest.files[newer.manifest.backbone][:12] + ".sqlite", "enroll.sqlite"]
     assert (tmp_path / "shadow.jsonl").stat().st_size > 0
 
 
