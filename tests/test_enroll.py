@@ -460,7 +460,7 @@ def test_a_retrained_bundle_keeps_a_store_of_its_own_and_labels_stay_with_their_
     path = _station_file(tmp_path / "station.toml", "loop://", "loop://", bundle=tiny_bundle.root)
     path.write_text(path.read_text().replace("[station]\n", '[station]\nstore = "enroll.sqlite"\n'))
     station = load_station_file(path)
-    first_backbone, backbone = (b.manifest.files[b.manifest.backbone] for b in (tiny_bundle, retrained))
+    first_backbone, backbone = (b.manifest.backbone_sha256 for b in (tiny_bundle, retrained))
     assert first_backbone != backbone
     loaded = [_load(station, tiny_bundle.root), _load(station, retrained.root)]
     try:

@@ -342,7 +342,7 @@ def test_serve_shadows_a_refit_and_a_bundle_promotes_and_rolls_back_through_the_
     older = _bundle_made(tiny_bundle, tmp_path / "older", "2020-01-01T00:00:00+00:00")
     (tmp_path / "work").mkdir()  # the bundle retrained on the desktop: another backbone, a store of its own
     newer = make_tiny_bundle(tmp_path / "newer", tmp_path / "work", retrained=True)
-    assert newer.manifest.files[newer.manifest.backbone] != tiny_bundle.manifest.files[tiny_bundle.manifest.backbone]
+    assert newer.manifest.backbone_sha256 != tiny_bundle.manifest.backbone_sha256
     path, line, port = _station_with_api(tmp_path, tiny_bundle, 260)
     path.write_text(path.read_text() + '[shadow]\nenabled = true\nlog = "shadow.jsonl"\nmin_items = 20\n')
     seen: dict = {}
@@ -415,7 +415,7 @@ def test_serve_shadows_a_refit_and_a_bundle_promotes_and_rolls_back_through_the_
     assert sorted(e["item_id"] for e in items) == list(range(1, 261))
     assert {e["bundle"] for e in items} == {tiny_bundle.version, newer.version}
     stores = sorted(p.name for p in tmp_path.glob("enroll*.sqlite"))
-    assert stores == ["enroll-" + newer.manifest.files[newer.manifest.backbone][:12] + ".sqlite", "enroll.sqlite"]
+    assert stores == ["enroll-" + newer.manifest.backbone_sha256[:12] + ".sqlite", "enroll.sqlite"]
     assert (tmp_path / "shadow.jsonl").stat().st_size > 0
 
 

@@ -201,7 +201,7 @@ def test_the_queue_keeps_unsure_items_within_its_caps_and_ranks_lookalikes_down(
     assert len({e.item_id for e in ranked}) == len(ranked) <= 5
     entry = queue.label(ranked[0].key, "external")
     assert entry.label == "external" and labelled[0][0] == "external" and labelled[0][1].shape[0] == 1
-    assert labelled[0][3] == pipeline.manifest.files[pipeline.manifest.backbone]  # the backbone that made them
+    assert labelled[0][3] == pipeline.manifest.backbone_sha256  # the backbone that made them
     assert json.loads((tmp_path / "q" / entry.key / "item.json").read_text())["label"] == "external"
     again = UnsureQueue(QueueConfig(tmp_path / "q", reserve_mb=0))  # read back from disk
     assert [e.key for e in again.ranked()][-1] == entry.key and again.ranked()[-1].label == "external"

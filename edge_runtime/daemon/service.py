@@ -115,8 +115,8 @@ def _load(station_file: StationFile, bundle: Path) -> tuple[ItemPipeline, Enroll
     def store_head(loaded: Bundle) -> Classifier | None:  # the store's current head, if there is a store
         if station_file.station.store is None:
             return None
-        backbone = loaded.manifest.files[loaded.manifest.backbone]  # (checked as the bundle was loaded)
-        enrollers.append(Enroller(loaded, store_for(station_file.file(station_file.station.store), backbone)))
+        store = store_for(station_file.file(station_file.station.store), loaded.manifest.backbone_sha256)
+        enrollers.append(Enroller(loaded, store))
         return enrollers[0].classifier()
 
     try:

@@ -169,8 +169,8 @@ class SimulatedOperator:
                                           "error": None})
                     self._start(self._desktop, "desktop-retrain")
                 if self._retrained is not None and (shadow.candidate is None or not shadow.verdict[0]):
-                    self._retrained, candidate = None, BundleCandidate(self._retrained)
-                    shadow.start(candidate)
+                    retrained, self._retrained = self._retrained, None
+                    shadow.start(BundleCandidate(retrained))
                 elif self._since_refit >= self.refit_every and self._heads_may_change():
                     self._refit()  # a first candidate, or one that has not shown itself: all the labels now
             except Exception:  # the operator's mistakes are logged; the line goes on
@@ -286,9 +286,9 @@ def adapt_summary(decisions: Sequence[Decision], truth: Mapping[int, int], label
     promotions = []
     for e in history:
         if e["event"] == "shadow-promote":
-            first = decided.first(e["candidate"])
+            decided_from = decided.first(e["candidate"])
             promotions.append({**{k: e[k] for k in ("candidate", "at_item", "by", "why")},
-                               "decided_from_item": first, "mcc_after": mcc_after(first)})
+                               "decided_from_item": decided_from, "mcc_after": mcc_after(decided_from)})
     first = promotions[0] if promotions else {"decided_from_item": None, "mcc_after": None}
     bundle = next((p for p in promotions if p["candidate"].startswith("bundle ")), {})
     promoted_at = first["decided_from_item"]

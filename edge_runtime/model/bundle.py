@@ -112,6 +112,12 @@ class Manifest:
     created: str = ""
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def backbone_sha256(self) -> str:
+        """The backbone file's sha256 as listed ("" in a manifest not yet written; a loaded one
+        always lists it, and its file was checked against it)."""
+        return self.files.get(self.backbone, "")
+
     def to_dict(self) -> dict:
         return {
             "schema_version": self.schema_version,

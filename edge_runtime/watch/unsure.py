@@ -437,7 +437,7 @@ def write_entry(folder: Path, key: str, item: ObservedItem, hour: int, reasons: 
     """The item's folder, assembled aside and renamed into place whole; OSError when it cannot be."""
     staging = folder / f".incoming-{key}"
     decision = {**item.decision.to_dict(), "lane": item.lane, "bundle": item.pipeline.version,
-                "backbone": item.pipeline.manifest.files.get(item.pipeline.manifest.backbone, ""),
+                "backbone": item.pipeline.manifest.backbone_sha256,
                 "views": [k for k, v in enumerate(item.views) if v is not None]}
     record = {"item_id": item.item_id, "hour": hour, "uncertainty": uncertainty, "reasons": reasons,
               "decision": decision, "label": None,
