@@ -167,11 +167,15 @@ def build_bundle(
     name: str = "bundle",
     metrics: dict | None = None,
     policy: DecisionPolicy | None = None,
+    examples_trained_on: bool = False,
 ) -> tuple[Bundle, dict]:
     """Export ``backbone`` into the bundle ``out``; return it and the export report.
 
     ``labeled`` (preprocessed images and their set) measures the accuracy drop and trains the
     head on the exported model's embeddings. Without it the bundle only embeds.
+    ``examples_trained_on``: the backbone learned from those images' labels
+    (:func:`~sortline.train.checkpoint.learned_from_labels`); the bundle's examples say so, and a
+    station then calibrates its open set on examples it enrolls instead.
     """
     with tempfile.TemporaryDirectory() as tmp:
         model = export_model(backbone, spec, calibration, Path(tmp), config)
@@ -187,7 +191,7 @@ def build_bundle(
             head = LogisticHead.fit(embeddings, images.labels, labels, C=config.probe_C)
             # the head's examples travel with it: a station that enrolls new classes keeps these
             extra[EXAMPLES_FILE] = write_examples(Path(tmp) / EXAMPLES_FILE, embeddings, images.labels, labels,
-                                                  seed=config.seed)
+                                                  seed=config.seed, trained_on=examples_trained_on)
         pools = ("mean", "max") if spec.views > 1 else ("mean",)
         manifest = Manifest(
             name=name,

@@ -23,12 +23,19 @@ import pytest
 from conftest import tiny_backbone_onnx
 
 from sortline.edge_runtime.cli import main
-from sortline.edge_runtime.learning.enroll import EXAMPLES_FILE, Enroller, HeadWatcher, RefitRefused, write_examples
+from sortline.edge_runtime.learning.enroll import (
+    EXAMPLES_FILE,
+    Enroller,
+    HeadWatcher,
+    RefitRefused,
+    bundle_examples,
+    write_examples,
+)
 from sortline.edge_runtime.learning.store import EmbeddingStore, StoreError
-from sortline.edge_runtime.model.bundle import DecisionPolicy, Manifest, write_bundle
+from sortline.edge_runtime.model.bundle import BundleError, DecisionPolicy, Manifest, write_bundle
 from sortline.edge_runtime.model.embedder import OnnxEmbedder
 from sortline.edge_runtime.model.fusion import FusionSpec, LabeledItem, fit_fusion_head
-from sortline.edge_runtime.model.head import LogisticHead
+from sortline.edge_runtime.model.head import HeadError, LogisticHead, OpenSet
 from sortline.edge_runtime.model.pipeline import UNKNOWN, Classifier, ItemPipeline
 from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.hardware.sim.checkout import Catalog, CheckoutScenario
@@ -173,6 +180,55 @@ def test_unknown_items_go_to_the_safe_exit(tmp_path, six_products):
     decision = _decide(pipeline, _scenario(), _items_of(_scenario(), PRODUCTS - 1, 1)[0])
     assert decision.reason == UNKNOWN  # (every one of 30 was, above)
     assert decision.exit == pipeline.policy.safe_exit and decision.head_version == 1
+
+
+def test_examples_the_backbone_trained_on_place_the_classes_but_do_not_calibrate_the_open_set():
+    """A backbone that learned its examples' labels pulls them tight around their classes; new
+    photos of the same classes lie as far out as examples it never saw. Thresholds from the
+    tight ones reject most known items; from the others, about the share asked for."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 6, (3, 8))
+    trained = np.vstack([c + rng.normal(0, 0.3, (100, 8)) for c in centres])
+    enrolled = np.vstack([c + rng.normal(0, 1.0, (12, 8)) for c in centres])
+    photos = np.vstack([c + rng.normal(0, 1.0, (200, 8)) for c in centres])
+    x, y = np.vstack([trained, enrolled]), np.r_[np.repeat(range(3), 100), np.repeat(range(3), 12)]
+    calibrates = np.r_[np.zeros(300, bool), np.ones(36, bool)]
+    everything, honest = OpenSet.fit(3, x, y), OpenSet.fit(3, x, y, calibrates=calibrates)
+    assert everything.unknown(photos).mean() > 0.5  # the old way: known items to the safe exit (0.58)
+    # 0.155: a 95 % quantile from 12 examples a class is rough, but of the right size
+    assert honest.unknown(photos).mean() <= 0.2 and honest.calibration_examples == 36
+    assert honest.unknown(rng.normal(0, 1.0, (50, 8)) + 30).all()  # a stranger is still one
+    assert OpenSet.fit(3, x, y, calibrates=~calibrates & (np.arange(len(y)) < 5)) is None  # too few to tell
+    with pytest.raises(HeadError, match="calibration marks"):
+        OpenSet.fit(3, x, y, calibrates=calibrates[:10])
+
+
+def test_a_station_calibrates_its_open_set_on_what_it_enrolled_when_the_bundle_learned_its_examples(
+        tmp_path, six_products):
+    features, targets = (np.load(six_products.root / EXAMPLES_FILE)[k] for k in ("features", "targets"))
+    marked = write_examples(tmp_path / EXAMPLES_FILE, features, targets, six_products.manifest.labels, trained_on=True)
+    bundle = write_bundle(tmp_path / "bundle", six_products.manifest, six_products.backbone_path,
+                          six_products.load_head(), extra_files={EXAMPLES_FILE: marked})
+    with Enroller(bundle, tmp_path / "store.sqlite") as enroller:
+        assert not enroller.store.examples().calibrates.any()
+        first = enroller.refit()
+        assert first.metrics["open_set"].startswith("off") and enroller.classifier().openset is None
+        _enroll_new(enroller, shots=12)
+        second = enroller.refit(exits={NEW: 1})
+        assert second.metrics["open_set"]["calibration_examples"] == 12
+    # a mark that is not one boolean is refused, not read as "true"
+    np.savez(tmp_path / "odd.npz", features=features, targets=targets, labels=np.array(six_products.manifest.labels),
+             trained_on=np.int64(1))
+    odd = write_bundle(tmp_path / "odd", six_products.manifest, six_products.backbone_path, six_products.load_head(),
+                       extra_files={EXAMPLES_FILE: tmp_path / "odd.npz"})
+    with pytest.raises(BundleError, match="one boolean"):
+        bundle_examples(odd)
+    # a store made before examples were marked: every example calibrates, as it did
+    with sqlite3.connect(tmp_path / "store.sqlite") as db:
+        db.execute("ALTER TABLE examples DROP COLUMN calibrates")
+    with Enroller(bundle, tmp_path / "store.sqlite") as enroller:
+        assert enroller.store.examples().calibrates.all()
+        assert enroller.refit(exits={NEW: 1}).metrics["open_set"]["calibration_examples"] == 180 + 12
 
 
 def test_a_refit_that_loses_the_known_classes_is_refused(tmp_path, six_products):

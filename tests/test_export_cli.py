@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from sortline.edge_runtime.cli import main
+from sortline.edge_runtime.learning.enroll import bundle_examples
 from sortline.edge_runtime.model.bundle import load_bundle
+from sortline.train.checkpoint import learned_from_labels, load_checkpoint, save_checkpoint
 
 CLASSES = {"red-disc": (220, 40, 40), "green-square": (40, 200, 60), "blue-bar": (50, 60, 230)}
 
@@ -60,6 +62,21 @@ def test_int8_export_writes_a_verified_bundle_with_a_probe_head(checkpoint, imag
     assert bundle.manifest.labels == tuple(sorted(CLASSES))
     assert bundle.manifest.metrics["export"]["probe"]["drop_points"] == report["probe"]["drop_points"]
     assert bundle.load_head().n_features == bundle.manifest.embedding_dim
+    assert bundle_examples(bundle).trained_on is False  # SimCLR never read the labels
+
+
+def test_a_backbone_that_learned_the_labels_says_so_in_its_bundles_examples(checkpoint, image_folder, tmp_path):
+    """A recipe's label stage trained the backbone on the same labelled images the head's
+    examples come from: the bundle marks them, so a station does not calibrate its open set on
+    them (docs/enrollment.md)."""
+    backbone, spec, meta = load_checkpoint(checkpoint)
+    labelled = save_checkpoint(tmp_path / "labelled.ckpt", backbone, spec,
+                               **{**meta, "label_stage": {"given": 24, "pseudo": 0, "unsure": 0}})
+    assert main(["export", "--checkpoint", str(labelled), "--calibration", str(image_folder), "--int8",
+                 "--max-drop", "100", "--out", str(tmp_path / "bundle")]) == 0
+    assert bundle_examples(load_bundle(tmp_path / "bundle")).trained_on is True
+    assert not learned_from_labels({**meta, "label_stage": {"skipped": "budget spent"}})
+    assert learned_from_labels({"method": "supervised"}) and learned_from_labels({"item_stage": {"ran": True}})
 
 
 def test_export_refuses_an_accuracy_drop_over_the_limit_unless_forced(checkpoint, image_folder, tmp_path, capsys):

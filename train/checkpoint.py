@@ -46,3 +46,16 @@ def load_checkpoint(path: Path) -> tuple[Backbone, InputSpec, dict]:
     state = {k.removeprefix("net."): v for k, v in data["state_dict"].items()}
     backbone.net.load_state_dict(state)
     return backbone.eval(), spec, dict(data.get("meta", {}))
+
+
+LABELLED_METHODS = ("supcon", "supervised", "distill")  # methods whose loss reads the images' labels
+
+
+def learned_from_labels(meta: dict) -> bool:
+    """Whether a checkpoint's backbone learned from labelled images (a labelled method, a
+    recipe's label stage that ran, a station's item stage): a head's examples drawn from them
+    sit closer to their classes than new photos do, and cannot calibrate an open set."""
+    stage, items = meta.get("label_stage"), meta.get("item_stage")
+    return (str(meta.get("method", "")).split(" ")[0] in LABELLED_METHODS
+            or (isinstance(stage, dict) and "skipped" not in stage)
+            or (isinstance(items, dict) and bool(items.get("ran"))))

@@ -10,7 +10,7 @@ from sortline.edge_runtime.datasets import DatasetError, load_image_set
 from sortline.edge_runtime.model.bundle import public_key_path, sign_bundle, signing_key
 from sortline.export.build import ExportConfig, build_bundle, preprocess_set
 
-from .checkpoint import load_checkpoint
+from .checkpoint import learned_from_labels, load_checkpoint
 
 
 def _sign(bundle: Path, key: Path | None) -> str:
@@ -76,7 +76,7 @@ def export(args: argparse.Namespace) -> dict:
         policy = load_policy(args.policy, labeled[1].class_names)
     bundle, report = build_bundle(backbone, spec, calibration, args.out, config, labeled=labeled,
                                   name=args.name or Path(args.checkpoint).stem, metrics={"checkpoint": meta},
-                                  policy=policy)
+                                  policy=policy, examples_trained_on=learned_from_labels(meta))
     report["signed_with"] = _sign(bundle.root, args.key)
     probe = report.get("probe")
     print(f"{bundle.root}: {config.precision} backbone, {len(bundle.manifest.labels)} classes, "

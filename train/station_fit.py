@@ -155,7 +155,8 @@ def fit_station_bundle(pool: np.ndarray, labeled: Sequence[LabeledItem], classes
     )
     check = write_check_set(work / CHECK_FILE, np.concatenate([preprocess_views(item.views, spec)
                                                                for item in _whole_items(labeled, spec)]))
-    examples = write_examples(work / EXAMPLES_FILE, fitted.features, fitted.targets, classes, seed=cfg.seed)
+    examples = write_examples(work / EXAMPLES_FILE, fitted.features, fitted.targets, classes, seed=cfg.seed,
+                              trained_on=bool(item_stage.report["ran"]))
     bundle = write_bundle(out, manifest, exported.path, fitted.head,
                           extra_files={CHECK_FILE: check, EXAMPLES_FILE: examples})
     stage("head_and_bundle", timings, t)

@@ -75,28 +75,39 @@ class RefitRefused(StoreError):
 
 
 def write_examples(path: Path, features: np.ndarray, targets: Sequence[int], labels: Sequence[str],
-                   per_class: int = EXAMPLES_PER_CLASS, seed: int = 0) -> Path:
-    """The examples a head was fitted on (at most ``per_class`` of each class), for a bundle."""
+                   per_class: int = EXAMPLES_PER_CLASS, seed: int = 0, trained_on: bool = False) -> Path:
+    """The examples a head was fitted on (at most ``per_class`` of each class), for a bundle;
+    ``trained_on``: the bundle's backbone learned from them with their labels (a recipe's label
+    stage, an item stage), so they cannot calibrate the open set."""
     y = np.asarray(targets)
     rng = np.random.default_rng(seed)
     keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in np.unique(y)]))
     with open(path, "wb") as f:
         np.savez(f, features=np.asarray(features, np.float32)[keep], targets=y[keep].astype(np.int64),
-                 labels=np.array(list(labels), dtype=str))
+                 labels=np.array(list(labels), dtype=str), trained_on=np.bool_(trained_on))
     return path
 
 
-def bundle_examples(bundle: Bundle) -> tuple[np.ndarray, list[str]] | None:
-    """The bundle's examples as (features, label per row), or None when it has none."""
+@dataclass(frozen=True)
+class BundleExamples:
+    features: np.ndarray  # (N, F) float32
+    labels: list[str]  # one per row
+    trained_on: bool  # the backbone learned from them with their labels (examples.npz's ``trained_on``)
+
+
+def bundle_examples(bundle: Bundle) -> BundleExamples | None:
+    """The bundle's examples, or None when it has none. A bundle written before ``trained_on``
+    was recorded reads as not trained on (its open set calibrates as it always did)."""
     if EXAMPLES_FILE not in bundle.manifest.files:
         return None
     path = bundle.root / EXAMPLES_FILE
     width = bundle.manifest.fusion.feature_count(bundle.manifest.embedding_dim)
     rows = EXAMPLES_PER_CLASS * len(bundle.manifest.labels)  # what write_examples keeps, at most
     try:
-        data = read_npz(path, {"features": rows * width, "targets": rows, "labels": len(bundle.manifest.labels)},
-                        what=str(path))
+        data = read_npz(path, {"features": rows * width, "targets": rows, "labels": len(bundle.manifest.labels),
+                               "trained_on": 1}, what=str(path))
         features, targets, labels = data["features"], data["targets"], [str(s) for s in data["labels"]]
+        trained_on = data.get("trained_on", np.bool_(False))
     except (ValueError, KeyError) as exc:
         raise BundleError(f"{path}: unreadable examples ({exc})") from exc
     targets_ok = not len(targets) or 0 <= targets.min() <= targets.max() < len(labels)
@@ -104,7 +115,9 @@ def bundle_examples(bundle: Bundle) -> tuple[np.ndarray, list[str]] | None:
             or not np.isfinite(features).all() or not targets_ok):
         raise BundleError(f"{path}: examples of shape {features.shape} for {len(labels)} labels; "
                           f"expected N×{width} with targets indexing the labels")
-    return features.astype(np.float32), [labels[t] for t in targets]
+    if trained_on.shape != () or trained_on.dtype != np.bool_:
+        raise BundleError(f"{path}: 'trained_on' must be one boolean, got {trained_on.dtype} {trained_on.shape}")
+    return BundleExamples(features.astype(np.float32), [labels[t] for t in targets], bool(trained_on))
 
 
 # --- what an enrollment reports ----------------------------------------------------------------
@@ -172,11 +185,11 @@ class Enroller:
         examples = bundle_examples(self.bundle)
         groups = {}
         if examples is not None:
-            features, labels = examples
-            for label in dict.fromkeys(labels):
-                groups[label] = features[[i for i, lbl in enumerate(labels) if lbl == label]]
+            for label in dict.fromkeys(examples.labels):
+                groups[label] = examples.features[[i for i, lbl in enumerate(examples.labels) if lbl == label]]
         with self._lock:
-            ids = self.store.add_groups(groups, source=f"bundle {self.bundle.manifest.name}")
+            ids = self.store.add_groups(groups, source=f"bundle {self.bundle.manifest.name}",
+                                        calibrates=examples is None or not examples.trained_on)
             # the examples the bundle's head was fitted on: those up to this id
             self.store.set_meta("seeded", str(max((i for group in ids.values() for i in group), default=0)))
 
@@ -266,11 +279,8 @@ class Enroller:
                              stored.ids <= self._fitted_on(current.version) if current else None, max_drop, force)
             metrics["last_example"] = int(stored.ids.max())
             metrics["check_examples"] = int((~held).sum())
-            openset = OpenSet.fit(len(labels), x, y, target_frr)
-            metrics["open_set"] = ({"median_threshold": round(float(np.median(openset.thresholds)), 4),
-                                    "target_frr": target_frr,
-                                    "calibration_examples": openset.calibration_examples}
-                                   if openset else "off: fewer than 10 examples in classes of two or more")
+            openset = OpenSet.fit(len(labels), x, y, target_frr, calibrates=stored.calibrates)
+            metrics["open_set"] = _open_set_metrics(openset)
             metrics["C"] = C
             decision = self.bundle.manifest.decision
             known = {**decision.exits, **(current.policy.exits if current else {}), **(exits or {})}
@@ -480,6 +490,13 @@ def _judge(check: LogisticHead | None, control: LogisticHead | None, known_label
                            "items of several kinds under one name?); the current head stays. Check them, or force "
                            "the refit")
     return metrics
+
+
+def _open_set_metrics(openset: OpenSet | None) -> dict | str:
+    if openset is None:
+        return "off: fewer than 10 examples the backbone did not train on, in classes of two or more"
+    return {"median_threshold": round(float(np.median(openset.thresholds)), 4), "target_frr": openset.target_frr,
+            "calibration_examples": openset.calibration_examples}
 
 
 def _duplicates(x: np.ndarray, stored: Examples) -> list[dict]:

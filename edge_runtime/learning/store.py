@@ -67,6 +67,7 @@ class Examples:
     labels: tuple[str, ...]  # (N,)
     sources: tuple[str, ...]
     features: np.ndarray  # (N, F) float32
+    calibrates: np.ndarray  # (N,) bool: the backbone never trained on it (it may calibrate the open set)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -99,6 +100,20 @@ def check_label(label: object) -> str:
     if (problem := label_problem(label)) is not None:
         raise StoreError(f"{problem}; got {label!r:.60}")
     return label
+
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS examples (
+        id INTEGER PRIMARY KEY, label TEXT NOT NULL, source TEXT NOT NULL, created TEXT NOT NULL,
+        features BLOB NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS heads (
+        version INTEGER PRIMARY KEY, created TEXT NOT NULL, parent INTEGER NOT NULL, labels TEXT NOT NULL,
+        exits TEXT NOT NULL, examples INTEGER NOT NULL, metrics TEXT NOT NULL, head BLOB NOT NULL,
+        openset BLOB NOT NULL, check_head BLOB NOT NULL)""",
+)
+# Whether an example may calibrate the open set: 0 for one the backbone trained on (OpenSet.fit).
+_CALIBRATES = "ALTER TABLE examples ADD COLUMN calibrates INTEGER NOT NULL DEFAULT 1"
 
 
 class _Transaction:
@@ -148,14 +163,10 @@ class EmbeddingStore:
 
     def _init(self, backbone_sha256: str, bundle_name: str) -> None:
         with self._write():
-            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self._db.execute("""CREATE TABLE IF NOT EXISTS examples (
-                id INTEGER PRIMARY KEY, label TEXT NOT NULL, source TEXT NOT NULL, created TEXT NOT NULL,
-                features BLOB NOT NULL)""")
-            self._db.execute("""CREATE TABLE IF NOT EXISTS heads (
-                version INTEGER PRIMARY KEY, created TEXT NOT NULL, parent INTEGER NOT NULL, labels TEXT NOT NULL,
-                exits TEXT NOT NULL, examples INTEGER NOT NULL, metrics TEXT NOT NULL, head BLOB NOT NULL,
-                openset BLOB NOT NULL, check_head BLOB NOT NULL)""")
+            for table in _TABLES:
+                self._db.execute(table)
+            if "calibrates" not in {row[1] for row in self._db.execute("PRAGMA table_info(examples)")}:
+                self._db.execute(_CALIBRATES)  # a store made before the column: every example calibrates
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
             if not meta:
                 rows = {"schema": str(SCHEMA), "backbone_sha256": backbone_sha256,
@@ -190,9 +201,10 @@ class EmbeddingStore:
         """Add examples of ``label`` (rows of ``features``), all or none; returns their ids."""
         return self.add_groups({label: features}, source)[label]
 
-    def add_groups(self, groups: dict[str, np.ndarray], source: str,
-                   meta: dict[str, str] | None = None) -> dict[str, list[int]]:
-        """Add examples of several labels and set ``meta`` keys, in one transaction."""
+    def add_groups(self, groups: dict[str, np.ndarray], source: str, meta: dict[str, str] | None = None,
+                   calibrates: bool = True) -> dict[str, list[int]]:
+        """Add examples of several labels and set ``meta`` keys, in one transaction; not
+        ``calibrates``: the backbone trained on them (the open set leaves them out)."""
         checked = {}
         for label, features in groups.items():
             x = np.atleast_2d(np.asarray(features, dtype=np.float32))
@@ -210,10 +222,9 @@ class EmbeddingStore:
             if count + adding > MAX_EXAMPLES:
                 raise StoreError(f"{self.path}: holds {count} examples; {adding} more would pass {MAX_EXAMPLES}")
             for label, x in checked.items():
-                ids[label] = [int(db.execute("INSERT INTO examples (label, source, created, features) "
-                                             "VALUES (?, ?, ?, ?)", (label, source, created,
-                                                                     row.astype("<f4").tobytes())).lastrowid)
-                              for row in x]
+                ids[label] = [int(db.execute(
+                    "INSERT INTO examples (label, source, created, features, calibrates) VALUES (?, ?, ?, ?, ?)",
+                    (label, source, created, row.astype("<f4").tobytes(), int(calibrates))).lastrowid) for row in x]
             for key, value in (meta or {}).items():
                 db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
         return ids
@@ -224,7 +235,7 @@ class EmbeddingStore:
             return db.execute("DELETE FROM examples WHERE label = ?", (label,)).rowcount
 
     def examples(self) -> Examples:
-        rows = self._db.execute("SELECT id, label, source, features FROM examples ORDER BY id").fetchall()
+        rows = self._db.execute("SELECT id, label, source, features, calibrates FROM examples ORDER BY id").fetchall()
         width = self.feature_count * 4
         bad = [r[0] for r in rows if len(r[3]) != width]
         if bad:
@@ -232,7 +243,8 @@ class EmbeddingStore:
         features = (np.frombuffer(b"".join(r[3] for r in rows), "<f4").reshape(len(rows), self.feature_count)
                     if rows else np.zeros((0, self.feature_count), np.float32))
         return Examples(np.array([r[0] for r in rows], np.int64), tuple(r[1] for r in rows),
-                        tuple(r[2] for r in rows), features.astype(np.float32))
+                        tuple(r[2] for r in rows), features.astype(np.float32),
+                        np.array([bool(r[4]) for r in rows], bool))
 
     def counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT label, COUNT(*) FROM examples GROUP BY label ORDER BY MIN(id)"))

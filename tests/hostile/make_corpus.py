@@ -255,6 +255,7 @@ BUNDLE_FILES = {
                               "declares shape"),
     "examples-features-1e10.npz": (_npz({"features": _npy_header((10**8, 100))}),
                                    "declares shape"),
+    "examples-trained-on-1e9.npz": (_npz({"trained_on": _npy_header((10**9,), "|b1")}), "declares shape"),
 }
 
 # bundle_archives: the fixture bundle packed with something more (a recipe the test builds:
