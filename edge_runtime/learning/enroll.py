@@ -30,7 +30,7 @@ from scipy.stats import binomtest
 
 from sortline.edge_runtime.errors import SortlineError
 from sortline.edge_runtime.model.arrays import read_npz
-from sortline.edge_runtime.model.bundle import Bundle, BundleError, DecisionPolicy, sha256_file
+from sortline.edge_runtime.model.bundle import Bundle, BundleError, DecisionPolicy
 from sortline.edge_runtime.model.fusion import Reading, fuse
 from sortline.edge_runtime.model.head import HeadError, LogisticHead, OpenSet
 from sortline.edge_runtime.model.pipeline import Classifier, Decision, ItemPipeline, load_embedder
@@ -158,7 +158,7 @@ class Enroller:
         self.bundle = bundle
         m = bundle.manifest
         self.feature_count = m.fusion.feature_count(m.embedding_dim)
-        self.store = EmbeddingStore(store, sha256_file(bundle.backbone_path), self.feature_count, m.name)
+        self.store = EmbeddingStore(store, m.backbone_sha256, self.feature_count, m.name)  # checked as it loaded
         self._embedder = embedder
         self._lock = threading.Lock()
         self._controls: dict[tuple[int, int], LogisticHead] = {}
