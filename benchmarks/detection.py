@@ -187,16 +187,17 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=8, help="links to each exemplar in the fine-tuning data")
     parser.add_argument("--ablation-scenes", type=int, default=30,
                         help="dense mode's choices, one changed at a time, on the first bundle and this many scenes")
-    parser.add_argument("--set", choices=("station", "iconic"), default="station",
+    parser.add_argument("--set", choices=("station", "iconic", "timing"), default="station",
                         help="station: small, soft exemplars from store photos, the template-matching floor beside "
-                             "every row (issue 36); iconic: the catalogue images and the window ablation (issue 17)")
+                             "every row (issue 36); iconic: the catalogue images and the window ablation (issue 17); "
+                             "timing: the default detector against the earlier one, frame by frame alternately")
     parser.add_argument("--background-frames", type=int, default=10, help="the station set's calibration frames")
     parser.add_argument("--rows", nargs="+", metavar="TEXT",
                         help="the station set: only the detector rows whose name holds one of these")
     parser.add_argument("--name", default="detection_station", help="the station set's results file name")
     args = parser.parse_args()
-    if args.set == "station" and not args.write_finetune_data:
-        station_benchmark(args)
+    if args.set in ("station", "timing") and not args.write_finetune_data:
+        (station_benchmark if args.set == "station" else timing_benchmark)(args)
         return
     if args.write_finetune_data:
         write_finetune_data(args.data, args.write_finetune_data, args.negatives, args.seed, args.copies)
@@ -311,10 +312,12 @@ def station_exemplars(data: Path, targets: set[str], seed: int
 STATION_ROWS = {  # name → DetectConfig changes from the defaults
     "template matching (the floor: grey NCC, full frame)": {
         "windows": False, "keypoints": None, "correlation": CorrelationConfig(max_level=0, colour=False)},
-    "before: windows + keypoints (the earlier default)": {"correlation": None},
-    "windows only": {"keypoints": None, "correlation": None},
+    "before: windows + keypoints (the earlier default)": {"correlation": None, "colour": 0.0},
+    "windows only, cosine": {"keypoints": None, "correlation": None, "colour": 0.0},
+    "windows only, cosine and colour": {"keypoints": None, "correlation": None},
     "keypoints only": {"windows": False, "correlation": None},
     "correlation only": {"windows": False, "keypoints": None},
+    "all three, windows by cosine (the default before colour)": {"colour": 0.0},
     "all three (the default)": {},
 }
 
@@ -427,6 +430,58 @@ def station_benchmark(args: argparse.Namespace) -> None:
               f"![exemplars (top) and other views (bottom)]({args.name}_exemplars.png)", "",
               f"![other view, the default detector]({args.name}.png)", ""]
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+
+
+TIMED = {  # name → DetectConfig changes from the defaults
+    "before: windows by cosine, correlation at 16 px with 4 peaks a size": {
+        "colour": 0.0, "correlation": CorrelationConfig(min_side=16, peaks=4)},
+    "the default (colour in the windows, correlation at 12 px with 2 peaks)": {},
+}
+
+
+def timing_benchmark(args: argparse.Namespace) -> None:
+    """Time per frame of the default detector against the earlier one, on the station set's own-view
+    scenes with its 40 exemplars, the two run alternately on each frame, so that whatever else slows
+    the machine falls on both: p50, p99 and their ratio."""
+    targets, backdrop = split_classes(read_classes(args.data), args.seed)
+    own, _, _ = station_exemplars(args.data, targets, args.seed)
+    scenes = paste_scenes(own, mosaics(split_photos(args.data, "val", backdrop)), args.scenes, seed=args.seed + 1,
+                          config=STATION_PASTE)
+    bundle = load_bundle(args.bundle[0])
+    embedder = OnnxEmbedder(bundle.backbone_path, bundle.manifest.input, threads=args.threads)
+    detectors = {name: Detector.build(embedder, bundle.manifest.input, {k: [v] for k, v in own.items()},
+                                      DetectConfig(**change)) for name, change in TIMED.items()}
+    make_background = mosaics(split_photos(args.data, "val", backdrop))
+    backgrounds = [cv2.resize(make_background(np.random.default_rng(1000 + i)), (640, 480),
+                              interpolation=cv2.INTER_AREA) for i in range(args.background_frames)]
+    for detector in detectors.values():  # thresholds decide how many rows the suppression sees
+        detector.calibrate(backgrounds, FALSE_PER_FRAME)
+    times: dict[str, list[float]] = {name: [] for name in detectors}
+    for scene in tqdm([scenes[0], *scenes], desc="frames"):  # the first frame twice: a warm-up, not counted
+        for name, detector in detectors.items():
+            started = time.perf_counter()
+            detector.decide(detector.scores(scene.image))
+            times[name].append(time.perf_counter() - started)
+    rows = {name: {"p50_s": round(float(np.percentile(t[1:], 50)), 3),
+                   "p99_s": round(float(np.percentile(t[1:], 99)), 3),
+                   "frames_per_s": round(len(t[1:]) / sum(t[1:]), 2)} for name, t in times.items()}
+    before, after = (rows[name]["p50_s"] for name in TIMED)
+    results = {"cpu": cpu_name(), "bundle": bundle.manifest.name, "exemplars": len(own), "frames": len(scenes),
+               "threads": args.threads, "rows": rows, "p50_ratio_default_to_before": round(after / before, 3)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "detection_timing.json").write_text(json.dumps(results, indent=1))
+    lines = ["# Detection time per 480×640 frame, the default against the earlier detector", "",
+             f"CPU: {results['cpu']}, {args.threads} threads. Bundle {results['bundle']}, {len(own)} exemplars, "
+             f"{len(scenes)} own-view frames of the station set (seed {args.seed}), each searched by both detectors in "
+             f"turn, each calibrated on {len(backgrounds)} empty frames. The whole search and the decision.", "",
+             "| detector | frame p50 | frame p99 | frames/s |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {r['p50_s']:.3f} s | {r['p99_s']:.3f} s | {r['frames_per_s']:.2f} |"
+              for name, r in rows.items()]
+    lines += ["", f"p50 ratio, the default to the earlier: {results['p50_ratio_default_to_before']:.2f}", "",
+              f"Command: `python benchmarks/detection.py --set timing --bundle {args.bundle[0].name} --scenes "
+              f"{args.scenes}`", ""]
+    (args.out / "detection_timing.md").write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 ABLATION = {

@@ -223,7 +223,8 @@ def test_store_examples_are_exemplars(embedder, exemplars, tiny_detector_bundle,
     assert sorted(from_store) == sorted(exemplars)
     by_store = Detector.build(embedder, DETECT_SPEC, {}, DetectConfig(mode="crops", min_window=40,
                                                                       rotations=(0,)), from_store)
-    by_image = detector(embedder, exemplars, mode="crops", rotations=(0,))
+    assert by_store.colours is not None and not by_store.colours.known.any()  # embeddings carry no colours …
+    by_image = detector(embedder, exemplars, mode="crops", rotations=(0,), colour=0.0)  # … so: the cosine alone
     scene = paste_scenes(exemplars, background, 1, seed=5, config=EASY)[0]
     np.testing.assert_allclose(by_store.scores(scene.image).scores, by_image.scores(scene.image).scores, atol=1e-4)
     frame = tmp_path / "frame.png"
@@ -291,6 +292,7 @@ def test_sortline_detect_gives_boxes_and_an_annotated_frame(tiny_detector_bundle
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["ok"] and result["mode"] == "dense" and result["calibration"]["frames"] == 4
+    assert result["colour"] == DetectConfig.colour  # the default share
     assert result["detections"], "nothing found"
     for d in result["detections"]:
         assert set(d) == {"label", "score", "box", "inliers", "found_by"} and d["label"] in result["labels"]
@@ -309,6 +311,8 @@ def test_sortline_detect_gives_boxes_and_an_annotated_frame(tiny_detector_bundle
     (["--exemplar", "a=b.png", "--max-window", "1.5"], "max_window"),
     (["--exemplar", "a=/no/such/crop.png"], "no such image file"),
     (["--exemplar", "a=b.png", "--min-inliers", "2"], "at least 3 matches"),
+    (["--exemplar", "a=b.png", "--colour", "1.5"], "a share, 0..1"),
+    (["--exemplar", "a=b.png", "--colour", "half"], "is not a number"),
     ([], "give the items to find"),
 ])
 def test_sortline_detect_refuses_bad_arguments(tiny_detector_bundle, tmp_path, args, message):
@@ -530,3 +534,60 @@ def test_relative_paste_scales_the_item_by_its_own_size(soft_items):
         for label, (x1, y1, x2, y2) in scene.boxes:
             longer = max(soft_items[label].shape[:2])
             assert 0.7 * longer <= max(x2 - x1, y2 - y1) <= 1.35 * longer
+
+
+# -- colour: the windows' histograms (issue 36) --------------------------------------------------
+
+def test_a_windows_colour_histogram_is_the_histogram_of_the_pixels_under_it(soft_items):
+    from sortline.edge_runtime.detection.colour import SAMPLE_STEP, ColourWindows
+    from sortline.edge_runtime.detection.pooling import window_sums
+    from sortline.edge_runtime.detection.windows import WindowGrid
+    from sortline.edge_runtime.model.descriptors import ColourHistogram
+
+    frame = paste_scenes(soft_items, background, 1, seed=20, config=SOFT)[0].image
+    colours = ColourWindows.build(sorted(soft_items), {k: [v] for k, v in soft_items.items()}, ColourHistogram())
+    grid = WindowGrid(DetectConfig(min_window=40), stride=8, base_cells=4)
+    sampled = frame[::SAMPLE_STEP, ::SAMPLE_STEP]
+    checked = 0
+    for level in grid.levels(*SIZE)[:3]:
+        integral = colours.level_counts(colours.frame(frame), level.grid, level.cell)
+        for shape in ((4, 4), (6, 10)):
+            boxes = grid.boxes(level, shape, *SIZE)
+            counts = window_sums(integral, shape)
+            assert len(counts) == len(boxes)
+            for i in np.random.default_rng(0).choice(len(boxes), 5, replace=False):
+                x1, y1, x2, y2 = boxes[i]
+                under = sampled[int(np.ceil(y1 / SAMPLE_STEP)):int(np.ceil(y2 / SAMPLE_STEP)),
+                                int(np.ceil(x1 / SAMPLE_STEP)):int(np.ceil(x2 / SAMPLE_STEP))]
+                expected = ColourHistogram().of_rgb(np.ascontiguousarray(under)) ** 2
+                np.testing.assert_allclose(counts[i] / counts[i].sum(), expected, atol=1e-6)
+                checked += 1
+    assert checked == 30
+    assert colours.known.all() and np.allclose(np.linalg.norm(colours.prototypes, axis=1), 1.0, atol=1e-5)
+
+
+def test_colour_lets_the_windows_find_plain_items(embedder, soft_items):
+    """Plain ovals of their own colour, no correlation or keypoints: the tiny random net's windows
+    alone rank them poorly; with 0.6 of each window's score from its colours (the default) far better.
+    Measured: AP 0.31 → 0.57 (dense), crops mode with colour 0.80 (on 4 frames)."""
+    frames = [background(np.random.default_rng(400 + i)) for i in range(6)]
+    scenes = paste_scenes(soft_items, background, 8, seed=14, config=SOFT)
+    ap = {}
+    runs = (("cosine", {"colour": 0.0}, 8), ("colour", {}, 8), ("crops", {"mode": "crops"}, 4))
+    for name, change, n in runs:
+        det = Detector.build(embedder, DETECT_SPEC, {k: [v] for k, v in soft_items.items()},
+                             DetectConfig(min_window=40, keypoints=None, correlation=None, **change))
+        det.calibrate(frames, false_per_frame=0.5)
+        ranked = [det.decide(det.scores(s.image), -np.inf) for s in scenes[:n]]
+        ap[name] = score_detections(ranked, scenes[:n]).ap
+    assert ap["colour"] >= ap["cosine"] + 0.15 and ap["colour"] >= 0.5 and ap["crops"] >= 0.6, ap
+
+
+def test_a_class_without_an_image_keeps_its_cosine_and_colour_is_checked():
+    from sortline.edge_runtime.detection.colour import fuse
+
+    cos, col = np.full((3, 2), 0.2, np.float32), np.full((3, 2), 0.8, np.float32)
+    np.testing.assert_allclose(fuse(cos, col, np.array([True, False]), 0.25), [[0.35, 0.2]] * 3, atol=1e-6)
+    for bad in ({"colour": 1.5}, {"colour": -0.1}, {"colour_bins": (0, 4, 4)}, {"colour_bins": (16, 4)}):
+        with pytest.raises(DetectError, match="colour"):
+            DetectConfig(**bad)

@@ -64,6 +64,16 @@ def _min_inliers(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value}: a share, 0..1")
+    return value
+
+
 def _read(path: Path):
     from sortline.edge_runtime.detection.config import DetectError
     from sortline.hardware.camera import FrameError
@@ -91,6 +101,7 @@ def _detector(args: argparse.Namespace):
     keypoints = None if args.no_keypoints else KeypointConfig(min_inliers=args.min_inliers)
     config = DetectConfig(mode=args.mode, min_window=args.min_window, max_window=args.max_window,
                           threshold=args.threshold, keypoints=keypoints, windows=not args.no_windows,
+                          colour=args.colour,
                           correlation=None if args.no_correlation else CorrelationConfig())
     bundle = load_bundle(args.bundle)
     exemplars: dict[str, list] = {}
@@ -135,7 +146,7 @@ def _detect(args: argparse.Namespace) -> dict:
             raise DetectError(f"{annotated}: could not write the annotated image")
     for d in found:
         found_by = {"keypoints": f"{d.inliers} keypoints", "correlation": f"NCC {d.score:.3f}"}.get(
-            d.found_by, f"cosine {d.score:.3f}")
+            d.found_by, f"window {d.score:.3f}")
         print(f"{d.label:24s} {found_by:>14s}  box {list(d.box)}")
     print(f"{len(found)} detections of {len(detector.labels)} classes in {args.image} ({frame.shape[1]}×"
           f"{frame.shape[0]}, {windows.windows} windows, {config.mode} mode, "
@@ -146,14 +157,15 @@ def _detect(args: argparse.Namespace) -> dict:
         print(f"warning: thresholds not calibrated (every class at {config.threshold}); give --background frames "
               "without the items", file=sys.stderr)
     return {"ok": True, "image": str(args.image), "detections": [d.to_dict() for d in found],
-            "mode": config.mode, "windows": windows.windows, "keypoint_placements": windows.placements,
+            "mode": config.mode, "colour": config.colour, "windows": windows.windows,
+            "keypoint_placements": windows.placements,
             "correlation_finds": windows.correlations,
             "seconds": seconds, "search_seconds": round(windows.seconds, 3), "labels": list(detector.labels),
             "calibration": calibration, "annotated": str(annotated) if annotated else None}
 
 
 def add(commands: argparse._SubParsersAction) -> None:
-    from sortline.edge_runtime.detection.config import MODES
+    from sortline.edge_runtime.detection.config import MODES, DetectConfig
 
     report = flags.report()
     label = commands.add_parser("label", parents=[report],
@@ -196,5 +208,8 @@ def add(commands: argparse._SubParsersAction) -> None:
     detect.add_argument("--max-window", type=flags.positive(float), default=1.0,
                         help="largest base window, as a share of the frame's shorter side (1.0; windows up to "
                              "2.5 times as long on one side)")
+    detect.add_argument("--colour", type=_share, default=DetectConfig.colour, metavar="SHARE",
+                        help="of a window's score, the share from its colour histogram's likeness to the item's "
+                             f"(0..1; default {DetectConfig.colour}; the rest is its embedding's cosine)")
     detect.add_argument("--out", type=Path, help="folder for the annotated frame (PNG)")
     detect.set_defaults(handler=_detect)

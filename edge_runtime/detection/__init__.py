@@ -5,6 +5,8 @@
 - ``prototypes.py``: :class:`WindowEmbedder`, frames and exemplar crops through the backbone,
   and each class's prototypes;
 - ``pooling.py``: window pooling over a feature map (integral images, LCA), windows' cosines;
+- ``colour.py``: :class:`ColourWindows`, every window's colour histogram (per-cell counts and an
+  integral image) against each item's, mixed into the windows' scores;
 - ``boxes.py``: boxes inside boxes, and NMS;
 - ``keypoints.py``: :class:`KeypointMatcher`, SIFT placements of printed exemplars;
 - ``correlation.py``: :class:`CorrelationMatcher`, exemplars found by their pixels (normalised

@@ -58,6 +58,8 @@ class DetectConfig:
     pool: str = "avg"  # dense mode: how a window's cells become one vector
     grid: int = 1  # 2: a window is its four quarters side by side (its layout counts)
     window_px: int = 0  # model input px per base window (0: the bundle's input size)
+    colour: float = 0.6  # a window's score: this share its colour histogram's likeness, the rest its cosine
+    colour_bins: tuple[int, int, int] = (16, 4, 4)  # hue, saturation, value bins of that histogram
     center: bool = True  # subtract the frame's mean window embedding before the cosine
     context: bool = True  # dense prototypes: the exemplar in mirrored surroundings (see _dense_prototype)
     nms_iou: float = 0.3
@@ -82,6 +84,10 @@ class DetectConfig:
             raise DetectError(f"rotations {self.rotations}: each one of 0, 90, 180, 270")
         if not 0 <= self.window_px <= 1024:
             raise DetectError(f"window_px {self.window_px}: 0 (the bundle's input size) up to 1024")
+        if not 0 <= self.colour <= 1:
+            raise DetectError(f"colour {self.colour}: the colour's share of a window's score, 0..1")
+        if len(self.colour_bins) != 3 or not all(isinstance(b, int) and 1 <= b <= 64 for b in self.colour_bins):
+            raise DetectError(f"colour_bins {self.colour_bins}: three bin counts (hue, saturation, value), each 1..64")
         if self.grid not in (1, 2) or (self.grid == 2 and self.pool != "avg"):
             raise DetectError(f"grid {self.grid}: 1, or 2 with average pooling")
         if not (0 < self.nms_iou < 1 and 1 <= self.max_detections <= 10_000 and 1 <= self.batch <= 4096):

@@ -41,8 +41,8 @@ MAX_LEVEL = 4
 class CorrelationConfig:
     scales: tuple[float, float] = (0.5, 2.0)  # the item's size in the frame, of its exemplar's size
     step: float = 2 ** 0.25  # between two template sizes
-    min_side: int = 16  # px: a template's shorter side at the pyramid level it is matched at
-    peaks: int = 4  # taken per exemplar and scale, before suppression
+    min_side: int = 12  # px: a template's shorter side at the pyramid level it is matched at (16: 2× the time)
+    peaks: int = 2  # taken per exemplar and scale, before suppression (neighbouring scales find the same place)
     max_instances: int = 3  # of one exemplar in one frame
     threshold: float = 0.6  # colour NCC, for an uncalibrated detector
     nms_iou: float = 0.3
@@ -126,7 +126,7 @@ class CorrelationMatcher:
             if th > image.shape[0] or tw > image.shape[1]:
                 continue
             result = cv2.matchTemplate(image, t.grey, cv2.TM_CCOEFF_NORMED)
-            np.nan_to_num(result, copy=False, nan=-1.0, posinf=-1.0, neginf=-1.0)  # a flat patch divides by 0
+            cv2.patchNaNs(result, -1.0)  # a flat patch divides by 0 (in place; numpy's nan_to_num cost 0.07 s a frame)
             f = 2 ** t.level
             for _ in range(cfg.peaks):
                 _, best, _, (x, y) = cv2.minMaxLoc(result)
@@ -135,7 +135,8 @@ class CorrelationMatcher:
                 result[max(0, y - th // 2):y + th // 2 + 1, max(0, x - tw // 2):x + tw // 2 + 1] = -1.0
                 if cfg.colour:
                     patch = colour[t.level][y:y + th, x:x + tw]
-                    best = float(np.nan_to_num(cv2.matchTemplate(patch, t.rgb, cv2.TM_CCOEFF_NORMED)[0, 0], nan=-1.0))
+                    best = float(cv2.matchTemplate(patch, t.rgb, cv2.TM_CCOEFF_NORMED)[0, 0])
+                    best = best if math.isfinite(best) else -1.0
                 box = (x * f, y * f, min(rgb.shape[1], x * f + t.size[1]), min(rgb.shape[0], y * f + t.size[0]))
                 per_label.setdefault(t.label, []).append((best, box))
         found = []

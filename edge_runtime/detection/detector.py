@@ -18,6 +18,10 @@ Two ways to embed the windows, over the same window grid:
 * ``crops`` cuts every window out of the frame, resizes it to the bundle's input size and runs
   the backbone on it: exact, and the cost grows with the number of windows.
 
+A window's score mixes in its colours (``config.colour``, 0.6 of it by default): the likeness of
+its HSV histogram to the exemplar's (:mod:`.colour`), which holds for a plain item that the
+backbone's window barely tells from the backdrop.
+
 Beside the windows, each exemplar is placed by its SIFT keypoints where enough of them agree
 on one rotation, scale and shift (:mod:`.keypoints`): such a placement is one more box, scored
 by its inliers (above every cosine), and it explains the windows inside it. On items that show
@@ -38,6 +42,7 @@ import cv2
 import numpy as np
 
 from sortline.edge_runtime.learning.store import EmbeddingStore, check_label
+from sortline.edge_runtime.model.descriptors import ColourHistogram
 from sortline.edge_runtime.model.embedder import FEATURE_MAP_OUTPUT
 from sortline.edge_runtime.model.preprocess import InputSpec
 from sortline.edge_runtime.model.runtimes import Embedder
@@ -45,6 +50,7 @@ from sortline.hardware.camera import FrameError
 
 from .boxes import inside, nms
 from .calibration import background_peaks, background_threshold, stage_margins
+from .colour import ColourWindows, fuse
 from .config import MAX_CLASSES, MIN_EXEMPLAR_PX, DetectConfig, DetectError, Detection, WindowScores
 from .correlation import CorrelationMatcher
 from .keypoints import KeypointMatcher
@@ -70,6 +76,7 @@ class Detector:
     matcher: KeypointMatcher | None = None  # the exemplars' keypoints (config.keypoints)
     correlator: CorrelationMatcher | None = None  # the exemplars' templates (config.correlation)
     correlation_thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    colours: ColourWindows | None = None  # the classes' colour histograms (config.colour)
 
     @classmethod
     def build(cls, embedder: Embedder, spec: InputSpec, exemplars: Mapping[str, Sequence[np.ndarray]],
@@ -94,6 +101,8 @@ class Detector:
         exemplar_crops = {label: [_check_exemplar(label, c) for c in exemplars.get(label, ())] for label in labels}
         if config.windows:  # the keypoints alone need no prototype
             detector.prototypes = detector.embedding.prototypes(labels, exemplar_crops, features or {})
+        if config.windows and config.colour > 0:
+            detector.colours = ColourWindows.build(labels, exemplar_crops, ColourHistogram(*config.colour_bins))
         if config.keypoints is not None and any(exemplar_crops.values()):
             detector.matcher = KeypointMatcher(exemplar_crops, config.keypoints)
         if config.correlation is not None and any(exemplar_crops.values()):
@@ -126,25 +135,7 @@ class Detector:
         rgb = check_frame(rgb)
         height, width = rgb.shape[:2]
         started = time.perf_counter()
-        boxes, scores = [], []
-        for level in self.grid.levels(height, width) if self.config.windows else ():
-            fmap = self.embedding.feature_map(rgb, level.size) if self.config.mode == "dense" else None
-            integral = integral_image(fmap) if fmap is not None else None
-            if fmap is not None and fmap.shape[1:] != level.grid:
-                raise DetectError(f"the backbone gave a {fmap.shape[1]}×{fmap.shape[2]} map for a "
-                                  f"{level.size[0]}×{level.size[1]} input; expected {level.grid[0]}×{level.grid[1]}")
-            for shape in self.grid.shapes:
-                level_boxes = self.grid.boxes(level, shape, height, width)
-                if not len(level_boxes):
-                    continue
-                if fmap is not None:
-                    emb = pool_windows(fmap, shape, self.config.pool, integral, self.config.grid)
-                    protos = self.prototypes[shape]
-                else:
-                    emb = self.embedding.crop_embeddings(crops(rgb, level_boxes))
-                    protos = self.prototypes[(0, 0)]
-                boxes.append(level_boxes)
-                scores.append(centred_cosine(emb, protos, self.config.center, len(self.config.rotations)))
+        boxes, scores = _window_rows(self, rgb) if self.config.windows else ([], [])
         found = {}  # stage → (rows, seconds): each find a box that scores for its own class only
         for stage, finder, value in (("correlation", self.correlator, "score"), ("keypoints", self.matcher, "inliers")):
             placed = time.perf_counter()
@@ -250,6 +241,42 @@ class Detector:
             self.calibration["correlation_thresholds"] = {
                 label: round(float(t), 4) for label, t in zip(self.labels, self.correlation_thresholds)}
         return self.calibration
+
+
+def _window_rows(detector: Detector, rgb: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every window of ``rgb`` at every level and shape: its box, and its score for every class
+    (its cosine to the prototypes, mixed with its colour score where ``config.colour``)."""
+    cfg, grid, colours = detector.config, detector.grid, detector.colours
+    height, width = rgb.shape[:2]
+    pixels = colours.frame(rgb) if colours is not None else None
+    boxes, scores = [], []
+    for level in grid.levels(height, width):
+        fmap = detector.embedding.feature_map(rgb, level.size) if cfg.mode == "dense" else None
+        integral = integral_image(fmap) if fmap is not None else None
+        if fmap is not None and fmap.shape[1:] != level.grid:
+            raise DetectError(f"the backbone gave a {fmap.shape[1]}×{fmap.shape[2]} map for a "
+                              f"{level.size[0]}×{level.size[1]} input; expected {level.grid[0]}×{level.grid[1]}")
+        counts = None
+        if pixels is not None and fmap is not None:
+            counts = colours.level_counts(pixels, level.grid, level.cell)
+        for shape in grid.shapes:
+            level_boxes = grid.boxes(level, shape, height, width)
+            if not len(level_boxes):
+                continue
+            if fmap is not None:
+                emb = pool_windows(fmap, shape, cfg.pool, integral, cfg.grid)
+                protos = detector.prototypes[shape]
+            else:
+                emb = detector.embedding.crop_embeddings(crops(rgb, level_boxes))
+                protos = detector.prototypes[(0, 0)]
+            score = centred_cosine(emb, protos, cfg.center, len(cfg.rotations))
+            if colours is not None:
+                colour = (colours.window_scores(counts, shape, cfg.center) if counts is not None
+                          else colours.crop_scores(list(crops(rgb, level_boxes)), cfg.center))
+                score = fuse(score, colour, colours.known, cfg.colour)
+            boxes.append(level_boxes)
+            scores.append(score)
+    return boxes, scores
 
 
 def check_frame(rgb: object) -> np.ndarray:

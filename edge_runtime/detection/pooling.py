@@ -23,6 +23,16 @@ def _box_sums(table: np.ndarray, kh: int, kw: int) -> np.ndarray:
     return table[:, kh:, kw:] - table[:, :-kh, kw:] - table[:, kh:, :-kw] + table[:, :-kh, :-kw]
 
 
+def window_sums(table: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Every ``kh×kw`` window's sum from a map's :func:`integral_image`: ``N×D`` in the row-major
+    window order of :func:`pool_windows` (``0×D`` where the map is smaller than the window)."""
+    kh, kw = shape
+    d, h, w = table.shape[0], table.shape[1] - 1, table.shape[2] - 1
+    if kh > h or kw > w:
+        return np.zeros((0, d), np.float32)
+    return np.ascontiguousarray(_box_sums(table, kh, kw).reshape(d, -1).T, np.float32)
+
+
 def _interval_weight(n: int) -> np.ndarray:
     """Sum over the intervals of ``0..n-1`` that hold each position of 1/length (as in the LCA
     layer, ``sortline.train.backbones``)."""
