@@ -342,16 +342,21 @@ def _station_row(detector: Detector, scenes, plain: set[str], desc: str) -> tupl
             "frame_p99_s": round(float(np.percentile(times, 99)), 3)}, decided
 
 
-def station_benchmark(args: argparse.Namespace) -> None:
+def station_photos(args: argparse.Namespace) -> tuple[set[str], list[Path], list[np.ndarray]]:
+    """The classes to find; the backdrop classes' val photos the scenes are made of; and the empty
+    calibration frames, made of the other third of them."""
     targets, backdrop = split_classes(read_classes(args.data), args.seed)
-    own, other, plain = station_exemplars(args.data, targets, args.seed)
     val = split_photos(args.data, "val", backdrop)
     order = np.random.default_rng(args.seed).permutation(len(val))
-    calibration_photos = [val[i] for i in order[: len(val) // 3]]
-    scene_photos = [val[i] for i in order[len(val) // 3:]]
-    make_background = mosaics(calibration_photos)
+    make_background = mosaics([val[i] for i in order[: len(val) // 3]])
     backgrounds = [cv2.resize(make_background(np.random.default_rng(1000 + i)), (640, 480),
                               interpolation=cv2.INTER_AREA) for i in range(args.background_frames)]
+    return targets, [val[i] for i in order[len(val) // 3:]], backgrounds
+
+
+def station_benchmark(args: argparse.Namespace) -> None:
+    targets, scene_photos, backgrounds = station_photos(args)
+    own, other, plain = station_exemplars(args.data, targets, args.seed)
     iconic_name = "iconic (catalogue images, issue 17's set)"
     iconic = iconic_exemplars(args.data, targets)
     sets = {
@@ -443,17 +448,13 @@ def timing_benchmark(args: argparse.Namespace) -> None:
     """Time per frame of the default detector against the earlier one, on the station set's own-view
     scenes with its 40 exemplars, the two run alternately on each frame, so that whatever else slows
     the machine falls on both: p50, p99 and their ratio."""
-    targets, backdrop = split_classes(read_classes(args.data), args.seed)
+    targets, scene_photos, backgrounds = station_photos(args)
     own, _, _ = station_exemplars(args.data, targets, args.seed)
-    scenes = paste_scenes(own, mosaics(split_photos(args.data, "val", backdrop)), args.scenes, seed=args.seed + 1,
-                          config=STATION_PASTE)
+    scenes = paste_scenes(own, mosaics(scene_photos), args.scenes, seed=args.seed + 1, config=STATION_PASTE)
     bundle = load_bundle(args.bundle[0])
     embedder = OnnxEmbedder(bundle.backbone_path, bundle.manifest.input, threads=args.threads)
     detectors = {name: Detector.build(embedder, bundle.manifest.input, {k: [v] for k, v in own.items()},
                                       DetectConfig(**change)) for name, change in TIMED.items()}
-    make_background = mosaics(split_photos(args.data, "val", backdrop))
-    backgrounds = [cv2.resize(make_background(np.random.default_rng(1000 + i)), (640, 480),
-                              interpolation=cv2.INTER_AREA) for i in range(args.background_frames)]
     for detector in detectors.values():  # thresholds decide how many rows the suppression sees
         detector.calibrate(backgrounds, FALSE_PER_FRAME)
     times: dict[str, list[float]] = {name: [] for name in detectors}

@@ -65,11 +65,8 @@ def _min_inliers(text: str) -> int:
 
 
 def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
+    value = flags.positive(float, zero=True)(text)
+    if value > 1.0:
         raise argparse.ArgumentTypeError(f"{value}: a share, 0..1")
     return value
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from sortline.edge_runtime.model.descriptors import ColourHistogram
@@ -56,12 +55,9 @@ class ColourWindows:
         return cls(histogram, rows, rows.any(axis=1))
 
     def frame(self, rgb: np.ndarray) -> FrameColours:
-        """Every sampled pixel's bin, once per frame (as ``ColourHistogram.of_rgb`` bins it)."""
-        h = self.histogram
-        hsv = cv2.cvtColor(np.ascontiguousarray(rgb[::SAMPLE_STEP, ::SAMPLE_STEP]), cv2.COLOR_RGB2HSV).astype(np.int64)
-        bins = ((hsv[..., 0] * h.hue_bins // 180) * h.saturation_bins + hsv[..., 1] * h.saturation_bins // 256
-                ) * h.value_bins + hsv[..., 2] * h.value_bins // 256
-        return FrameColours(bins, np.arange(0, rgb.shape[0], SAMPLE_STEP), np.arange(0, rgb.shape[1], SAMPLE_STEP))
+        """Every sampled pixel's bin, once per frame."""
+        return FrameColours(self.histogram.bins(rgb[::SAMPLE_STEP, ::SAMPLE_STEP]),
+                            np.arange(0, rgb.shape[0], SAMPLE_STEP), np.arange(0, rgb.shape[1], SAMPLE_STEP))
 
     def level_counts(self, colours: FrameColours, grid: tuple[int, int], cell: float) -> np.ndarray:
         """The integral image of a level's per-cell counts (``dim×rows×cols`` cells of ``cell``

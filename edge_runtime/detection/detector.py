@@ -263,16 +263,17 @@ def _window_rows(detector: Detector, rgb: np.ndarray) -> tuple[list[np.ndarray],
             level_boxes = grid.boxes(level, shape, height, width)
             if not len(level_boxes):
                 continue
-            if fmap is not None:
+            cut = None if fmap is not None else list(crops(rgb, level_boxes))  # crops mode: cut once
+            if cut is None:
                 emb = pool_windows(fmap, shape, cfg.pool, integral, cfg.grid)
                 protos = detector.prototypes[shape]
             else:
-                emb = detector.embedding.crop_embeddings(crops(rgb, level_boxes))
+                emb = detector.embedding.crop_embeddings(cut)
                 protos = detector.prototypes[(0, 0)]
             score = centred_cosine(emb, protos, cfg.center, len(cfg.rotations))
             if colours is not None:
-                colour = (colours.window_scores(counts, shape, cfg.center) if counts is not None
-                          else colours.crop_scores(list(crops(rgb, level_boxes)), cfg.center))
+                colour = (colours.window_scores(counts, shape, cfg.center) if cut is None
+                          else colours.crop_scores(cut, cfg.center))
                 score = fuse(score, colour, colours.known, cfg.colour)
             boxes.append(level_boxes)
             scores.append(score)

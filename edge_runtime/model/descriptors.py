@@ -47,6 +47,13 @@ class ColourHistogram:
                               [0, 180, 0, 256, 0, 256]).ravel()
         return np.sqrt(counts / counts.sum()).astype(np.float32)
 
+    def bins(self, rgb: np.ndarray) -> np.ndarray:
+        """Each pixel's bin of this histogram (``H×W`` int64), as :meth:`of_rgb` counts them: for
+        a caller that counts regions of one image itself (the detector's windows)."""
+        hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV).astype(np.int64)
+        return ((hsv[..., 0] * self.hue_bins // 180) * self.saturation_bins + hsv[..., 1] * self.saturation_bins
+                // 256) * self.value_bins + hsv[..., 2] * self.value_bins // 256
+
     def of_arrays(self, images: np.ndarray, spec: InputSpec) -> np.ndarray:
         """``N×C×S×S`` uint8 arrays (the edge preprocessing's, before normalisation) → ``N×dim``."""
         if images.ndim != 4 or images.dtype != np.uint8 or images.shape[1] != len(spec.channels):
