@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -507,6 +510,29 @@ def test_a_station_whose_loop_dies_says_so_instead_of_idling(tiny_bundle, monkey
         with pytest.raises(StationError, match="died"):
             running.stop()
     assert gc.get_freeze_count() == 0
+
+
+def test_an_idle_station_waits_on_its_inbox_and_does_not_spin(tiny_bundle):
+    """No item on the line, no timer set: the loop sleeps on its inbox (it once took "no timer" for
+    a timer due long ago and spun a whole core, starving every other thread of the interpreter)."""
+    from sortline.edge_runtime.station.wiring import RunningStation
+
+    with RunningStation(ItemPipeline(tiny_bundle, threads=1), {"controller": "loop://", "taps": "loop://"},
+                        _Rig()) as running:
+        time.sleep(0.3)  # warmed up and waiting
+        steps = running.station.steps
+        thread = next(t for t in threading.enumerate() if t.name == "station")
+        started = _thread_cpu_s(thread.native_id)
+        time.sleep(1.0)
+        steps, spent = running.station.steps - steps, _thread_cpu_s(thread.native_id) - started
+    assert steps <= 1.0 / 0.05 + 5, steps  # one look at its timers every 50 ms
+    assert spent < 0.1, spent
+
+
+def _thread_cpu_s(native_id: int) -> float:
+    """A thread's CPU time (user and system) from /proc, in seconds."""
+    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- hostile readings ---------------------------------------------------------------------------
