@@ -218,6 +218,24 @@ def test_teacher_pseudo_labels_the_unlabeled_images(store):  # noqa: F811
         pseudo_label(build_backbone("resnet10", in_channels=3), one_class)
 
 
+def test_a_label_stage_planned_too_slow_replans_from_its_own_speed(store, tmp_path, monkeypatch):  # noqa: F811
+    """The label stage is planned at the first stage's speed; one that runs faster sets its length
+    again from its own log, as the first stage does, and ends where the budget does."""
+    from sortline.train import pretraining, recipes
+
+    real = pretraining._last_phase_rate
+    monkeypatch.setattr(pretraining, "_last_phase_rate", lambda *a: real(*a) / 4)  # planned 4× too slow
+    monkeypatch.setattr(recipes, "REPLAN_MIN_STEPS", 2)  # this data set's epoch is 4 steps
+    monkeypatch.setattr(recipes, "REPLAN_WARM_STEPS", 1)
+    report = run_pretrain(PretrainConfig.from_recipe("small-data", store / "train.txt", backbone="resnet10",
+                                                     image_size=32, batch_size=8, max_seconds=16,
+                                                     out=tmp_path / "l.ckpt", progress=False))
+    stage = report["label_stage"]
+    assert stage["planned_steps"] == stage["epochs"] * 4
+    assert stage["total_steps"] > stage["planned_steps"] and stage["steps"] > stage["planned_steps"], stage
+    assert report["seconds"] + stage["teacher_seconds"] + stage["seconds"] <= 16 + 3  # the hard stop still guards
+
+
 def test_recipe_label_stage_runs_inside_the_budget_where_labels_exist(store, tmp_path, capsys):  # noqa: F811
     from sortline.train.data import UNLABELED, TrainingSet, load_training_set
     from sortline.train.recipes import RUN_RATE_MARGIN, logged_rate

@@ -57,13 +57,32 @@ def replan_step(plan: Plan, steps_per_epoch: int) -> int | None:
     return at if at < start + last and plan.replanned is None else None
 
 
+def steps_fitting(views_per_s: float, seconds: float, views_per_step: int) -> int:
+    """Steps (at least one) that fit ``seconds`` at ``RUN_RATE_MARGIN`` of ``views_per_s``."""
+    return max(1, math.floor(RUN_RATE_MARGIN * views_per_s * max(0.0, seconds) / views_per_step))
+
+
+def stage_replan_step(planned_steps: int) -> int | None:
+    """The step at which a stage planned at one speed throughout (the label stage) sets its length
+    again from its own log, as the self-supervised stage does its last phase; None: too short to."""
+    at = max(REPLAN_MIN_STEPS, round(REPLAN_AT * planned_steps))
+    return at if at < planned_steps else None
+
+
+def replanned_stage_total(log: Path, steps: int, views_per_step: int, seconds_left: float) -> int:
+    """A stage's steps in all, set again after ``steps`` with ``seconds_left``, from the speed its
+    own log shows after its first ``REPLAN_WARM_STEPS``."""
+    rate = logged_rate(log, views_per_step, from_step=REPLAN_WARM_STEPS)
+    return steps + steps_fitting(rate, seconds_left, views_per_step)
+
+
 def replanned_total(plan: Plan, log: Path, steps: int, views_per_step: int, steps_per_epoch: int,
                     seconds_left: float) -> tuple[Plan, int]:
     """The plan again, after ``steps``, with ``seconds_left``: the last phase runs at
     ``RUN_RATE_MARGIN`` times the speed the run's log shows since the phase's start."""
     start = last_phase_start(plan, steps_per_epoch)
     rate = logged_rate(log, views_per_step, from_step=start + REPLAN_WARM_STEPS)
-    total = steps + max(1, math.floor(RUN_RATE_MARGIN * rate * max(0.0, seconds_left) / views_per_step))
+    total = steps + steps_fitting(rate, seconds_left, views_per_step)
     record = {"at_step": steps, "views_per_s": round(rate, 1), "margin": RUN_RATE_MARGIN,
               "epochs_before": plan.epochs}
     return Plan(total / steps_per_epoch, plan.resolution, plan.rates, plan.seconds, plan.margin, record), total
