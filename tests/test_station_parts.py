@@ -515,6 +515,7 @@ def test_a_station_whose_loop_dies_says_so_instead_of_idling(tiny_bundle, monkey
 def test_an_idle_station_waits_on_its_inbox_and_does_not_spin(tiny_bundle):
     """No item on the line, no timer set: the loop sleeps on its inbox (it once took "no timer" for
     a timer due long ago and spun a whole core, starving every other thread of the interpreter)."""
+    from sortline.edge_runtime.station.loop import WAKE_S
     from sortline.edge_runtime.station.wiring import RunningStation
 
     with RunningStation(ItemPipeline(tiny_bundle, threads=1), {"controller": "loop://", "taps": "loop://"},
@@ -525,7 +526,7 @@ def test_an_idle_station_waits_on_its_inbox_and_does_not_spin(tiny_bundle):
         started = _thread_cpu_s(thread.native_id)
         time.sleep(1.0)
         steps, spent = running.station.steps - steps, _thread_cpu_s(thread.native_id) - started
-    assert steps <= 1.0 / 0.05 + 5, steps  # one look at its timers every 50 ms
+    assert steps <= 1.0 / WAKE_S + 5, steps  # one look at its timers every WAKE_S
     assert spent < 0.1, spent
 
 

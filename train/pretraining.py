@@ -267,13 +267,14 @@ def _label_stage(cfg: PretrainConfig, model, data: TrainingSet, augment: MultiCh
     if left <= 0:
         log.warning("no time left for the label stage (the budget of %.0f s is spent)", cfg.max_seconds)
         return {**report, "skipped": "budget spent"}
-    rate = _last_phase_rate(cfg, plan, len(data), dataset.views)
+    per_step = dataset.views * min(cfg.batch_size, len(dataset))  # a set smaller than a batch is one batch
+    per_epoch = batches_per_epoch(len(dataset), cfg.batch_size, 1)
+    rate = _last_phase_rate(cfg, plan, per_step, per_epoch)
     epoch_s = dataset.views * len(dataset) / rate
     epochs = max(1, math.floor(left / epoch_s))
     paths = cfg.paths()
-    planned = epochs * batches_per_epoch(len(dataset), cfg.batch_size, 1)
+    planned = epochs * per_epoch
     at = stage_replan_step(planned)
-    per_step = dataset.views * min(cfg.batch_size, len(dataset))
     result = train(model, dataset,
                    TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=LABEL_STAGE_LR * cfg.lr,
                                seed=cfg.seed + 1, max_seconds=left, num_workers=cfg.workers,
@@ -297,12 +298,11 @@ def _label_stage_total(log_path: Path, per_step: int, seconds: float, result: Tr
     return total
 
 
-def _last_phase_rate(cfg: PretrainConfig, plan: Plan, images: int, views: int) -> float:
+def _last_phase_rate(cfg: PretrainConfig, plan: Plan, per_step: int, per_epoch: int) -> float:
     """Views/s the label stage can plan on: ``RUN_RATE_MARGIN`` times what the self-supervised
-    stage kept over its last phase (the same size), from its log; the plan's assumption if the
-    log cannot tell."""
-    first_step = last_phase_start(plan, batches_per_epoch(images, cfg.batch_size, 1))
-    per_step = views * min(cfg.batch_size, images)  # a set smaller than a batch is one batch
+    stage kept over its last phase (the same size, the same views a step and steps an epoch), from
+    its log; the plan's assumption if the log cannot tell."""
+    first_step = last_phase_start(plan, per_epoch)
     try:
         return RUN_RATE_MARGIN * logged_rate(cfg.paths()["log"], per_step, from_step=first_step)
     except (OSError, ValueError, KeyError, ZeroDivisionError) as exc:

@@ -256,9 +256,9 @@ def _window_rows(detector: Detector, rgb: np.ndarray) -> tuple[list[np.ndarray],
         if fmap is not None and fmap.shape[1:] != level.grid:
             raise DetectError(f"the backbone gave a {fmap.shape[1]}×{fmap.shape[2]} map for a "
                               f"{level.size[0]}×{level.size[1]} input; expected {level.grid[0]}×{level.grid[1]}")
-        counts = None
+        colour_table = None  # the integral image of the level's per-cell colour counts
         if pixels is not None and fmap is not None:
-            counts = colours.level_counts(pixels, level.grid, level.cell)
+            colour_table = colours.level_counts(pixels, level.grid, level.cell)
         for shape in grid.shapes:
             level_boxes = grid.boxes(level, shape, height, width)
             if not len(level_boxes):
@@ -272,7 +272,7 @@ def _window_rows(detector: Detector, rgb: np.ndarray) -> tuple[list[np.ndarray],
                 protos = detector.prototypes[(0, 0)]
             score = centred_cosine(emb, protos, cfg.center, len(cfg.rotations))
             if colours is not None:
-                colour = (colours.window_scores(counts, shape, cfg.center) if cut is None
+                colour = (colours.window_scores(colour_table, shape, cfg.center) if cut is None
                           else colours.crop_scores(cut, cfg.center))
                 score = fuse(score, colour, colours.known, cfg.colour)
             boxes.append(level_boxes)
