@@ -316,6 +316,8 @@ STATION_ROWS = {  # name → DetectConfig changes from the defaults
     "windows only, cosine": {"keypoints": None, "correlation": None, "colour": 0.0},
     "windows only, cosine and colour": {"keypoints": None, "correlation": None},
     "keypoints only": {"windows": False, "correlation": None},
+    "correlation only, every exemplar at 12 px (before the finer level)": {
+        "windows": False, "keypoints": None, "correlation": CorrelationConfig(fine_above=1.0)},
     "correlation only": {"windows": False, "keypoints": None},
     "all three, windows by cosine (the default before colour)": {"colour": 0.0},
     "all three (the default)": {},
@@ -391,6 +393,7 @@ def station_benchmark(args: argparse.Namespace) -> None:
             for set_name in set_names:
                 entry, decided = _station_row(detector, sets[set_name], plain, f"{set_name}: {row}")
                 entry["calibration_s"] = calibration_s
+                entry["correlation_fine"] = detector.calibration.get("correlation_fine", [])
                 results["rows"][set_name][row] = entry
                 print(f"{set_name} | {row}: {json.dumps(entry)}", flush=True)
                 if set_name == "other view" and row == "all three (the default)":
@@ -429,11 +432,13 @@ def station_benchmark(args: argparse.Namespace) -> None:
     lines += ["", "–: the keypoints alone refuse a set where an exemplar has too few keypoints to be found by "
               "them (a plain one); the default leaves those to the other stages.",
               "", f"Command: `python benchmarks/detection.py --bundle {args.bundle[0].name} --scenes {args.scenes}"
+              + (f" --seed {args.seed}" if args.seed else "")
               + (" --rows " + " ".join(f"'{r}'" for r in args.rows) if args.rows else "")
               + (f" --name {args.name}" if args.name != "detection_station" else "") + "` "
               "(how the bundle was made: docs/detection.md)", "",
-              f"![exemplars (top) and other views (bottom)]({args.name}_exemplars.png)", "",
-              f"![other view, the default detector]({args.name}.png)", ""]
+              f"![exemplars (top) and other views (bottom)]({args.name}_exemplars.png)", ""]
+    if "all three (the default)" in results["rows"]["other view"]:  # its picture was drawn
+        lines += [f"![other view, the default detector]({args.name}.png)", ""]
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -520,6 +520,45 @@ def test_the_correlation_stage_is_calibrated_and_explains_its_box(embedder, soft
     assert "correlation_thresholds" not in windows_alone.calibration
 
 
+def test_an_exemplar_the_backdrop_correlates_with_is_matched_finer_where_that_lowers_its_threshold(
+        embedder, soft_items):
+    """An exemplar whose calibrated correlation threshold comes out at ``fine_above`` or more is
+    tried at the finer level (its templates' shorter side ``fine_side`` px) and calibrated again;
+    it stays there where its threshold fell, and the others keep their coarse templates and
+    thresholds. (On the grocery benchmark: the Galia melon, threshold 0.949 at 12 px, over its
+    find at 0.940; docs/detection.md.)"""
+    frames = [background(np.random.default_rng(400 + i)) for i in range(4)]
+
+    def calibrated(fine_above: float) -> Detector:
+        det = Detector.build(embedder, DETECT_SPEC, {k: [v] for k, v in soft_items.items()}, DetectConfig(
+            windows=False, keypoints=None, correlation=CorrelationConfig(fine_above=fine_above)))
+        det.calibrate(frames, false_per_frame=0.5)
+        return det
+
+    coarse = calibrated(1.0)
+    assert coarse.calibration["correlation_fine"] == []
+    before = dict(zip(coarse.labels, coarse.correlation_thresholds))
+    every = calibrated(-1.0)  # every exemplar tried
+    fine = set(every.calibration["correlation_fine"])
+    assert fine and fine < set(before)
+    for label, t in zip(every.labels, every.correlation_thresholds):
+        assert t <= before[label] if label in fine else t == pytest.approx(before[label]), label
+        assert every.calibration["correlation_thresholds"][label] == pytest.approx(float(t), abs=1e-4)
+    levels = {(t.label, t.size): t.level for t in coarse.correlator.templates}
+    moved = [(t.label in fine, levels[(t.label, t.size)] - t.level) for t in every.correlator.templates]
+    assert all(step >= 0 if is_fine else step == 0 for is_fine, step in moved)  # finer or the same; others unmoved
+    assert any(step > 0 for is_fine, step in moved if is_fine)
+    cut = float(np.median(coarse.correlation_thresholds))
+    tried = {label for label, t in before.items() if t >= cut}
+    assert set(calibrated(cut).calibration["correlation_fine"]) <= tried  # only those at the cut or over are tried
+    for scene in paste_scenes(soft_items, background, 3, seed=11, config=SOFT):  # still found
+        truth = dict(scene.boxes)
+        found = {d.label for d in every.detect(scene.image) if d.label in truth and iou(d.box, truth[d.label]) >= 0.5}
+        assert found == set(truth)
+    with pytest.raises(CorrelationError):
+        CorrelationConfig(fine_side=8)  # under min_side
+
+
 def test_correlation_config_is_checked():
     for bad in ({"scales": (2.0, 1.0)}, {"step": 1.0}, {"min_side": 2}, {"threshold": 1.5}, {"max_level": 9}):
         with pytest.raises(CorrelationError):

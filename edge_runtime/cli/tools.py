@@ -57,6 +57,19 @@ def _frames(paths: Sequence[Path]) -> list[Path]:
     return [frame for path in paths for frame in (images_in(path) if path.is_dir() else [path])]
 
 
+class _ReadFrames(Sequence):
+    """Image files read when they are reached, not all held at once (calibration may pass twice)."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return _read(self.paths[i])
+
+
 def _min_inliers(text: str) -> int:
     value = flags.positive(int)(text)
     if value < 3:
@@ -116,7 +129,7 @@ def _detector(args: argparse.Namespace):
     detector = Detector.build(embedder, spec, exemplars, config, features)
     calibration = None
     if args.background:
-        calibration = detector.calibrate((_read(p) for p in _frames(args.background)), args.false_per_frame)
+        calibration = detector.calibrate(_ReadFrames(_frames(args.background)), args.false_per_frame)
         print(f"calibrated {len(detector.labels)} thresholds on {calibration['frames']} background frames "
               f"for {args.false_per_frame} false detections per frame")
     return detector, calibration

@@ -19,7 +19,7 @@ that an item of the same shape in another colour scores lower.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -48,6 +48,11 @@ class CorrelationConfig:
     nms_iou: float = 0.3
     max_level: int = 4  # the coarsest pyramid level (0: every template on the full frame)
     colour: bool = True  # score a peak again in colour (False: the grey NCC is the score)
+    # An exemplar whose calibrated threshold comes out at ``fine_above`` or more (the backdrop's own
+    # textures correlate with it almost as well as the item does, at ``min_side``) is tried at a finer
+    # level, its shorter side ``fine_side`` px, and kept there where its threshold falls (Detector.calibrate).
+    fine_side: int = 16
+    fine_above: float = 0.85  # 1: never; -1: every exemplar
 
     def __post_init__(self) -> None:
         lo, hi = self.scales
@@ -57,6 +62,8 @@ class CorrelationConfig:
             raise CorrelationError("min_side is 4..256 px, peaks 1..100, max_instances 1..100")
         if not (-1 <= self.threshold <= 1 and 0 < self.nms_iou < 1 and 0 <= self.max_level <= MAX_LEVEL):
             raise CorrelationError(f"threshold is -1..1 (an NCC), nms_iou 0..1, max_level 0..{MAX_LEVEL}")
+        if not (self.min_side <= self.fine_side <= 256 and -1 <= self.fine_above <= 1):
+            raise CorrelationError("fine_side is min_side..256 px, fine_above -1..1 (an NCC; 1: never, -1: always)")
 
     def factors(self) -> list[float]:
         lo, hi = self.scales
@@ -83,27 +90,28 @@ class _Template:
 class CorrelationMatcher:
     """Every exemplar's templates, matched against a frame."""
 
-    def __init__(self, exemplars: Mapping[str, Sequence[np.ndarray]], config: CorrelationConfig = CorrelationConfig()):
+    def __init__(self, exemplars: Mapping[str, Sequence[np.ndarray]], config: CorrelationConfig = CorrelationConfig(),
+                 fine: Iterable[str] = ()):
+        """``fine``: the labels matched at ``config.fine_side`` instead of ``config.min_side``."""
         self.config = config
-        self.templates: list[_Template] = []
-        for label, crops in exemplars.items():
-            for crop in crops:
-                if float(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).std()) < 2.0:
-                    continue  # a flat crop correlates with nothing (and divides by zero)
-                for factor in config.factors():
-                    h, w = round(crop.shape[0] * factor), round(crop.shape[1] * factor)
-                    if min(h, w) < config.min_side:
-                        continue
-                    level = max(0, min(config.max_level, int(math.floor(math.log2(min(h, w) / config.min_side)))))
-                    size = (max(config.min_side // 2, round(w / 2 ** level)), max(config.min_side // 2,
-                                                                                   round(h / 2 ** level)))
-                    small = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
-                    self.templates.append(_Template(label, level, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY),
-                                                    small, (h, w)))
+        self.exemplars = exemplars
+        self.fine = frozenset(fine)
+        self.templates = [template for label, crops in exemplars.items() for crop in crops
+                          for template in _templates(label, crop, config, config.fine_side if label in self.fine
+                                                     else config.min_side)]
+
+    def refined(self, labels: Iterable[str]) -> CorrelationMatcher:
+        """The same exemplars, ``labels`` (and those already fine) matched at the finer level."""
+        return CorrelationMatcher(self.exemplars, self.config, self.fine | set(labels))
 
     @property
     def labels(self) -> set[str]:
         return {t.label for t in self.templates}
+
+    @property
+    def levels(self) -> list[int]:
+        """The pyramid level each template is matched at."""
+        return [t.level for t in self.templates]
 
     def find(self, rgb: np.ndarray) -> list[CorrelationFind]:
         """Each exemplar's best places in ``rgb`` (H×W×3 uint8), best first: up to
@@ -146,3 +154,21 @@ class CorrelationMatcher:
             for i in nms(boxes, scores, cfg.nms_iou, cfg.max_instances):
                 found.append(CorrelationFind(label, float(scores[i]), tuple(int(v) for v in boxes[i])))
         return sorted(found, key=lambda f: -f.score)
+
+
+def _templates(label: str, crop: np.ndarray, config: CorrelationConfig, side: int) -> list[_Template]:
+    """``crop`` resized to each of the config's sizes, each at the coarsest pyramid level where its
+    shorter side is still ``side`` px; none for a crop with no texture (grey level spread under 2:
+    it correlates with nothing, and divides by zero)."""
+    if float(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).std()) < 2.0:
+        return []
+    out = []
+    for factor in config.factors():
+        h, w = round(crop.shape[0] * factor), round(crop.shape[1] * factor)
+        if min(h, w) < config.min_side:
+            continue
+        level = max(0, min(config.max_level, int(math.floor(math.log2(min(h, w) / side)))))
+        size = (max(side // 2, round(w / 2 ** level)), max(side // 2, round(h / 2 ** level)))
+        small = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        out.append(_Template(label, level, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), small, (h, w)))
+    return out

@@ -209,38 +209,71 @@ class Detector:
         stage may give ``false_per_frame / (classes · stages)`` detections per frame. Where that
         budget is below what the frames show (ten frames, forty classes: one false detection in
         eighty frames), the threshold comes from an exponential tail fitted to the frames'
-        highest peaks (:func:`background_threshold`), never below the empirical one."""
+        highest peaks (:func:`background_threshold`), never below the empirical one.
+
+        An exemplar whose correlation threshold comes out at ``correlation.fine_above`` or more
+        (the backdrop correlates with it nearly as well as the item would) is tried at the finer
+        level (``correlation.fine_side``): the frames are scored once more (a sequence is read
+        again; any other iterable is held in memory), and it stays there where its threshold fell."""
         if not 0 <= false_per_frame <= 100:
             raise DetectError(f"false_per_frame {false_per_frame}: 0..100")
+        frames = backgrounds if isinstance(backgrounds, Sequence) else list(backgrounds)  # (read twice at most)
+        if not frames:
+            raise DetectError("calibration needs at least one background frame")
+        self._fit_thresholds(frames, false_per_frame)
+        if self.correlator is not None:
+            _match_finer(self, frames, false_per_frame)
+        return self.calibration
+
+    def _fit_thresholds(self, frames: Sequence[np.ndarray], false_per_frame: float) -> None:
         stages = [name for name, on in (("window", self.config.windows or self.matcher is not None),
                                         ("correlation", self.correlator is not None)) if on]
         peaks = {name: [[] for _ in self.labels] for name in stages}  # every peak, per stage and class
         maxima = {name: [[] for _ in self.labels] for name in stages}  # each frame's highest
-        frames = 0
-        for rgb in backgrounds:
-            frames += 1
+        for rgb in frames:
             for name, per_class in background_peaks(self.scores(rgb), stages, self.config.nms_iou,
                                                     self.config.max_detections).items():
                 for c, new in enumerate(per_class):
                     peaks[name][c].extend(new)
                     maxima[name][c].extend([max(new)] if new else [])
-        if frames == 0:
-            raise DetectError("calibration needs at least one background frame")
         rate = false_per_frame / (len(self.labels) * len(stages))
         for name in stages:
             current = self.thresholds if name == "window" else self.correlation_thresholds
-            fitted = np.asarray([background_threshold(peaks[name][c], maxima[name][c], frames, rate)
+            fitted = np.asarray([background_threshold(peaks[name][c], maxima[name][c], len(frames), rate)
                                  if peaks[name][c] else current[c] for c in range(len(self.labels))], np.float32)
             if name == "window":
                 self.thresholds = fitted
             else:
                 self.correlation_thresholds = fitted
-        self.calibration = {"frames": frames, "false_per_frame": false_per_frame, "stages": stages,
+        self.calibration = {"frames": len(frames), "false_per_frame": false_per_frame, "stages": stages,
                             "thresholds": {label: round(float(t), 4) for label, t in zip(self.labels, self.thresholds)}}
         if "correlation" in stages:
             self.calibration["correlation_thresholds"] = {
                 label: round(float(t), 4) for label, t in zip(self.labels, self.correlation_thresholds)}
-        return self.calibration
+
+
+def _match_finer(detector: Detector, frames: Sequence[np.ndarray], false_per_frame: float) -> None:
+    """The calibrated exemplars whose correlation thresholds are ``fine_above`` or more, matched
+    at the finer level and calibrated again; each stays there where its threshold fell, and goes
+    back to its coarse templates and threshold where it rose (the finer level showed the backdrop
+    more like it). Measured on the grocery station set (docs/detection.md)."""
+    coarse, labels = detector.correlator, detector.labels
+    before = detector.correlation_thresholds.copy()
+    tried = [label for c, label in enumerate(labels)
+             if label not in coarse.fine and before[c] >= detector.config.correlation.fine_above]
+    finer = coarse.refined(tried) if tried else coarse
+    if finer.levels != coarse.levels:  # (not where every template is at full size already)
+        detector.correlator = finer
+        detector._fit_thresholds(frames, false_per_frame)
+        after = detector.correlation_thresholds
+        rose = {label for c, label in enumerate(labels) if label in tried and after[c] > before[c]}
+        if rose:
+            detector.correlator = CorrelationMatcher(coarse.exemplars, coarse.config, finer.fine - rose)
+            detector.correlation_thresholds = np.where([label in rose for label in labels], before,
+                                                       after).astype(np.float32)
+            detector.calibration["correlation_thresholds"] = {
+                label: round(float(t), 4) for label, t in zip(labels, detector.correlation_thresholds)}
+    detector.calibration["correlation_fine"] = sorted(detector.correlator.fine)
 
 
 def _window_rows(detector: Detector, rgb: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
