@@ -7,7 +7,9 @@ The checkpoint is a backbone the repository makes; without ``--checkpoint`` the 
 one first: a 3-minute SimCLR (``sortline pretrain --method simclr``, its defaults) on the whole
 train split without its labels, or with ``--recipe small-data`` the recipe of docs/quality.md
 (``sortline pretrain --recipe small-data``, 30 minutes, its label stage on the labels) on the
-train images of the 71 old classes alone: the new classes' images and labels never reach it,
+train images of the 71 old classes alone (``--recipe supervised``: the same backbone and budget
+trained from scratch on those labels alone, benchmarks/quality.py's baseline): the new classes'
+images and labels never reach it,
 as a new product never reached the bundle a station runs. The bundle is exported (int8) with a head on the 71 classes'
 train images, which it carries as examples. Then, on the device side only (no torch is used past
 the export):
@@ -87,8 +89,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=GROCERY)
     parser.add_argument("--checkpoint", type=Path)
-    parser.add_argument("--recipe", choices=("small-data",),
-                        help="without --checkpoint: train this recipe on the old classes' labeled images")
+    parser.add_argument("--recipe", choices=("small-data", "supervised"),
+                        help="without --checkpoint: train this recipe on the old classes' labeled images "
+                             "(supervised: the same backbone from scratch on the labels alone, quality.py's baseline)")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="the recipe's time budget")
     parser.add_argument("--new-classes", type=int, default=10)
     parser.add_argument("--shots", type=int, default=5)

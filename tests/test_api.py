@@ -408,8 +408,8 @@ def test_demo_serve_keeps_the_api_up_while_it_sorts(tmp_path, capsys):
     port = _free_port()
     result: dict = {}
     args = ["demo", "--serve", "--port", str(port), "--items", "150", "--rate", "20", "--epochs", "0",
-            "--pool-fruit", "16", "--labeled-fruit", "80", "--image-size", "32", "--out", str(tmp_path / "demo"),
-            "--quiet", "--json"]
+            "--item-epochs", "2", "--pool-fruit", "16", "--labeled-fruit", "80", "--image-size", "32",
+            "--out", str(tmp_path / "demo"), "--quiet", "--json"]
     worker = threading.Thread(target=lambda: result.update(code=main(args)))
     worker.start()
     deadline = time.monotonic() + 120
@@ -442,8 +442,9 @@ def test_demo_serve_stops_cleanly_on_a_signal_and_writes_its_summary(tmp_path, s
     port, out = _free_port(), tmp_path / "demo"
     demo = subprocess.Popen(
         [sys.executable, "-m", "sortline.edge_runtime.cli", "demo", "--serve", "--port", str(port), "--items",
-         "100000", "--rate", "40", "--epochs", "0", "--pool-fruit", "16", "--labeled-fruit", "80", "--image-size",
-         "32", "--out", str(out), "--quiet", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "100000", "--rate", "40", "--epochs", "0", "--item-epochs", "2", "--pool-fruit", "16", "--labeled-fruit",
+         "80", "--image-size", "32", "--out", str(out), "--quiet", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and demo.poll() is None:

@@ -17,7 +17,7 @@ FIELDS = ("items", "gate_commands", "lost", "duplicates", "accuracy", "mcc", "la
 def test_demo_end_to_end_prints_json_summary_last(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--items", "40", "--pool-fruit", "64", "--labeled-fruit", "160", "--epochs", "1",
-                 "--out", str(out), "--quiet", "--json", "--shift", "light@30"])
+                 "--item-epochs", "3", "--out", str(out), "--quiet", "--json", "--shift", "light@30"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert all(field in summary for field in FIELDS)
