@@ -268,7 +268,7 @@ def _match_finer(detector: Detector, frames: Sequence[np.ndarray], false_per_fra
         after = detector.correlation_thresholds
         rose = {label for c, label in enumerate(labels) if label in tried and after[c] > before[c]}
         if rose:
-            detector.correlator = CorrelationMatcher(coarse.exemplars, coarse.config, finer.fine - rose)
+            detector.correlator = coarse.refined(set(tried) - rose)
             detector.correlation_thresholds = np.where([label in rose for label in labels], before,
                                                        after).astype(np.float32)
             detector.calibration["correlation_thresholds"] = {
