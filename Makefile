@@ -22,8 +22,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sortline demo $(ARGS)
 
+# Each test once where it can run: the edge install's run records what passed there, and the
+# desktop run skips those (tests/conftest.py) and runs the rest, the demo, browsers and OpenVINO.
 test: $(STAMP) edge-check lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --skip-passed $(EDGE_VENV)/passed.txt
 
 # A plain `pip install .` (no extras) must give a working edge runtime without torch.
 edge-check:
@@ -38,7 +40,7 @@ edge-check:
 		print(f'edge install OK: no torch, no OpenVINO, {len(mods)} runtime modules import')"
 	$(EDGE_VENV)/bin/sortline --help > /dev/null
 	$(EDGE_VENV)/bin/pip install --quiet -c constraints.txt pytest pytest-timeout hypothesis
-	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider $(EDGE_TESTS)
+	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider --record-passed $(EDGE_VENV)/passed.txt $(EDGE_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

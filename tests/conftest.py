@@ -23,6 +23,49 @@ EXITS = {"A": 1, "external": 2, "internal": 3, "both": 3}
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# -- each test once, where it can run ------------------------------------------------------------
+# `make test` runs the station's tests in the edge install (no torch, no onnx, no OpenVINO) with
+# --record-passed, then the whole suite in the desktop install with --skip-passed: what passed in
+# the edge install is not run twice; what it skipped (the demo, the browsers, OpenVINO) runs here.
+# The runtime tests run in both: which runtimes exist is what they check.
+RUN_IN_BOTH = ("tests/test_runtimes.py",)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sortline")
+    group.addoption("--record-passed", metavar="FILE", help="write the ids of the tests that passed to FILE")
+    group.addoption("--skip-passed", metavar="FILE",
+                    help="deselect the tests that FILE (another install's --record-passed) lists as passed")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    path = config.getoption("--skip-passed")
+    if not path:
+        return
+    try:
+        passed = set(Path(path).read_text().split())
+    except OSError as exc:
+        raise pytest.UsageError(f"--skip-passed {path}: {exc}") from exc
+    skip = [item for item in items if item.nodeid in passed and not item.nodeid.startswith(RUN_IN_BOTH)]
+    if skip:
+        config.hook.pytest_deselected(items=skip)
+        ids = {item.nodeid for item in skip}
+        items[:] = [item for item in items if item.nodeid not in ids]
+
+
+_PASSED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed:
+        _PASSED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("--record-passed")
+    if path:
+        Path(path).write_text("\n".join(_PASSED) + "\n")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _signing_key(tmp_path_factory: pytest.TempPathFactory):
