@@ -4,6 +4,7 @@ found again.
     python benchmarks/detection.py --bundle B [--scenes 40] [--background-frames 10]   # the station set
     python benchmarks/detection.py --set iconic --bundle B [B2 ...] [--scenes 60] [--crop-scenes 10]
     python benchmarks/detection.py --bundle - --write-finetune-data DIR     # data for the fine-tuning
+    python benchmarks/detection.py --set ceiling --bundle B [--shots 5]     # the station set's items at their boxes
 
 The station set (issue 36, the default): each class's exemplar is a small, soft, JPEG-compressed
 crop of one of its store photos, as a station's camera gives; the frames hold it again at a new
@@ -52,12 +53,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from sortline.edge_runtime.detection.colour import ColourWindows
 from sortline.edge_runtime.detection.config import DetectError
 from sortline.edge_runtime.detection.correlation import CorrelationConfig
 from sortline.edge_runtime.detection.detector import DetectConfig, Detector, draw
-from sortline.edge_runtime.detection.evaluation import PasteConfig, paste_scenes, score_detections
+from sortline.edge_runtime.detection.evaluation import PasteConfig, iou, paste_scenes, score_detections
 from sortline.edge_runtime.detection.keypoints import KeypointConfig
+from sortline.edge_runtime.detection.pooling import unit
 from sortline.edge_runtime.model.bundle import load_bundle
+from sortline.edge_runtime.model.descriptors import ColourHistogram
 from sortline.edge_runtime.model.embedder import OnnxEmbedder
 from sortline.hardware.images import read_image
 
@@ -187,17 +191,21 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=8, help="links to each exemplar in the fine-tuning data")
     parser.add_argument("--ablation-scenes", type=int, default=30,
                         help="dense mode's choices, one changed at a time, on the first bundle and this many scenes")
-    parser.add_argument("--set", choices=("station", "iconic", "timing"), default="station",
+    parser.add_argument("--set", choices=("station", "iconic", "timing", "ceiling"), default="station",
                         help="station: small, soft exemplars from store photos, the template-matching floor beside "
                              "every row (issue 36); iconic: the catalogue images and the window ablation (issue 17); "
-                             "timing: the default detector against the earlier one, frame by frame alternately")
+                             "timing: the default detector against the earlier one, frame by frame alternately; "
+                             "ceiling: the station set's items at their true boxes, ranked against the 40 exemplars")
     parser.add_argument("--background-frames", type=int, default=10, help="the station set's calibration frames")
     parser.add_argument("--rows", nargs="+", metavar="TEXT",
                         help="the station set: only the detector rows whose name holds one of these")
     parser.add_argument("--name", default="detection_station", help="the station set's results file name")
+    parser.add_argument("--shots", type=int, default=1,
+                        help="the station set and ceiling: exemplars per class (the first is the own view's; the "
+                             "others crops of further train photos of the class)")
     args = parser.parse_args()
-    if args.set in ("station", "timing") and not args.write_finetune_data:
-        (station_benchmark if args.set == "station" else timing_benchmark)(args)
+    if args.set in ("station", "timing", "ceiling") and not args.write_finetune_data:
+        {"station": station_benchmark, "timing": timing_benchmark, "ceiling": ceiling_benchmark}[args.set](args)
         return
     if args.write_finetune_data:
         write_finetune_data(args.data, args.write_finetune_data, args.negatives, args.seed, args.copies)
@@ -291,19 +299,23 @@ def degrade(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def station_exemplars(data: Path, targets: set[str], seed: int
-                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], set[str]]:
-    """Per class to find: its exemplar (a degraded crop of one train photo), another view (a
-    degraded crop of a different train photo of the class), and which classes are plain
-    (fruit and vegetables: no print)."""
-    rng = np.random.default_rng(seed)
+def station_exemplars(data: Path, targets: set[str], seed: int, shots: int = 1
+                      ) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray], set[str]]:
+    """Per class to find: its exemplars (the first a degraded crop of one train photo; with
+    ``shots`` > 1 the others from further photos, drawn apart so the first two stay as they
+    were), another view (a degraded crop of a different train photo of the class), and which
+    classes are plain (fruit and vegetables: no print)."""
+    rng, more = np.random.default_rng(seed), np.random.default_rng(seed + 100)
     own, other = {}, {}
     photos = split_photos(data, "train", targets)
     for label in sorted(targets):
         mine = sorted(p for p in photos if p.parent.name == label)
         a, b = rng.choice(len(mine), 2, replace=False)
-        own[label] = degrade(read_image(mine[a]).rgb, rng)
+        own[label] = [degrade(read_image(mine[a]).rgb, rng)]
         other[label] = degrade(read_image(mine[b]).rgb, rng)
+        rest = [i for i in range(len(mine)) if i not in (a, b)]
+        for i in more.choice(rest, min(shots - 1, len(rest)), replace=False) if shots > 1 else ():
+            own[label].append(degrade(read_image(mine[i]).rgb, more))
     plain = {row["Class Name (str)"] for row in read_classes(data)
              if row["Iconic Image Path (str)"].split("/")[2] in ("Fruit", "Vegetables")}
     return own, other, plain & targets
@@ -358,14 +370,17 @@ def station_photos(args: argparse.Namespace) -> tuple[set[str], list[Path], list
 
 def station_benchmark(args: argparse.Namespace) -> None:
     targets, scene_photos, backgrounds = station_photos(args)
-    own, other, plain = station_exemplars(args.data, targets, args.seed)
+    own, other, plain = station_exemplars(args.data, targets, args.seed, args.shots)
+    first = {k: v[0] for k, v in own.items()}  # the exemplar the own view shows
     iconic_name = "iconic (catalogue images, issue 17's set)"
-    iconic = iconic_exemplars(args.data, targets)
+    iconic = {k: [v] for k, v in iconic_exemplars(args.data, targets).items()}
     sets = {
-        "own view": paste_scenes(own, mosaics(scene_photos), args.scenes, seed=args.seed + 1, config=STATION_PASTE),
+        "own view": paste_scenes(first, mosaics(scene_photos), args.scenes, seed=args.seed + 1,
+                                 config=STATION_PASTE),
         "other view": paste_scenes(other, mosaics(scene_photos), args.scenes, seed=args.seed + 2,
                                    config=STATION_PASTE),
-        iconic_name: paste_scenes(iconic, mosaics(scene_photos), max(1, args.scenes // 2), seed=args.seed + 3,
+        iconic_name: paste_scenes({k: v[0] for k, v in iconic.items()}, mosaics(scene_photos),
+                                  max(1, args.scenes // 2), seed=args.seed + 3,
                                   config=PasteConfig(size=(480, 640), scale=(0.2, 0.4))),
     }
     searched = [(own, ("own view", "other view")), (iconic, (iconic_name,))]  # exemplars → the sets they serve
@@ -373,7 +388,8 @@ def station_benchmark(args: argparse.Namespace) -> None:
     embedder = OnnxEmbedder(bundle.backbone_path, bundle.manifest.input, threads=args.threads)
     results = {"cpu": cpu_name(), "bundle": bundle.manifest.name, "classes": len(own), "plain": sorted(plain),
                "scenes": {k: len(v) for k, v in sets.items()}, "background_frames": len(backgrounds),
-               "false_per_frame": FALSE_PER_FRAME, "exemplar_sides": sorted(max(v.shape[:2]) for v in own.values()),
+               "false_per_frame": FALSE_PER_FRAME, "shots": args.shots,
+               "exemplar_sides": sorted(max(v.shape[:2]) for v in first.values()),
                "rows": {name: {} for name in sets}}
     args.out.mkdir(parents=True, exist_ok=True)
     for exemplars, set_names in searched:
@@ -381,8 +397,7 @@ def station_benchmark(args: argparse.Namespace) -> None:
             if args.rows and not any(text in row for text in args.rows):
                 continue
             try:  # one detector, calibrated once, for every set its exemplars serve
-                detector = Detector.build(embedder, bundle.manifest.input, {k: [v] for k, v in exemplars.items()},
-                                          DetectConfig(**change))
+                detector = Detector.build(embedder, bundle.manifest.input, exemplars, DetectConfig(**change))
             except DetectError as exc:  # keypoints only: a plain exemplar has none
                 for set_name in set_names:
                     results["rows"][set_name][row] = {"skipped": str(exc)}
@@ -404,14 +419,16 @@ def station_benchmark(args: argparse.Namespace) -> None:
                     cv2.imwrite(str(args.out / f"{args.name}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     sheet = np.full((2 * 136, 8 * 136, 3), 255, np.uint8)  # the first eight classes: exemplar over other view
     for i, label in enumerate(sorted(own)[:8]):
-        for j, crop in enumerate((own[label], other[label])):
+        for j, crop in enumerate((first[label], other[label])):
             sheet[j * 136 + 4: j * 136 + 4 + crop.shape[0], i * 136 + 4: i * 136 + 4 + crop.shape[1]] = crop
     cv2.imwrite(str(args.out / f"{args.name}_exemplars.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     lines = ["# Detection with a station's exemplars: small, soft, plain, beside the template-matching floor", "",
              f"CPU: {results['cpu']}, {args.threads} threads. Bundle {results['bundle']}. {results['classes']} "
-             f"classes ({len(plain)} of them plain: fruit and vegetables), one exemplar each: a crop of a store "
-             f"photo, {min(results['exemplar_sides'])}–{max(results['exemplar_sides'])} px on its longer side, "
+             f"classes ({len(plain)} of them plain: fruit and vegetables), "
+             + ("one exemplar each: a crop of a store photo" if args.shots == 1 else
+                f"{args.shots} exemplars each (crops of as many store photos; the own view shows the first)")
+             + f", {min(results['exemplar_sides'])}–{max(results['exemplar_sides'])} px on its longer side, "
              "softened and JPEG-compressed. 480×640 frames of store photos of other classes, three items pasted in "
              "each at 0.7–1.4× the exemplar's size, relit (gain 0.85–1.15, offset ±10). Own view: the exemplar's "
              "pixels; other view: a crop of another photo of the class, degraded the same way; iconic: the "
@@ -432,7 +449,7 @@ def station_benchmark(args: argparse.Namespace) -> None:
     lines += ["", "–: the keypoints alone refuse a set where an exemplar has too few keypoints to be found by "
               "them (a plain one); the default leaves those to the other stages.",
               "", f"Command: `python benchmarks/detection.py --bundle {args.bundle[0].name} --scenes {args.scenes}"
-              + (f" --seed {args.seed}" if args.seed else "")
+              + (f" --seed {args.seed}" if args.seed else "") + (f" --shots {args.shots}" if args.shots > 1 else "")
               + (" --rows " + " ".join(f"'{r}'" for r in args.rows) if args.rows else "")
               + (f" --name {args.name}" if args.name != "detection_station" else "") + "` "
               "(how the bundle was made: docs/detection.md)", "",
@@ -454,7 +471,7 @@ def timing_benchmark(args: argparse.Namespace) -> None:
     scenes with its 40 exemplars, the two run alternately on each frame, so that whatever else slows
     the machine falls on both: p50, p99 and their ratio."""
     targets, scene_photos, backgrounds = station_photos(args)
-    own, _, _ = station_exemplars(args.data, targets, args.seed)
+    own = {k: v[0] for k, v in station_exemplars(args.data, targets, args.seed)[0].items()}
     scenes = paste_scenes(own, mosaics(scene_photos), args.scenes, seed=args.seed + 1, config=STATION_PASTE)
     bundle = load_bundle(args.bundle[0])
     embedder = OnnxEmbedder(bundle.backbone_path, bundle.manifest.input, threads=args.threads)
@@ -513,6 +530,104 @@ def ablation(bundle, exemplars, scenes, backgrounds, args) -> dict:
         out["rows"][name] = summary(run_mode(detector, scenes, name)[0], scenes)
         print(f"ablation {name}: {json.dumps(out['rows'][name])}", flush=True)
     return out
+
+
+def ceiling_benchmark(args: argparse.Namespace) -> None:
+    """What the windows' features tell apart where a window is placed perfectly: each pasted item
+    of the station set, cut out at its true box and embedded alone (no backdrop, no misplaced
+    window), ranked against the 40 classes' exemplars by the bundle's cosine, by the colour
+    histogram and by the two mixed as the default windows mix them (uncentred: a lone crop has no
+    frame to centre on); the other view also against ``--shots`` exemplars a class. Not the
+    detector's recall (no thresholds, no backdrop to beat): what its windows could reach at best."""
+    targets, scene_photos, backgrounds = station_photos(args)
+    own, other, plain = station_exemplars(args.data, targets, args.seed, args.shots)
+    labels = sorted(own)
+    bundle = load_bundle(args.bundle[0])
+    embedder = OnnxEmbedder(bundle.backbone_path, bundle.manifest.input, threads=args.threads)
+    config = DetectConfig(mode="crops", keypoints=None, correlation=None)
+    embedding = Detector.build(embedder, bundle.manifest.input, own, config).embedding
+    results = {"cpu": cpu_name(), "bundle": bundle.manifest.name, "classes": len(labels), "seed": args.seed,
+               "colour_weight": config.colour, "sets": {}}
+    for name, seed, shots in (("own view", args.seed + 1, 1), ("other view", args.seed + 2, 1),
+                              ("other view", args.seed + 2, args.shots))[: 3 if args.shots > 1 else 2]:
+        protos = unit(np.stack([unit(embedding.crop_embeddings(own[k][:shots])).mean(axis=0) for k in labels]))
+        colours = ColourWindows.build(labels, {k: own[k][:shots] for k in labels}, ColourHistogram(*config.colour_bins))
+        shown = {k: v[0] for k, v in own.items()} if name == "own view" else other
+        scenes = paste_scenes(shown, mosaics(scene_photos), args.scenes, seed=seed, config=STATION_PASTE)
+        truth = [(label, scene.image[y1:y2, x1:x2]) for scene in scenes for label, (x1, y1, x2, y2) in scene.boxes]
+        index = np.array([labels.index(label) for label, _ in truth])
+        crops = [crop for _, crop in truth]
+        cosine = unit(embedding.crop_embeddings(crops)) @ protos.T
+        colour = colours.crop_scores(crops, center=False)
+        entry = {"items": len(truth), "shots": shots}
+        for score_name, score in (("cosine", cosine), ("colour", colour),
+                                  ("mixed", (1 - config.colour) * cosine + config.colour * colour)):
+            rank = (score > score[np.arange(len(index)), index][:, None]).sum(axis=1)  # 0: the true class first
+            is_plain = np.array([label in plain for label, _ in truth])
+            entry[score_name] = {"top1": round(float(np.mean(rank == 0)), 3),
+                                 "top5": round(float(np.mean(rank < 5)), 3),
+                                 "top1_plain": round(float(np.mean(rank[is_plain] == 0)), 3),
+                                 "top1_printed": round(float(np.mean(rank[~is_plain] == 0)), 3)}
+        windows = Detector.build(embedder, bundle.manifest.input, {k: v[:shots] for k, v in own.items()},
+                                 DetectConfig(keypoints=None, correlation=None))
+        entry["windows"] = _over_backdrop(windows, scenes, backgrounds)
+        results["sets"][f"{name}, {shots} exemplar{'s' if shots > 1 else ''} a class"] = entry
+        print(f"{name}, {shots} shots: {json.dumps(entry)}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
+    lines = ["# The station set's items at their true boxes: what the windows' features could find", "",
+             f"CPU: {results['cpu']}. Bundle {results['bundle']}, seed {args.seed}, {len(labels)} exemplars. Each "
+             "pasted item cut out at its true box, embedded alone, ranked against the classes' exemplars (the share "
+             "whose own class ranks first: what the windows' features tell apart at a perfect placement, before "
+             "any backdrop or threshold; chance is "
+             f"{1 / len(labels):.3f}). Mixed: {1 - config.colour:.1f} cosine + {config.colour:.1f} colour, as the "
+             "windows mix them.", "",
+             "| scenes | items | score | top-1 | top-5 | top-1 plain | top-1 printed |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for name, entry in results["sets"].items():
+        for score_name in ("cosine", "colour", "mixed"):
+            e = entry[score_name]
+            lines.append(f"| {name} | {entry['items']} | {score_name} | {e['top1']:.3f} | {e['top5']:.3f} | "
+                         f"{e['top1_plain']:.3f} | {e['top1_printed']:.3f} |")
+    lines += ["", "The windows as the detector scores them (dense, cosine and colour mixed, centred on the frame), "
+              "at the window of IoU ≥ 0.5 with the item that scores best for its class: the share of items ranked "
+              "first there, and the share scoring above every window of their class in the "
+              f"{len(backgrounds)} empty calibration frames (a threshold more lenient than the calibrated one, which "
+              "extrapolates beyond them); and how many windows of the item's own frame, off the item, score higher "
+              "for its class (median).", "",
+              "| scenes | placed (a window at IoU ≥ 0.5) | first at that window | above every empty frame's window | "
+              "windows off it above it in its frame |", "|---|---:|---:|---:|---:|"]
+    for name, entry in results["sets"].items():
+        w = entry["windows"]
+        lines.append(f"| {name} | {w['placed']:.3f} | {w['top1']:.3f} | {w['above_backdrop']:.3f} | "
+                     f"{w['above_in_frame_median']:.0f} |")
+    lines += ["", f"Command: `python benchmarks/detection.py --set ceiling --bundle {args.bundle[0].name} --scenes "
+              f"{args.scenes}" + (f" --seed {args.seed}" if args.seed else "")
+              + (f" --shots {args.shots}" if args.shots > 1 else "") + f" --name {args.name}`", ""]
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+
+
+def _over_backdrop(detector: Detector, scenes, backgrounds: list[np.ndarray]) -> dict:
+    """The windows at each item: placed (a window at IoU ≥ 0.5), its class first among all at
+    the best such window, its score there above every window of its class in ``backgrounds``,
+    and the windows of its own frame, off the item, that score higher for its class."""
+    highest = np.max([detector.scores(rgb).scores.max(axis=0) for rgb in backgrounds], axis=0)
+    placed, first, above, in_frame = [], [], [], []
+    for scene in scenes:
+        scored = detector.scores(scene.image)
+        boxes, scores = scored.boxes[: scored.windows], scored.scores[: scored.windows]
+        for label, box in scene.boxes:
+            c = detector.labels.index(label)
+            overlap = np.array([iou(b, box) for b in boxes])
+            near = np.flatnonzero(overlap >= 0.5)
+            placed.append(len(near) > 0)
+            i = near[np.argmax(scores[near, c])] if len(near) else int(np.argmax(scores[:, c]))
+            first.append(len(near) > 0 and scores[i].argmax() == c)
+            above.append(len(near) > 0 and scores[i, c] > highest[c])
+            in_frame.append(int(((scores[:, c] > scores[i, c]) & (overlap == 0)).sum()))  # off the item
+    return {"placed": round(float(np.mean(placed)), 3), "top1": round(float(np.mean(first)), 3),
+            "above_backdrop": round(float(np.mean(above)), 3),
+            "above_in_frame_median": float(np.median(in_frame))}
 
 
 def write_markdown(results: dict, args: argparse.Namespace) -> None:
