@@ -25,7 +25,7 @@ demo: $(STAMP)
 # Each test once where it can run: the edge install's run records what passed there, and the
 # desktop run skips those (tests/conftest.py) and runs the rest, the demo, browsers and OpenVINO.
 test: $(STAMP) edge-check lint
-	$(BIN)/pytest -q --skip-passed $(EDGE_VENV)/passed.txt
+	$(BIN)/pytest -q tests --skip-passed $(EDGE_VENV)/passed.txt
 
 # A plain `pip install .` (no extras) must give a working edge runtime without torch.
 edge-check:

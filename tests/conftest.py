@@ -27,7 +27,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # `make test` runs the station's tests in the edge install (no torch, no onnx, no OpenVINO) with
 # --record-passed, then the whole suite in the desktop install with --skip-passed: what passed in
 # the edge install is not run twice; what it skipped (the demo, the browsers, OpenVINO) runs here.
-# The runtime tests run in both: which runtimes exist is what they check.
+# The runtime tests run in both: which runtimes exist is what they check. (pytest reads these
+# options only when it is given tests/ on its command line, as the Makefile does.)
 RUN_IN_BOTH = ("tests/test_runtimes.py",)
 
 
@@ -43,7 +44,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not path:
         return
     try:
-        passed = set(Path(path).read_text().split())
+        passed = set(Path(path).read_text().splitlines())  # one id a line (an id may hold spaces)
     except OSError as exc:
         raise pytest.UsageError(f"--skip-passed {path}: {exc}") from exc
     skip = [item for item in items if item.nodeid in passed and not item.nodeid.startswith(RUN_IN_BOTH)]
