@@ -53,7 +53,6 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sortline.edge_runtime.detection.colour import ColourWindows
 from sortline.edge_runtime.detection.config import DetectError
 from sortline.edge_runtime.detection.correlation import CorrelationConfig
 from sortline.edge_runtime.detection.detector import DetectConfig, Detector, draw
@@ -61,7 +60,6 @@ from sortline.edge_runtime.detection.evaluation import PasteConfig, iou, paste_s
 from sortline.edge_runtime.detection.keypoints import KeypointConfig
 from sortline.edge_runtime.detection.pooling import unit
 from sortline.edge_runtime.model.bundle import load_bundle
-from sortline.edge_runtime.model.descriptors import ColourHistogram
 from sortline.edge_runtime.model.embedder import OnnxEmbedder
 from sortline.hardware.images import read_image
 
@@ -314,7 +312,7 @@ def station_exemplars(data: Path, targets: set[str], seed: int, shots: int = 1
         own[label] = [degrade(read_image(mine[a]).rgb, rng)]
         other[label] = degrade(read_image(mine[b]).rgb, rng)
         rest = [i for i in range(len(mine)) if i not in (a, b)]
-        for i in more.choice(rest, min(shots - 1, len(rest)), replace=False) if shots > 1 else ():
+        for i in more.choice(rest, min(shots - 1, len(rest)), replace=False):
             own[label].append(degrade(read_image(mine[i]).rgb, more))
     plain = {row["Class Name (str)"] for row in read_classes(data)
              if row["Iconic Image Path (str)"].split("/")[2] in ("Fruit", "Vegetables")}
@@ -544,33 +542,39 @@ def ceiling_benchmark(args: argparse.Namespace) -> None:
     labels = sorted(own)
     bundle = load_bundle(args.bundle[0])
     embedder = OnnxEmbedder(bundle.backbone_path, bundle.manifest.input, threads=args.threads)
-    config = DetectConfig(mode="crops", keypoints=None, correlation=None)
-    embedding = Detector.build(embedder, bundle.manifest.input, own, config).embedding
+    colour_weight = DetectConfig().colour
     results = {"cpu": cpu_name(), "bundle": bundle.manifest.name, "classes": len(labels), "seed": args.seed,
-               "colour_weight": config.colour, "sets": {}}
-    for name, seed, shots in (("own view", args.seed + 1, 1), ("other view", args.seed + 2, 1),
-                              ("other view", args.seed + 2, args.shots))[: 3 if args.shots > 1 else 2]:
-        protos = unit(np.stack([unit(embedding.crop_embeddings(own[k][:shots])).mean(axis=0) for k in labels]))
-        colours = ColourWindows.build(labels, {k: own[k][:shots] for k in labels}, ColourHistogram(*config.colour_bins))
-        shown = {k: v[0] for k, v in own.items()} if name == "own view" else other
-        scenes = paste_scenes(shown, mosaics(scene_photos), args.scenes, seed=seed, config=STATION_PASTE)
-        truth = [(label, scene.image[y1:y2, x1:x2]) for scene in scenes for label, (x1, y1, x2, y2) in scene.boxes]
-        index = np.array([labels.index(label) for label, _ in truth])
-        crops = [crop for _, crop in truth]
-        cosine = unit(embedding.crop_embeddings(crops)) @ protos.T
-        colour = colours.crop_scores(crops, center=False)
-        entry = {"items": len(truth), "shots": shots}
+               "colour_weight": colour_weight, "sets": {}}
+    scenes = {"own view": paste_scenes({k: v[0] for k, v in own.items()}, mosaics(scene_photos), args.scenes,
+                                       seed=args.seed + 1, config=STATION_PASTE),
+              "other view": paste_scenes(other, mosaics(scene_photos), args.scenes, seed=args.seed + 2,
+                                         config=STATION_PASTE)}
+    truth = {name: [(label, scene.image[y1:y2, x1:x2]) for scene in frames
+                    for label, (x1, y1, x2, y2) in scene.boxes] for name, frames in scenes.items()}
+    embedded = {}  # each set's crops, embedded once
+    for name, shots in (("own view", 1), ("other view", 1), ("other view", args.shots))[: 3 if args.shots > 1 else 2]:
+        exemplars = {k: v[:shots] for k, v in own.items()}
+        # the crops mode's prototypes (the exemplars' mean unit embedding) and colour histograms, unturned
+        lone = Detector.build(embedder, bundle.manifest.input, exemplars,
+                              DetectConfig(mode="crops", rotations=(0,), keypoints=None, correlation=None))
+        crops = [crop for _, crop in truth[name]]
+        if name not in embedded:
+            embedded[name] = lone.embedding.crop_embeddings(crops)
+        index = np.array([labels.index(label) for label, _ in truth[name]])
+        is_plain = np.array([label in plain for label, _ in truth[name]])
+        cosine = unit(embedded[name]) @ lone.prototypes[(0, 0)].T
+        colour = lone.colours.crop_scores(crops, center=False)
+        entry = {"items": len(crops), "shots": shots}
         for score_name, score in (("cosine", cosine), ("colour", colour),
-                                  ("mixed", (1 - config.colour) * cosine + config.colour * colour)):
+                                  ("mixed", (1 - colour_weight) * cosine + colour_weight * colour)):
             rank = (score > score[np.arange(len(index)), index][:, None]).sum(axis=1)  # 0: the true class first
-            is_plain = np.array([label in plain for label, _ in truth])
             entry[score_name] = {"top1": round(float(np.mean(rank == 0)), 3),
                                  "top5": round(float(np.mean(rank < 5)), 3),
                                  "top1_plain": round(float(np.mean(rank[is_plain] == 0)), 3),
                                  "top1_printed": round(float(np.mean(rank[~is_plain] == 0)), 3)}
-        windows = Detector.build(embedder, bundle.manifest.input, {k: v[:shots] for k, v in own.items()},
-                                 DetectConfig(keypoints=None, correlation=None))
-        entry["windows"] = _over_backdrop(windows, scenes, backgrounds)
+        windows = Detector.build(embedder, bundle.manifest.input, exemplars, DetectConfig(keypoints=None,
+                                                                                          correlation=None))
+        entry["windows"] = _over_backdrop(windows, scenes[name], backgrounds)
         results["sets"][f"{name}, {shots} exemplar{'s' if shots > 1 else ''} a class"] = entry
         print(f"{name}, {shots} shots: {json.dumps(entry)}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -580,7 +584,7 @@ def ceiling_benchmark(args: argparse.Namespace) -> None:
              "pasted item cut out at its true box, embedded alone, ranked against the classes' exemplars (the share "
              "whose own class ranks first: what the windows' features tell apart at a perfect placement, before "
              "any backdrop or threshold; chance is "
-             f"{1 / len(labels):.3f}). Mixed: {1 - config.colour:.1f} cosine + {config.colour:.1f} colour, as the "
+             f"{1 / len(labels):.3f}). Mixed: {1 - colour_weight:.1f} cosine + {colour_weight:.1f} colour, as the "
              "windows mix them.", "",
              "| scenes | items | score | top-1 | top-5 | top-1 plain | top-1 printed |",
              "|---|---:|---|---:|---:|---:|---:|"]
